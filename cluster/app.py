@@ -1,0 +1,102 @@
+"""The Serve application builder: one application per model repository.
+
+``build`` lists the repository and returns the Ingress bound to one Model deployment per model,
+named after the model. ``serve run``/``serve deploy`` call it through ``import_path: cluster.app:build``
+with the typed :class:`AppArgs`; ``ric serve`` calls it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from cluster.examples import EXAMPLE, example_repository
+from cluster.ingress import Ingress, IngressOptions
+from cluster.stores import LocalStore
+from deployments.backends import resolve_backend
+from deployments.config import ModelConfig
+from deployments.model import Model
+
+logger = logging.getLogger(__name__)
+
+INGRESS_NAME = "ric-ingress"
+#: The ingress only waits on model handles, so it may hold many requests at once.
+INGRESS_MAX_ONGOING_REQUESTS = 1024
+
+
+class AppArgs(BaseModel):
+    """Arguments of the application builder (``args:`` in a Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repository: str = Field(
+        default=EXAMPLE, description=f"Model repository folder; '{EXAMPLE}' is the generated example repository."
+    )
+    models: list[str] | None = Field(default=None, description="Serve only these models (default: all).")
+    max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest request body accepted (413 above).")
+    max_ongoing_requests: int = Field(
+        default=64, gt=0, description="Requests a model replica works on at once; bounds how full batches get."
+    )
+    replica_num_cpus: float = Field(
+        default=0.25, ge=0, description="CPUs Ray reserves per model replica (a model's num_cpus parameter overrides)."
+    )
+    ingress_replicas: int = Field(default=1, gt=0, description="Replicas of the HTTP ingress.")
+
+
+def deployment_options(config: ModelConfig, args: AppArgs) -> dict:
+    """Serve options for a model: replicas from instance groups, GPUs per replica, queue limit."""
+    actor_options: dict = {"num_cpus": float(config.parameter("num_cpus") or args.replica_num_cpus)}
+    gpus = config.gpus_per_replica()
+    if gpus:
+        actor_options["num_gpus"] = gpus
+    options = {
+        "name": config.name,
+        "num_replicas": config.replicas(),
+        "ray_actor_options": actor_options,
+        "max_ongoing_requests": args.max_ongoing_requests,
+    }
+    queue_policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
+    if queue_policy and queue_policy.max_queue_size:
+        options["max_queued_requests"] = queue_policy.max_queue_size
+    return options
+
+
+def package_version() -> str:
+    try:
+        return version("ray-inference-cluster")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build(args: AppArgs) -> Application:
+    """Build the application for a repository: the Ingress and one Model deployment per model."""
+    if isinstance(args, dict):
+        args = AppArgs.model_validate(args)
+    root = example_repository() if args.repository == EXAMPLE else args.repository
+    store = LocalStore(root)
+    names = store.models()
+    if args.models is not None:
+        missing = sorted(set(args.models) - set(names))
+        if missing:
+            raise ValueError(f"models {missing} are not in the repository {store.root}")
+        names = [name for name in names if name in args.models]
+    models, failed = {}, {}
+    for name in names:
+        try:
+            config = store.config(name)
+            resolve_backend(config, [store.fetch(name, v) for v in store.versions(name)])
+        except Exception as exc:  # one broken model must not stop the others
+            logger.warning("model '%s' is not served: %s", name, exc)
+            failed[name] = str(exc)
+            continue
+        models[name] = Model.options(**deployment_options(config, args)).bind(config, store)
+    options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes)
+    return Ingress.options(
+        name=INGRESS_NAME,
+        num_replicas=args.ingress_replicas,
+        max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+        ray_actor_options={"num_cpus": args.replica_num_cpus},
+    ).bind(models, failed, options)

@@ -1,0 +1,79 @@
+"""The ``ric`` command line: ``ric serve [REPOSITORY]`` serves a model repository on Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from cluster.examples import EXAMPLE
+
+APP_NAME = "ric"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ric", description="Triton-class model serving on Ray Serve.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve a model repository until Ctrl-C")
+    serve_cmd.add_argument("repository", nargs="?", default=EXAMPLE,
+                           help="model repository folder (default: the generated example repository)")
+    serve_cmd.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_cmd.add_argument("--models", help="comma-separated models to serve (default: all)")
+    serve_cmd.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    serve_cmd.add_argument("--num-cpus", type=float, help="CPUs of the local Ray (default: this machine's)")
+    serve_cmd.add_argument("--num-gpus", type=float, help="GPUs of the local Ray (default: detected)")
+    return parser.parse_args(argv)
+
+
+def start_ray(address: str | None, num_cpus: float | None, num_gpus: float | None) -> None:
+    """Join a cluster at an explicit address, or start a local Ray that stays on 127.0.0.1."""
+    import ray
+
+    if address:
+        ray.init(address=address)
+        return
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", include_dashboard=False)
+
+
+def serve_repository(args: argparse.Namespace) -> None:
+    import ray
+    from ray import serve
+
+    from cluster.app import AppArgs, build
+
+    app_args = AppArgs(repository=args.repository,
+                       models=args.models.split(",") if args.models else None)
+    start_ray(args.address, args.num_cpus, args.num_gpus)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.http_port})
+        serve.run(build(app_args), name=APP_NAME, route_prefix="/")
+        base = f"http://{args.host}:{args.http_port}"
+        print(f"ric: serving {app_args.repository} at {base}/v2 (health: {base}/v2/health/ready, "
+              f"index: POST {base}/v2/repository/index). Ctrl-C stops.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("ric: shutting down", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make a local Ray pick 127.0.0.1 as its node address; read by Ray when it is first imported."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "serve" and not args.address:
+        keep_local_ray_on_loopback()
+    if args.command == "serve":
+        serve_repository(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Model stores: list models and versions and give a replica a version's files.
+
+``LocalStore`` serves a Triton model repository folder in place; every node must see the same path
+(a shared file system), as with Triton itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deployments.config import MODEL_NAME, ConfigError, ModelConfig, load_config
+from deployments.errors import invalid
+
+CONFIG_FILES = ("config.pbtxt", "config.yaml", "config.yml")
+
+
+class LocalStore:
+    """A Triton model repository on a local (or shared) file system: ``<root>/<model>/<version>/``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"model repository {self.root} is not a folder")
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def models(self) -> list[str]:
+        """Model folders, sorted; hidden folders are skipped as Triton skips them."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def model_dir(self, model: str) -> Path:
+        """The folder of a model; names that could leave the repository are refused."""
+        if not MODEL_NAME.match(model) or model in (".", ".."):
+            raise invalid(f"invalid model name {model!r}")
+        return self.root / model
+
+    def config(self, model: str) -> ModelConfig:
+        """The model's config as written (not yet auto-completed).
+
+        A model folder without a config file gets an empty one named after the folder, which the
+        backend completes from the model file (Triton's auto-complete).
+        """
+        folder = self.model_dir(model)
+        if not any((folder / name).is_file() for name in CONFIG_FILES):
+            if not self.versions(model):
+                raise ConfigError(str(folder), "", "no config.pbtxt, config.yaml or version folder")
+            return ModelConfig(name=model)
+        return load_config(folder)
+
+    def versions(self, model: str) -> list[int]:
+        """Version numbers: the model's sub-folders named by a positive integer."""
+        folder = self.model_dir(model)
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+    def fetch(self, model: str, version: int) -> Path:
+        """The local folder holding a version's files (in place for a local store)."""
+        path = self.model_dir(model) / str(int(version))
+        if not path.is_dir():
+            raise FileNotFoundError(f"model '{model}' has no version {version}")
+        return path

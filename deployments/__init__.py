@@ -1,0 +1,1 @@
+"""Model side of ric: config, datatypes, backends, batching and the Model deployment."""

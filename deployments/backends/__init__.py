@@ -1,0 +1,97 @@
+"""Backends: one small interface (load / infer / unload), registered by name in a plain dict.
+
+A backend is imported only when a model needs it, so a replica serving ONNX never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from deployments import batching
+from deployments.config import ModelConfig
+
+Tensors = dict[str, np.ndarray]
+
+#: Backend name -> "module:Class", imported on first use.
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "deployments.backends.onnx:OnnxBackend",
+    "pytorch": "deployments.backends.torchscript:TorchScriptBackend",
+    "python": "deployments.backends.python:PythonBackend",
+    "tensorrt": "deployments.backends.tensorrt:TensorRTBackend",
+}
+
+#: Default model file -> backend, for configs that name neither platform nor backend.
+DEFAULT_FILES: dict[str, str] = {
+    "model.onnx": "onnxruntime",
+    "model.pt": "pytorch",
+    "model.py": "python",
+    "model.plan": "tensorrt",
+}
+
+
+class Backend(ABC):
+    """Runs one version of one model inside a replica.
+
+    ``load`` reads the model file and completes ``self.config`` from it where the config leaves
+    inputs or outputs out; ``infer`` runs one batch; ``unload`` frees what ``load`` took.
+    """
+
+    name: ClassVar[str]
+    default_filename: ClassVar[str]
+
+    def __init__(self, config: ModelConfig, version_dir: Path, device: str = "cpu"):
+        self.config = config
+        self.version_dir = Path(version_dir)
+        self.device = device
+
+    @property
+    def model_path(self) -> Path:
+        return self.version_dir / (self.config.default_model_filename or self.default_filename)
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model file; raise with a clear message if it cannot be served."""
+
+    @abstractmethod
+    def infer(self, inputs: Tensors) -> Tensors:
+        """Run one batch (inputs already validated and merged); return every output."""
+
+    def unload(self) -> None:
+        """Free the model's memory."""
+
+    def execute(self, requests: list[Tensors]) -> list[Tensors | Exception]:
+        """Run requests that share a batch signature, one result (or error) per request.
+
+        The default merges them into one batch and splits the outputs back; a backend that takes a
+        list of requests itself (Triton's Python backend) overrides this.
+        """
+        if not self.config.batching:
+            return [self.infer(request) for request in requests]
+        rows = [next(iter(request.values())).shape[0] for request in requests]
+        return batching.split(self.infer(batching.merge(requests)), rows)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend registered under ``name``; raises ValueError listing the known ones."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; known backends: {sorted(BACKENDS)}") from None
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def resolve_backend(config: ModelConfig, version_dirs: list[Path]) -> str:
+    """The backend for a model: from its config, else from the default model file it ships."""
+    if config.backend_name:
+        return config.backend_name
+    for version_dir in version_dirs:
+        for filename, backend in DEFAULT_FILES.items():
+            if (version_dir / filename).exists():
+                return backend
+    raise ValueError("no platform or backend is configured and no model.onnx/.pt/.py/.plan was found")

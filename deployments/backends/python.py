@@ -1,0 +1,80 @@
+"""Python backend: a ``model.py`` in one of two forms.
+
+- Triton's form: a class ``TritonPythonModel`` with ``initialize(args)``, ``execute(requests)`` and
+  ``finalize()``; ``execute`` gets the list of requests of a batch and returns one response each.
+- The plain form: a function ``infer(inputs)`` taking and returning a dict of numpy arrays (one merged
+  batch), with an optional ``initialize(args)`` and ``finalize()``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+from deployments.backends import Backend, Tensors
+from deployments.backends import triton_python_backend_utils as pb_utils
+from deployments.errors import InferenceError, invalid
+
+
+class PythonBackend(Backend):
+    name = "python"
+    default_filename = "model.py"
+
+    def load(self) -> None:
+        # Triton models import this module by its Triton name.
+        sys.modules.setdefault("triton_python_backend_utils", pb_utils)
+        module_name = f"ric_model_{self.config.name}_{self.version_dir.name}".replace("-", "_").replace(".", "_")
+        spec = importlib.util.spec_from_file_location(module_name, self.model_path)
+        if spec is None or not self.model_path.is_file():
+            raise FileNotFoundError(f"no {self.model_path.name} in version {self.version_dir.name}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        args = {
+            "model_config": json.dumps(self.config.to_dict()),
+            "model_instance_kind": "GPU" if self.device == "cuda" else "CPU",
+            "model_instance_name": f"{self.config.name}_0",
+            "model_instance_device_id": "0",
+            "model_repository": str(self.version_dir.parent),
+            "model_version": self.version_dir.name,
+            "model_name": self.config.name,
+        }
+        if hasattr(module, "TritonPythonModel"):
+            self._model = module.TritonPythonModel()
+            self._infer = None
+        elif callable(getattr(module, "infer", None)):
+            self._model = module
+            self._infer = module.infer
+        else:
+            raise ValueError("model.py must define a class TritonPythonModel or a function infer(inputs)")
+        if hasattr(self._model, "initialize"):
+            self._model.initialize(args)
+
+    def infer(self, inputs: Tensors) -> Tensors:
+        outputs = self._infer(inputs)
+        if not isinstance(outputs, dict):
+            raise TypeError(f"infer() must return a dict of arrays, not {type(outputs).__name__}")
+        return {tensor.name: outputs[tensor.name] for tensor in self.config.output if tensor.name in outputs}
+
+    def execute(self, requests: list[Tensors]) -> list[Tensors | Exception]:
+        if self._infer is not None:
+            return super().execute(requests)
+        output_names = [tensor.name for tensor in self.config.output]
+        triton_requests = [
+            pb_utils.InferenceRequest([pb_utils.Tensor(n, a) for n, a in r.items()], output_names)
+            for r in requests
+        ]
+        responses = self._model.execute(triton_requests)
+        if len(responses) != len(requests):
+            raise RuntimeError(f"execute() returned {len(responses)} responses for {len(requests)} requests")
+        return [self._result(response) for response in responses]
+
+    @staticmethod
+    def _result(response: pb_utils.InferenceResponse) -> Tensors | InferenceError:
+        if response.has_error():
+            return invalid(response.error().message())
+        return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+
+    def unload(self) -> None:
+        if hasattr(self._model, "finalize"):
+            self._model.finalize()

@@ -1,0 +1,307 @@
+"""Typed model configuration that mirrors Triton's ``model_config.proto``.
+
+``config.pbtxt`` and ``config.yaml`` load into the same objects. Both are first checked by protobuf
+against the ``ModelConfig`` message that ``tritonclient`` ships, so a misspelt field is named exactly as
+Triton would name it; fields we do not model (``optimization``, ``model_warmup``, ...) are kept as extras
+and written back unchanged, so a config round-trips.
+
+Ray-specific additions live where Triton leaves room for them: ``parameters`` (``gpu_fraction``,
+``num_cpus``) and, in YAML, ``instance_group[].gpu_fraction``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from google.protobuf import json_format, text_format
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from tritonclient.grpc import model_config_pb2
+
+from deployments.dtypes import config_to_v2
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+#: Backends by Triton ``platform`` name; a config may name either.
+PLATFORM_BACKENDS = {
+    "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "pytorch",
+    "tensorrt_plan": "tensorrt",
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, naming the file, the field and the problem."""
+
+    def __init__(self, source: str, field: str, problem: str):
+        super().__init__(source, field, problem)
+        self.source, self.field, self.problem = source, field, problem
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.field}" if self.field else self.source
+        return f"{where}: {self.problem}"
+
+
+class _Mirror(BaseModel):
+    """A mirror of one proto message: unknown keys are refused (protobuf has checked them already)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Reshape(_Mirror):
+    shape: list[int] = Field(default_factory=list, description="Shape the backend sees, batch dim excluded.")
+
+
+class TensorConfig(_Mirror):
+    """One ``input`` or ``output`` entry."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Tensor name as the client sends it.")
+    data_type: str = Field(description="Triton type name, e.g. TYPE_FP32; TYPE_STRING is v2 BYTES.")
+    dims: list[int] = Field(default_factory=list, description="Shape without the batch dim; -1 is any size.")
+    reshape: Reshape | None = Field(default=None, description="Shape handed to the backend instead of dims.")
+    optional: bool = Field(default=False, description="An input the request may leave out.")
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_known(cls, dims: list[int]) -> list[int]:
+        if any(d < -1 for d in dims):
+            raise ValueError("dims must be -1 (any size) or >= 0")
+        return dims
+
+    @property
+    def datatype(self) -> str:
+        """The v2 protocol datatype (FP32, BYTES, ...)."""
+        return config_to_v2(self.data_type)
+
+
+class QueuePolicy(_Mirror):
+    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    default_timeout_microseconds: int = Field(default=0, ge=0, description="0 waits forever.")
+    allow_timeout_override: bool = False
+    max_queue_size: int = Field(default=0, ge=0, description="Requests waiting per replica; 0 is no limit.")
+
+
+class DynamicBatching(_Mirror):
+    model_config = ConfigDict(extra="allow")
+
+    preferred_batch_size: list[int] = Field(default_factory=list, description="Batch sizes to aim for.")
+    max_queue_delay_microseconds: int = Field(default=0, ge=0, description="Longest wait to fill a batch.")
+    preserve_ordering: bool = False
+    default_queue_policy: QueuePolicy | None = None
+
+
+class InstanceGroup(_Mirror):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    kind: Literal["KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL"] = "KIND_AUTO"
+    count: int = Field(default=1, ge=1, description="Instances: Serve replicas of the model.")
+    gpus: list[int] = Field(default_factory=list, description="Triton's device ids; Ray places GPUs itself.")
+    gpu_fraction: float | None = Field(
+        default=None, gt=0, description="GPUs per instance (ric extension), e.g. 0.25 packs four on one GPU."
+    )
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _count_default(cls, count: int) -> int:
+        return count or 1  # proto3 writes an omitted count as 0; Triton reads it as 1
+
+
+class LatestPolicy(_Mirror):
+    num_versions: int = Field(default=1, ge=1)
+
+
+class SpecificPolicy(_Mirror):
+    versions: list[int] = Field(default_factory=list)
+
+
+class VersionPolicy(_Mirror):
+    """Which versions are served: the latest N (default 1), all, or specific ones."""
+
+    latest: LatestPolicy | None = None
+    all: dict[str, Any] | None = None
+    specific: SpecificPolicy | None = None
+
+    @model_validator(mode="after")
+    def _latest_by_default(self) -> "VersionPolicy":
+        if self.latest is None and self.all is None and self.specific is None:
+            self.latest = LatestPolicy()
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of those in the repository, ascending."""
+        ordered = sorted(available)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in set(self.specific.versions)]
+        return ordered[-self.latest.num_versions :]
+
+
+class ModelParameter(_Mirror):
+    string_value: str = ""
+
+
+class ModelConfig(BaseModel):
+    """A model's configuration, field for field as Triton's ``ModelConfig`` message.
+
+    Fields we do not model are kept (``model_extra``) and written back by :meth:`to_dict`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="", description="Model name; defaults to the folder name.")
+    platform: str = Field(default="", description="Triton platform, e.g. onnxruntime_onnx.")
+    backend: str = Field(default="", description="Backend name: onnxruntime, pytorch, python, tensorrt.")
+    max_batch_size: int = Field(default=0, ge=0, description="Rows per batch; 0 means no batch dim.")
+    input: list[TensorConfig] = Field(default_factory=list)
+    output: list[TensorConfig] = Field(default_factory=list)
+    dynamic_batching: DynamicBatching | None = None
+    instance_group: list[InstanceGroup] = Field(default_factory=list)
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    default_model_filename: str = ""
+    parameters: dict[str, ModelParameter] = Field(default_factory=dict)
+
+    def parameter(self, key: str, default: str | None = None) -> str | None:
+        """A string parameter's value, or ``default``."""
+        param = self.parameters.get(key)
+        return param.string_value if param is not None else default
+
+    @property
+    def backend_name(self) -> str:
+        """The backend that runs this model: ``backend`` if set, else the one its ``platform`` names."""
+        return self.backend or PLATFORM_BACKENDS.get(self.platform, "")
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+    def replicas(self) -> int:
+        """Serve replicas: the instance counts added up (one instance when no group is given)."""
+        return sum(group.count for group in self.instance_group) or 1
+
+    def gpus_per_replica(self) -> float:
+        """GPUs each replica asks Ray for: 0 unless an instance group is KIND_GPU."""
+        gpu_groups = [g for g in self.instance_group if g.kind == "KIND_GPU"]
+        if not gpu_groups:
+            return 0.0
+        return gpu_groups[0].gpu_fraction or float(self.parameter("gpu_fraction") or 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Triton's JSON form of the config (``GET /v2/models/<m>/config``)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for group in data["instance_group"]:
+            group.pop("gpu_fraction", None)
+        if self.gpus_per_replica() and "gpu_fraction" not in self.parameters:
+            data["parameters"]["gpu_fraction"] = {"string_value": str(self.gpus_per_replica())}
+        return data
+
+    def to_proto(self) -> model_config_pb2.ModelConfig:
+        return json_format.ParseDict(self.to_dict(), model_config_pb2.ModelConfig())
+
+    def check(self, source: str) -> None:
+        """Cross-field checks on a complete config (after auto-complete); raises ConfigError."""
+        if not self.input:
+            raise ConfigError(source, "input", "no inputs are configured and none could be read from the model")
+        if not self.output:
+            raise ConfigError(source, "output", "no outputs are configured and none could be read from the model")
+        for kind, tensors in (("input", self.input), ("output", self.output)):
+            seen: set[str] = set()
+            for i, tensor in enumerate(tensors):
+                if tensor.name in seen:
+                    raise ConfigError(source, f"{kind}[{i}].name", f"duplicate name {tensor.name!r}")
+                seen.add(tensor.name)
+                try:
+                    tensor.datatype
+                except ValueError as exc:
+                    raise ConfigError(source, f"{kind}[{i}].data_type", str(exc)) from None
+                if tensor.reshape is not None and -1 not in tensor.dims and -1 not in tensor.reshape.shape:
+                    if _count(tensor.dims) != _count(tensor.reshape.shape):
+                        raise ConfigError(source, f"{kind}[{i}].reshape", "reshape must keep the element count")
+        if self.dynamic_batching is not None:
+            if not self.batching:
+                raise ConfigError(source, "dynamic_batching", "needs max_batch_size > 0")
+            for size in self.dynamic_batching.preferred_batch_size:
+                if not 0 < size <= self.max_batch_size:
+                    raise ConfigError(
+                        source, "dynamic_batching.preferred_batch_size",
+                        f"{size} is not within 1..max_batch_size ({self.max_batch_size})",
+                    )
+
+
+def _count(dims: list[int]) -> int:
+    total = 1
+    for d in dims:
+        total *= d
+    return total
+
+
+def parse_pbtxt(text: str, source: str, folder_name: str | None = None) -> ModelConfig:
+    """Parse ``config.pbtxt`` text with protobuf's text format into a ModelConfig."""
+    try:
+        message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ConfigError(source, "", str(exc)) from None
+    return _from_proto(message, {}, source, folder_name)
+
+
+def parse_yaml(text: str, source: str, folder_name: str | None = None) -> ModelConfig:
+    """Parse ``config.yaml`` (the same fields as ``config.pbtxt``) into a ModelConfig."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "", f"invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", "the config must be a mapping of fields")
+    # gpu_fraction is ours, not Triton's: take it out before protobuf checks the rest.
+    fractions = {}
+    for i, group in enumerate(data.get("instance_group") or []):
+        if isinstance(group, dict) and "gpu_fraction" in group:
+            fractions[i] = group.pop("gpu_fraction")
+    try:
+        message = json_format.ParseDict(data, model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        raise ConfigError(source, "", str(exc)) from None
+    return _from_proto(message, fractions, source, folder_name)
+
+
+def load_config(folder: Path) -> ModelConfig:
+    """Load ``<folder>/config.pbtxt`` or ``<folder>/config.yaml``; the name defaults to the folder."""
+    for filename, parse in (("config.pbtxt", parse_pbtxt), ("config.yaml", parse_yaml), ("config.yml", parse_yaml)):
+        path = folder / filename
+        if path.is_file():
+            return parse(path.read_text(), str(path), folder.name)
+    raise ConfigError(str(folder), "", "no config.pbtxt or config.yaml")
+
+
+def _from_proto(
+    message: model_config_pb2.ModelConfig, fractions: dict[int, Any], source: str, folder_name: str | None
+) -> ModelConfig:
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    for i, fraction in fractions.items():
+        data["instance_group"][i]["gpu_fraction"] = fraction
+    try:
+        config = ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(source, field, first["msg"]) from None
+    if folder_name is not None:
+        if not config.name:
+            config.name = folder_name
+        elif config.name != folder_name:
+            raise ConfigError(source, "name", f"{config.name!r} does not match its folder {folder_name!r}")
+    if not MODEL_NAME.match(config.name):
+        raise ConfigError(source, "name", f"{config.name!r} is not a valid model name")
+    if "gpu_fraction" in config.parameters:
+        try:
+            fraction = float(config.parameter("gpu_fraction"))
+        except ValueError:
+            raise ConfigError(source, "parameters.gpu_fraction", "must be a number") from None
+        if fraction <= 0:
+            raise ConfigError(source, "parameters.gpu_fraction", "must be > 0")
+    return config

@@ -1,0 +1,67 @@
+"""One error type for the whole request path, with a transport-neutral code.
+
+Each transport maps the code with one table (HTTP status here; gRPC status in the gRPC codec), so REST
+and gRPC never give the same failure different meanings.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(str, enum.Enum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    TOO_LARGE = "TOO_LARGE"
+    INTERNAL = "INTERNAL"
+
+
+HTTP_STATUS = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class InferenceError(Exception):
+    """An error a client should see: a code and a message, never a traceback.
+
+    Every constructor argument goes to ``Exception.__init__`` so the error pickles across Ray processes.
+    """
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(code, message)
+        self.code = ErrorCode(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> "InferenceError":
+        """The client-facing form of any exception, unwrapping Ray's task error wrapper."""
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            exc = cause
+        if isinstance(exc, InferenceError):
+            return cls(exc.code, exc.message)
+        return cls(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+
+def invalid(message: str) -> InferenceError:
+    return InferenceError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> InferenceError:
+    return InferenceError(ErrorCode.NOT_FOUND, message)
+
+
+def unavailable(message: str) -> InferenceError:
+    return InferenceError(ErrorCode.UNAVAILABLE, message)

@@ -1,0 +1,97 @@
+"""The Model deployment: one Serve deployment per model, named after it, with dynamic batching.
+
+Requests are checked before they join a batch (a bad one fails alone); ``@serve.batch`` collects them
+for up to ``max_queue_delay_microseconds``, counting rows (not requests) against the batch size; the
+batch runs on one executor thread so the replica keeps accepting requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ray
+from ray import serve
+
+from deployments.backends import Tensors
+from deployments.config import ModelConfig
+from deployments.runner import ModelRunner, Pending, VersionSource
+
+
+def _rows(pending: list[Pending]) -> int:
+    return sum(p.rows for p in pending)
+
+
+def batch_limits(config: ModelConfig) -> tuple[int, float]:
+    """Rows per batch and the longest wait for one, from the config's dynamic_batching.
+
+    With preferred sizes, batches are cut at the largest one, as Triton aims for preferred sizes.
+    """
+    batching = config.dynamic_batching
+    size = max(batching.preferred_batch_size, default=config.max_batch_size)
+    return size, batching.max_queue_delay_microseconds / 1e6
+
+
+@serve.deployment
+class Model:
+    """Serves every loaded version of one model; call ``infer`` through a handle."""
+
+    def __init__(self, config: ModelConfig, source: VersionSource):
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.runner = ModelRunner(config, source, device)
+        self.runner.load()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
+        self._dynamic = self.runner.ready and self.runner.config.dynamic_batching is not None
+        if self._dynamic:
+            size, wait_s = batch_limits(self.runner.config)
+            self._run_batched.set_max_batch_size(size)
+            self._run_batched.set_batch_wait_timeout_s(wait_s)
+
+    async def infer(
+        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None
+    ) -> Tensors:
+        """Run one request: a dict of numpy arrays in, a dict of numpy arrays out."""
+        _, result = await self.infer_versioned(inputs, outputs, version)
+        return result
+
+    async def infer_versioned(
+        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None
+    ) -> tuple[int, Tensors]:
+        """Like ``infer``, also returning the version that answered (for the protocol's model_version)."""
+        pending = self.runner.prepare(inputs, outputs, version)
+        if self._dynamic:
+            result = await self._run_batched(pending)
+        else:
+            loop = asyncio.get_running_loop()
+            (result,) = await loop.run_in_executor(self._executor, self.runner.execute, [pending])
+        if isinstance(result, Exception):
+            raise result
+        return pending.version, result
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
+    async def _run_batched(self, pending: list[Pending]) -> list[Tensors | Exception]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.runner.execute, pending)
+
+    def ready(self) -> bool:
+        return self.runner.ready
+
+    def metadata(self) -> dict[str, Any]:
+        return self.runner.metadata()
+
+    def model_config(self) -> dict[str, Any]:
+        """The completed config, in Triton's JSON form."""
+        return self.runner.config.to_dict()
+
+    def index(self) -> list[dict[str, str]]:
+        return self.runner.index()
+
+    def statistics(self) -> dict[int, dict[str, int]]:
+        """This replica's counts per version (requests, rows, backend executions)."""
+        return {v: dataclasses.asdict(c) for v, c in self.runner.counters.items()}
+
+    def __del__(self):
+        self.runner.unload()
+        self._executor.shutdown(wait=False)

@@ -1,0 +1,186 @@
+"""A model's versions inside one replica: load them, check requests, run batches. No Ray here.
+
+The Serve deployment (:mod:`deployments.model`) wraps a ModelRunner with dynamic batching; benchmarks
+and unit tests use a ModelRunner directly as the in-process baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from deployments import batching
+from deployments.backends import Backend, Tensors, backend_class, resolve_backend
+from deployments.config import ModelConfig
+from deployments.errors import ErrorCode, InferenceError, not_found, unavailable
+from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
+
+logger = logging.getLogger(__name__)
+
+
+class VersionSource(Protocol):
+    """Where a replica finds a model's versions (a model store)."""
+
+    def versions(self, model: str) -> list[int]: ...
+
+    def fetch(self, model: str, version: int) -> Path: ...
+
+
+@dataclass
+class VersionState:
+    """A version's state as the repository index shows it: READY or UNAVAILABLE with a reason."""
+
+    state: str
+    reason: str = ""
+
+
+@dataclass
+class Pending:
+    """A checked request waiting to run: its version, backend-shaped inputs and row count."""
+
+    version: int
+    inputs: Tensors
+    outputs: list[str] | None
+    rows: int
+
+
+@dataclass
+class Counters:
+    """Per-version counts: requests run and rows inferred, and how many backend executions it took."""
+
+    request_success: int = 0
+    request_failure: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+
+
+class ModelRunner:
+    """Loads the versions a model's version policy selects and runs checked requests on them."""
+
+    def __init__(self, config: ModelConfig, source: VersionSource, device: str = "cpu"):
+        self.base_config = config
+        self.config = config
+        self.source = source
+        self.device = device
+        self.backends: dict[int, Backend] = {}
+        self.states: dict[int, VersionState] = {}
+        self.counters: dict[int, Counters] = {}
+        self.reason = ""
+
+    @property
+    def name(self) -> str:
+        return self.base_config.name
+
+    def load(self) -> None:
+        """Load every selected version; a version that fails is recorded with its reason, not raised."""
+        try:
+            selected = self.base_config.version_policy.select(self.source.versions(self.name))
+        except Exception as exc:  # the store could not be listed
+            self.reason = f"cannot list versions: {exc}"
+            return
+        if not selected:
+            self.reason = "no version folder matches the version policy"
+            return
+        for version in selected:
+            try:
+                self.backends[version] = self._load_version(version)
+                self.states[version] = VersionState("READY")
+                self.counters[version] = Counters()
+            except Exception as exc:
+                logger.warning("model '%s' version %d failed to load: %s", self.name, version, exc)
+                self.states[version] = VersionState("UNAVAILABLE", f"failed to load: {exc}")
+        if self.backends:
+            self.config = self.backends[max(self.backends)].config
+        else:
+            self.reason = "; ".join(f"version {v}: {s.reason}" for v, s in self.states.items())
+
+    def _load_version(self, version: int) -> Backend:
+        path = self.source.fetch(self.name, version)
+        backend = backend_class(resolve_backend(self.base_config, [path]))(self.base_config, path, self.device)
+        backend.load()
+        backend.config.check(f"{self.name}/config")
+        return backend
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.backends)
+
+    def version_for(self, version: int | str | None) -> int:
+        """The loaded version a request asks for (the newest when it names none)."""
+        if not self.backends:
+            raise unavailable(f"model '{self.name}' is not ready: {self.reason}")
+        if version in (None, ""):
+            return max(self.backends)
+        try:
+            number = int(version)
+        except (TypeError, ValueError):
+            raise not_found(f"model '{self.name}' has no version '{version}'") from None
+        if number not in self.backends:
+            state = self.states.get(number)
+            if state is not None:
+                raise unavailable(f"model '{self.name}' version {number} is not ready: {state.reason}")
+            raise not_found(f"model '{self.name}' has no version {number}; it serves {sorted(self.backends)}")
+        return number
+
+    def prepare(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None) -> Pending:
+        """Check a request against its version's config; the result may join a batch."""
+        number = self.version_for(version)
+        config = self.backends[number].config
+        rows = validate_inputs(config, inputs)
+        requested = validate_outputs(config, outputs)
+        return Pending(number, to_backend_shapes(config, inputs), requested, rows)
+
+    def execute(self, pending: list[Pending]) -> list[Tensors | InferenceError]:
+        """Run checked requests in as few backend calls as their signatures allow.
+
+        A failing backend call fails only the requests in it, each with an error naming the model.
+        """
+        results: list[Tensors | InferenceError] = [None] * len(pending)  # type: ignore[list-item]
+        max_rows = self.config.max_batch_size or 1
+        keys = [(p.version, batching.signature(p.inputs)) for p in pending]
+        for group in batching.plan_batches(keys, [p.rows for p in pending], max_rows):
+            version = pending[group[0]].version
+            backend, counters = self.backends[version], self.counters[version]
+            try:
+                outputs = backend.execute([pending[i].inputs for i in group])
+            except Exception as exc:
+                logger.exception("model '%s' version %d failed", self.name, version)
+                outputs = [InferenceError(ErrorCode.INTERNAL,
+                                          f"model '{self.name}' version {version} failed: {exc}")] * len(group)
+            counters.execution_count += 1
+            for i, output in zip(group, outputs):
+                if isinstance(output, Exception):
+                    counters.request_failure += 1
+                    results[i] = output if isinstance(output, InferenceError) else InferenceError.from_exception(output)
+                    continue
+                counters.request_success += 1
+                counters.inference_count += pending[i].rows
+                output = from_backend_shapes(backend.config, output)
+                wanted = pending[i].outputs
+                results[i] = output if wanted is None else {name: output[name] for name in wanted}
+        return results
+
+    def metadata(self) -> dict[str, Any]:
+        """The v2 model metadata: name, versions, platform, inputs and outputs."""
+        lead = [-1] if self.config.batching else []
+        return {
+            "name": self.name,
+            "versions": [str(v) for v in sorted(self.backends)],
+            "platform": self.config.platform or self.config.backend_name,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": lead + t.dims} for t in self.config.input],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": lead + t.dims} for t in self.config.output],
+        }
+
+    def index(self) -> list[dict[str, str]]:
+        """Repository index rows for this model, one per version it tried."""
+        if not self.states:
+            return [{"name": self.name, "version": "", "state": "UNAVAILABLE", "reason": self.reason}]
+        return [{"name": self.name, "version": str(v), "state": s.state, "reason": s.reason}
+                for v, s in sorted(self.states.items())]
+
+    def unload(self) -> None:
+        for backend in self.backends.values():
+            backend.unload()
+        self.backends.clear()

@@ -1,0 +1,115 @@
+"""Checks a request against the model config before it may join a batch.
+
+Bad input never reaches a backend: names, datatypes, shapes and batch sizes are checked here, and each
+problem is reported with the tensor's name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deployments.config import ModelConfig, TensorConfig
+from deployments.dtypes import v2_datatype
+from deployments.errors import invalid
+
+Tensors = dict[str, np.ndarray]
+
+
+def shape_matches(shape: tuple[int, ...] | list[int], dims: list[int]) -> bool:
+    """Whether a concrete shape fits config dims, where -1 matches any size."""
+    return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims))
+
+
+def validate_inputs(config: ModelConfig, inputs: Tensors) -> int:
+    """Check inputs against the config; return the request's batch size (1 for a non-batching model).
+
+    BYTES inputs given as numpy ``S``/``U`` arrays are converted in place to object arrays of bytes.
+    """
+    if not isinstance(inputs, dict) or not inputs:
+        raise invalid(f"model '{config.name}' needs a dict of input tensors")
+    expected = {tensor.name: tensor for tensor in config.input}
+    for name in inputs:
+        if name not in expected:
+            raise invalid(
+                f"unexpected input '{name}' for model '{config.name}'; it takes {sorted(expected)}"
+            )
+    rows: int | None = None
+    for tensor in config.input:
+        if tensor.name not in inputs:
+            if tensor.optional:
+                continue
+            raise invalid(f"missing input '{tensor.name}' for model '{config.name}'")
+        array = inputs[tensor.name] = _checked_array(config, tensor, inputs[tensor.name])
+        if config.batching:
+            if rows is not None and array.shape[0] != rows:
+                raise invalid(
+                    f"input '{tensor.name}' has batch size {array.shape[0]}, other inputs have {rows}"
+                )
+            rows = array.shape[0]
+    return rows if rows is not None else 1
+
+
+def _checked_array(config: ModelConfig, tensor: TensorConfig, array: object) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise invalid(f"input '{tensor.name}' must be a numpy array, got {type(array).__name__}")
+    if array.dtype.kind in "SU":
+        array = np.array([_as_bytes(item) for item in array.reshape(-1)], dtype=object).reshape(array.shape)
+    try:
+        datatype = v2_datatype(array.dtype)
+    except ValueError as exc:
+        raise invalid(f"input '{tensor.name}': {exc}") from None
+    if datatype != tensor.datatype:
+        raise invalid(
+            f"input '{tensor.name}' has datatype {datatype}, model '{config.name}' expects {tensor.datatype}"
+        )
+    shape = array.shape
+    if config.batching:
+        if len(shape) == 0 or not 1 <= shape[0] <= config.max_batch_size:
+            raise invalid(
+                f"input '{tensor.name}' with shape {list(shape)}: the batch size (first dim) must be "
+                f"between 1 and max_batch_size {config.max_batch_size} of model '{config.name}'"
+            )
+        shape = shape[1:]
+    if not shape_matches(shape, tensor.dims):
+        expected = ([-1] if config.batching else []) + tensor.dims
+        raise invalid(
+            f"input '{tensor.name}' has shape {list(array.shape)}, model '{config.name}' expects {expected}"
+        )
+    return array
+
+
+def _as_bytes(item: object) -> bytes:
+    return item.encode() if isinstance(item, str) else bytes(item)
+
+
+def validate_outputs(config: ModelConfig, requested: list[str] | None) -> list[str] | None:
+    """Check requested output names; None means all outputs."""
+    if requested is None:
+        return None
+    known = {tensor.name for tensor in config.output}
+    for name in requested:
+        if name not in known:
+            raise invalid(f"unknown output '{name}' for model '{config.name}'; it has {sorted(known)}")
+    return list(requested)
+
+
+def to_backend_shapes(config: ModelConfig, inputs: Tensors) -> Tensors:
+    """Apply input ``reshape``: the backend sees reshape.shape where the client sent dims."""
+    reshaped = dict(inputs)
+    for tensor in config.input:
+        if tensor.reshape is not None and tensor.name in inputs:
+            array = inputs[tensor.name]
+            lead = array.shape[:1] if config.batching else ()
+            reshaped[tensor.name] = array.reshape(lead + tuple(tensor.reshape.shape))
+    return reshaped
+
+
+def from_backend_shapes(config: ModelConfig, outputs: Tensors) -> Tensors:
+    """Undo output ``reshape``: the client sees dims where the backend produced reshape.shape."""
+    reshaped = dict(outputs)
+    for tensor in config.output:
+        if tensor.reshape is not None and tensor.name in outputs:
+            array = outputs[tensor.name]
+            lead = array.shape[:1] if config.batching else ()
+            reshaped[tensor.name] = array.reshape(lead + tuple(tensor.dims))
+    return reshaped
