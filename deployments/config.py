@@ -55,7 +55,7 @@ class Reshape(_Mirror):
 
 
 class TensorConfig(_Mirror):
-    """One ``input`` or ``output`` entry."""
+    """One ``output`` entry, and the fields an input shares."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -63,7 +63,6 @@ class TensorConfig(_Mirror):
     data_type: str = Field(description="Triton type name, e.g. TYPE_FP32; TYPE_STRING is v2 BYTES.")
     dims: list[int] = Field(default_factory=list, description="Shape without the batch dim; -1 is any size.")
     reshape: Reshape | None = Field(default=None, description="Shape handed to the backend instead of dims.")
-    optional: bool = Field(default=False, description="An input the request may leave out.")
 
     @field_validator("dims")
     @classmethod
@@ -76,6 +75,12 @@ class TensorConfig(_Mirror):
     def datatype(self) -> str:
         """The v2 protocol datatype (FP32, BYTES, ...)."""
         return config_to_v2(self.data_type)
+
+
+class InputConfig(TensorConfig):
+    """One ``input`` entry: a tensor that may be optional."""
+
+    optional: bool = Field(default=False, description="An input the request may leave out.")
 
 
 class QueuePolicy(_Mirror):
@@ -158,7 +163,7 @@ class ModelConfig(BaseModel):
     platform: str = Field(default="", description="Triton platform, e.g. onnxruntime_onnx.")
     backend: str = Field(default="", description="Backend name: onnxruntime, pytorch, python, tensorrt.")
     max_batch_size: int = Field(default=0, ge=0, description="Rows per batch; 0 means no batch dim.")
-    input: list[TensorConfig] = Field(default_factory=list)
+    input: list[InputConfig] = Field(default_factory=list)
     output: list[TensorConfig] = Field(default_factory=list)
     dynamic_batching: DynamicBatching | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from deployments.backends import Backend, Tensors
-from deployments.config import ConfigError, DynamicBatching, ModelConfig, TensorConfig
+from deployments.config import ConfigError, DynamicBatching, InputConfig, ModelConfig, TensorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -132,4 +132,5 @@ def _tensor_config(node, skip: int, source: str, kind: str) -> TensorConfig:
     if node.type not in ONNX_TYPES:
         raise ConfigError(source, kind, f"'{node.name}' has type {node.type}, which cannot be served")
     dims = [d if isinstance(d, int) and d >= 0 else -1 for d in node.shape[skip:]]
-    return TensorConfig(name=node.name, data_type=ONNX_TYPES[node.type], dims=dims)
+    tensor_class = InputConfig if kind == "input" else TensorConfig
+    return tensor_class(name=node.name, data_type=ONNX_TYPES[node.type], dims=dims)

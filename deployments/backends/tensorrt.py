@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from deployments.backends import Backend, Tensors
-from deployments.config import ConfigError, TensorConfig
+from deployments.config import ConfigError, InputConfig, TensorConfig
 from deployments.dtypes import v2_datatype, v2_to_config
 
 
@@ -48,7 +48,8 @@ class TensorRTBackend(Backend):
                 for name in names:
                     dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
                     shape = list(self.engine.get_tensor_shape(name))[skip:]
-                    tensors.append(TensorConfig(name=name, data_type=v2_to_config(v2_datatype(dtype)),
+                    tensor_class = InputConfig if kind == "input" else TensorConfig
+                    tensors.append(tensor_class(name=name, data_type=v2_to_config(v2_datatype(dtype)),
                                                 dims=[d if d >= 0 else -1 for d in shape]))
             for i, tensor in enumerate(tensors):
                 if tensor.name not in names:

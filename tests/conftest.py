@@ -1,0 +1,39 @@
+"""Shared test fixtures: model repositories generated in temporary folders, nothing downloaded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# A local Ray started by the tests picks 127.0.0.1 only if this is set before Ray is first imported.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import pytest  # noqa: E402
+
+from cluster.examples import example_repository  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_example_repository(target: Path) -> Path:
+    """A writable copy of the example repository with its model files generated."""
+    shutil.copytree(example_repository(), target)
+    return target
+
+
+def write_model(root: Path, name: str, config: str, files: dict[str, bytes | str], config_name: str = "config.pbtxt") -> Path:
+    """Write ``<root>/<name>/<config_name>`` and version files given as ``{"1/model.py": ...}``."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / config_name).write_text(config)
+    for relative, content in files.items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def example_root() -> Path:
+    return example_repository()

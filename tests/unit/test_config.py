@@ -1,0 +1,196 @@
+"""Model config: real config.pbtxt text and YAML into typed objects, round trips, and every error."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from cluster.app import AppArgs, deployment_options
+from deployments.config import ConfigError, ModelConfig, VersionPolicy, load_config, parse_pbtxt, parse_yaml
+
+# Triton's own densenet_onnx example config, unchanged.
+DENSENET = """
+name: "densenet_onnx"
+platform: "onnxruntime_onnx"
+max_batch_size : 0
+input [
+  {
+    name: "data_0"
+    data_type: TYPE_FP32
+    format: FORMAT_NCHW
+    dims: [ 3, 224, 224 ]
+    reshape { shape: [ 1, 3, 224, 224 ] }
+  }
+]
+output [
+  {
+    name: "fc6_1"
+    data_type: TYPE_FP32
+    dims: [ 1000 ]
+    reshape { shape: [ 1, 1000, 1, 1 ] }
+    label_filename: "densenet_labels.txt"
+  }
+]
+"""
+
+FULL = """
+name: "full"
+backend: "onnxruntime"
+max_batch_size: 16
+input [ { name: "IN", data_type: TYPE_FP16, dims: [ -1, 4 ], optional: true } ]
+output [ { name: "OUT", data_type: TYPE_STRING, dims: [ 1 ] } ]
+dynamic_batching {
+  preferred_batch_size: [ 4, 8 ]
+  max_queue_delay_microseconds: 300
+  default_queue_policy { max_queue_size: 12 }
+}
+instance_group [ { count: 3, kind: KIND_GPU } ]
+version_policy: { specific: { versions: [1, 3] } }
+parameters { key: "gpu_fraction" value { string_value: "0.25" } }
+optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } }
+"""
+
+FULL_YAML = """
+name: full
+backend: onnxruntime
+max_batch_size: 16
+input: [{name: IN, data_type: TYPE_FP16, dims: [-1, 4], optional: true}]
+output: [{name: OUT, data_type: TYPE_STRING, dims: [1]}]
+dynamic_batching:
+  preferred_batch_size: [4, 8]
+  max_queue_delay_microseconds: 300
+  default_queue_policy: {max_queue_size: 12}
+instance_group: [{count: 3, kind: KIND_GPU, gpu_fraction: 0.25}]
+version_policy: {specific: {versions: [1, 3]}}
+optimization: {execution_accelerators: {gpu_execution_accelerator: [{name: tensorrt}]}}
+"""
+
+
+def test_triton_example_config_loads_with_every_field():
+    config = parse_pbtxt(DENSENET, "densenet_onnx/config.pbtxt", "densenet_onnx")
+    assert config.name == "densenet_onnx"
+    assert config.backend_name == "onnxruntime"
+    assert config.max_batch_size == 0 and not config.batching
+    (tensor,) = config.input
+    assert (tensor.name, tensor.datatype, tensor.dims, tensor.reshape.shape) == ("data_0", "FP32", [3, 224, 224], [1, 3, 224, 224])
+    assert config.output[0].model_extra == {"label_filename": "densenet_labels.txt"}
+    assert config.version_policy.latest.num_versions == 1
+    assert config.replicas() == 1 and config.gpus_per_replica() == 0
+
+
+def test_all_honoured_fields():
+    config = parse_pbtxt(FULL, "full/config.pbtxt", "full")
+    assert config.input[0].optional and config.input[0].dims == [-1, 4]
+    assert config.output[0].datatype == "BYTES"
+    assert config.dynamic_batching.preferred_batch_size == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 300
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == 12
+    assert config.replicas() == 3 and config.gpus_per_replica() == 0.25
+    assert config.version_policy.select([1, 2, 3, 4]) == [1, 3]
+    assert config.parameter("gpu_fraction") == "0.25"
+
+
+@pytest.mark.parametrize("text", [DENSENET, FULL])
+def test_pbtxt_round_trips_through_the_proto(text):
+    original = text_format.Parse(text, model_config_pb2.ModelConfig())
+    config = parse_pbtxt(text, "x/config.pbtxt")
+    again = parse_pbtxt(text_format.MessageToString(config.to_proto()), "again")
+    assert again == config
+    # Fields we do not model survive the trip unchanged.
+    assert config.to_proto().optimization == original.optimization
+    assert config.to_proto().output[0].label_filename == original.output[0].label_filename
+    assert config.to_proto().input[0].format == original.input[0].format
+
+
+def test_yaml_loads_into_the_same_config_as_pbtxt():
+    from_yaml = parse_yaml(FULL_YAML, "full/config.yaml", "full")
+    from_pbtxt = parse_pbtxt(FULL, "full/config.pbtxt", "full")
+    assert from_yaml.gpus_per_replica() == from_pbtxt.gpus_per_replica() == 0.25
+    assert from_yaml.to_dict() == from_pbtxt.to_dict()
+
+
+def test_name_defaults_to_the_folder(tmp_path):
+    (tmp_path / "my_model").mkdir()
+    (tmp_path / "my_model" / "config.pbtxt").write_text('platform: "onnxruntime_onnx"')
+    assert load_config(tmp_path / "my_model").name == "my_model"
+
+
+@pytest.mark.parametrize(
+    "text, field, problem",
+    [
+        ('max_batch: 4', "", 'no field named "max_batch"'),
+        ('input [ { name: "x" data_type: TYPE_FLOAT32 dims: [1] } ]', "", "TYPE_FLOAT32"),
+        ('max_batch_size: "four"', "", "max_batch_size"),
+        ('input [ { name: "x" data_type: TYPE_FP32 dims: [-2] } ]', "input.0.dims", "-1 (any size) or >= 0"),
+        ('name: "other"', "name", "does not match its folder 'm'"),
+        ('parameters { key: "gpu_fraction" value { string_value: "half" } }', "parameters.gpu_fraction", "number"),
+        ('instance_group [ { count: -1 } ]', "instance_group.0.count", "greater than or equal to 1"),
+    ],
+)
+def test_config_errors_name_the_file_the_field_and_the_problem(text, field, problem):
+    with pytest.raises(ConfigError) as info:
+        parse_pbtxt(text, "m/config.pbtxt", "m")
+    assert info.value.source == "m/config.pbtxt"
+    assert info.value.field == field
+    assert problem in str(info.value)
+    assert str(info.value).startswith("m/config.pbtxt")
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("max_batch_size: [", "invalid YAML"),
+        ("- a list", "mapping"),
+        ("max_batchsize: 4", 'no field named "max_batchsize"'),
+    ],
+)
+def test_yaml_errors_name_the_file_and_the_problem(text, problem):
+    with pytest.raises(ConfigError, match=problem) as info:
+        parse_yaml(text, "m/config.yaml", "m")
+    assert str(info.value).startswith("m/config.yaml")
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"input": []}, "input"),
+        ({"output": []}, "output"),
+        ({"max_batch_size": 0}, "dynamic_batching"),
+        ({"dynamic_batching": {"preferred_batch_size": [32]}}, "dynamic_batching.preferred_batch_size"),
+        ({"input": [{"name": "a", "data_type": "TYPE_FP32"}, {"name": "a", "data_type": "TYPE_FP32"}]}, "input[1].name"),
+        ({"input": [{"name": "a", "data_type": "TYPE_COMPLEX"}]}, "input[0].data_type"),
+        ({"input": [{"name": "a", "data_type": "TYPE_FP32", "dims": [4], "reshape": {"shape": [3]}}]}, "input[0].reshape"),
+    ],
+)
+def test_complete_config_checks(changes, field):
+    base = {
+        "name": "m", "max_batch_size": 8, "dynamic_batching": {},
+        "input": [{"name": "a", "data_type": "TYPE_FP32", "dims": [4]}],
+        "output": [{"name": "b", "data_type": "TYPE_FP32", "dims": [4]}],
+    }
+    config = ModelConfig.model_validate({**base, **changes})
+    with pytest.raises(ConfigError) as info:
+        config.check("m/config.pbtxt")
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "policy, expected",
+    [({}, [5]), ({"latest": {"num_versions": 2}}, [3, 5]), ({"all": {}}, [1, 3, 5]), ({"specific": {"versions": [3, 4]}}, [3])],
+)
+def test_version_policy_selects_versions(policy, expected):
+    assert VersionPolicy.model_validate(policy).select([5, 1, 3]) == expected
+
+
+def test_instance_groups_and_queue_policy_become_serve_options():
+    config = parse_pbtxt(FULL, "full/config.pbtxt", "full")
+    options = deployment_options(config, AppArgs())
+    assert options["name"] == "full"
+    assert options["num_replicas"] == 3
+    assert options["ray_actor_options"]["num_gpus"] == 0.25
+    assert options["max_queued_requests"] == 12
+    cpu = parse_pbtxt('instance_group [ { count: 2 } ] parameters { key: "num_cpus" value { string_value: "1.5" } }', "c", "c")
+    options = deployment_options(cpu, AppArgs())
+    assert options["num_replicas"] == 2 and "num_gpus" not in options["ray_actor_options"]
+    assert options["ray_actor_options"]["num_cpus"] == 1.5
