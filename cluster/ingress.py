@@ -82,9 +82,9 @@ class Ingress:
     ) -> tuple[int, bytes]:
         match rest, request.method:
             case ["infer"], "POST":
-                body = await self._read_body(request)
-                decoded = codec.decode_infer_request(body)
-                answered, outputs = await self.handle(model).infer_versioned.remote(
+                handle = self.handle(model)
+                decoded = codec.decode_infer_request(await self._read_body(request))
+                answered, outputs = await handle.infer_versioned.remote(
                     decoded.inputs, decoded.outputs, version
                 )
                 return 200, codec.encode_infer_response(model, answered, outputs, decoded.id)
@@ -127,7 +127,7 @@ class Ingress:
             if size > limit:
                 raise InferenceError(ErrorCode.TOO_LARGE, f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
-        if not chunks:
+        if size == 0:
             raise invalid("request body is empty")
         return b"".join(chunks)
 

@@ -1,0 +1,260 @@
+"""The example repository (plus test models) on one local Ray + Serve, called like a Triton user would:
+stock tritonclient.http, plain HTTP, and Serve handles from this process and from another Ray job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import ray
+import requests
+import tritonclient.http as httpclient
+from ray import serve
+from tritonclient.utils import InferenceServerException
+
+from cluster.cli import APP_NAME
+from cluster.examples import onnx_mlp
+from cluster.stores import LocalStore
+from deployments.errors import InferenceError
+from deployments.runner import ModelRunner
+from tests.conftest import copy_example_repository, write_model
+from tests.integration.conftest import serve_repository
+
+MAX_REQUEST_BYTES = 1 << 20
+
+FLAKY = """
+def infer(inputs):
+    if (inputs["X"] < 0).any():
+        raise ValueError("negative input")
+    return {"Y": inputs["X"] * 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    root = copy_example_repository(tmp_path_factory.mktemp("repo") / "models")
+    # A batching MLP that waits long enough (200 ms) for concurrent requests to share batches.
+    write_model(root, "batched_mlp", 'platform: "onnxruntime_onnx" max_batch_size: 64 '
+                'dynamic_batching { max_queue_delay_microseconds: 200000 }', {"1/model.onnx": onnx_mlp()})
+    write_model(root, "flaky", 'backend: "python" max_batch_size: 8 '
+                'input [ { name: "X", data_type: TYPE_INT64, dims: [1] } ] '
+                'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]', {"1/model.py": FLAKY})
+    write_model(root, "broken_config", "max_batch_sise: 4", {"1/model.onnx": onnx_mlp()})
+    write_model(root, "broken_model", 'platform: "onnxruntime_onnx"', {"1/model.onnx": b"garbage"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    with serve_repository(repository, max_request_bytes=MAX_REQUEST_BYTES) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return httpclient.InferenceServerClient(server.removeprefix("http://"), concurrency=4)
+
+
+def local(repository, name):
+    """The same model run in this process, as the reference for server answers."""
+    store = LocalStore(repository)
+    runner = ModelRunner(store.config(name), store)
+    runner.load()
+    return runner
+
+
+def reference(repository, name, inputs):
+    runner = local(repository, name)
+    (result,) = runner.execute([runner.prepare(dict(inputs))])
+    return result
+
+
+def triton_infer(client, model, inputs, outputs):
+    infer_inputs = []
+    for name, array in inputs.items():
+        datatype = "BYTES" if array.dtype == object else httpclient.np_to_triton_dtype(array.dtype)
+        tensor = httpclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=False)
+        infer_inputs.append(tensor)
+    requested = [httpclient.InferRequestedOutput(name, binary_data=False) for name in outputs]
+    result = client.infer(model, infer_inputs, outputs=requested, request_id="req-42")
+    assert result.get_response()["id"] == "req-42"
+    return {name: result.as_numpy(name) for name in outputs}
+
+
+CASES = {
+    "mlp": {"INPUT0": np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)},
+    "simple": {"INPUT0": np.arange(32, dtype=np.int32).reshape(2, 16), "INPUT1": np.ones((2, 16), np.int32)},
+    "linear_torch": {"INPUT__0": np.arange(8, dtype=np.float32).reshape(2, 4)},
+    "text_stats": {"TEXT": np.array([[b"abc"], ["héllo".encode()]], dtype=object)},
+}
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+def test_tritonclient_http_gets_the_in_process_answer(client, repository, model):
+    expected = reference(repository, model, CASES[model])
+    got = triton_infer(client, model, CASES[model], list(expected))
+    for name, array in expected.items():
+        if array.dtype == object:  # tritonclient gives JSON BYTES back as str
+            assert got[name].tolist() == np.vectorize(bytes.decode, otypes=[object])(array).tolist()
+        else:
+            np.testing.assert_allclose(got[name], array, rtol=1e-5)
+
+
+def test_server_and_model_metadata_through_tritonclient(client):
+    assert client.is_server_live()
+    assert not client.is_server_ready()  # strict readiness: two broken models are in the repository
+    assert client.get_server_metadata()["name"] == "ray-inference-cluster"
+    assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "1")
+    assert not client.is_model_ready("broken_model") and not client.is_model_ready("nope")
+    metadata = client.get_model_metadata("simple")
+    assert metadata["versions"] == ["1"]
+    assert metadata["inputs"][0] == {"name": "INPUT0", "datatype": "INT32", "shape": [-1, 16]}
+    config = client.get_model_config("mlp")  # auto-completed from model.onnx
+    assert config["input"] == [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [64], "optional": False}]
+    assert config["max_batch_size"] == 64 and config["output"][0]["dims"] == [10]
+
+
+def test_broken_models_are_reported_and_the_rest_serve(client, server):
+    index = {row["name"]: row for row in client.get_model_repository_index()}
+    assert index["mlp"]["state"] == "READY"
+    assert index["broken_config"]["state"] == "UNAVAILABLE"
+    assert "broken_config/config.pbtxt" in index["broken_config"]["reason"]
+    assert "max_batch_sise" in index["broken_config"]["reason"]
+    assert index["broken_model"]["state"] == "UNAVAILABLE" and "failed to load" in index["broken_model"]["reason"]
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    for model in ("broken_config", "broken_model"):
+        response = requests.post(f"{server}/v2/models/{model}/infer", json=body, timeout=30)
+        assert response.status_code == 503
+        assert f"model '{model}' is not" in response.json()["error"]
+    assert requests.get(f"{server}/v2/health/ready", timeout=30).status_code == 503
+    assert requests.get(f"{server}/v2/health/live", timeout=30).status_code == 200
+
+
+def simple_body(rows=1, **overrides):
+    data = list(range(16 * rows))
+    body = {"id": "abc", "inputs": [
+        {"name": "INPUT0", "shape": [rows, 16], "datatype": "INT32", "data": data},
+        {"name": "INPUT1", "shape": [rows, 16], "datatype": "INT32", "data": data},
+    ]}
+    body.update(overrides)
+    return body
+
+
+def test_plain_http_json_with_id_requested_outputs_and_versions(server):
+    response = requests.post(f"{server}/v2/models/simple/versions/1/infer",
+                             json=simple_body(outputs=[{"name": "OUTPUT0"}]), timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"] == "abc" and body["model_name"] == "simple" and body["model_version"] == "1"
+    assert [o["name"] for o in body["outputs"]] == ["OUTPUT0"]
+    assert body["outputs"][0]["data"] == [2 * i for i in range(16)]
+
+
+def bad_requests():
+    two_inputs = simple_body()["inputs"]
+    return [
+        ("simple", b"{not json", 400, "malformed JSON"),
+        ("simple", json.dumps({"inputs": [dict(two_inputs[0], datatype="FP32"), two_inputs[1]]}), 400, "datatype FP32"),
+        ("simple", json.dumps({"inputs": [dict(two_inputs[0], shape=[2, 8]), two_inputs[1]]}), 400, "expects [-1, 16]"),
+        ("simple", json.dumps({"inputs": [dict(two_inputs[0], name="INPUT9"), two_inputs[1]]}), 400, "unexpected input 'INPUT9'"),
+        ("simple", json.dumps({"inputs": two_inputs[:1]}), 400, "missing input 'INPUT1'"),
+        ("simple", json.dumps(simple_body(rows=9)), 400, "max_batch_size 8"),
+        ("simple", json.dumps(simple_body(outputs=[{"name": "OUTPUT7"}])), 400, "unknown output 'OUTPUT7'"),
+        ("simple", json.dumps({"inputs": [dict(two_inputs[0], shape=[1, 17])]}), 400, "needs 17 elements"),
+        ("simple", b"", 400, "body is empty"),
+        ("simple", b" " * (MAX_REQUEST_BYTES + 1), 413, "exceeds the limit"),
+        ("nope", json.dumps(simple_body()), 404, "unknown model 'nope'"),
+    ]
+
+
+@pytest.mark.parametrize("model, body, status, message", bad_requests())
+def test_bad_requests_get_a_clear_error_and_the_model_keeps_serving(server, model, body, status, message):
+    response = requests.post(f"{server}/v2/models/{model}/infer", data=body, timeout=30)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert "Traceback" not in response.text
+    good = requests.post(f"{server}/v2/models/simple/infer", json=simple_body(), timeout=30)
+    assert good.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [("GET", "/v2/models/simple/versions/7", 404), ("POST", "/v2/models/simple/versions/7/infer", 404),
+     ("GET", "/v2/models/nope/config", 404), ("GET", "/v1/models", 404), ("DELETE", "/v2/models/simple", 404)],
+)
+def test_unknown_routes_models_and_versions(server, method, path, status):
+    response = requests.request(method, server + path, json=simple_body(), timeout=30)
+    assert response.status_code == status and response.json()["error"]
+
+
+def test_concurrent_requests_are_batched_and_all_correct(server, repository):
+    handle = serve.get_deployment_handle("batched_mlp", app_name=APP_NAME)
+    before = handle.statistics.remote().result().get(1, {}).get("execution_count", 0)
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((1 + i % 3, 64)).astype(np.float32) for i in range(32)]
+
+    def call(x):
+        body = {"inputs": [{"name": "INPUT0", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        return requests.post(f"{server}/v2/models/batched_mlp/infer", json=body, timeout=60)
+
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(call, xs))
+    runner = local(repository, "batched_mlp")
+    for x, response in zip(xs, responses):
+        assert response.status_code == 200, response.text
+        (output,) = response.json()["outputs"]
+        (expected,) = runner.execute([runner.prepare({"INPUT0": x})])
+        np.testing.assert_allclose(np.array(output["data"]).reshape(output["shape"]), expected["OUTPUT0"], rtol=1e-4, atol=1e-5)
+    stats = handle.statistics.remote().result()[1]
+    executions = stats["execution_count"] - before
+    assert 1 <= executions < len(xs), f"{len(xs)} requests ran in {executions} executions"
+    assert stats["inference_count"] >= sum(x.shape[0] for x in xs)
+
+
+def test_backend_error_fails_its_caller_only(server):
+    bad = requests.post(f"{server}/v2/models/flaky/infer", timeout=30, json={
+        "inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT64", "data": [-1]}]})
+    assert bad.status_code == 500
+    assert "model 'flaky' version 1 failed: negative input" in bad.json()["error"]
+    good = requests.post(f"{server}/v2/models/flaky/infer", timeout=30, json={
+        "inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT64", "data": [4]}]})
+    assert good.status_code == 200 and good.json()["outputs"][0]["data"] == [8]
+
+
+def test_handle_call_numpy_in_numpy_out(server):
+    handle = serve.get_deployment_handle("simple", app_name=APP_NAME)
+    x = np.arange(16, dtype=np.int32).reshape(1, 16)
+    result = handle.infer.remote({"INPUT0": x, "INPUT1": x}).result()
+    np.testing.assert_array_equal(result["OUTPUT0"], 2 * x)
+    with pytest.raises(InferenceError, match="has datatype FP64"):
+        handle.infer.remote({"INPUT0": x.astype(np.float64), "INPUT1": x}).result()
+
+
+SECOND_JOB = """
+import json, sys
+import numpy as np
+import ray
+from ray import serve
+
+ray.init(address=sys.argv[1])
+handle = serve.get_deployment_handle("simple", app_name=sys.argv[2])
+x = np.arange(16, dtype=np.int32).reshape(1, 16)
+result = handle.infer.remote({"INPUT0": x, "INPUT1": np.ones_like(x)}).result()
+print("RESULT", json.dumps({name: array.tolist() for name, array in result.items()}))
+"""
+
+
+def test_handle_call_from_another_ray_job(server):
+    address = ray.get_runtime_context().gcs_address
+    done = subprocess.run([sys.executable, "-c", SECOND_JOB, address, APP_NAME],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["OUTPUT0"] == [[i + 1 for i in range(16)]]
+    assert result["OUTPUT1"] == [[i - 1 for i in range(16)]]
