@@ -34,7 +34,8 @@ def start_ray(address: str | None, num_cpus: float | None, num_gpus: float | Non
     if address:
         ray.init(address=address)
         return
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", include_dashboard=False)
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
+             include_dashboard=False)
 
 
 def serve_repository(args: argparse.Namespace) -> None:

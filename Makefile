@@ -1,0 +1,15 @@
+# The two commands of the README. Torch is pinned to the CPU build that this project's machines keep on
+# disk; elsewhere set TORCH, e.g. make test TORCH='torch>=2.1'.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+
+.PHONY: install test serve
+
+install:
+	$(PYTHON) -m pip install -q -e '.[test,torch]' '$(TORCH)'
+
+test: install
+	$(PYTHON) -m pytest
+
+serve: install
+	ric serve

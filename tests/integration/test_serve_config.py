@@ -1,0 +1,46 @@
+"""``serve deploy configs/serve.yaml`` on a running Ray cluster serves the example repository."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import ray
+import requests
+import yaml
+from ray import serve
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import free_port, wait_for
+
+
+@pytest.fixture(scope="module")
+def dashboard_url():
+    port = free_port()
+    ray.init(address="local", num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_serve_deploy_serves_the_example_repository(dashboard_url, tmp_path):
+    config = yaml.safe_load((REPO_ROOT / "configs" / "serve.yaml").read_text())
+    http_port = free_port()
+    config["http_options"]["port"] = http_port  # the shipped file as it is, but on a free port
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    deployed = subprocess.run([shutil.which("serve"), "deploy", str(path), "-a", dashboard_url],
+                              capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    url = f"http://127.0.0.1:{http_port}"
+    wait_for(lambda: requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200,
+             timeout_s=180, what="the deployed application to be ready")
+    index = requests.post(f"{url}/v2/repository/index", timeout=30).json()
+    assert {row["name"] for row in index} >= {"mlp", "simple", "linear_torch", "text_stats"}
+    body = {"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    response = requests.post(f"{url}/v2/models/linear_torch/infer", json=body, timeout=30)
+    assert response.status_code == 200 and response.json()["outputs"][0]["shape"] == [1, 2]
