@@ -25,7 +25,7 @@ def free_port() -> int:
 def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, **app_args) -> Iterator[str]:
     """Start Ray and Serve, serve a repository, yield the HTTP base URL; shut everything down after."""
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
-             include_dashboard=False)
+             include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
