@@ -95,21 +95,20 @@ def validate_outputs(config: ModelConfig, requested: list[str] | None) -> list[s
 
 def to_backend_shapes(config: ModelConfig, inputs: Tensors) -> Tensors:
     """Apply input ``reshape``: the backend sees reshape.shape where the client sent dims."""
-    reshaped = dict(inputs)
-    for tensor in config.input:
-        if tensor.reshape is not None and tensor.name in inputs:
-            array = inputs[tensor.name]
-            lead = array.shape[:1] if config.batching else ()
-            reshaped[tensor.name] = array.reshape(lead + tuple(tensor.reshape.shape))
-    return reshaped
+    return _reshaped(config, config.input, inputs, to_backend=True)
 
 
 def from_backend_shapes(config: ModelConfig, outputs: Tensors) -> Tensors:
     """Undo output ``reshape``: the client sees dims where the backend produced reshape.shape."""
-    reshaped = dict(outputs)
-    for tensor in config.output:
-        if tensor.reshape is not None and tensor.name in outputs:
-            array = outputs[tensor.name]
+    return _reshaped(config, config.output, outputs, to_backend=False)
+
+
+def _reshaped(config: ModelConfig, tensors: list[TensorConfig], arrays: Tensors, to_backend: bool) -> Tensors:
+    reshaped = dict(arrays)
+    for tensor in tensors:
+        if tensor.reshape is not None and tensor.name in arrays:
+            array = arrays[tensor.name]
             lead = array.shape[:1] if config.batching else ()
-            reshaped[tensor.name] = array.reshape(lead + tuple(tensor.dims))
+            shape = tensor.reshape.shape if to_backend else tensor.dims
+            reshaped[tensor.name] = array.reshape(lead + tuple(shape))
     return reshaped
