@@ -1,7 +1,8 @@
-"""KServe v2 JSON tensors <-> numpy. Pure converters: no Ray, no I/O.
+"""KServe v2 HTTP bodies <-> numpy: JSON tensors and the binary tensor data extension.
 
-Every malformed request raises an ``INVALID_ARGUMENT`` InferenceError that names the problem; no
-allocation is sized from a client's claims (shapes are checked against the data actually sent).
+Pure converters: no Ray, no I/O. Every malformed request raises an ``INVALID_ARGUMENT`` InferenceError that
+names the problem; no allocation is sized from a client's claims (shapes are checked against the data
+actually sent).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from cluster.raw_tensors import decode_raw, encode_raw
 from deployments.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
+
+#: The HTTP header that says how much of a binary body is the JSON part.
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 Tensors = dict[str, np.ndarray]
 
@@ -27,20 +32,35 @@ class InferRequest:
     outputs: list[str] | None = None
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    binary_outputs: set[str] = field(default_factory=set)
+    binary_by_default: bool = False
+
+    def wants_binary(self, output: str) -> bool:
+        return output in self.binary_outputs or (self.binary_by_default and self.outputs is None)
 
 
-def decode_infer_request(body: bytes) -> InferRequest:
-    """Decode a JSON inference request body."""
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"malformed JSON in request body: {exc}") from None
-    if not isinstance(message, dict):
-        raise invalid("request body must be a JSON object")
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON part and the binary part of a request body."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if not header_length.isdigit():
+        raise invalid(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
+    length = int(header_length)
+    if not 0 < length <= len(body):
+        raise invalid(f"{HEADER_LENGTH} {length} does not fit a body of {len(body)} bytes")
+    view = memoryview(body)
+    return view[:length].tobytes(), view[length:]
+
+
+def decode_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """Decode an inference request body: JSON, with binary tensors after it when header_length is given."""
+    json_part, binary = split_body(body, header_length)
+    message = decode_json_object(json_part)
     raw_inputs = message.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise invalid("request must have a non-empty 'inputs' list")
     inputs: Tensors = {}
+    offset = 0
     for i, raw in enumerate(raw_inputs):
         if not isinstance(raw, dict):
             raise invalid(f"inputs[{i}] must be an object")
@@ -49,8 +69,20 @@ def decode_infer_request(body: bytes) -> InferRequest:
             raise invalid(f"inputs[{i}] needs a string 'name'")
         if name in inputs:
             raise invalid(f"input '{name}' is given twice")
-        inputs[name] = decode_tensor(raw, name)
-    outputs = None
+        size = _parameters(raw, f"input '{name}'").get("binary_data_size")
+        if size is None:
+            inputs[name] = decode_tensor(raw, name)
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
+        if offset + size > len(binary):
+            raise invalid(f"input '{name}': binary_data_size {size} runs past the end of the body")
+        inputs[name] = decode_raw(name, raw.get("datatype"), decode_shape(raw.get("shape"), name),
+                                  binary[offset:offset + size])
+        offset += size
+    if offset != len(binary):
+        raise invalid(f"{len(binary) - offset} bytes of binary data belong to no input")
+    outputs, binary_outputs = None, set()
     if "outputs" in message:
         raw_outputs = message["outputs"]
         if not isinstance(raw_outputs, list) or not all(
@@ -58,13 +90,30 @@ def decode_infer_request(body: bytes) -> InferRequest:
         ):
             raise invalid("'outputs' must be a list of objects with a string 'name'")
         outputs = [o["name"] for o in raw_outputs]
+        binary_outputs = {o["name"] for o in raw_outputs if _parameters(o, f"output '{o['name']}'").get("binary_data")}
     request_id = message.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid("'id' must be a string")
-    parameters = message.get("parameters") or {}
+    parameters = _parameters(message, "request")
+    return InferRequest(inputs, outputs, request_id, parameters, binary_outputs,
+                        bool(parameters.get("binary_data_output", False)))
+
+
+def _parameters(raw: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = raw.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise invalid("'parameters' must be an object")
-    return InferRequest(inputs, outputs, request_id, parameters)
+        raise invalid(f"{what}: 'parameters' must be an object")
+    return parameters
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON in request body: {exc}") from None
+    if not isinstance(message, dict):
+        raise invalid("request body must be a JSON object")
+    return message
 
 
 def decode_shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -139,14 +188,26 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
 
 
 def encode_infer_response(
-    model_name: str, model_version: int | str, outputs: Tensors, request_id: str | None = None
-) -> bytes:
-    """Encode outputs as a JSON inference response."""
+    model_name: str, model_version: int | str, outputs: Tensors, request: InferRequest | None = None
+) -> tuple[bytes, int | None]:
+    """Encode an inference response; returns the body and, when it carries binary outputs, the JSON length."""
     message: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
-    if request_id is not None:
-        message["id"] = request_id
-    message["outputs"] = [encode_tensor(name, array) for name, array in outputs.items()]
-    return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+    if request is not None and request.id is not None:
+        message["id"] = request.id
+    encoded, chunks = [], []
+    for name, array in outputs.items():
+        if request is not None and request.wants_binary(name):
+            raw = encode_raw(array)
+            chunks.append(raw)
+            encoded.append({"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape),
+                            "parameters": {"binary_data_size": len(raw)}})
+        else:
+            encoded.append(encode_tensor(name, array))
+    message["outputs"] = encoded
+    header = orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
 
 
 def encode_json(message: Any) -> bytes:

@@ -1,15 +1,13 @@
-"""The Ingress deployment: KServe v2 / Triton HTTP routes over the model deployments' handles.
+"""The Ingress deployment: KServe v2 / Triton HTTP routes over the data plane.
 
-It decodes, calls the model's handle, encodes; every failure becomes ``{"error": "..."}`` with the
-status from the one error table. The handles are passed in by the app builder.
+Each route decodes, calls the data plane, encodes; every failure becomes ``{"error": "..."}`` with the
+status from the one error table. The model handles are passed in by the app builder.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -17,12 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cluster import codec
-from deployments.errors import ErrorCode, InferenceError, invalid, not_found, unavailable
+from cluster.dataplane import DataPlane
+from deployments.errors import ErrorCode, InferenceError, invalid, not_found
 
 logger = logging.getLogger(__name__)
 
-SERVER_NAME = "ray-inference-cluster"
-EXTENSIONS = ["model_configuration"]
 JSON = "application/json"
 
 
@@ -34,87 +31,74 @@ class IngressOptions:
     max_request_bytes: int
 
 
+def json_response(message, status: int = 200) -> Response:
+    return Response(codec.encode_json(message), status_code=status, media_type=JSON)
+
+
+def empty_response(status: int = 200) -> Response:
+    return Response(b"", status_code=status)
+
+
 @serve.deployment
 class Ingress:
     """Routes v2 HTTP requests to the model deployments."""
 
     def __init__(self, models: dict[str, DeploymentHandle], failed: dict[str, str], options: IngressOptions):
-        self.models = models
-        self.failed = failed
+        self.plane = DataPlane(models, failed, options.version)
         self.options = options
 
     async def __call__(self, request: Request) -> Response:
         try:
-            status, body = await self._route(request)
+            return await self._route(request)
         except Exception as exc:  # every error reaches the client as JSON, never as a traceback
             error = InferenceError.from_exception(exc)
             if error.code == ErrorCode.INTERNAL:
                 logger.warning("request %s %s failed: %r", request.method, request.url.path, exc)
-            status, body = error.http_status, codec.encode_json({"error": error.message})
-        return Response(body, status_code=status, media_type=JSON)
+            return json_response({"error": error.message}, error.http_status)
 
-    async def _route(self, request: Request) -> tuple[int, bytes]:
+    async def _route(self, request: Request) -> Response:
         parts = request.url.path.strip("/").split("/")
         method = request.method
-        if parts[0] != "v2":
-            raise not_found(f"no route {request.url.path}")
-        match parts[1:], method:
-            case [], "GET":
-                return 200, codec.encode_json(self.server_metadata())
-            case ["health", "live"], "GET":
-                return 200, b""
-            case ["health", "ready"], "GET":
-                ready = await self.server_ready()
-                return (200, b"") if ready else (503, codec.encode_json({"error": "not every model is ready"}))
-            case ["repository", "index"], "POST":
-                return 200, codec.encode_json(await self.repository_index())
-            case ["models", model, *rest], _:
-                version = None
-                if rest[:1] == ["versions"]:
-                    if len(rest) < 2:
-                        raise not_found(f"no route {request.url.path}")
-                    version, rest = rest[1], rest[2:]
-                return await self._model_route(request, model, version, rest)
+        if parts[0] == "v2":
+            match parts[1:], method:
+                case [], "GET":
+                    return json_response(self.plane.server_metadata())
+                case ["health", "live"], "GET":
+                    return empty_response()
+                case ["health", "ready"], "GET":
+                    if await self.plane.server_ready():
+                        return empty_response()
+                    return json_response({"error": "not every model is ready"}, 503)
+                case ["repository", "index"], "POST":
+                    body = await request.body()
+                    ready = bool(body and codec.decode_json_object(body).get("ready"))
+                    return json_response(await self.plane.repository_index(ready_only=ready))
+                case ["models", model, "versions", version, *rest], _:
+                    return await self._model_route(request, model, version, rest)
+                case ["models", model, *rest], _:
+                    return await self._model_route(request, model, None, rest)
         raise not_found(f"no route {method} {request.url.path}")
 
-    async def _model_route(
-        self, request: Request, model: str, version: str | None, rest: list[str]
-    ) -> tuple[int, bytes]:
+    async def _model_route(self, request: Request, model: str, version: str | None, rest: list[str]) -> Response:
         match rest, request.method:
             case ["infer"], "POST":
-                handle = self.handle(model)
-                decoded = codec.decode_infer_request(await self._read_body(request))
-                answered, outputs = await handle.infer_versioned.remote(
-                    decoded.inputs, decoded.outputs, version
-                )
-                return 200, codec.encode_infer_response(model, answered, outputs, decoded.id)
+                self.plane.handle(model)  # unknown or failed models answer before the body is read
+                body = await self._read_body(request)
+                decoded = codec.decode_infer_request(body, request.headers.get(codec.HEADER_LENGTH))
+                answered, outputs = await self.plane.infer(model, version, decoded.inputs, decoded.outputs)
+                content, header_length = codec.encode_infer_response(model, answered, outputs, decoded)
+                if header_length is None:
+                    return Response(content, media_type=JSON)
+                return Response(content, media_type="application/octet-stream",
+                                headers={codec.HEADER_LENGTH: str(header_length)})
             case [], "GET":
-                metadata = await self.handle(model).metadata.remote()
-                self._check_version(model, version, metadata["versions"])
-                return 200, codec.encode_json(metadata)
+                return json_response(await self.plane.model_metadata(model, version))
             case ["ready"], "GET":
-                metadata = await self.handle(model).metadata.remote()
-                self._check_version(model, version, metadata["versions"])
-                return 200, b""
+                await self.plane.model_metadata(model, version)
+                return empty_response()
             case ["config"], "GET":
-                return 200, codec.encode_json(await self.handle(model).model_config.remote())
+                return json_response(await self.plane.model_config(model))
         raise not_found(f"no route {request.method} {request.url.path}")
-
-    def handle(self, model: str) -> DeploymentHandle:
-        """The model's handle; unknown models are 404, models that failed to configure are 503."""
-        if model in self.failed:
-            raise unavailable(f"model '{model}' is not available: {self.failed[model]}")
-        try:
-            return self.models[model]
-        except KeyError:
-            raise not_found(f"unknown model '{model}'") from None
-
-    @staticmethod
-    def _check_version(model: str, version: str | None, versions: list[str]) -> None:
-        if not versions:
-            raise unavailable(f"model '{model}' is not ready")
-        if version is not None and version not in versions:
-            raise not_found(f"model '{model}' has no ready version '{version}'; it serves {versions}")
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.options.max_request_bytes
@@ -130,19 +114,3 @@ class Ingress:
         if size == 0:
             raise invalid("request body is empty")
         return b"".join(chunks)
-
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": self.options.version, "extensions": EXTENSIONS}
-
-    async def server_ready(self) -> bool:
-        """Strict readiness, as Triton's default: ready when every model in the repository is."""
-        if self.failed:
-            return False
-        states = await asyncio.gather(*(h.ready.remote() for h in self.models.values()))
-        return all(states)
-
-    async def repository_index(self) -> list[dict[str, str]]:
-        rows = [row for rows in await asyncio.gather(*(h.index.remote() for h in self.models.values()))
-                for row in rows]
-        rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": r} for m, r in self.failed.items()]
-        return sorted(rows, key=lambda row: (row["name"], row["version"]))

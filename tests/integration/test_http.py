@@ -34,6 +34,21 @@ def infer(inputs):
 """
 
 
+ECHO = """
+def infer(inputs):
+    return {name.replace("IN_", "OUT_"): array for name, array in inputs.items()}
+"""
+
+DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+             "FP16", "FP32", "FP64", "BYTES"]
+
+
+def echo_config() -> str:
+    tensors = lambda prefix: ", ".join(  # noqa: E731
+        f'{{ name: "{prefix}{t}", data_type: TYPE_{"STRING" if t == "BYTES" else t}, dims: [ -1 ] }}' for t in DATATYPES)
+    return f'backend: "python" max_batch_size: 8 input [ {tensors("IN_")} ] output [ {tensors("OUT_")} ]'
+
+
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     root = copy_example_repository(tmp_path_factory.mktemp("repo") / "models")
@@ -43,6 +58,7 @@ def repository(tmp_path_factory):
     write_model(root, "flaky", 'backend: "python" max_batch_size: 8 '
                 'input [ { name: "X", data_type: TYPE_INT64, dims: [1] } ] '
                 'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]', {"1/model.py": FLAKY})
+    write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
     write_model(root, "broken_config", "max_batch_sise: 4", {"1/model.onnx": onnx_mlp()})
     write_model(root, "broken_model", 'platform: "onnxruntime_onnx"', {"1/model.onnx": b"garbage"})
     return root
@@ -73,14 +89,14 @@ def reference(repository, name, inputs):
     return result
 
 
-def triton_infer(client, model, inputs, outputs):
+def triton_infer(client, model, inputs, outputs, binary=False):
     infer_inputs = []
     for name, array in inputs.items():
         datatype = "BYTES" if array.dtype == object else httpclient.np_to_triton_dtype(array.dtype)
         tensor = httpclient.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array, binary_data=False)
+        tensor.set_data_from_numpy(array, binary_data=binary)
         infer_inputs.append(tensor)
-    requested = [httpclient.InferRequestedOutput(name, binary_data=False) for name in outputs]
+    requested = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in outputs]
     result = client.infer(model, infer_inputs, outputs=requested, request_id="req-42")
     assert result.get_response()["id"] == "req-42"
     return {name: result.as_numpy(name) for name in outputs}
@@ -94,15 +110,56 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 @pytest.mark.parametrize("model", sorted(CASES))
-def test_tritonclient_http_gets_the_in_process_answer(client, repository, model):
+def test_tritonclient_http_gets_the_in_process_answer(client, repository, model, binary):
     expected = reference(repository, model, CASES[model])
-    got = triton_infer(client, model, CASES[model], list(expected))
+    got = triton_infer(client, model, CASES[model], list(expected), binary)
     for name, array in expected.items():
-        if array.dtype == object:  # tritonclient gives JSON BYTES back as str
-            assert got[name].tolist() == np.vectorize(bytes.decode, otypes=[object])(array).tolist()
+        if array.dtype == object:  # tritonclient gives JSON BYTES back as str, binary ones as bytes
+            decode = (lambda a: a) if binary else np.vectorize(bytes.decode, otypes=[object])
+            assert got[name].tolist() == decode(array).tolist()
         else:
             np.testing.assert_allclose(got[name], array, rtol=1e-5)
+
+
+def echo_inputs(rows=2):
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for datatype in DATATYPES:
+        name = f"IN_{datatype}"
+        if datatype == "BYTES":
+            arrays[name] = np.array([[b"x" * i, "é".encode()] for i in range(rows)], dtype=object)
+        elif datatype == "BOOL":
+            arrays[name] = rng.integers(0, 2, (rows, 2)).astype(bool)
+        else:
+            dtype = httpclient.triton_to_np_dtype(datatype)
+            arrays[name] = (rng.standard_normal((rows, 2)) * 50).astype(dtype)
+    return arrays
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_every_datatype_round_trips_through_tritonclient(client, binary):
+    inputs = echo_inputs()
+    got = triton_infer(client, "echo", inputs, [n.replace("IN_", "OUT_") for n in inputs], binary)
+    for name, array in inputs.items():
+        out = got[name.replace("IN_", "OUT_")]
+        if array.dtype == object:
+            expected = array if binary else np.vectorize(bytes.decode, otypes=[object])(array)
+            assert out.tolist() == expected.tolist()
+        else:
+            assert out.dtype == array.dtype and out.tolist() == array.tolist()
+
+
+def test_tritonclient_defaults_binary_in_and_out(client):
+    x = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(x)  # binary_data=True by default
+    result = client.infer("simple", inputs)  # no outputs named: binary_data_output for all
+    assert result.get_output("OUTPUT0")["parameters"]["binary_data_size"] == 64
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * x)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), 0 * x)
 
 
 def test_server_and_model_metadata_through_tritonclient(client):

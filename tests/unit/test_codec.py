@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.codec import decode_infer_request, encode_infer_response
+from cluster.codec import InferRequest, decode_infer_request, encode_infer_response
 from deployments.errors import ErrorCode, InferenceError
 
 
@@ -50,7 +50,9 @@ def test_decodes_nested_data_ids_outputs_and_parameters():
 def test_encodes_a_response_tritonclient_can_read():
     outputs = {"y": np.array([[1.5, 2]], np.float16), "s": np.array([b"ok"], dtype=object),
                "b": np.array([True])}
-    message = json.loads(encode_infer_response("m", 3, outputs, "id-7"))
+    body, header_length = encode_infer_response("m", 3, outputs, InferRequest({}, id="id-7"))
+    assert header_length is None
+    message = json.loads(body)
     assert message["model_name"] == "m" and message["model_version"] == "3" and message["id"] == "id-7"
     y, s, b = message["outputs"]
     assert y == {"name": "y", "datatype": "FP16", "shape": [1, 2], "data": [1.5, 2.0]}
@@ -119,3 +121,112 @@ def test_random_tensors_decode_or_fail_cleanly(raw_tensor):
         assert exc.code == ErrorCode.INVALID_ARGUMENT
     else:
         assert list(request.inputs["x"].shape) == raw_tensor["shape"]
+
+
+def binary_body(inputs, arrays, **message):
+    """A request in the binary data extension: JSON header, then each input's raw bytes."""
+    from cluster.raw_tensors import encode_raw
+
+    header = json.dumps({"inputs": inputs, **message}).encode()
+    return header + b"".join(encode_raw(a) for a in arrays), str(len(header))
+
+
+def raw_input(name, array, size=None):
+    from cluster.raw_tensors import encode_raw
+    from deployments.dtypes import v2_datatype
+
+    size = len(encode_raw(array)) if size is None else size
+    return {"name": name, "shape": list(array.shape), "datatype": v2_datatype(array.dtype),
+            "parameters": {"binary_data_size": size}}
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(6, dtype=np.float32).reshape(2, 3),
+    np.array([True, False, True]),
+    np.array([[1.5, -2]], np.float16),
+    np.array([b"a", b"", "é".encode()], dtype=object),
+    np.arange(4, dtype=np.uint64),
+])
+def test_binary_inputs_decode_to_the_same_array(array):
+    raw, header_length = binary_body([raw_input("x", array)], [array])
+    decoded = decode_infer_request(raw, header_length).inputs["x"]
+    assert decoded.dtype == array.dtype and decoded.tolist() == array.tolist()
+
+
+def test_aligned_binary_inputs_are_views_of_the_body():
+    array = np.arange(8, dtype=np.float32)
+    header = json.dumps({"inputs": [raw_input("x", array)]}).encode()
+    header += b" " * (-len(header) % 8)  # pad the JSON so the tensor starts aligned
+    raw = header + array.tobytes()
+    decoded = decode_infer_request(raw, str(len(header))).inputs["x"]
+    assert not decoded.flags.owndata and decoded.tolist() == array.tolist()
+
+
+def test_binary_outputs_on_request():
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    outputs = {"y": np.arange(3, dtype=np.int32), "s": np.array([b"ab", b"c"], dtype=object), "j": np.array([1.0])}
+    request = InferRequest({}, outputs=["y", "s", "j"], binary_outputs={"y", "s"})
+    body, header_length = encode_infer_response("m", 1, outputs, request)
+    header = json.loads(body[:header_length])
+    y, s, j = header["outputs"]
+    assert y["parameters"] == {"binary_data_size": 12} and s["parameters"] == {"binary_data_size": 11}
+    assert j["data"] == [1.0]
+    assert np.frombuffer(body[header_length:header_length + 12], np.int32).tolist() == [0, 1, 2]
+    assert deserialize_bytes_tensor(body[header_length + 12:]).tolist() == [b"ab", b"c"]
+    everything = InferRequest({}, binary_by_default=True)
+    assert encode_infer_response("m", 1, {"y": outputs["y"]}, everything)[1] is not None
+
+
+def test_binary_errors():
+    array = np.arange(4, dtype=np.int32)
+    cases = [
+        (binary_body([raw_input("x", array)], [array])[0], "99999", "does not fit a body"),
+        (binary_body([raw_input("x", array)], [array])[0], "abc", "must be a non-negative integer"),
+        (binary_body([raw_input("x", array)], [array])[0] + b"!", binary_body([raw_input("x", array)], [array])[1],
+         "1 bytes of binary data belong to no input"),
+        (*binary_body([raw_input("x", array, size=12)], [array]), "12 bytes of data, but shape [4] of INT32 needs 16"),
+        (*binary_body([raw_input("x", array, size=2**40)], [array]), "runs past the end of the body"),
+        (*binary_body([raw_input("x", array, size=-1)], [array]), "binary_data_size must be a non-negative integer"),
+        (*binary_body([dict(raw_input("x", array), datatype="INT99")], [array]), "unknown datatype 'INT99'"),
+        (*binary_body([dict(raw_input("x", array), shape=[2**31, 2**31])], [array]), "needs 18446744073709551616"),
+    ]
+    strings = np.array([b"abc"], dtype=object)
+    truncated, length = binary_body([raw_input("s", strings, size=5)], [strings])
+    cases.append((truncated[:-2], length, "runs past the data"))
+    prefix_only, length = binary_body([raw_input("s", strings, size=2)], [strings])
+    cases.append((prefix_only[:int(length) + 2], length, "cannot hold 1 BYTES elements"))
+    one = np.array([b"a"], dtype=object)  # 5 bytes; then 3 bytes of a second length prefix
+    short, length = binary_body([dict(raw_input("s", one, size=8), shape=[2])], [one])
+    cases.append((short + b"\x01\x00\x00", length, "truncated BYTES length prefix"))
+    for raw, header_length, message in cases:
+        with pytest.raises(InferenceError) as info:
+            decode_infer_request(raw, header_length)
+        assert info.value.code == ErrorCode.INVALID_ARGUMENT
+        assert message in str(info.value), (message, str(info.value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(-5, 400).map(str) | st.text(max_size=4))
+def test_random_binary_bodies_and_headers_fail_cleanly(raw, header_length):
+    try:
+        decode_infer_request(raw, header_length)
+    except InferenceError as exc:
+        assert exc.code == ErrorCode.INVALID_ARGUMENT
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["INT32", "FP64", "BOOL", "BYTES", "FP16", "BF16"]),
+    st.lists(st.integers(0, 5), max_size=3),
+    st.binary(max_size=64),
+)
+def test_random_raw_tensors_decode_or_fail_cleanly(datatype, shape, data):
+    header = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": datatype,
+                                     "parameters": {"binary_data_size": len(data)}}]}).encode()
+    try:
+        request = decode_infer_request(header + data, str(len(header)))
+    except InferenceError as exc:
+        assert exc.code == ErrorCode.INVALID_ARGUMENT
+    else:
+        assert list(request.inputs["x"].shape) == shape

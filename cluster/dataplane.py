@@ -1,0 +1,69 @@
+"""The one data plane behind both transports: HTTP and gRPC decode, call these, encode.
+
+It holds the model deployments' handles (passed in by the app builder) and the models whose config
+failed, with the reason; every failure is an InferenceError with a transport-neutral code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from deployments.backends import Tensors
+from deployments.errors import not_found, unavailable
+
+SERVER_NAME = "ray-inference-cluster"
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+
+
+class DataPlane:
+    """Server and model operations over the model deployments' handles."""
+
+    def __init__(self, models: dict[str, Any], failed: dict[str, str], version: str):
+        self.models = models
+        self.failed = failed
+        self.version = version
+
+    def handle(self, model: str) -> Any:
+        """The model's handle; unknown models are NOT_FOUND, models that failed to configure UNAVAILABLE."""
+        if model in self.failed:
+            raise unavailable(f"model '{model}' is not available: {self.failed[model]}")
+        try:
+            return self.models[model]
+        except KeyError:
+            raise not_found(f"unknown model '{model}'") from None
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS}
+
+    async def server_ready(self) -> bool:
+        """Strict readiness, as Triton's default: ready when every model in the repository is."""
+        if self.failed:
+            return False
+        return all(await asyncio.gather(*(h.ready.remote() for h in self.models.values())))
+
+    async def infer(
+        self, model: str, version: str | None, inputs: Tensors, outputs: list[str] | None
+    ) -> tuple[int, Tensors]:
+        """Run a request on a model; returns the version that answered and the outputs."""
+        return await self.handle(model).infer_versioned.remote(inputs, outputs, version)
+
+    async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        metadata = await self.handle(model).metadata.remote()
+        versions = metadata["versions"]
+        if not versions:
+            raise unavailable(f"model '{model}' is not ready")
+        if version and version not in versions:
+            raise not_found(f"model '{model}' has no ready version '{version}'; it serves {versions}")
+        return metadata
+
+    async def model_config(self, model: str) -> dict[str, Any]:
+        return await self.handle(model).model_config.remote()
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        rows = [row for rows in await asyncio.gather(*(h.index.remote() for h in self.models.values()))
+                for row in rows]
+        rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": r} for m, r in self.failed.items()]
+        if ready_only:
+            rows = [row for row in rows if row["state"] == "READY"]
+        return sorted(rows, key=lambda row: (row["name"], row["version"]))

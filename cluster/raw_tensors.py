@@ -1,0 +1,73 @@
+"""Raw tensor bytes <-> numpy: the HTTP binary data extension and gRPC ``raw_*_contents`` share these.
+
+Fixed-size types are row-major little-endian (BOOL one byte); BYTES elements are a 4-byte little-endian
+length followed by the bytes. Sizes are checked against the bytes actually received before anything is
+allocated, and aligned buffers become numpy views without a copy.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from deployments.dtypes import numpy_dtype, v2_datatype
+from deployments.errors import invalid
+
+_LENGTH = struct.Struct("<I")
+
+
+def decode_raw(name: str, datatype: str, shape: tuple[int, ...], buffer: memoryview | bytes) -> np.ndarray:
+    """A tensor from its raw bytes; raises INVALID_ARGUMENT naming the input if the bytes disagree."""
+    try:
+        dtype = numpy_dtype(datatype)
+    except ValueError as exc:
+        raise invalid(f"input '{name}': {exc}") from None
+    count = math.prod(shape)
+    size = len(buffer)
+    if datatype == "BYTES":
+        return _decode_bytes(name, count, buffer).reshape(shape)
+    expected = count * dtype.itemsize
+    if size != expected:
+        raise invalid(
+            f"input '{name}': {size} bytes of data, but shape {list(shape)} of {datatype} needs {expected}"
+        )
+    array = np.frombuffer(buffer, dtype=dtype)
+    if not array.flags.aligned:
+        array = array.copy()
+    return array.reshape(shape)
+
+
+def _decode_bytes(name: str, count: int, buffer: memoryview | bytes) -> np.ndarray:
+    size = len(buffer)
+    if count * _LENGTH.size > size:
+        raise invalid(f"input '{name}': {size} bytes cannot hold {count} BYTES elements")
+    items = []
+    offset = 0
+    view = memoryview(buffer)
+    while offset < size:
+        if offset + _LENGTH.size > size:
+            raise invalid(f"input '{name}': truncated BYTES length prefix at byte {offset}")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += _LENGTH.size
+        if offset + length > size:
+            raise invalid(f"input '{name}': BYTES element of {length} bytes runs past the data at byte {offset}")
+        items.append(bytes(view[offset:offset + length]))
+        offset += length
+    if len(items) != count:
+        raise invalid(f"input '{name}': {len(items)} BYTES elements, but the shape needs {count}")
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array
+
+
+def encode_raw(array: np.ndarray) -> bytes:
+    """A tensor's raw bytes (BYTES elements length-prefixed)."""
+    if v2_datatype(array.dtype) == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            data = item.encode() if isinstance(item, str) else bytes(item)
+            parts += [_LENGTH.pack(len(data)), data]
+        return b"".join(parts)
+    return np.ascontiguousarray(array).tobytes()
