@@ -19,6 +19,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("repository", nargs="?", default=EXAMPLE,
                            help="model repository folder (default: the generated example repository)")
     serve_cmd.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    serve_cmd.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--models", help="comma-separated models to serve (default: all)")
     serve_cmd.add_argument("--address", help="join this Ray cluster instead of starting a local one")
@@ -43,16 +44,19 @@ def serve_repository(args: argparse.Namespace) -> None:
     from ray import serve
 
     from cluster.app import AppArgs, build
+    from cluster.grpc_service import SERVICER_FUNCTION
 
     app_args = AppArgs(repository=args.repository,
                        models=args.models.split(",") if args.models else None)
     start_ray(args.address, args.num_cpus, args.num_gpus)
     try:
-        serve.start(http_options={"host": args.host, "port": args.http_port})
+        serve.start(http_options={"host": args.host, "port": args.http_port},
+                    grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
         serve.run(build(app_args), name=APP_NAME, route_prefix="/")
         base = f"http://{args.host}:{args.http_port}"
-        print(f"ric: serving {app_args.repository} at {base}/v2 (health: {base}/v2/health/ready, "
-              f"index: POST {base}/v2/repository/index). Ctrl-C stops.", flush=True)
+        print(f"ric: serving {app_args.repository} at {base}/v2 and gRPC {args.host}:{args.grpc_port} "
+              f"(health: {base}/v2/health/ready, index: POST {base}/v2/repository/index). Ctrl-C stops.",
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
-"""The Ingress deployment: KServe v2 / Triton HTTP routes over the data plane.
+"""The Ingress deployment: KServe v2 / Triton HTTP routes, and the gRPC service, over one data plane.
 
-Each route decodes, calls the data plane, encodes; every failure becomes ``{"error": "..."}`` with the
-status from the one error table. The model handles are passed in by the app builder.
+Each HTTP route decodes, calls the data plane, encodes; every failure becomes ``{"error": "..."}`` with the
+status from the one error table. The gRPC methods come from :class:`GrpcInferenceService`. The model
+handles are passed in by the app builder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.responses import Response
 
 from cluster import codec
 from cluster.dataplane import DataPlane
+from cluster.grpc_service import GrpcInferenceService, register_message_modules
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
 
 logger = logging.getLogger(__name__)
@@ -40,12 +42,13 @@ def empty_response(status: int = 200) -> Response:
 
 
 @serve.deployment
-class Ingress:
-    """Routes v2 HTTP requests to the model deployments."""
+class Ingress(GrpcInferenceService):
+    """Routes v2 HTTP and gRPC requests to the model deployments."""
 
     def __init__(self, models: dict[str, DeploymentHandle], failed: dict[str, str], options: IngressOptions):
+        register_message_modules()
         self.plane = DataPlane(models, failed, options.version)
-        self.options = options
+        self.max_request_bytes = options.max_request_bytes
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -101,7 +104,7 @@ class Ingress:
         raise not_found(f"no route {request.method} {request.url.path}")
 
     async def _read_body(self, request: Request) -> bytes:
-        limit = self.options.max_request_bytes
+        limit = self.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise InferenceError(ErrorCode.TOO_LARGE, f"request body of {declared} bytes exceeds the limit of {limit}")

@@ -1,7 +1,7 @@
 """One error type for the whole request path, with a transport-neutral code.
 
-Each transport maps the code with one table (HTTP status here; gRPC status in the gRPC codec), so REST
-and gRPC never give the same failure different meanings.
+Each transport maps the code with one table (HTTP status and gRPC status, side by side here), so REST and
+gRPC never give the same failure different meanings.
 """
 
 from __future__ import annotations
@@ -23,6 +23,15 @@ HTTP_STATUS = {
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
+}
+
+#: gRPC status code names (``grpc.StatusCode[name]``), the same meanings as HTTP_STATUS.
+GRPC_STATUS = {
+    ErrorCode.INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    ErrorCode.NOT_FOUND: "NOT_FOUND",
+    ErrorCode.TOO_LARGE: "RESOURCE_EXHAUSTED",
+    ErrorCode.UNAVAILABLE: "UNAVAILABLE",
+    ErrorCode.INTERNAL: "INTERNAL",
 }
 
 

@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import ray
 import requests
@@ -13,6 +14,7 @@ from ray import serve
 
 from cluster.app import AppArgs, build
 from cluster.cli import APP_NAME
+from cluster.grpc_service import SERVICER_FUNCTION
 
 
 def free_port() -> int:
@@ -21,16 +23,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Endpoints:
+    http: str  # base URL
+    grpc: str  # host:port
+
+
 @contextmanager
-def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, **app_args) -> Iterator[str]:
-    """Start Ray and Serve, serve a repository, yield the HTTP base URL; shut everything down after."""
+def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, **app_args) -> Iterator[Endpoints]:
+    """Start Ray and Serve, serve a repository, yield its endpoints; shut everything down after."""
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
              include_dashboard=False, log_to_driver=False)
     try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        http_port, grpc_port = free_port(), free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port},
+                    grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
         serve.run(build(AppArgs(repository=str(repository), **app_args)), name=APP_NAME, route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        yield Endpoints(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -27,8 +27,8 @@ parameters { key: "gpu_fraction" value { string_value: "0.25" } }
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu")
     write_model(root, "quarter", CONFIG, {"1/model.onnx": onnx_mlp()})
-    with serve_repository(root, num_cpus=4, num_gpus=1) as url:
-        yield url
+    with serve_repository(root, num_cpus=4, num_gpus=1) as endpoints:
+        yield endpoints
 
 
 def test_four_quarter_gpu_replicas_share_one_gpu(server):

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 import ray
 import requests
+import tritonclient.grpc as grpcclient
 import yaml
 from ray import serve
 
@@ -30,7 +31,8 @@ def dashboard_url():
 def test_serve_deploy_serves_the_example_repository(dashboard_url, tmp_path):
     config = yaml.safe_load((REPO_ROOT / "configs" / "serve.yaml").read_text())
     http_port = free_port()
-    config["http_options"]["port"] = http_port  # the shipped file as it is, but on a free port
+    config["http_options"]["port"] = http_port  # the shipped file as it is, but on free ports
+    grpc_port = config["grpc_options"]["port"] = free_port()
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     deployed = subprocess.run([shutil.which("serve"), "deploy", str(path), "-a", dashboard_url],
@@ -44,3 +46,4 @@ def test_serve_deploy_serves_the_example_repository(dashboard_url, tmp_path):
     body = {"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     response = requests.post(f"{url}/v2/models/linear_torch/infer", json=body, timeout=30)
     assert response.status_code == 200 and response.json()["outputs"][0]["shape"] == [1, 2]
+    assert grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_model_ready("linear_torch")

@@ -1,93 +1,18 @@
-"""The example repository (plus test models) on one local Ray + Serve, called like a Triton user would:
-stock tritonclient.http, plain HTTP, and Serve handles from this process and from another Ray job."""
+"""HTTP, as a Triton user calls it: stock tritonclient.http (JSON and binary tensors) and plain HTTP."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import ray
 import requests
 import tritonclient.http as httpclient
 from ray import serve
-from tritonclient.utils import InferenceServerException
 
 from cluster.cli import APP_NAME
-from cluster.examples import onnx_mlp
-from cluster.stores import LocalStore
-from deployments.errors import InferenceError
-from deployments.runner import ModelRunner
-from tests.conftest import copy_example_repository, write_model
-from tests.integration.conftest import serve_repository
-
-MAX_REQUEST_BYTES = 1 << 20
-
-FLAKY = """
-def infer(inputs):
-    if (inputs["X"] < 0).any():
-        raise ValueError("negative input")
-    return {"Y": inputs["X"] * 2}
-"""
-
-
-ECHO = """
-def infer(inputs):
-    return {name.replace("IN_", "OUT_"): array for name, array in inputs.items()}
-"""
-
-DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-             "FP16", "FP32", "FP64", "BYTES"]
-
-
-def echo_config() -> str:
-    tensors = lambda prefix: ", ".join(  # noqa: E731
-        f'{{ name: "{prefix}{t}", data_type: TYPE_{"STRING" if t == "BYTES" else t}, dims: [ -1 ] }}' for t in DATATYPES)
-    return f'backend: "python" max_batch_size: 8 input [ {tensors("IN_")} ] output [ {tensors("OUT_")} ]'
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory):
-    root = copy_example_repository(tmp_path_factory.mktemp("repo") / "models")
-    # A batching MLP that waits long enough (200 ms) for concurrent requests to share batches.
-    write_model(root, "batched_mlp", 'platform: "onnxruntime_onnx" max_batch_size: 64 '
-                'dynamic_batching { max_queue_delay_microseconds: 200000 }', {"1/model.onnx": onnx_mlp()})
-    write_model(root, "flaky", 'backend: "python" max_batch_size: 8 '
-                'input [ { name: "X", data_type: TYPE_INT64, dims: [1] } ] '
-                'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]', {"1/model.py": FLAKY})
-    write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
-    write_model(root, "broken_config", "max_batch_sise: 4", {"1/model.onnx": onnx_mlp()})
-    write_model(root, "broken_model", 'platform: "onnxruntime_onnx"', {"1/model.onnx": b"garbage"})
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(repository):
-    with serve_repository(repository, max_request_bytes=MAX_REQUEST_BYTES) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return httpclient.InferenceServerClient(server.removeprefix("http://"), concurrency=4)
-
-
-def local(repository, name):
-    """The same model run in this process, as the reference for server answers."""
-    store = LocalStore(repository)
-    runner = ModelRunner(store.config(name), store)
-    runner.load()
-    return runner
-
-
-def reference(repository, name, inputs):
-    runner = local(repository, name)
-    (result,) = runner.execute([runner.prepare(dict(inputs))])
-    return result
-
+from tests.integration.served.conftest import CASES, MAX_REQUEST_BYTES, echo_inputs, local, reference
 
 def triton_infer(client, model, inputs, outputs, binary=False):
     infer_inputs = []
@@ -102,14 +27,6 @@ def triton_infer(client, model, inputs, outputs, binary=False):
     return {name: result.as_numpy(name) for name in outputs}
 
 
-CASES = {
-    "mlp": {"INPUT0": np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)},
-    "simple": {"INPUT0": np.arange(32, dtype=np.int32).reshape(2, 16), "INPUT1": np.ones((2, 16), np.int32)},
-    "linear_torch": {"INPUT__0": np.arange(8, dtype=np.float32).reshape(2, 4)},
-    "text_stats": {"TEXT": np.array([[b"abc"], ["héllo".encode()]], dtype=object)},
-}
-
-
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 @pytest.mark.parametrize("model", sorted(CASES))
 def test_tritonclient_http_gets_the_in_process_answer(client, repository, model, binary):
@@ -121,21 +38,6 @@ def test_tritonclient_http_gets_the_in_process_answer(client, repository, model,
             assert got[name].tolist() == decode(array).tolist()
         else:
             np.testing.assert_allclose(got[name], array, rtol=1e-5)
-
-
-def echo_inputs(rows=2):
-    rng = np.random.default_rng(3)
-    arrays = {}
-    for datatype in DATATYPES:
-        name = f"IN_{datatype}"
-        if datatype == "BYTES":
-            arrays[name] = np.array([[b"x" * i, "é".encode()] for i in range(rows)], dtype=object)
-        elif datatype == "BOOL":
-            arrays[name] = rng.integers(0, 2, (rows, 2)).astype(bool)
-        else:
-            dtype = httpclient.triton_to_np_dtype(datatype)
-            arrays[name] = (rng.standard_normal((rows, 2)) * 50).astype(dtype)
-    return arrays
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
@@ -281,37 +183,3 @@ def test_backend_error_fails_its_caller_only(server):
     good = requests.post(f"{server}/v2/models/flaky/infer", timeout=30, json={
         "inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT64", "data": [4]}]})
     assert good.status_code == 200 and good.json()["outputs"][0]["data"] == [8]
-
-
-def test_handle_call_numpy_in_numpy_out(server):
-    handle = serve.get_deployment_handle("simple", app_name=APP_NAME)
-    x = np.arange(16, dtype=np.int32).reshape(1, 16)
-    result = handle.infer.remote({"INPUT0": x, "INPUT1": x}).result()
-    np.testing.assert_array_equal(result["OUTPUT0"], 2 * x)
-    with pytest.raises(InferenceError, match="has datatype FP64"):
-        handle.infer.remote({"INPUT0": x.astype(np.float64), "INPUT1": x}).result()
-
-
-SECOND_JOB = """
-import json, sys
-import numpy as np
-import ray
-from ray import serve
-
-ray.init(address=sys.argv[1])
-handle = serve.get_deployment_handle("simple", app_name=sys.argv[2])
-x = np.arange(16, dtype=np.int32).reshape(1, 16)
-result = handle.infer.remote({"INPUT0": x, "INPUT1": np.ones_like(x)}).result()
-print("RESULT", json.dumps({name: array.tolist() for name, array in result.items()}))
-"""
-
-
-def test_handle_call_from_another_ray_job(server):
-    address = ray.get_runtime_context().gcs_address
-    done = subprocess.run([sys.executable, "-c", SECOND_JOB, address, APP_NAME],
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line.removeprefix("RESULT "))
-    assert result["OUTPUT0"] == [[i + 1 for i in range(16)]]
-    assert result["OUTPUT1"] == [[i - 1 for i in range(16)]]

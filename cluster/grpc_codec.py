@@ -1,0 +1,92 @@
+"""Triton gRPC messages (``tritonclient.grpc.service_pb2``) <-> numpy and data-plane dicts.
+
+Pure converters: no Ray, no I/O. Tensors travel as ``raw_input_contents`` / ``raw_output_contents``
+(the same bytes as the HTTP binary extension) or as typed ``contents``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import service_pb2
+
+from cluster.codec import InferRequest, decode_shape
+from cluster.raw_tensors import decode_raw, encode_raw
+from deployments.backends import Tensors
+from deployments.dtypes import numpy_dtype, v2_datatype
+from deployments.errors import invalid
+
+#: Which typed ``InferTensorContents`` field carries each datatype (FP16 and BF16 only travel raw).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest:
+    """Decode a ModelInferRequest's tensors, checking every size against the bytes received."""
+    if not request.inputs:
+        raise invalid("request must have at least one input")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise invalid(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
+    inputs: Tensors = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if not name:
+            raise invalid(f"inputs[{i}] needs a name")
+        if name in inputs:
+            raise invalid(f"input '{name}' is given twice")
+        shape = decode_shape(list(tensor.shape), name)
+        if raw:
+            inputs[name] = decode_raw(name, tensor.datatype, shape, raw[i])
+        else:
+            inputs[name] = _decode_contents(name, tensor, shape)
+    outputs = [output.name for output in request.outputs] or None
+    return InferRequest(inputs, outputs, request.id or None)
+
+
+def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInputTensor, shape) -> np.ndarray:
+    try:
+        dtype = numpy_dtype(tensor.datatype)
+    except ValueError as exc:
+        raise invalid(f"input '{name}': {exc}") from None
+    field = CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise invalid(f"input '{name}': {tensor.datatype} data must be sent in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    expected = math.prod(shape)
+    if len(values) != expected:
+        raise invalid(f"input '{name}': shape {list(shape)} needs {expected} elements, contents has {len(values)}")
+    try:
+        if tensor.datatype == "BYTES":
+            array = np.empty(expected, dtype=object)
+            array[:] = list(values)
+        else:
+            array = np.array(values, dtype=dtype)
+    except OverflowError as exc:
+        raise invalid(f"input '{name}': contents do not fit datatype {tensor.datatype}: {exc}") from None
+    return array.reshape(shape)
+
+
+def encode_infer_response(
+    model: str, version: int | str, outputs: Tensors, request_id: str | None
+) -> service_pb2.ModelInferResponse:
+    response = service_pb2.ModelInferResponse(model_name=model, model_version=str(version), id=request_id or "")
+    for name, array in outputs.items():
+        response.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
+        response.raw_output_contents.append(encode_raw(array))
+    return response
+
+
+def to_message(data: dict[str, Any], message_class):
+    """A data-plane dict (the HTTP JSON form) as the matching gRPC message; the shapes agree field by field."""
+    return json_format.ParseDict(data, message_class())

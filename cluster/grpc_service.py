@@ -1,0 +1,114 @@
+"""``inference.GRPCInferenceService`` on the Ingress, served by Ray Serve's gRPC proxy.
+
+Serve calls the Ingress method named after each RPC with the request message. Each method decodes, calls
+the same data plane as HTTP, encodes; an error sets the gRPC status from the one error table.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import grpc
+from tritonclient.grpc import model_config_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+
+from cluster import grpc_codec
+from cluster.dataplane import DataPlane
+from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError
+
+logger = logging.getLogger(__name__)
+
+#: The servicer function Serve's gRPC proxy registers (``grpc_options.grpc_servicer_functions``).
+SERVICER_FUNCTION = "cluster.grpc_service.add_servicer_to_server"
+
+
+def register_message_modules() -> None:
+    """Make tritonclient's generated message classes picklable.
+
+    Their ``__module__`` is the proto file's (``grpc_service_pb2``), which pickle cannot import, and Serve
+    pickles each request and response between the gRPC proxy and the Ingress replica.
+    """
+    sys.modules.setdefault("grpc_service_pb2", pb)
+    sys.modules.setdefault("model_config_pb2", model_config_pb2)
+
+
+def add_servicer_to_server(servicer, server) -> None:
+    """Tritonclient's ``add_GRPCInferenceServiceServicer_to_server``, run in Serve's gRPC proxy."""
+    register_message_modules()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+
+
+def rpc(method):
+    """Turn any failure of an RPC method into its gRPC status and a clear message."""
+
+    async def wrapper(self, request, grpc_context):
+        try:
+            return await method(self, request)
+        except Exception as exc:
+            error = InferenceError.from_exception(exc)
+            if error.code == ErrorCode.INTERNAL:
+                logger.warning("gRPC %s failed: %r", method.__name__, exc)
+            grpc_context.set_code(grpc.StatusCode[GRPC_STATUS[error.code]])
+            grpc_context.set_details(error.message)
+            raise error from None
+
+    # Not functools.wraps: Serve reads the signature to decide whether to pass grpc_context.
+    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    return wrapper
+
+
+class GrpcInferenceService:
+    """The RPCs of Triton's GRPCInferenceService; mixed into the Ingress, which provides ``plane``."""
+
+    plane: DataPlane
+    max_request_bytes: int
+
+    @rpc
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=await self.plane.server_ready())
+
+    @rpc
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        return grpc_codec.to_message(self.plane.server_metadata(), pb.ServerMetadataResponse)
+
+    @rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        try:
+            await self.plane.model_metadata(request.name, request.version or None)
+        except InferenceError as error:
+            if error.code != ErrorCode.UNAVAILABLE:
+                raise
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @rpc
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        metadata = await self.plane.model_metadata(request.name, request.version or None)
+        return grpc_codec.to_message(metadata, pb.ModelMetadataResponse)
+
+    @rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        config = await self.plane.model_config(request.name)
+        return grpc_codec.to_message({"config": config}, pb.ModelConfigResponse)
+
+    @rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        self.plane.handle(request.model_name)  # unknown or failed models answer before decoding
+        size = request.ByteSize()
+        if size > self.max_request_bytes:
+            raise InferenceError(ErrorCode.TOO_LARGE,
+                                 f"request of {size} bytes exceeds the limit of {self.max_request_bytes}")
+        decoded = grpc_codec.decode_infer_request(request)
+        version, outputs = await self.plane.infer(
+            request.model_name, request.model_version or None, decoded.inputs, decoded.outputs)
+        return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded.id)
+
+    @rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        rows = await self.plane.repository_index(ready_only=request.ready)
+        return grpc_codec.to_message({"models": rows}, pb.RepositoryIndexResponse)
