@@ -15,6 +15,7 @@ from ray.serve import Application
 
 from cluster.examples import EXAMPLE, example_repository
 from cluster.ingress import Ingress, IngressOptions
+from cluster.statistics import StatisticsCollector
 from cluster.stores import LocalStore
 from deployments.backends import resolve_backend
 from deployments.config import ModelConfig
@@ -23,6 +24,7 @@ from deployments.model import Model
 logger = logging.getLogger(__name__)
 
 INGRESS_NAME = "ric-ingress"
+STATISTICS_NAME = "ric-statistics"
 #: The ingress only waits on model handles, so it may hold many requests at once.
 INGRESS_MAX_ONGOING_REQUESTS = 1024
 
@@ -83,8 +85,12 @@ def build(args: AppArgs) -> Application:
         if missing:
             raise ValueError(f"models {missing} are not in the repository {store.root}")
         names = [name for name in names if name in args.models]
+    statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind()
     models, failed = {}, {}
     for name in names:
+        if name in (INGRESS_NAME, STATISTICS_NAME):
+            failed[name] = f"the name '{name}' is reserved by ric"
+            continue
         try:
             config = store.config(name)
             resolve_backend(config, [store.fetch(name, v) for v in store.versions(name)])
@@ -92,11 +98,11 @@ def build(args: AppArgs) -> Application:
             logger.warning("model '%s' is not served: %s", name, exc)
             failed[name] = str(exc)
             continue
-        models[name] = Model.options(**deployment_options(config, args)).bind(config, store)
+        models[name] = Model.options(**deployment_options(config, args)).bind(config, store, statistics)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes)
     return Ingress.options(
         name=INGRESS_NAME,
         num_replicas=args.ingress_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": args.replica_num_cpus},
-    ).bind(models, failed, options)
+    ).bind(models, failed, options, statistics)

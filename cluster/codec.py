@@ -43,7 +43,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON part and the binary part of a request body."""
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.isdigit():
+    if not (header_length.isascii() and header_length.isdigit()):
         raise invalid(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
     length = int(header_length)
     if not 0 < length <= len(body):

@@ -13,16 +13,17 @@ from deployments.backends import Tensors
 from deployments.errors import not_found, unavailable
 
 SERVER_NAME = "ray-inference-cluster"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 
 class DataPlane:
     """Server and model operations over the model deployments' handles."""
 
-    def __init__(self, models: dict[str, Any], failed: dict[str, str], version: str):
+    def __init__(self, models: dict[str, Any], failed: dict[str, str], version: str, statistics: Any):
         self.models = models
         self.failed = failed
         self.version = version
+        self.collector = statistics  # handle of the StatisticsCollector
 
     def handle(self, model: str) -> Any:
         """The model's handle; unknown models are NOT_FOUND, models that failed to configure UNAVAILABLE."""
@@ -67,3 +68,19 @@ class DataPlane:
         if ready_only:
             rows = [row for row in rows if row["state"] == "READY"]
         return sorted(rows, key=lambda row: (row["name"], row["version"]))
+
+    async def statistics(self, model: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics for one model (one version) or all, summed over every replica."""
+        if model:
+            self.handle(model)
+        names = [model] if model else sorted(self.models)
+        metadata = await asyncio.gather(*(self.models[name].metadata.remote() for name in names))
+        versions: dict[str, list[int]] = {}
+        for name, meta in zip(names, metadata):
+            if version:
+                if version not in meta["versions"]:
+                    raise not_found(f"model '{name}' has no ready version '{version}'; it serves {meta['versions']}")
+                versions[name] = [int(version)]
+            else:
+                versions[name] = [int(v) for v in meta["versions"]]
+        return {"model_stats": await self.collector.model_stats.remote(versions)}

@@ -109,6 +109,11 @@ class GrpcInferenceService:
         return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded.id)
 
     @rpc
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        stats = await self.plane.statistics(request.name or None, request.version or None)
+        return grpc_codec.to_message(stats, pb.ModelStatisticsResponse)
+
+    @rpc
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
         rows = await self.plane.repository_index(ready_only=request.ready)
         return grpc_codec.to_message({"models": rows}, pb.RepositoryIndexResponse)

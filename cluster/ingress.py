@@ -45,9 +45,15 @@ def empty_response(status: int = 200) -> Response:
 class Ingress(GrpcInferenceService):
     """Routes v2 HTTP and gRPC requests to the model deployments."""
 
-    def __init__(self, models: dict[str, DeploymentHandle], failed: dict[str, str], options: IngressOptions):
+    def __init__(
+        self,
+        models: dict[str, DeploymentHandle],
+        failed: dict[str, str],
+        options: IngressOptions,
+        statistics: DeploymentHandle,
+    ):
         register_message_modules()
-        self.plane = DataPlane(models, failed, options.version)
+        self.plane = DataPlane(models, failed, options.version, statistics)
         self.max_request_bytes = options.max_request_bytes
 
     async def __call__(self, request: Request) -> Response:
@@ -76,6 +82,8 @@ class Ingress(GrpcInferenceService):
                     body = await request.body()
                     ready = bool(body and codec.decode_json_object(body).get("ready"))
                     return json_response(await self.plane.repository_index(ready_only=ready))
+                case ["models", "stats"], "GET":
+                    return json_response(await self.plane.statistics())
                 case ["models", model, "versions", version, *rest], _:
                     return await self._model_route(request, model, version, rest)
                 case ["models", model, *rest], _:
@@ -101,12 +109,14 @@ class Ingress(GrpcInferenceService):
                 return empty_response()
             case ["config"], "GET":
                 return json_response(await self.plane.model_config(model))
+            case ["stats"], "GET":
+                return json_response(await self.plane.statistics(model, version))
         raise not_found(f"no route {request.method} {request.url.path}")
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.max_request_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise InferenceError(ErrorCode.TOO_LARGE, f"request body of {declared} bytes exceeds the limit of {limit}")
         chunks, size = [], 0
         async for chunk in request.stream():

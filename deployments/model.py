@@ -8,7 +8,8 @@ batch runs on one executor thread so the replica keeps accepting requests meanwh
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import copy
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,6 +19,11 @@ from ray import serve
 from deployments.backends import Tensors
 from deployments.config import ModelConfig
 from deployments.runner import ModelRunner, Pending, VersionSource
+
+logger = logging.getLogger(__name__)
+
+#: How soon after a request a replica reports its statistics to the collector.
+REPORT_DELAY_S = 0.05
 
 
 def _rows(pending: list[Pending]) -> int:
@@ -38,8 +44,11 @@ def batch_limits(config: ModelConfig) -> tuple[int, float]:
 class Model:
     """Serves every loaded version of one model; call ``infer`` through a handle."""
 
-    def __init__(self, config: ModelConfig, source: VersionSource):
+    def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None):
         device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self._collector = statistics  # handle of the application's StatisticsCollector
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._report_scheduled = False
         self.runner = ModelRunner(config, source, device)
         self.runner.load()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
@@ -60,15 +69,35 @@ class Model:
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (for the protocol's model_version)."""
-        pending = self.runner.prepare(inputs, outputs, version)
-        if self._dynamic:
-            result = await self._run_batched(pending)
-        else:
-            loop = asyncio.get_running_loop()
-            (result,) = await loop.run_in_executor(self._executor, self.runner.execute, [pending])
+        try:
+            pending = self.runner.prepare(inputs, outputs, version)
+            if self._dynamic:
+                result = await self._run_batched(pending)
+            else:
+                loop = asyncio.get_running_loop()
+                (result,) = await loop.run_in_executor(self._executor, self.runner.execute, [pending])
+        finally:
+            self._schedule_report()
         if isinstance(result, Exception):
             raise result
         return pending.version, result
+
+    def _schedule_report(self) -> None:
+        """Send this replica's statistics to the collector shortly, once for a burst of requests."""
+        if self._collector is None or self._report_scheduled:
+            return
+        self._report_scheduled = True
+        asyncio.get_running_loop().call_later(REPORT_DELAY_S, lambda: asyncio.ensure_future(self._report()))
+
+    async def _report(self) -> None:
+        self._report_scheduled = False
+        try:
+            # Copied on the executor thread, which is the one that updates them.
+            loop = asyncio.get_running_loop()
+            stats = await loop.run_in_executor(self._executor, copy.deepcopy, self.runner.stats)
+            await self._collector.report.remote(self.runner.name, self._replica_id, stats)
+        except Exception as exc:  # statistics must never disturb serving
+            logger.warning("model '%s': statistics report failed: %r", self.runner.name, exc)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
     async def _run_batched(self, pending: list[Pending]) -> list[Tensors | Exception]:
@@ -88,9 +117,9 @@ class Model:
     def index(self) -> list[dict[str, str]]:
         return self.runner.index()
 
-    def statistics(self) -> dict[int, dict[str, int]]:
-        """This replica's counts per version (requests, rows, backend executions)."""
-        return {v: dataclasses.asdict(c) for v, c in self.runner.counters.items()}
+    def statistics(self) -> dict[int, dict[str, Any]]:
+        """This replica's statistics per version, in Triton's form (the collector sums all replicas)."""
+        return {v: stats.to_triton(self.runner.name, v) for v, stats in self.runner.stats.items()}
 
     def __del__(self):
         self.runner.unload()

@@ -7,6 +7,7 @@ and unit tests use a ModelRunner directly as the in-process baseline.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from deployments import batching
 from deployments.backends import Backend, Tensors, backend_class, resolve_backend
 from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, not_found, unavailable
+from deployments.statistics import VersionStatistics
 from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
 
 logger = logging.getLogger(__name__)
@@ -38,22 +40,14 @@ class VersionState:
 
 @dataclass
 class Pending:
-    """A checked request waiting to run: its version, backend-shaped inputs and row count."""
+    """A checked request waiting to run: its version, backend-shaped inputs, row count and timestamps."""
 
     version: int
     inputs: Tensors
     outputs: list[str] | None
     rows: int
-
-
-@dataclass
-class Counters:
-    """Per-version counts: requests run and rows inferred, and how many backend executions it took."""
-
-    request_success: int = 0
-    request_failure: int = 0
-    inference_count: int = 0
-    execution_count: int = 0
+    arrived_ns: int
+    queued_ns: int
 
 
 class ModelRunner:
@@ -66,7 +60,7 @@ class ModelRunner:
         self.device = device
         self.backends: dict[int, Backend] = {}
         self.states: dict[int, VersionState] = {}
-        self.counters: dict[int, Counters] = {}
+        self.stats: dict[int, VersionStatistics] = {}
         self.reason = ""
 
     @property
@@ -87,7 +81,7 @@ class ModelRunner:
             try:
                 self.backends[version] = self._load_version(version)
                 self.states[version] = VersionState("READY")
-                self.counters[version] = Counters()
+                self.stats[version] = VersionStatistics()
             except Exception as exc:
                 logger.warning("model '%s' version %d failed to load: %s", self.name, version, exc)
                 self.states[version] = VersionState("UNAVAILABLE", f"failed to load: {exc}")
@@ -126,11 +120,17 @@ class ModelRunner:
 
     def prepare(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None) -> Pending:
         """Check a request against its version's config; the result may join a batch."""
+        arrived = time.perf_counter_ns()
         number = self.version_for(version)
         config = self.backends[number].config
-        rows = validate_inputs(config, inputs)
-        requested = validate_outputs(config, outputs)
-        return Pending(number, to_backend_shapes(config, inputs), requested, rows)
+        try:
+            rows = validate_inputs(config, inputs)
+            requested = validate_outputs(config, outputs)
+            backend_inputs = to_backend_shapes(config, inputs)
+        except InferenceError:
+            self.stats[number].fail.add(time.perf_counter_ns() - arrived)
+            raise
+        return Pending(number, backend_inputs, requested, rows, arrived, time.perf_counter_ns())
 
     def execute(self, pending: list[Pending]) -> list[Tensors | InferenceError]:
         """Run checked requests in as few backend calls as their signatures allow.
@@ -142,25 +142,38 @@ class ModelRunner:
         keys = [(p.version, batching.signature(p.inputs)) for p in pending]
         for group in batching.plan_batches(keys, [p.rows for p in pending], max_rows):
             version = pending[group[0]].version
-            backend, counters = self.backends[version], self.counters[version]
+            backend, stats = self.backends[version], self.stats[version]
+            start = time.perf_counter_ns()
             try:
                 outputs = backend.execute([pending[i].inputs for i in group])
             except Exception as exc:
                 logger.exception("model '%s' version %d failed", self.name, version)
                 outputs = [InferenceError(ErrorCode.INTERNAL,
                                           f"model '{self.name}' version {version} failed: {exc}")] * len(group)
-            counters.execution_count += 1
+            computed = time.perf_counter_ns()
             for i, output in zip(group, outputs):
                 if isinstance(output, Exception):
-                    counters.request_failure += 1
                     results[i] = output if isinstance(output, InferenceError) else InferenceError.from_exception(output)
                     continue
-                counters.request_success += 1
-                counters.inference_count += pending[i].rows
                 output = from_backend_shapes(backend.config, output)
                 wanted = pending[i].outputs
                 results[i] = output if wanted is None else {name: output[name] for name in wanted}
+            self._record(stats, [pending[i] for i in group], [results[i] for i in group], start, computed)
         return results
+
+    @staticmethod
+    def _record(stats: VersionStatistics, group: list[Pending], results: list, start: int, computed: int) -> None:
+        done = time.perf_counter_ns()
+        rows = sum(p.rows for p in group)
+        input_ns = sum(p.queued_ns - p.arrived_ns for p in group) // len(group)
+        stats.record_execution(rows, len(group), input_ns, computed - start, (done - computed) // len(group))
+        for request, result in zip(group, results):
+            stats.queue.add(start - request.queued_ns)
+            if isinstance(result, Exception):
+                stats.fail.add(done - request.arrived_ns)
+            else:
+                stats.success.add(done - request.arrived_ns)
+                stats.inference_count += request.rows
 
     def metadata(self) -> dict[str, Any]:
         """The v2 model metadata: name, versions, platform, inputs and outputs."""

@@ -100,8 +100,10 @@ def test_requests_with_the_same_signature_run_as_one_batch(example_root):
     results = model.execute([model.prepare({"INPUT0": x}) for x in xs])
     for x, result in zip(xs, results):
         np.testing.assert_allclose(result["OUTPUT0"], mlp_reference(x), rtol=1e-4, atol=1e-5)
-    counters = model.counters[1]
-    assert counters.execution_count == 1 and counters.inference_count == 6 and counters.request_success == 3
+    stats = model.stats[1]
+    assert stats.execution_count == 1 and stats.inference_count == 6 and stats.success.count == 3
+    assert stats.queue.count == stats.compute_infer.count == 3 and stats.compute_infer.ns > 0
+    assert list(stats.batches) == [6] and stats.batches[6].compute_infer.count == 1
 
 
 def test_requested_outputs_only(example_root):

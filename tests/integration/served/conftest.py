@@ -44,7 +44,7 @@ def repository(tmp_path_factory):
     # A batching MLP that waits long enough (200 ms) for concurrent requests to share batches.
     write_model(root, "batched_mlp", 'platform: "onnxruntime_onnx" max_batch_size: 64 '
                 'dynamic_batching { max_queue_delay_microseconds: 200000 }', {"1/model.onnx": onnx_mlp()})
-    write_model(root, "flaky", 'backend: "python" max_batch_size: 8 '
+    write_model(root, "flaky", 'backend: "python" max_batch_size: 8 instance_group [ { count: 2 } ] '
                 'input [ { name: "X", data_type: TYPE_INT64, dims: [1] } ] '
                 'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]', {"1/model.py": FLAKY})
     write_model(root, "echo", echo_config(), {"1/model.py": ECHO})

@@ -1,0 +1,33 @@
+"""The StatisticsCollector deployment: one per application, it sums what every model replica reports.
+
+Replicas send their cumulative per-version statistics shortly after serving requests; the collector keeps
+the latest report of each replica (so a lost or repeated report changes nothing) and adds them up when
+the statistics endpoint asks. A replica that goes away keeps its counts: they are history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from deployments.statistics import VersionStatistics, merged
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class StatisticsCollector:
+    def __init__(self):
+        self._reports: dict[tuple[str, str], dict[int, VersionStatistics]] = {}
+
+    def report(self, model: str, replica: str, stats: dict[int, VersionStatistics]) -> None:
+        self._reports[(model, replica)] = stats
+
+    def model_stats(self, versions: dict[str, list[int]]) -> list[dict[str, Any]]:
+        """Triton ``model_stats`` rows for the given models and versions, zero where nothing ran yet."""
+        rows = []
+        for model, model_versions in sorted(versions.items()):
+            reports = [stats for (name, _), stats in self._reports.items() if name == model]
+            for version in model_versions:
+                total = merged([r[version] for r in reports if version in r])
+                rows.append(total.to_triton(model, version))
+        return rows

@@ -1,0 +1,99 @@
+"""Triton's per-model-version statistics: counts and durations, merged across replicas. No Ray here.
+
+Each request adds to ``success`` or ``fail`` (its whole time in the replica), ``queue`` (waiting for a
+batch), ``compute_input`` (checking and merging inputs), ``compute_infer`` (the backend call its batch made)
+and ``compute_output`` (splitting outputs); ``batch_stats`` counts executions by batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+_STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass
+class Duration:
+    """How many times a stage ran and the nanoseconds it took in all."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def merge(self, other: "Duration") -> None:
+        self.add(other.ns, other.count)
+
+
+@dataclass
+class BatchStatistics:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class VersionStatistics:
+    """Statistics of one model version, as Triton's ``ModelStatistics`` message."""
+
+    last_inference: int = 0  # milliseconds since the epoch
+    inference_count: int = 0  # rows inferred
+    execution_count: int = 0  # backend calls
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchStatistics] = field(default_factory=dict)
+
+    def record_execution(self, rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One backend call over ``rows`` rows from ``requests`` requests."""
+        self.execution_count += 1
+        self.last_inference = time.time_ns() // 1_000_000
+        batch = self.batches.setdefault(rows, BatchStatistics())
+        for total, part, ns in ((self.compute_input, batch.compute_input, input_ns),
+                                (self.compute_infer, batch.compute_infer, infer_ns),
+                                (self.compute_output, batch.compute_output, output_ns)):
+            total.add(ns * requests, requests)  # every request in the batch spent that time
+            part.add(ns)
+
+    def merge(self, other: "VersionStatistics") -> None:
+        self.last_inference = max(self.last_inference, other.last_inference)
+        self.inference_count += other.inference_count
+        self.execution_count += other.execution_count
+        for stage in _STAGES:
+            getattr(self, stage).merge(getattr(other, stage))
+        for size, theirs in other.batches.items():
+            ours = self.batches.setdefault(size, BatchStatistics())
+            for part in fields(BatchStatistics):
+                getattr(ours, part.name).merge(getattr(theirs, part.name))
+
+    def to_triton(self, name: str, version: int | str) -> dict[str, Any]:
+        """Triton's JSON form (``GET /v2/models/<m>/stats``); the gRPC message has the same fields."""
+        duration = lambda d: {"count": d.count, "ns": d.ns}  # noqa: E731
+        stats = {stage: duration(getattr(self, stage)) for stage in _STAGES}
+        stats["cache_hit"] = stats["cache_miss"] = {"count": 0, "ns": 0}
+        return {
+            "name": name,
+            "version": str(version),
+            "last_inference": self.last_inference,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": stats,
+            "batch_stats": [
+                {"batch_size": size, **{part.name: duration(getattr(batch, part.name)) for part in fields(BatchStatistics)}}
+                for size, batch in sorted(self.batches.items())
+            ],
+        }
+
+
+def merged(reports: list[VersionStatistics]) -> VersionStatistics:
+    total = VersionStatistics()
+    for report in reports:
+        total.merge(report)
+    return total

@@ -1,0 +1,77 @@
+"""Triton statistics over HTTP and gRPC, per model version, summed over every replica."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import requests
+import tritonclient.grpc as grpcclient
+
+from tests.integration.conftest import wait_for
+
+
+def flaky_stats(server) -> dict:
+    (row,) = requests.get(f"{server}/v2/models/flaky/versions/1/stats", timeout=30).json()["model_stats"]
+    return row
+
+
+def settled(read, pause_s=1.0, attempts=20):
+    """A value that stopped changing: reports of earlier requests arrive shortly after them."""
+    last = read()
+    for _ in range(attempts):
+        time.sleep(pause_s)
+        current = read()
+        if current == last:
+            return current
+        last = current
+    raise AssertionError("statistics kept changing")
+
+
+def test_statistics_sum_both_replicas_and_count_failures(server, client):
+    before = settled(lambda: flaky_stats(server)["inference_stats"])
+    body = lambda x: {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT64", "data": [x]}]}  # noqa: E731
+    for x in range(10):
+        assert requests.post(f"{server}/v2/models/flaky/infer", json=body(x), timeout=30).status_code == 200
+    assert requests.post(f"{server}/v2/models/flaky/infer", json=body(-5), timeout=30).status_code == 500
+
+    def counted() -> bool:
+        stats = flaky_stats(server)["inference_stats"]
+        return (stats["success"]["count"] == before["success"]["count"] + 10
+                and stats["fail"]["count"] == before["fail"]["count"] + 1)
+
+    wait_for(counted, timeout_s=30, what="statistics from both flaky replicas")
+    row = flaky_stats(server)
+    stats = row["inference_stats"]
+    assert row["name"] == "flaky" and row["version"] == "1" and row["last_inference"] > 0
+    assert row["execution_count"] >= 11 and row["inference_count"] >= 10
+    for stage in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert stats[stage]["ns"] > 0, stage
+    assert sum(batch["compute_infer"]["count"] for batch in row["batch_stats"]) == row["execution_count"]
+
+
+def test_statistics_through_stock_clients(server, client, endpoints):
+    x = np.arange(16, dtype=np.int32).reshape(1, 16)
+    for _ in range(3):
+        client.infer("simple", [_input(n, x) for n in ("INPUT0", "INPUT1")])
+
+    def simple_rows():
+        stats = client.get_inference_statistics("simple")["model_stats"]
+        return stats if stats and stats[0]["inference_count"] >= 3 else None
+
+    wait_for(lambda: simple_rows() is not None, timeout_s=30, what="simple's statistics")
+    every = requests.get(f"{server}/v2/models/stats", timeout=30).json()["model_stats"]
+    assert {"simple", "mlp", "echo"} <= {row["name"] for row in every}
+    grpc_stats = grpcclient.InferenceServerClient(endpoints.grpc).get_inference_statistics("simple", as_json=True)
+    (row,) = grpc_stats["model_stats"]
+    assert row["name"] == "simple" and int(row["inference_count"]) >= 3
+    assert requests.get(f"{server}/v2/models/simple/versions/9/stats", timeout=30).status_code == 404
+    assert requests.get(f"{server}/v2/models/nope/stats", timeout=30).status_code == 404
+
+
+def _input(name, array):
+    import tritonclient.http as httpclient
+
+    tensor = httpclient.InferInput(name, list(array.shape), "INT32")
+    tensor.set_data_from_numpy(array)
+    return tensor
