@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cluster import codec
+from cluster import codec, compression
 from cluster.dataplane import DataPlane
 from cluster.grpc_service import GrpcInferenceService, register_message_modules
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
@@ -94,14 +94,17 @@ class Ingress(GrpcInferenceService):
         match rest, request.method:
             case ["infer"], "POST":
                 self.plane.handle(model)  # unknown or failed models answer before the body is read
-                body = await self._read_body(request)
+                body = compression.decompress(await self._read_body(request),
+                                              request.headers.get("content-encoding"), self.max_request_bytes)
                 decoded = codec.decode_infer_request(body, request.headers.get(codec.HEADER_LENGTH))
                 answered, outputs = await self.plane.infer(model, version, decoded.inputs, decoded.outputs)
                 content, header_length = codec.encode_infer_response(model, answered, outputs, decoded)
-                if header_length is None:
-                    return Response(content, media_type=JSON)
-                return Response(content, media_type="application/octet-stream",
-                                headers={codec.HEADER_LENGTH: str(header_length)})
+                headers = {} if header_length is None else {codec.HEADER_LENGTH: str(header_length)}
+                content, encoding = compression.compress(content, request.headers.get("accept-encoding"))
+                if encoding:
+                    headers["Content-Encoding"] = encoding
+                media_type = JSON if header_length is None else "application/octet-stream"
+                return Response(content, media_type=media_type, headers=headers)
             case [], "GET":
                 return json_response(await self.plane.model_metadata(model, version))
             case ["ready"], "GET":

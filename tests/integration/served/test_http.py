@@ -183,3 +183,23 @@ def test_backend_error_fails_its_caller_only(server):
     good = requests.post(f"{server}/v2/models/flaky/infer", timeout=30, json={
         "inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT64", "data": [4]}]})
     assert good.status_code == 200 and good.json()["outputs"][0]["data"] == [8]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_and_responses(client, algorithm):
+    x = np.arange(16, dtype=np.int32).reshape(1, 16)
+    inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(x)
+    result = client.infer("simple", inputs, request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * x)
+
+
+def test_compressed_body_is_limited_after_decompression(server):
+    import gzip
+
+    bomb = gzip.compress(b" " * (MAX_REQUEST_BYTES * 4))
+    response = requests.post(f"{server}/v2/models/simple/infer", data=bomb,
+                             headers={"Content-Encoding": "gzip"}, timeout=30)
+    assert response.status_code == 413 and "decompressed" in response.json()["error"]
