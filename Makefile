@@ -7,6 +7,7 @@ TORCH ?= torch==2.13.0
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test,torch]' '$(TORCH)'
+	bash benchmarks/install_perf_analyzer.sh
 
 test: install
 	$(PYTHON) -m pytest
