@@ -18,8 +18,10 @@ from cluster.ingress import Ingress, IngressOptions
 from cluster.statistics import StatisticsCollector
 from cluster.stores import LocalStore
 from deployments.backends import resolve_backend
-from deployments.config import ModelConfig
+from deployments.config import ConfigError, ModelConfig
 from deployments.model import Model
+from ensembles.ensemble import Ensemble
+from ensembles.graph import check_graph, is_ensemble, scheduling
 
 logger = logging.getLogger(__name__)
 
@@ -73,32 +75,90 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def read_configs(store: LocalStore) -> tuple[dict[str, ModelConfig], dict[str, str]]:
+    """Every model's config, and the reason for each model that cannot be served."""
+    configs, failed = {}, {}
+    for name in store.models():
+        if name in (INGRESS_NAME, STATISTICS_NAME):
+            failed[name] = f"the name '{name}' is reserved by ric"
+            continue
+        try:
+            config = store.config(name)
+            if is_ensemble(config):
+                scheduling(config, f"{name}/config")
+            else:
+                resolve_backend(config, [store.fetch(name, v) for v in store.versions(name)])
+        except Exception as exc:  # one broken model must not stop the others
+            logger.warning("model '%s' is not served: %s", name, exc)
+            failed[name] = str(exc)
+            continue
+        configs[name] = config
+    return configs, failed
+
+
+def with_ensemble_steps(selected: set[str], configs: dict[str, ModelConfig]) -> set[str]:
+    """A selection plus the step models of every selected ensemble, transitively."""
+    selected, stack = set(selected), list(selected)
+    while stack:
+        config = configs.get(stack.pop())
+        if config is not None and is_ensemble(config):
+            for step in scheduling(config, config.name).step:
+                if step.model_name not in selected:
+                    selected.add(step.model_name)
+                    stack.append(step.model_name)
+    return selected
+
+
+def bind_ensembles(ensembles: dict[str, ModelConfig], bound: dict, failed: dict[str, str], args: AppArgs,
+                   statistics) -> None:
+    """Bind each ensemble to its steps' handles, after the steps themselves (ensembles may nest)."""
+    waiting = dict(ensembles)
+    while waiting:
+        progress = False
+        for name, config in list(waiting.items()):
+            steps = {step.model_name for step in scheduling(config, name).step}
+            broken = sorted(steps & failed.keys())
+            if broken:
+                failed[name] = f"step models {broken} are not available"
+            elif steps <= bound.keys():
+                try:
+                    check_graph(config, f"{name}/config", set(bound))
+                except ConfigError as exc:
+                    failed[name] = str(exc)
+                else:
+                    handles = {step: bound[step] for step in steps}
+                    bound[name] = Ensemble.options(**deployment_options(config, args)).bind(config, handles, statistics)
+            else:
+                continue
+            del waiting[name]
+            progress = True
+        if not progress:
+            for name, config in waiting.items():
+                missing = sorted({s.model_name for s in scheduling(config, name).step} - bound.keys())
+                failed[name] = f"steps {missing} are missing or form a cycle of ensembles"
+            return
+
+
 def build(args: AppArgs) -> Application:
     """Build the application for a repository: the Ingress and one Model deployment per model."""
     if isinstance(args, dict):
         args = AppArgs.model_validate(args)
     root = example_repository() if args.repository == EXAMPLE else args.repository
     store = LocalStore(root)
-    names = store.models()
+    configs, failed = read_configs(store)
     if args.models is not None:
-        missing = sorted(set(args.models) - set(names))
+        missing = sorted(set(args.models) - set(configs) - set(failed))
         if missing:
             raise ValueError(f"models {missing} are not in the repository {store.root}")
-        names = [name for name in names if name in args.models]
+        selected = with_ensemble_steps(set(args.models), configs)
+        configs = {n: c for n, c in configs.items() if n in selected}
+        failed = {n: r for n, r in failed.items() if n in selected}
     statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind()
-    models, failed = {}, {}
-    for name in names:
-        if name in (INGRESS_NAME, STATISTICS_NAME):
-            failed[name] = f"the name '{name}' is reserved by ric"
-            continue
-        try:
-            config = store.config(name)
-            resolve_backend(config, [store.fetch(name, v) for v in store.versions(name)])
-        except Exception as exc:  # one broken model must not stop the others
-            logger.warning("model '%s' is not served: %s", name, exc)
-            failed[name] = str(exc)
-            continue
-        models[name] = Model.options(**deployment_options(config, args)).bind(config, store, statistics)
+    models = {
+        name: Model.options(**deployment_options(config, args)).bind(config, store, statistics)
+        for name, config in configs.items() if not is_ensemble(config)
+    }
+    bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes)
     return Ingress.options(
         name=INGRESS_NAME,

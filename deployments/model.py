@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,11 +18,7 @@ from ray import serve
 from deployments.backends import Tensors
 from deployments.config import ModelConfig
 from deployments.runner import ModelRunner, Pending, VersionSource
-
-logger = logging.getLogger(__name__)
-
-#: How soon after a request a replica reports its statistics to the collector.
-REPORT_DELAY_S = 0.05
+from deployments.statistics import StatisticsReporter
 
 
 def _rows(pending: list[Pending]) -> int:
@@ -46,12 +41,11 @@ class Model:
 
     def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None):
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self._collector = statistics  # handle of the application's StatisticsCollector
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
-        self._report_scheduled = False
         self.runner = ModelRunner(config, source, device)
         self.runner.load()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
         self._dynamic = self.runner.ready and self.runner.config.dynamic_batching is not None
         if self._dynamic:
             size, wait_s = batch_limits(self.runner.config)
@@ -77,27 +71,14 @@ class Model:
                 loop = asyncio.get_running_loop()
                 (result,) = await loop.run_in_executor(self._executor, self.runner.execute, [pending])
         finally:
-            self._schedule_report()
+            self._reporter.schedule()
         if isinstance(result, Exception):
             raise result
         return pending.version, result
 
-    def _schedule_report(self) -> None:
-        """Send this replica's statistics to the collector shortly, once for a burst of requests."""
-        if self._collector is None or self._report_scheduled:
-            return
-        self._report_scheduled = True
-        asyncio.get_running_loop().call_later(REPORT_DELAY_S, lambda: asyncio.ensure_future(self._report()))
-
-    async def _report(self) -> None:
-        self._report_scheduled = False
-        try:
-            # Copied on the executor thread, which is the one that updates them.
-            loop = asyncio.get_running_loop()
-            stats = await loop.run_in_executor(self._executor, copy.deepcopy, self.runner.stats)
-            await self._collector.report.remote(self.runner.name, self._replica_id, stats)
-        except Exception as exc:  # statistics must never disturb serving
-            logger.warning("model '%s': statistics report failed: %r", self.runner.name, exc)
+    async def _snapshot(self):
+        # Copied on the executor thread, which is the one that updates the statistics.
+        return await asyncio.get_running_loop().run_in_executor(self._executor, copy.deepcopy, self.runner.stats)
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
     async def _run_batched(self, pending: list[Pending]) -> list[Tensors | Exception]:

@@ -7,9 +7,17 @@ and ``compute_output`` (splitting outputs); ``batch_stats`` counts executions by
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: How soon after a request a replica reports its statistics to the collector.
+REPORT_DELAY_S = 0.05
 
 _STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 
@@ -97,3 +105,30 @@ def merged(reports: list[VersionStatistics]) -> VersionStatistics:
     for report in reports:
         total.merge(report)
     return total
+
+
+class StatisticsReporter:
+    """Sends a replica's cumulative statistics to the collector shortly after it serves, once per burst.
+
+    Reports are whole snapshots, so one that is lost or repeated changes nothing; a failed report is
+    logged and never disturbs serving.
+    """
+
+    def __init__(self, collector: Any, model: str, replica: str,
+                 snapshot: Callable[[], Awaitable[dict[int, VersionStatistics]]]):
+        self._collector = collector  # a handle of the application's StatisticsCollector, or None
+        self._model, self._replica, self._snapshot = model, replica, snapshot
+        self._scheduled = False
+
+    def schedule(self) -> None:
+        if self._collector is None or self._scheduled:
+            return
+        self._scheduled = True
+        asyncio.get_running_loop().call_later(REPORT_DELAY_S, lambda: asyncio.ensure_future(self._report()))
+
+    async def _report(self) -> None:
+        self._scheduled = False
+        try:
+            await self._collector.report.remote(self._model, self._replica, await self._snapshot())
+        except Exception as exc:
+            logger.warning("model '%s': statistics report failed: %r", self._model, exc)

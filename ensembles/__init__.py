@@ -1,0 +1,1 @@
+"""Ensembles: Triton's ``ensemble_scheduling`` as Serve deployment graphs."""

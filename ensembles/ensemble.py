@@ -1,0 +1,183 @@
+"""The Ensemble deployment: runs a Triton ensemble as a graph of calls to its step models' handles.
+
+Each step starts as soon as its inputs exist, so independent branches run concurrently; numpy arrays
+pass between steps through the handles without re-encoding, and each step model keeps its own dynamic
+batching, so steps of concurrent ensemble requests batch together. Beyond Triton:
+- a step input with more rows than the step model's ``max_batch_size`` is split into several requests
+  (a detector may yield any number of crops for a batching classifier);
+- a step whose inputs have zero rows is skipped and its outputs are empty, so a Python step can choose at
+  run time which branch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments.backends import Tensors
+from deployments.config import ConfigError, ModelConfig
+from deployments.dtypes import numpy_dtype
+from deployments.errors import InferenceError, not_found, unavailable
+from deployments.statistics import StatisticsReporter, VersionStatistics
+from deployments.validation import validate_inputs, validate_outputs
+from ensembles.graph import EnsembleStep, check_graph, check_tensors
+
+ENSEMBLE_VERSION = 1
+
+
+@serve.deployment
+class Ensemble:
+    """Serves one ensemble like a model: ``infer``, metadata, config, readiness and statistics."""
+
+    def __init__(self, config: ModelConfig, steps: dict[str, Any], statistics: Any = None):
+        self.config = config
+        self.source = f"{config.name}/config"
+        self.steps: list[EnsembleStep] = check_graph(config, self.source, set(steps))
+        self.handles = steps
+        self.step_configs: dict[str, ModelConfig] = {}
+        self.reason = "step models not checked yet"
+        self.stats = VersionStatistics()
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
+        self._check_lock = asyncio.Lock()
+
+    async def _snapshot(self) -> dict[int, VersionStatistics]:
+        return {ENSEMBLE_VERSION: copy.deepcopy(self.stats)}
+
+    async def _checked(self) -> bool:
+        """Check the steps against their models' completed configs once every step model is ready."""
+        if self.step_configs:
+            return True
+        async with self._check_lock:
+            if self.step_configs:
+                return True
+            names = sorted(self.handles)
+            ready = await asyncio.gather(*(self.handles[n].ready.remote() for n in names))
+            not_ready = [n for n, r in zip(names, ready) if not r]
+            if not_ready:
+                self.reason = f"step models {not_ready} are not ready"
+                return False
+            configs = await asyncio.gather(*(self.handles[n].model_config.remote() for n in names))
+            step_configs = {n: ModelConfig.model_validate(c) for n, c in zip(names, configs)}
+            try:
+                check_tensors(self.config, self.steps, step_configs, self.source)
+            except ConfigError as exc:
+                self.reason = str(exc)
+                return False
+            self.step_configs, self.reason = step_configs, ""
+            return True
+
+    async def ready(self) -> bool:
+        return await self._checked()
+
+    async def infer(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None) -> Tensors:
+        _, result = await self.infer_versioned(inputs, outputs, version)
+        return result
+
+    async def infer_versioned(
+        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None
+    ) -> tuple[int, Tensors]:
+        """Run the graph for one request; returns the ensemble version (1) and the requested outputs."""
+        start = time.perf_counter_ns()
+        if not await self._checked():
+            raise unavailable(f"ensemble '{self.config.name}' is not ready: {self.reason}")
+        if version not in (None, "", ENSEMBLE_VERSION, str(ENSEMBLE_VERSION)):
+            raise not_found(f"ensemble '{self.config.name}' has no version '{version}'; it serves [1]")
+        rows = validate_inputs(self.config, inputs)
+        wanted = validate_outputs(self.config, outputs) or [t.name for t in self.config.output]
+        try:
+            tensors = await self._run_graph(dict(inputs))
+        except InferenceError:
+            self.stats.fail.add(time.perf_counter_ns() - start)
+            raise
+        finally:
+            self._reporter.schedule()
+        elapsed = time.perf_counter_ns() - start
+        self.stats.success.add(elapsed)
+        self.stats.compute_infer.add(elapsed)
+        self.stats.inference_count += rows
+        self.stats.execution_count += 1
+        self.stats.last_inference = time.time_ns() // 1_000_000
+        return ENSEMBLE_VERSION, {name: tensors[name] for name in wanted}
+
+    async def _run_graph(self, tensors: Tensors) -> Tensors:
+        pending = list(range(len(self.steps)))
+        running: dict[asyncio.Task, int] = {}
+        try:
+            while pending or running:
+                for i in [i for i in pending if set(self.steps[i].input_map.values()) <= tensors.keys()]:
+                    pending.remove(i)
+                    running[asyncio.ensure_future(self._run_step(i, tensors))] = i
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    i = running.pop(task)
+                    outputs = task.result()  # raises the step's error
+                    for model_output, tensor in self.steps[i].output_map.items():
+                        tensors[tensor] = outputs[model_output]
+        finally:
+            for task in running:
+                task.cancel()
+        return tensors
+
+    async def _run_step(self, i: int, tensors: Tensors) -> Tensors:
+        step = self.steps[i]
+        model = self.step_configs[step.model_name]
+        inputs = {model_input: tensors[tensor] for model_input, tensor in step.input_map.items()}
+        requested = list(step.output_map)
+        version = None if step.model_version < 0 else step.model_version
+        handle = self.handles[step.model_name]
+        try:
+            if model.batching and any(a.ndim and a.shape[0] == 0 for a in inputs.values()):
+                return _empty_outputs(model, requested)
+            chunks = _split_rows(inputs, model.max_batch_size) if model.batching else [inputs]
+            results = await asyncio.gather(*(handle.infer.remote(c, requested, version) for c in chunks))
+        except Exception as exc:
+            error = InferenceError.from_exception(exc)
+            raise InferenceError(error.code, f"ensemble '{self.config.name}' step {i} (model "
+                                             f"'{step.model_name}') failed: {error.message}") from None
+        if len(results) == 1:
+            return results[0]
+        return {name: np.concatenate([r[name] for r in results]) for name in requested}
+
+    def metadata(self) -> dict[str, Any]:
+        lead = [-1] if self.config.batching else []
+        ready = bool(self.step_configs)
+        return {
+            "name": self.config.name,
+            "versions": [str(ENSEMBLE_VERSION)] if ready else [],
+            "platform": self.config.platform,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": lead + t.dims} for t in self.config.input],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": lead + t.dims} for t in self.config.output],
+        }
+
+    def model_config(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    async def index(self) -> list[dict[str, str]]:
+        ready = await self._checked()
+        return [{"name": self.config.name, "version": str(ENSEMBLE_VERSION),
+                 "state": "READY" if ready else "UNAVAILABLE", "reason": self.reason}]
+
+    def statistics(self) -> dict[int, dict[str, Any]]:
+        return {ENSEMBLE_VERSION: self.stats.to_triton(self.config.name, ENSEMBLE_VERSION)}
+
+
+def _split_rows(inputs: Tensors, max_rows: int) -> list[Tensors]:
+    """Requests of at most ``max_rows`` rows each (the step model's batch limit)."""
+    rows = next(iter(inputs.values())).shape[0]
+    if rows <= max_rows:
+        return [inputs]
+    return [{name: array[start:start + max_rows] for name, array in inputs.items()}
+            for start in range(0, rows, max_rows)]
+
+
+def _empty_outputs(model: ModelConfig, names: list[str]) -> Tensors:
+    """Zero-row outputs for a skipped step, typed and shaped as the step model's config says."""
+    outputs = {t.name: t for t in model.output}
+    return {name: np.empty([0] + [max(d, 0) for d in outputs[name].dims], dtype=numpy_dtype(outputs[name].datatype))
+            for name in names}
