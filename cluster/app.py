@@ -112,7 +112,14 @@ def with_ensemble_steps(selected: set[str], configs: dict[str, ModelConfig]) -> 
 def bind_ensembles(ensembles: dict[str, ModelConfig], bound: dict, failed: dict[str, str], args: AppArgs,
                    statistics) -> None:
     """Bind each ensemble to its steps' handles, after the steps themselves (ensembles may nest)."""
-    waiting = dict(ensembles)
+    known = set(bound) | set(ensembles) | set(failed)
+    waiting = {}
+    for name, config in ensembles.items():
+        try:
+            check_graph(config, f"{name}/config", known)
+            waiting[name] = config
+        except ConfigError as exc:
+            failed[name] = str(exc)
     while waiting:
         progress = False
         for name, config in list(waiting.items()):
@@ -121,13 +128,8 @@ def bind_ensembles(ensembles: dict[str, ModelConfig], bound: dict, failed: dict[
             if broken:
                 failed[name] = f"step models {broken} are not available"
             elif steps <= bound.keys():
-                try:
-                    check_graph(config, f"{name}/config", set(bound))
-                except ConfigError as exc:
-                    failed[name] = str(exc)
-                else:
-                    handles = {step: bound[step] for step in steps}
-                    bound[name] = Ensemble.options(**deployment_options(config, args)).bind(config, handles, statistics)
+                handles = {step: bound[step] for step in steps}
+                bound[name] = Ensemble.options(**deployment_options(config, args)).bind(config, handles, statistics)
             else:
                 continue
             del waiting[name]
@@ -135,7 +137,7 @@ def bind_ensembles(ensembles: dict[str, ModelConfig], bound: dict, failed: dict[
         if not progress:
             for name, config in waiting.items():
                 missing = sorted({s.model_name for s in scheduling(config, name).step} - bound.keys())
-                failed[name] = f"steps {missing} are missing or form a cycle of ensembles"
+                failed[name] = f"steps {missing} form a cycle of ensembles"
             return
 
 

@@ -38,15 +38,24 @@ def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, **app
         http_port, grpc_port = free_port(), free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": http_port},
                     grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
-        serve.run(build(AppArgs(repository=str(repository), **app_args)), name=APP_NAME, route_prefix="/")
+        app = build(AppArgs(repository=str(repository), **app_args))
+        serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")], wait_for_applications_running=False)
+        wait_for(lambda: _app_status() in ("RUNNING", "DEPLOY_FAILED"), timeout_s=240,
+                 what=lambda: f"the application to start: {serve.status().applications.get(APP_NAME)}")
+        assert _app_status() == "RUNNING", serve.status().applications[APP_NAME]
         yield Endpoints(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
-    """Poll ``check`` until it is true; fail after ``timeout_s``."""
+def _app_status() -> str | None:
+    app = serve.status().applications.get(APP_NAME)
+    return app.status if app else None
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float = 60, what: str | Callable[[], str] = "condition") -> None:
+    """Poll ``check`` until it is true; fail after ``timeout_s`` saying what it waited for."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -55,4 +64,4 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 60, what: str = "cond
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what() if callable(what) else what}")

@@ -38,6 +38,45 @@ def echo_config() -> str:
     return f'backend: "python" max_batch_size: 8 input [ {tensors("IN_")} ] output [ {tensors("OUT_")} ]'
 
 
+def ensemble_config(inputs: str, outputs: str, steps: list[tuple[str, dict, dict]], max_batch_size=8) -> str:
+    """An ensemble config.pbtxt; each step is (model, input_map, output_map)."""
+    def maps(kind, mapping):
+        return " ".join(f'{kind} {{ key: "{k}" value: "{v}" }}' for k, v in mapping.items())
+    step_text = ", ".join(f'{{ model_name: "{m}" model_version: -1 {maps("input_map", i)} {maps("output_map", o)} }}'
+                          for m, i, o in steps)
+    return (f'platform: "ensemble" max_batch_size: {max_batch_size} input [ {inputs} ] output [ {outputs} ] '
+            f'ensemble_scheduling {{ step [ {step_text} ] }}')
+
+
+INT16 = lambda *names: ", ".join(f'{{ name: "{n}", data_type: TYPE_INT32, dims: [ 16 ] }}' for n in names)  # noqa: E731
+
+ENSEMBLES = {
+    # simple twice in a row: (A+B, A-B) -> (2A, 2B)
+    "chain": ensemble_config(INT16("A", "B"), INT16("SUM2", "DIFF2"), [
+        ("simple", {"INPUT0": "A", "INPUT1": "B"}, {"OUTPUT0": "s", "OUTPUT1": "d"}),
+        ("simple", {"INPUT0": "s", "INPUT1": "d"}, {"OUTPUT0": "SUM2", "OUTPUT1": "DIFF2"}),
+    ]),
+    # two independent branches joined by a third step, listed join-first
+    "diamond": ensemble_config(INT16("A", "B"), INT16("OUT"), [
+        ("simple", {"INPUT0": "x", "INPUT1": "y"}, {"OUTPUT0": "OUT"}),
+        ("simple", {"INPUT0": "A", "INPUT1": "B"}, {"OUTPUT0": "x"}),
+        ("simple", {"INPUT0": "B", "INPUT1": "A"}, {"OUTPUT1": "y"}),
+    ]),
+    "failing": ensemble_config('{ name: "X", data_type: TYPE_INT64, dims: [ 1 ] }',
+                               '{ name: "Y", data_type: TYPE_INT64, dims: [ 1 ] }',
+                               [("flaky", {"X": "X"}, {"Y": "Y"})]),
+    "missing_step": ensemble_config(INT16("A"), INT16("OUT"), [("nope", {"INPUT0": "A"}, {"OUTPUT0": "OUT"})]),
+    "bad_types": ensemble_config('{ name: "A", data_type: TYPE_FP32, dims: [ 16 ] }', INT16("OUT"),
+                                 [("simple", {"INPUT0": "A", "INPUT1": "A"}, {"OUTPUT0": "OUT"})]),
+    # the detector's crops go to a classifier that waits 200 ms to batch across requests
+    "classify_batched": ensemble_config(
+        '{ name: "IMAGE", data_type: TYPE_FP32, dims: [ -1, 64 ] }',
+        '{ name: "SCORES", data_type: TYPE_FP32, dims: [ -1, 10 ] }',
+        [("detector", {"IMAGE": "IMAGE"}, {"CROPS": "crops"}), ("batched_mlp", {"INPUT0": "crops"}, {"OUTPUT0": "SCORES"})],
+        max_batch_size=0),
+}
+
+
 @pytest.fixture(scope="package")
 def repository(tmp_path_factory):
     root = copy_example_repository(tmp_path_factory.mktemp("repo") / "models")
@@ -48,6 +87,8 @@ def repository(tmp_path_factory):
                 'input [ { name: "X", data_type: TYPE_INT64, dims: [1] } ] '
                 'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]', {"1/model.py": FLAKY})
     write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
+    for name, config in ENSEMBLES.items():
+        write_model(root, name, config, {})
     write_model(root, "broken_config", "max_batch_sise: 4", {"1/model.onnx": onnx_mlp()})
     write_model(root, "broken_model", 'platform: "onnxruntime_onnx"', {"1/model.onnx": b"garbage"})
     return root
@@ -55,7 +96,8 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def endpoints(repository):
-    with serve_repository(repository, max_request_bytes=MAX_REQUEST_BYTES) as endpoints:
+    # 17 replicas at 0.25 logical CPUs each (the real work shares this machine's cores)
+    with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES) as endpoints:
         yield endpoints
 
 
