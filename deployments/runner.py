@@ -7,14 +7,18 @@ and unit tests use a ModelRunner directly as the in-process baseline.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from deployments import batching
 from deployments.backends import Backend, Tensors, backend_class, resolve_backend
 from deployments.config import ModelConfig
+from deployments.dtypes import numpy_dtype
 from deployments.errors import ErrorCode, InferenceError, not_found, unavailable
 from deployments.statistics import VersionStatistics
 from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
@@ -40,9 +44,13 @@ class VersionState:
 
 @dataclass
 class Pending:
-    """A checked request waiting to run: its version, backend-shaped inputs, row count and timestamps."""
+    """A checked request waiting to run: its version and backend, inputs, row count and timestamps.
+
+    It holds the backend it was checked against, so a version swapped out meanwhile still answers it.
+    """
 
     version: int
+    backend: Backend
     inputs: Tensors
     outputs: list[str] | None
     rows: int
@@ -62,33 +70,79 @@ class ModelRunner:
         self.states: dict[int, VersionState] = {}
         self.stats: dict[int, VersionStatistics] = {}
         self.reason = ""
+        self._in_flight: dict[int, int] = {}  # id(backend) -> requests prepared and not yet executed
+        self._retired: list[Backend] = []  # swapped out, unloaded once nothing in flight uses them
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.base_config.name
 
     def load(self) -> None:
-        """Load every selected version; a version that fails is recorded with its reason, not raised."""
+        """Load every version the policy selects; a version that fails is recorded with its reason."""
         try:
-            selected = self.base_config.version_policy.select(self.source.versions(self.name))
+            available = self.source.versions(self.name)
         except Exception as exc:  # the store could not be listed
             self.reason = f"cannot list versions: {exc}"
             return
-        if not selected:
-            self.reason = "no version folder matches the version policy"
-            return
-        for version in selected:
+        self.update(self.base_config.version_policy.select(available), warm_up=False)
+
+    def update(self, selected: list[int], warm_up: bool = True) -> None:
+        """Serve exactly ``selected``: load (and warm up) new versions beside the served ones, swap them in
+        with one assignment, retire the rest. Versions that fail keep their reason; the old ones serve on.
+
+        Call from one thread at a time (the replica's loader thread); requests keep being served meanwhile.
+        """
+        serving: dict[int, Backend] = {}
+        for version in sorted(selected):
+            if version in self.backends:
+                serving[version] = self.backends[version]
+                continue
             try:
-                self.backends[version] = self._load_version(version)
-                self.states[version] = VersionState("READY")
-                self.stats[version] = VersionStatistics()
+                backend = self._load_version(version)
+                if warm_up:
+                    self._warm_up(backend)
             except Exception as exc:
                 logger.warning("model '%s' version %d failed to load: %s", self.name, version, exc)
                 self.states[version] = VersionState("UNAVAILABLE", f"failed to load: {exc}")
-        if self.backends:
-            self.config = self.backends[max(self.backends)].config
+                continue
+            serving[version] = backend
+            self.states[version] = VersionState("READY")
+            self.stats.setdefault(version, VersionStatistics())
+        if not serving and self.backends:
+            return  # none of the selected versions loaded: the served ones serve on, the index says why
+        retired = [backend for version, backend in self.backends.items() if version not in serving]
+        self.states = {v: s for v, s in self.states.items() if v in selected}
+        self.backends = serving  # the swap
+        if serving:
+            self.config, self.reason = serving[max(serving)].config, ""
         else:
-            self.reason = "; ".join(f"version {v}: {s.reason}" for v, s in self.states.items())
+            self.reason = ("; ".join(f"version {v}: {s.reason}" for v, s in self.states.items())
+                           or "no version folder matches the version policy")
+        with self._lock:
+            self._retired += retired
+        self._unload_idle()
+
+    def _warm_up(self, backend: Backend) -> None:
+        """One request of the configured shape (zeros, one row) before a version takes traffic."""
+        config = backend.config
+        inputs = {}
+        for tensor in config.input:
+            if tensor.optional:
+                continue
+            shape = ([1] if config.batching else []) + [d if d >= 0 else 1 for d in tensor.dims]
+            dtype = numpy_dtype(tensor.datatype)
+            inputs[tensor.name] = np.full(shape, b"", dtype=object) if dtype == object else np.zeros(shape, dtype)
+        (result,) = backend.execute([to_backend_shapes(config, inputs)])
+        if isinstance(result, Exception):
+            raise result
+
+    def _unload_idle(self) -> None:
+        with self._lock:
+            idle = [b for b in self._retired if not self._in_flight.get(id(b))]
+            self._retired = [b for b in self._retired if b not in idle]
+        for backend in idle:
+            backend.unload()
 
     def _load_version(self, version: int) -> Backend:
         path = self.source.fetch(self.name, version)
@@ -122,7 +176,8 @@ class ModelRunner:
         """Check a request against its version's config; the result may join a batch."""
         arrived = time.perf_counter_ns()
         number = self.version_for(version)
-        config = self.backends[number].config
+        backend = self.backends[number]
+        config = backend.config
         try:
             rows = validate_inputs(config, inputs)
             requested = validate_outputs(config, outputs)
@@ -130,7 +185,9 @@ class ModelRunner:
         except InferenceError:
             self.stats[number].fail.add(time.perf_counter_ns() - arrived)
             raise
-        return Pending(number, backend_inputs, requested, rows, arrived, time.perf_counter_ns())
+        with self._lock:
+            self._in_flight[id(backend)] = self._in_flight.get(id(backend), 0) + 1
+        return Pending(number, backend, backend_inputs, requested, rows, arrived, time.perf_counter_ns())
 
     def execute(self, pending: list[Pending]) -> list[Tensors | InferenceError]:
         """Run checked requests in as few backend calls as their signatures allow.
@@ -141,8 +198,8 @@ class ModelRunner:
         max_rows = self.config.max_batch_size or 1
         keys = [(p.version, batching.signature(p.inputs)) for p in pending]
         for group in batching.plan_batches(keys, [p.rows for p in pending], max_rows):
-            version = pending[group[0]].version
-            backend, stats = self.backends[version], self.stats[version]
+            version, backend = pending[group[0]].version, pending[group[0]].backend
+            stats = self.stats[version]
             start = time.perf_counter_ns()
             try:
                 outputs = backend.execute([pending[i].inputs for i in group])
@@ -159,6 +216,11 @@ class ModelRunner:
                 wanted = pending[i].outputs
                 results[i] = output if wanted is None else {name: output[name] for name in wanted}
             self._record(stats, [pending[i] for i in group], [results[i] for i in group], start, computed)
+        with self._lock:
+            for p in pending:
+                self._in_flight[id(p.backend)] -= 1
+        if self._retired:
+            self._unload_idle()
         return results
 
     @staticmethod

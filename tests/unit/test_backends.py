@@ -206,3 +206,30 @@ def test_store_lists_models_and_versions(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no config.pbtxt"):
         store.config("empty")
+
+
+def test_update_swaps_versions_and_in_flight_requests_finish_on_theirs(tmp_path):
+    write_model(tmp_path, "live", 'platform: "onnxruntime_onnx"', {"1/model.onnx": onnx_mlp(seed=1)})
+    model = runner(tmp_path, "live")
+    x = np.ones((1, 64), np.float32)
+    old_answer = run(model, {"INPUT0": x})["OUTPUT0"]
+    in_flight = model.prepare({"INPUT0": x})  # checked against version 1, not yet run
+    write_model(tmp_path, "live", 'platform: "onnxruntime_onnx"', {"2/model.onnx": onnx_mlp(seed=2)})
+    model.update([2])
+    assert sorted(model.backends) == [2] and [r["version"] for r in model.index()] == ["2"]
+    (finished,) = model.execute([in_flight])
+    np.testing.assert_array_equal(finished["OUTPUT0"], old_answer)  # answered by version 1
+    assert model.prepare({"INPUT0": x}).version == 2
+    assert not model._retired  # version 1 unloaded once its last request ran
+
+
+def test_a_broken_new_version_is_reported_and_the_old_one_serves_on(tmp_path):
+    write_model(tmp_path, "live", 'platform: "onnxruntime_onnx"', {"1/model.onnx": onnx_mlp(seed=1)})
+    model = runner(tmp_path, "live")
+    write_model(tmp_path, "live", 'platform: "onnxruntime_onnx"', {"2/model.onnx": b"corrupt"})
+    model.update([2])
+    assert sorted(model.backends) == [1]
+    states = {row["version"]: row for row in model.index()}
+    assert states["1"]["state"] == "READY"
+    assert states["2"]["state"] == "UNAVAILABLE" and "failed to load" in states["2"]["reason"]
+    assert run(model, {"INPUT0": np.ones((1, 64), np.float32)})["OUTPUT0"].shape == (1, 10)
