@@ -16,6 +16,7 @@ from ray.serve import Application
 from cluster.examples import EXAMPLE, example_repository
 from cluster.ingress import Ingress, IngressOptions
 from cluster.statistics import StatisticsCollector
+from cluster.sync import ModelStoreSync
 from cluster.stores import LocalStore
 from deployments.backends import resolve_backend
 from deployments.config import ConfigError, ModelConfig
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 INGRESS_NAME = "ric-ingress"
 STATISTICS_NAME = "ric-statistics"
+SYNC_NAME = "ric-sync"
+RESERVED_NAMES = (INGRESS_NAME, STATISTICS_NAME, SYNC_NAME)
 #: The ingress only waits on model handles, so it may hold many requests at once.
 INGRESS_MAX_ONGOING_REQUESTS = 1024
 
@@ -48,6 +51,9 @@ class AppArgs(BaseModel):
         default=0.25, ge=0, description="CPUs Ray reserves per model replica (a model's num_cpus parameter overrides)."
     )
     ingress_replicas: int = Field(default=1, gt=0, description="Replicas of the HTTP ingress.")
+    poll_interval_s: float = Field(
+        default=2.0, ge=0, description="How often the sync deployment reads the store for new versions; 0 never."
+    )
 
 
 def deployment_options(config: ModelConfig, args: AppArgs) -> dict:
@@ -79,7 +85,7 @@ def read_configs(store: LocalStore) -> tuple[dict[str, ModelConfig], dict[str, s
     """Every model's config, and the reason for each model that cannot be served."""
     configs, failed = {}, {}
     for name in store.models():
-        if name in (INGRESS_NAME, STATISTICS_NAME):
+        if name in RESERVED_NAMES:
             failed[name] = f"the name '{name}' is reserved by ric"
             continue
         try:
@@ -156,9 +162,12 @@ def build(args: AppArgs) -> Application:
         configs = {n: c for n, c in configs.items() if n in selected}
         failed = {n: r for n, r in failed.items() if n in selected}
     statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind()
+    plain = {name: config for name, config in configs.items() if not is_ensemble(config)}
+    policies = {name: config.version_policy for name, config in plain.items()}
+    sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, policies, args.poll_interval_s)
     models = {
-        name: Model.options(**deployment_options(config, args)).bind(config, store, statistics)
-        for name, config in configs.items() if not is_ensemble(config)
+        name: Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
+        for name, config in plain.items()
     }
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from deployments.config import MODEL_NAME, ConfigError, ModelConfig, load_config
@@ -59,3 +60,12 @@ class LocalStore:
         if not path.is_dir():
             raise FileNotFoundError(f"model '{model}' has no version {version}")
         return path
+
+    def fingerprint(self, model: str, version: int) -> str:
+        """Changes whenever a file of the version is added, removed, resized or rewritten."""
+        root = self.model_dir(model) / str(int(version))
+        digest = hashlib.sha256()
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        return digest.hexdigest()

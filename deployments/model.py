@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +20,8 @@ from deployments.backends import Tensors
 from deployments.config import ModelConfig
 from deployments.runner import ModelRunner, Pending, VersionSource
 from deployments.statistics import StatisticsReporter
+
+logger = logging.getLogger(__name__)
 
 
 def _rows(pending: list[Pending]) -> int:
@@ -39,18 +42,41 @@ def batch_limits(config: ModelConfig) -> tuple[int, float]:
 class Model:
     """Serves every loaded version of one model; call ``infer`` through a handle."""
 
-    def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None):
+    async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None):
+        """``statistics`` and ``sync`` are the handles of the application's StatisticsCollector and
+        ModelStoreSync (either may be None)."""
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.runner = ModelRunner(config, source, device)
         self.runner.load()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
         replica = serve.get_replica_context().replica_id.unique_id
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
+        self._configure_batching()
+        self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
+
+    def _configure_batching(self) -> None:
         self._dynamic = self.runner.ready and self.runner.config.dynamic_batching is not None
         if self._dynamic:
             size, wait_s = batch_limits(self.runner.config)
             self._run_batched.set_max_batch_size(size)
             self._run_batched.set_batch_wait_timeout_s(wait_s)
+
+    async def _follow(self, sync: Any) -> None:
+        """Apply the versions the sync deployment pushes: load beside, warm up, swap, unload the old."""
+        generation, loop = 0, asyncio.get_running_loop()
+        while True:
+            try:
+                generation, versions = await sync.watch.remote(self.runner.name, generation)
+            except Exception as exc:  # the sync restarting: serving goes on, ask again shortly
+                logger.warning("model '%s': version watch failed: %r", self.runner.name, exc)
+                await asyncio.sleep(1.0)
+                continue
+            served = sorted(self.runner.backends)
+            failed = [v for v in versions if self.runner.states.get(v) and self.runner.states[v].state != "READY"]
+            if versions != served or failed:
+                await loop.run_in_executor(self._loader, self.runner.update, versions)
+                self._configure_batching()
 
     async def infer(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None
@@ -103,5 +129,8 @@ class Model:
         return {v: stats.to_triton(self.runner.name, v) for v, stats in self.runner.stats.items()}
 
     def __del__(self):
+        if self._follower is not None:
+            self._follower.cancel()
         self.runner.unload()
         self._executor.shutdown(wait=False)
+        self._loader.shutdown(wait=False)
