@@ -17,8 +17,7 @@ from cluster.examples import EXAMPLE, example_repository
 from cluster.ingress import Ingress, IngressOptions
 from cluster.statistics import StatisticsCollector
 from cluster.sync import ModelStoreSync
-from cluster.stores import LocalStore
-from deployments.backends import resolve_backend
+from cluster.stores import open_store
 from deployments.config import ConfigError, ModelConfig
 from deployments.model import Model
 from ensembles.ensemble import Ensemble
@@ -40,7 +39,8 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     repository: str = Field(
-        default=EXAMPLE, description=f"Model repository folder; '{EXAMPLE}' is the generated example repository."
+        default=EXAMPLE,
+        description=f"Model repository: a folder, s3://bucket/prefix, or '{EXAMPLE}' (the generated example).",
     )
     models: list[str] | None = Field(default=None, description="Serve only these models (default: all).")
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest request body accepted (413 above).")
@@ -81,7 +81,7 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def read_configs(store: LocalStore) -> tuple[dict[str, ModelConfig], dict[str, str]]:
+def read_configs(store) -> tuple[dict[str, ModelConfig], dict[str, str]]:
     """Every model's config, and the reason for each model that cannot be served."""
     configs, failed = {}, {}
     for name in store.models():
@@ -92,8 +92,6 @@ def read_configs(store: LocalStore) -> tuple[dict[str, ModelConfig], dict[str, s
             config = store.config(name)
             if is_ensemble(config):
                 scheduling(config, f"{name}/config")
-            else:
-                resolve_backend(config, [store.fetch(name, v) for v in store.versions(name)])
         except Exception as exc:  # one broken model must not stop the others
             logger.warning("model '%s' is not served: %s", name, exc)
             failed[name] = str(exc)
@@ -152,12 +150,12 @@ def build(args: AppArgs) -> Application:
     if isinstance(args, dict):
         args = AppArgs.model_validate(args)
     root = example_repository() if args.repository == EXAMPLE else args.repository
-    store = LocalStore(root)
+    store = open_store(str(root))
     configs, failed = read_configs(store)
     if args.models is not None:
         missing = sorted(set(args.models) - set(configs) - set(failed))
         if missing:
-            raise ValueError(f"models {missing} are not in the repository {store.root}")
+            raise ValueError(f"models {missing} are not in the repository {store!r}")
         selected = with_ensemble_steps(set(args.models), configs)
         configs = {n: c for n, c in configs.items() if n in selected}
         failed = {n: r for n, r in failed.items() if n in selected}

@@ -1,7 +1,8 @@
 """Model stores: list models and versions and give a replica a version's files.
 
 ``LocalStore`` serves a Triton model repository folder in place; every node must see the same path
-(a shared file system), as with Triton itself.
+(a shared file system), as with Triton itself. ``S3Store`` (``cluster/s3_store.py``) reads
+``s3://bucket/prefix`` and caches versions on each node. :func:`open_store` picks one from an address.
 """
 
 from __future__ import annotations
@@ -13,6 +14,22 @@ from deployments.config import MODEL_NAME, ConfigError, ModelConfig, load_config
 from deployments.errors import invalid
 
 CONFIG_FILES = ("config.pbtxt", "config.yaml", "config.yml")
+
+
+def check_model_name(model: str) -> str:
+    """Refuse model names that could leave the repository (``..``, slashes, odd characters)."""
+    if not MODEL_NAME.match(model) or model in (".", ".."):
+        raise invalid(f"invalid model name {model!r}")
+    return model
+
+
+def open_store(address: str):
+    """The store for a repository address: ``s3://bucket/prefix`` or a local folder."""
+    if address.startswith("s3://"):
+        from cluster.s3_store import S3Store
+
+        return S3Store(address)
+    return LocalStore(address)
 
 
 class LocalStore:
@@ -32,9 +49,7 @@ class LocalStore:
 
     def model_dir(self, model: str) -> Path:
         """The folder of a model; names that could leave the repository are refused."""
-        if not MODEL_NAME.match(model) or model in (".", ".."):
-            raise invalid(f"invalid model name {model!r}")
-        return self.root / model
+        return self.root / check_model_name(model)
 
     def config(self, model: str) -> ModelConfig:
         """The model's config as written (not yet auto-completed).
