@@ -18,7 +18,7 @@ import numpy as np
 from deployments import batching
 from deployments.backends import Backend, Tensors, backend_class, resolve_backend
 from deployments.config import ModelConfig
-from deployments.dtypes import numpy_dtype
+from deployments.dtypes import config_to_v2, numpy_dtype
 from deployments.errors import ErrorCode, InferenceError, not_found, unavailable
 from deployments.statistics import VersionStatistics
 from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
@@ -124,18 +124,13 @@ class ModelRunner:
         self._unload_idle()
 
     def _warm_up(self, backend: Backend) -> None:
-        """One request of the configured shape (zeros, one row) before a version takes traffic."""
-        config = backend.config
-        inputs = {}
-        for tensor in config.input:
-            if tensor.optional:
-                continue
-            shape = ([1] if config.batching else []) + [d if d >= 0 else 1 for d in tensor.dims]
-            dtype = numpy_dtype(tensor.datatype)
-            inputs[tensor.name] = np.full(shape, b"", dtype=object) if dtype == object else np.zeros(shape, dtype)
-        (result,) = backend.execute([to_backend_shapes(config, inputs)])
-        if isinstance(result, Exception):
-            raise result
+        """Run the config's ``model_warmup`` samples, or else one request of zeros in the configured shape,
+        before a version takes traffic; a failure keeps the version out."""
+        for inputs, count in warmup_requests(backend.config):
+            for _ in range(count):
+                (result,) = backend.execute([to_backend_shapes(backend.config, inputs)])
+                if isinstance(result, Exception):
+                    raise result
 
     def _unload_idle(self) -> None:
         with self._lock:
@@ -259,3 +254,35 @@ class ModelRunner:
         for backend in self.backends.values():
             backend.unload()
         self.backends.clear()
+
+
+def warmup_requests(config: ModelConfig) -> list[tuple[Tensors, int]]:
+    """Warm-up requests: Triton's ``model_warmup`` (zero_data / random_data inputs) if configured,
+    else one row of zeros in the configured shape (dims of -1 taken as 1)."""
+    lead = lambda batch: [max(batch, 1)] if config.batching else []  # noqa: E731
+    samples = (config.model_extra or {}).get("model_warmup") or []
+    if not samples:
+        inputs = {t.name: _fill(t.datatype, lead(1) + [d if d >= 0 else 1 for d in t.dims], random=False)
+                  for t in config.input if not t.optional}
+        return [(inputs, 1)]
+    requests = []
+    for sample in samples:
+        inputs = {}
+        for name, spec in sample.get("inputs", {}).items():
+            if "input_data_file" in spec:
+                raise ValueError(f"model_warmup '{sample.get('name', '')}': input_data_file is not supported; "
+                                 "use zero_data or random_data")
+            datatype = config_to_v2(spec["data_type"])
+            shape = lead(int(sample.get("batch_size", 1))) + [int(d) for d in spec.get("dims", [])]
+            inputs[name] = _fill(datatype, shape, random=bool(spec.get("random_data")))
+        requests.append((inputs, int(sample.get("count", 1)) or 1))
+    return requests
+
+
+def _fill(datatype: str, shape: list[int], random: bool) -> np.ndarray:
+    dtype = numpy_dtype(datatype)
+    if dtype == object:
+        return np.full(shape, b"", dtype=object)
+    if not random:
+        return np.zeros(shape, dtype)
+    return np.random.default_rng(0).integers(0, 2, size=shape).astype(dtype)

@@ -233,3 +233,20 @@ def test_a_broken_new_version_is_reported_and_the_old_one_serves_on(tmp_path):
     assert states["1"]["state"] == "READY"
     assert states["2"]["state"] == "UNAVAILABLE" and "failed to load" in states["2"]["reason"]
     assert run(model, {"INPUT0": np.ones((1, 64), np.float32)})["OUTPUT0"].shape == (1, 10)
+
+
+def test_warm_up_requests_follow_model_warmup_or_the_configured_shape():
+    from deployments.config import parse_pbtxt
+    from deployments.runner import warmup_requests
+
+    plain = parse_pbtxt('max_batch_size: 4 input [ { name: "X", data_type: TYPE_FP32, dims: [ -1, 3 ] } ] '
+                        'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 3 ] } ]', "m", "m")
+    ((inputs, count),) = warmup_requests(plain)
+    assert inputs["X"].shape == (1, 1, 3) and count == 1
+    configured = parse_pbtxt(
+        'max_batch_size: 4 input [ { name: "X", data_type: TYPE_FP32, dims: [ 3 ] } ] '
+        'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 3 ] } ] '
+        'model_warmup [ { name: "w" batch_size: 2 count: 3 inputs { key: "X" value: '
+        '{ data_type: TYPE_FP32 dims: [ 3 ] random_data: true } } } ]', "m", "m")
+    ((inputs, count),) = warmup_requests(configured)
+    assert inputs["X"].shape == (2, 3) and inputs["X"].dtype == np.float32 and count == 3
