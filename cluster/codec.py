@@ -146,8 +146,9 @@ def decode_tensor(raw: dict[str, Any], name: str) -> np.ndarray:
                 raise ValueError("BOOL data must be true or false")
             array = np.array(flat, dtype=dtype)
         else:
-            array = np.array(data, dtype=dtype).reshape(-1)
-    except (ValueError, TypeError, OverflowError) as exc:
+            with np.errstate(over="raise", invalid="raise"):
+                array = np.array(data, dtype=dtype).reshape(-1)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise invalid(f"input '{name}': data does not fit datatype {datatype}: {exc}") from None
     expected = math.prod(shape)
     if array.size != expected:

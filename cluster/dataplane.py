@@ -13,6 +13,8 @@ from deployments.backends import Tensors
 from deployments.errors import not_found, unavailable
 
 SERVER_NAME = "ray-inference-cluster"
+#: Request parameters the protocol itself uses; the rest reach the model.
+PROTOCOL_PARAMETERS = {"binary_data_output"}
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 
 
@@ -44,10 +46,13 @@ class DataPlane:
         return all(await asyncio.gather(*(h.ready.remote() for h in self.models.values())))
 
     async def infer(
-        self, model: str, version: str | None, inputs: Tensors, outputs: list[str] | None
+        self, model: str, version: str | None, inputs: Tensors, outputs: list[str] | None,
+        parameters: dict | None = None,
     ) -> tuple[int, Tensors]:
-        """Run a request on a model; returns the version that answered and the outputs."""
-        return await self.handle(model).infer_versioned.remote(inputs, outputs, version)
+        """Run a request on a model; returns the version that answered and the outputs. The request's
+        parameters (less the protocol's own) go with it."""
+        own = {k: v for k, v in (parameters or {}).items() if k not in PROTOCOL_PARAMETERS}
+        return await self.handle(model).infer_versioned.remote(inputs, outputs, version, own or None)
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
         metadata = await self.handle(model).metadata.remote()

@@ -51,7 +51,9 @@ def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest
         else:
             inputs[name] = _decode_contents(name, tensor, shape)
     outputs = [output.name for output in request.outputs] or None
-    return InferRequest(inputs, outputs, request.id or None)
+    parameters = {key: getattr(value, value.WhichOneof("parameter_choice"))
+                  for key, value in request.parameters.items() if value.WhichOneof("parameter_choice")}
+    return InferRequest(inputs, outputs, request.id or None, parameters)
 
 
 def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInputTensor, shape) -> np.ndarray:

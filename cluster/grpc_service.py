@@ -105,7 +105,7 @@ class GrpcInferenceService:
                                  f"request of {size} bytes exceeds the limit of {self.max_request_bytes}")
         decoded = grpc_codec.decode_infer_request(request)
         version, outputs = await self.plane.infer(
-            request.model_name, request.model_version or None, decoded.inputs, decoded.outputs)
+            request.model_name, request.model_version or None, decoded.inputs, decoded.outputs, decoded.parameters)
         return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded.id)
 
     @rpc

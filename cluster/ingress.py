@@ -97,7 +97,8 @@ class Ingress(GrpcInferenceService):
                 body = compression.decompress(await self._read_body(request),
                                               request.headers.get("content-encoding"), self.max_request_bytes)
                 decoded = codec.decode_infer_request(body, request.headers.get(codec.HEADER_LENGTH))
-                answered, outputs = await self.plane.infer(model, version, decoded.inputs, decoded.outputs)
+                answered, outputs = await self.plane.infer(model, version, decoded.inputs, decoded.outputs,
+                                                           decoded.parameters)
                 content, header_length = codec.encode_infer_response(model, answered, outputs, decoded)
                 headers = {} if header_length is None else {codec.HEADER_LENGTH: str(header_length)}
                 content, encoding = compression.compress(content, request.headers.get("accept-encoding"))

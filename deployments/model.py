@@ -79,18 +79,20 @@ class Model:
                 self._configure_batching()
 
     async def infer(
-        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None
+        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
+        parameters: dict | None = None,
     ) -> Tensors:
         """Run one request: a dict of numpy arrays in, a dict of numpy arrays out."""
-        _, result = await self.infer_versioned(inputs, outputs, version)
+        _, result = await self.infer_versioned(inputs, outputs, version, parameters)
         return result
 
     async def infer_versioned(
-        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None
+        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
+        parameters: dict | None = None,
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (for the protocol's model_version)."""
         try:
-            pending = self.runner.prepare(inputs, outputs, version)
+            pending = self.runner.prepare(inputs, outputs, version, parameters)
             if self._dynamic:
                 result = await self._run_batched(pending)
             else:

@@ -56,6 +56,7 @@ class Pending:
     rows: int
     arrived_ns: int
     queued_ns: int
+    parameters: dict | None = None
 
 
 class ModelRunner:
@@ -167,8 +168,10 @@ class ModelRunner:
             raise not_found(f"model '{self.name}' has no version {number}; it serves {sorted(self.backends)}")
         return number
 
-    def prepare(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None) -> Pending:
-        """Check a request against its version's config; the result may join a batch."""
+    def prepare(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
+                parameters: dict | None = None) -> Pending:
+        """Check a request against its version's config; the result may join a batch. ``parameters`` (the
+        request's own) reach backends that take whole requests (Triton's Python backend)."""
         arrived = time.perf_counter_ns()
         number = self.version_for(version)
         backend = self.backends[number]
@@ -182,7 +185,8 @@ class ModelRunner:
             raise
         with self._lock:
             self._in_flight[id(backend)] = self._in_flight.get(id(backend), 0) + 1
-        return Pending(number, backend, backend_inputs, requested, rows, arrived, time.perf_counter_ns())
+        return Pending(number, backend, backend_inputs, requested, rows, arrived, time.perf_counter_ns(),
+                       parameters)
 
     def execute(self, pending: list[Pending]) -> list[Tensors | InferenceError]:
         """Run checked requests in as few backend calls as their signatures allow.
@@ -197,7 +201,8 @@ class ModelRunner:
             stats = self.stats[version]
             start = time.perf_counter_ns()
             try:
-                outputs = backend.execute([pending[i].inputs for i in group])
+                outputs = backend.execute([pending[i].inputs for i in group],
+                                          [pending[i].parameters or {} for i in group])
             except Exception as exc:
                 logger.exception("model '%s' version %d failed", self.name, version)
                 outputs = [InferenceError(ErrorCode.INTERNAL,

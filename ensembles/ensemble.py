@@ -75,12 +75,14 @@ class Ensemble:
     async def ready(self) -> bool:
         return await self._checked()
 
-    async def infer(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None) -> Tensors:
-        _, result = await self.infer_versioned(inputs, outputs, version)
+    async def infer(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
+                    parameters: dict | None = None) -> Tensors:
+        _, result = await self.infer_versioned(inputs, outputs, version, parameters)
         return result
 
     async def infer_versioned(
-        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None
+        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
+        parameters: dict | None = None,
     ) -> tuple[int, Tensors]:
         """Run the graph for one request; returns the ensemble version (1) and the requested outputs."""
         start = time.perf_counter_ns()
@@ -91,7 +93,7 @@ class Ensemble:
         rows = validate_inputs(self.config, inputs)
         wanted = validate_outputs(self.config, outputs) or [t.name for t in self.config.output]
         try:
-            tensors = await self._run_graph(dict(inputs))
+            tensors = await self._run_graph(dict(inputs), parameters)
         except InferenceError:
             self.stats.fail.add(time.perf_counter_ns() - start)
             raise
@@ -105,14 +107,14 @@ class Ensemble:
         self.stats.last_inference = time.time_ns() // 1_000_000
         return ENSEMBLE_VERSION, {name: tensors[name] for name in wanted}
 
-    async def _run_graph(self, tensors: Tensors) -> Tensors:
+    async def _run_graph(self, tensors: Tensors, parameters: dict | None) -> Tensors:
         pending = list(range(len(self.steps)))
         running: dict[asyncio.Task, int] = {}
         try:
             while pending or running:
                 for i in [i for i in pending if set(self.steps[i].input_map.values()) <= tensors.keys()]:
                     pending.remove(i)
-                    running[asyncio.ensure_future(self._run_step(i, tensors))] = i
+                    running[asyncio.ensure_future(self._run_step(i, tensors, parameters))] = i
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     i = running.pop(task)
@@ -124,7 +126,7 @@ class Ensemble:
                 task.cancel()
         return tensors
 
-    async def _run_step(self, i: int, tensors: Tensors) -> Tensors:
+    async def _run_step(self, i: int, tensors: Tensors, parameters: dict | None) -> Tensors:
         step = self.steps[i]
         model = self.step_configs[step.model_name]
         inputs = {model_input: tensors[tensor] for model_input, tensor in step.input_map.items()}
@@ -135,7 +137,7 @@ class Ensemble:
             if model.batching and any(a.ndim and a.shape[0] == 0 for a in inputs.values()):
                 return _empty_outputs(model, requested)
             chunks = _split_rows(inputs, model.max_batch_size) if model.batching else [inputs]
-            results = await asyncio.gather(*(handle.infer.remote(c, requested, version) for c in chunks))
+            results = await asyncio.gather(*(handle.infer.remote(c, requested, version, parameters) for c in chunks))
         except Exception as exc:
             error = InferenceError.from_exception(exc)
             raise InferenceError(error.code, f"ensemble '{self.config.name}' step {i} (model "

@@ -64,11 +64,12 @@ class Backend(ABC):
     def unload(self) -> None:
         """Free the model's memory."""
 
-    def execute(self, requests: list[Tensors]) -> list[Tensors | Exception]:
+    def execute(self, requests: list[Tensors], parameters: list[dict] | None = None) -> list[Tensors | Exception]:
         """Run requests that share a batch signature, one result (or error) per request.
 
         The default merges them into one batch and splits the outputs back; a backend that takes a
-        list of requests itself (Triton's Python backend) overrides this.
+        list of requests itself (Triton's Python backend) overrides this and also sees each request's
+        ``parameters``.
         """
         if not self.config.batching:
             return [self.infer(request) for request in requests]

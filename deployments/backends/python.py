@@ -56,13 +56,14 @@ class PythonBackend(Backend):
             raise TypeError(f"infer() must return a dict of arrays, not {type(outputs).__name__}")
         return {tensor.name: outputs[tensor.name] for tensor in self.config.output if tensor.name in outputs}
 
-    def execute(self, requests: list[Tensors]) -> list[Tensors | Exception]:
+    def execute(self, requests: list[Tensors], parameters: list[dict] | None = None) -> list[Tensors | Exception]:
         if self._infer is not None:
             return super().execute(requests)
         output_names = [tensor.name for tensor in self.config.output]
         triton_requests = [
-            pb_utils.InferenceRequest([pb_utils.Tensor(n, a) for n, a in r.items()], output_names)
-            for r in requests
+            pb_utils.InferenceRequest([pb_utils.Tensor(n, a) for n, a in r.items()], output_names,
+                                      parameters=p)
+            for r, p in zip(requests, parameters or [{}] * len(requests))
         ]
         responses = self._model.execute(triton_requests)
         if len(responses) != len(requests):

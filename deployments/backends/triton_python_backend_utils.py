@@ -43,10 +43,12 @@ class Tensor:
 
 
 class InferenceRequest:
-    def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = ""):
+    def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
+                 parameters: dict | None = None):
         self._inputs = inputs
         self._requested = requested_output_names
         self._id = request_id
+        self._parameters = parameters or {}
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -56,6 +58,10 @@ class InferenceRequest:
 
     def request_id(self) -> str:
         return self._id
+
+    def parameters(self) -> str:
+        """The request's parameters as a JSON string, as Triton gives them."""
+        return json.dumps(self._parameters)
 
 
 class InferenceResponse:

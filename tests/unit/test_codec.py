@@ -76,6 +76,7 @@ def test_encodes_a_response_tritonclient_can_read():
         (body(inputs=[tensor(shape=(2**40, 2**40))]), "needs 1208925819614629174706176 elements"),
         (body(inputs=[tensor(data=["a", "b"])]), "data does not fit datatype FP32"),
         (body(inputs=[tensor(datatype="UINT8", data=[300, 1])]), "data does not fit datatype UINT8"),
+        (body(inputs=[tensor(datatype="FP16", data=[1e10, 1])]), "data does not fit datatype FP16"),
         (body(inputs=[tensor(shape=(2, 2), data=[[1, 2], [3]])]), "data does not fit"),
         (body(inputs=[tensor(datatype="BOOL", data=[1, 0])]), "BOOL data must be true or false"),
         (body(inputs=[tensor(datatype="BYTES", data=[1, 2])]), "BYTES data must be strings"),

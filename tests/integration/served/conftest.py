@@ -23,6 +23,21 @@ def infer(inputs):
 """
 
 
+PARAMS = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            rows = pb_utils.get_input_tensor_by_name(request, "X").as_numpy().shape[0]
+            params = np.array([[request.parameters().encode()]] * rows, dtype=object)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("PARAMS", params)]))
+        return responses
+"""
+
 ECHO = """
 def infer(inputs):
     return {name.replace("IN_", "OUT_"): array for name, array in inputs.items()}
@@ -87,6 +102,9 @@ def repository(tmp_path_factory):
                 'input [ { name: "X", data_type: TYPE_INT64, dims: [1] } ] '
                 'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]', {"1/model.py": FLAKY})
     write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
+    write_model(root, "params", 'backend: "python" max_batch_size: 8 '
+                'input [ { name: "X", data_type: TYPE_INT32, dims: [ 1 ] } ] '
+                'output [ { name: "PARAMS", data_type: TYPE_STRING, dims: [ 1 ] } ]', {"1/model.py": PARAMS})
     for name, config in ENSEMBLES.items():
         write_model(root, name, config, {})
     write_model(root, "broken_config", "max_batch_sise: 4", {"1/model.onnx": onnx_mlp()})
@@ -96,7 +114,7 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def endpoints(repository):
-    # 17 replicas at 0.25 logical CPUs each (the real work shares this machine's cores)
+    # 18 replicas at 0.25 logical CPUs each (the real work shares this machine's cores)
     with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES) as endpoints:
         yield endpoints
 

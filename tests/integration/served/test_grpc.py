@@ -151,3 +151,12 @@ def test_asyncio_client_concurrently(endpoints, repository):
 
     for result in asyncio.run(main()):
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), expected["OUTPUT0"])
+
+
+def test_request_parameters_reach_the_model(client):
+    import json
+
+    x = grpcclient.InferInput("X", [1, 1], "INT32")
+    x.set_data_from_numpy(np.array([[1]], np.int32))
+    result = client.infer("params", [x], parameters={"tag": "g", "n": 3, "flag": True})
+    assert json.loads(result.as_numpy("PARAMS")[0, 0]) == {"tag": "g", "n": 3, "flag": True}

@@ -203,3 +203,12 @@ def test_compressed_body_is_limited_after_decompression(server):
     response = requests.post(f"{server}/v2/models/simple/infer", data=bomb,
                              headers={"Content-Encoding": "gzip"}, timeout=30)
     assert response.status_code == 413 and "decompressed" in response.json()["error"]
+
+
+def test_request_parameters_reach_the_model(client):
+    import json as jsonlib
+
+    x = httpclient.InferInput("X", [1, 1], "INT32")
+    x.set_data_from_numpy(np.array([[1]], np.int32))
+    result = client.infer("params", [x], parameters={"temperature": 0.5, "tag": "a"})
+    assert jsonlib.loads(result.as_numpy("PARAMS")[0, 0]) == {"temperature": 0.5, "tag": "a"}
