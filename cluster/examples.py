@@ -70,7 +70,7 @@ def onnx_add_sub(size: int = 16) -> bytes:
 
 
 def _serialize(model) -> bytes:
-    from onnx import checker, helper
+    from onnx import checker
 
     model.opset_import[0].version = 17
     model.ir_version = 8  # readable by every onnxruntime from 1.15 on

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster.examples import onnx_add_sub, onnx_mlp, torchscript_linear
+from cluster.examples import onnx_add_sub, onnx_mlp
 from cluster.stores import LocalStore
 from deployments.config import ConfigError
 from deployments.errors import ErrorCode, InferenceError
