@@ -19,6 +19,7 @@ from ray import serve
 from deployments.backends import Tensors
 from deployments.config import ModelConfig
 from deployments.runner import ModelRunner, Pending, VersionSource
+from deployments.served import ServedModel
 from deployments.statistics import StatisticsReporter
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def batch_limits(config: ModelConfig) -> tuple[int, float]:
 
 
 @serve.deployment
-class Model:
+class Model(ServedModel):
     """Serves every loaded version of one model; call ``infer`` through a handle."""
 
     async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None):
@@ -77,14 +78,6 @@ class Model:
             if versions != served or failed:
                 await loop.run_in_executor(self._loader, self.runner.update, versions)
                 self._configure_batching()
-
-    async def infer(
-        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None,
-    ) -> Tensors:
-        """Run one request: a dict of numpy arrays in, a dict of numpy arrays out."""
-        _, result = await self.infer_versioned(inputs, outputs, version, parameters)
-        return result
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,

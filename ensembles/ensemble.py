@@ -23,6 +23,7 @@ from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig
 from deployments.dtypes import numpy_dtype
 from deployments.errors import InferenceError, not_found, unavailable
+from deployments.served import ServedModel
 from deployments.statistics import StatisticsReporter, VersionStatistics
 from deployments.validation import validate_inputs, validate_outputs
 from ensembles.graph import EnsembleStep, check_graph, check_tensors
@@ -31,7 +32,7 @@ ENSEMBLE_VERSION = 1
 
 
 @serve.deployment
-class Ensemble:
+class Ensemble(ServedModel):
     """Serves one ensemble like a model: ``infer``, metadata, config, readiness and statistics."""
 
     def __init__(self, config: ModelConfig, steps: dict[str, Any], statistics: Any = None):
@@ -74,11 +75,6 @@ class Ensemble:
 
     async def ready(self) -> bool:
         return await self._checked()
-
-    async def infer(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-                    parameters: dict | None = None) -> Tensors:
-        _, result = await self.infer_versioned(inputs, outputs, version, parameters)
-        return result
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
