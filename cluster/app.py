@@ -174,4 +174,4 @@ def build(args: AppArgs) -> Application:
         num_replicas=args.ingress_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": args.replica_num_cpus},
-    ).bind(models, failed, options, statistics)
+    ).bind(models, failed, options, statistics, sync)

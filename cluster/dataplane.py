@@ -7,25 +7,30 @@ failed, with the reason; every failure is an InferenceError with a transport-neu
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from deployments.backends import Tensors
-from deployments.errors import not_found, unavailable
+from deployments.errors import invalid, not_found, unavailable
 
 SERVER_NAME = "ray-inference-cluster"
 #: Request parameters the protocol itself uses; the rest reach the model.
 PROTOCOL_PARAMETERS = {"binary_data_output"}
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+#: How long a load or unload waits for the model's replicas to follow.
+CONTROL_TIMEOUT_S = 120.0
 
 
 class DataPlane:
     """Server and model operations over the model deployments' handles."""
 
-    def __init__(self, models: dict[str, Any], failed: dict[str, str], version: str, statistics: Any):
+    def __init__(self, models: dict[str, Any], failed: dict[str, str], version: str, statistics: Any,
+                 sync: Any = None):
         self.models = models
         self.failed = failed
         self.version = version
         self.collector = statistics  # handle of the StatisticsCollector
+        self.sync = sync  # handle of the ModelStoreSync
 
     def handle(self, model: str) -> Any:
         """The model's handle; unknown models are NOT_FOUND, models that failed to configure UNAVAILABLE."""
@@ -89,3 +94,24 @@ class DataPlane:
             else:
                 versions[name] = [int(v) for v in meta["versions"]]
         return {"model_stats": await self.collector.model_stats.remote(versions)}
+
+    async def set_loaded(self, model: str, loaded: bool, parameters: dict | None = None) -> None:
+        """Triton's repository load / unload for a model of this application, on every replica.
+
+        Models new to the repository need the application redeployed (docs/architecture.md says why).
+        """
+        if parameters and ("config" in parameters or any(k.startswith("file:") for k in parameters)):
+            raise invalid("loading with a config or files override is not supported yet")
+        self.handle(model)
+        if self.sync is None or model not in await self._synced():
+            raise invalid(f"model '{model}' cannot be loaded or unloaded (ensembles follow their steps)")
+        await self.sync.set_loaded.remote(model, loaded)
+        deadline = time.monotonic() + CONTROL_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if bool((await self.models[model].metadata.remote())["versions"]) == loaded:
+                return
+            await asyncio.sleep(0.2)
+        raise unavailable(f"model '{model}' did not {'load' if loaded else 'unload'} within {CONTROL_TIMEOUT_S:.0f} s")
+
+    async def _synced(self) -> list[str]:
+        return list((await self.sync.status.remote())["desired"])

@@ -114,6 +114,16 @@ class GrpcInferenceService:
         return grpc_codec.to_message(stats, pb.ModelStatisticsResponse)
 
     @rpc
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+        await self.plane.set_loaded(request.model_name, True, dict(request.parameters) or None)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
+        await self.plane.set_loaded(request.model_name, False)
+        return pb.RepositoryModelUnloadResponse()
+
+    @rpc
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
         rows = await self.plane.repository_index(ready_only=request.ready)
         return grpc_codec.to_message({"models": rows}, pb.RepositoryIndexResponse)

@@ -51,9 +51,10 @@ class Ingress(GrpcInferenceService):
         failed: dict[str, str],
         options: IngressOptions,
         statistics: DeploymentHandle,
+        sync: DeploymentHandle | None = None,
     ):
         register_message_modules()
-        self.plane = DataPlane(models, failed, options.version, statistics)
+        self.plane = DataPlane(models, failed, options.version, statistics, sync)
         self.max_request_bytes = options.max_request_bytes
 
     async def __call__(self, request: Request) -> Response:
@@ -82,6 +83,11 @@ class Ingress(GrpcInferenceService):
                     body = await request.body()
                     ready = bool(body and codec.decode_json_object(body).get("ready"))
                     return json_response(await self.plane.repository_index(ready_only=ready))
+                case ["repository", "models", model, ("load" | "unload") as action], "POST":
+                    body = await request.body()
+                    parameters = codec.decode_json_object(body).get("parameters") if body else None
+                    await self.plane.set_loaded(model, action == "load", parameters)
+                    return empty_response()
                 case ["models", "stats"], "GET":
                     return json_response(await self.plane.statistics())
                 case ["models", model, "versions", version, *rest], _:

@@ -36,6 +36,7 @@ class ModelStoreSync:
         self.generation = 0
         self.desired: dict[str, dict[int, str]] = {}  # model -> {version: fingerprint}
         self.errors: dict[str, str] = {}
+        self.unloaded: set[str] = set()  # unloaded through the repository API (Triton's explicit control)
         self._changed = asyncio.Condition()
         await self.poll()
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever()) if poll_interval_s > 0 else None
@@ -74,15 +75,32 @@ class ModelStoreSync:
             except Exception as exc:
                 logger.warning("store poll failed: %r", exc)
 
-    async def watch(self, model: str, generation: int) -> tuple[int, list[int]]:
-        """Wait until the generation passes ``generation`` (or a timeout); return it and the model's versions."""
+    async def watch(self, model: str, generation: int) -> tuple[int, list[int] | None]:
+        """Wait until the generation passes ``generation`` (or a timeout); return it and the model's versions,
+        or None while the model is unloaded."""
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(lambda: self.generation > generation), WATCH_TIMEOUT_S)
             except asyncio.TimeoutError:
                 pass
+            if model in self.unloaded:
+                return self.generation, None
             return self.generation, sorted(self.desired.get(model, {}))
 
+    async def set_loaded(self, model: str, loaded: bool) -> int:
+        """Load or unload a model on every replica (the repository API); loading also re-reads the store."""
+        if model not in self.policies:
+            raise ValueError(f"model '{model}' is not served by this application")
+        if loaded:
+            self.unloaded.discard(model)
+            await self.poll()
+        else:
+            self.unloaded.add(model)
+        async with self._changed:
+            self.generation += 1
+            self._changed.notify_all()
+        return self.generation
+
     def status(self) -> dict[str, Any]:
-        return {"generation": self.generation, "errors": dict(self.errors),
+        return {"generation": self.generation, "errors": dict(self.errors), "unloaded": sorted(self.unloaded),
                 "desired": {m: sorted(v) for m, v in self.desired.items()}}

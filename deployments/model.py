@@ -24,6 +24,8 @@ from deployments.statistics import StatisticsReporter
 
 logger = logging.getLogger(__name__)
 
+UNLOADED = "unloaded through the repository API"
+
 
 def _rows(pending: list[Pending]) -> int:
     return sum(p.rows for p in pending)
@@ -73,9 +75,13 @@ class Model(ServedModel):
                 logger.warning("model '%s': version watch failed: %r", self.runner.name, exc)
                 await asyncio.sleep(1.0)
                 continue
+            if versions is None:  # unloaded through the repository API
+                if self.runner.backends:
+                    await loop.run_in_executor(self._loader, self.runner.unload_all, UNLOADED)
+                continue
             served = sorted(self.runner.backends)
             failed = [v for v in versions if self.runner.states.get(v) and self.runner.states[v].state != "READY"]
-            if versions != served or failed:
+            if versions != served or failed or not served:
                 await loop.run_in_executor(self._loader, self.runner.update, versions)
                 self._configure_batching()
 

@@ -124,6 +124,14 @@ class ModelRunner:
             self._retired += retired
         self._unload_idle()
 
+    def unload_all(self, reason: str) -> None:
+        """Stop serving every version (the repository API's unload); memory is freed once idle."""
+        retired = list(self.backends.values())
+        self.backends, self.states, self.reason = {}, {}, reason
+        with self._lock:
+            self._retired += retired
+        self._unload_idle()
+
     def _warm_up(self, backend: Backend) -> None:
         """Run the config's ``model_warmup`` samples, or else one request of zeros in the configured shape,
         before a version takes traffic; a failure keeps the version out."""

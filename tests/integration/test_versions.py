@@ -46,11 +46,17 @@ def expected(seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("live")
     write_model(root, "live", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
     with serve_repository(root, poll_interval_s=0.5) as endpoints:
-        yield root, endpoints.http
+        yield root, endpoints
+
+
+@pytest.fixture(scope="module")
+def live(served):
+    root, endpoints = served
+    return root, endpoints.http
 
 
 def test_new_version_reaches_every_replica_under_load_without_a_failed_request(live):
@@ -106,3 +112,35 @@ def test_a_broken_version_is_reported_and_the_served_one_answers_on(live):
     (root / "live" / "3" / "model.onnx").write_bytes(onnx_mlp(seed=3))
     wait_for(lambda: requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30).json()
              .get("model_version") == "3", timeout_s=60, what="version 3 after its fix")
+
+
+def test_unload_and_load_through_the_repository_api(live):
+    import tritonclient.http as httpclient
+
+    _, server = live
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    client.unload_model("live")  # stock tritonclient; returns once every replica answered
+    response = requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30)
+    assert response.status_code == 503 and "unloaded through the repository API" in response.json()["error"]
+    (row,) = client.get_model_repository_index()
+    assert row["state"] == "UNAVAILABLE" and "unloaded" in row["reason"]
+    assert requests.post(f"{server}/v2/repository/index", json={"ready": True}, timeout=30).json() == []
+    client.load_model("live")
+    wait_for(lambda: requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30).status_code == 200,
+             timeout_s=60, what="live to serve again")
+    for action, status, message in [("load", 404, "unknown model 'nope'"), ("frobnicate", 404, "no route")]:
+        response = requests.post(f"{server}/v2/repository/models/nope/{action}", timeout=30)
+        assert response.status_code == status and message in response.json()["error"]
+    override = requests.post(f"{server}/v2/repository/models/live/load",
+                             json={"parameters": {"config": "{}"}}, timeout=30)
+    assert override.status_code == 400 and "not supported yet" in override.json()["error"]
+
+
+def test_unload_and_load_over_grpc(served):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(served[1].grpc)
+    client.unload_model("live")
+    assert not client.is_model_ready("live")
+    client.load_model("live")
+    assert client.is_model_ready("live")
