@@ -61,6 +61,8 @@ class InferenceError(Exception):
             exc = cause
         if isinstance(exc, InferenceError):
             return cls(exc.code, exc.message)
+        if type(exc).__name__ == "BackPressureError":  # Serve's max_queued_requests (no Ray import here)
+            return cls(ErrorCode.UNAVAILABLE, "the model's request queue is full; retry later")
         return cls(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
 

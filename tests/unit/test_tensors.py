@@ -132,3 +132,12 @@ def test_single_request_is_not_copied():
 def test_split_rejects_outputs_without_the_batch_dim():
     with pytest.raises(ValueError, match="output 'y' has shape \\[5\\], expected a batch dim of 3 rows"):
         batching.split({"y": np.zeros(5)}, [1, 2])
+
+
+def test_serve_queue_full_is_unavailable_and_unknown_errors_hide_their_details():
+    from ray.serve.exceptions import BackPressureError
+
+    full = InferenceError.from_exception(BackPressureError(num_queued_requests=5, max_queued_requests=5))
+    assert full.code == ErrorCode.UNAVAILABLE and full.http_status == 503 and "queue is full" in full.message
+    hidden = InferenceError.from_exception(KeyError("/secret/path"))
+    assert hidden.code == ErrorCode.INTERNAL and "/secret/path" not in hidden.message
