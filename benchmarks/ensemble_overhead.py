@@ -19,10 +19,11 @@ import sys
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.load import closed_loop  # noqa: E402
+from cluster.perf import make_cell, closed_loop  # noqa: E402
 
 
 def free_port() -> int:
@@ -76,15 +77,20 @@ def main() -> None:
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; ray {ray.__version__}; "
              f"{args.objects} objects per image, {args.seconds:.0f} s per cell, HTTP JSON, Serve's default proxy",
              "", "| concurrency | ensemble | steps one by one | ensemble / by hand |", "|---|---|---|---|"]
+    async def measure(call, label, concurrency):
+        async with aiohttp.ClientSession() as session:
+            measured = await closed_loop(lambda: call(session), concurrency, args.seconds)
+        return make_cell(label, "http-json", measured, 1, concurrency)
+
     try:
         for concurrency in args.concurrency:
-            one = asyncio.run(closed_loop(ensemble, concurrency, args.seconds))
-            two = asyncio.run(closed_loop(by_hand, concurrency, args.seconds))
-            print(f"c={concurrency:<3} ensemble: {one.row()}\n      by hand:  {two.row()}", flush=True)
-            lines.append(f"| {concurrency} | {one.throughput:.0f} req/s, p50 {one.percentile(50):.1f} ms, "
-                         f"p99 {one.percentile(99):.1f} ms, {one.errors} errors | {two.throughput:.0f} req/s, "
-                         f"p50 {two.percentile(50):.1f} ms, p99 {two.percentile(99):.1f} ms, {two.errors} errors | "
-                         f"{one.throughput / two.throughput:.2f}x |")
+            one = asyncio.run(measure(ensemble, "ensemble", concurrency))
+            two = asyncio.run(measure(by_hand, "by hand", concurrency))
+            print(f"{one.row()}\n{two.row()}", flush=True)
+            lines.append(f"| {concurrency} | {one.requests_per_s:.0f} req/s, p50 {one.p50_ms:.1f} ms, "
+                         f"p99 {one.p99_ms:.1f} ms, {one.errors} errors | {two.requests_per_s:.0f} req/s, "
+                         f"p50 {two.p50_ms:.1f} ms, p99 {two.p99_ms:.1f} ms, {two.errors} errors | "
+                         f"{one.requests_per_s / two.requests_per_s:.2f}x |")
     finally:
         serve.shutdown()
         ray.shutdown()

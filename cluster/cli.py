@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 
+from cluster import perf
 from cluster.examples import EXAMPLE
 
 APP_NAME = "ric"
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--ingress", choices=["haproxy", "default"], default="haproxy",
                            help="haproxy (Serve's HAProxy ingress, several times faster; the default when its "
                                 "binary is installed) or default (Serve's Python proxy)")
+    perf_cmd = commands.add_parser("perf", help="measure a running server: throughput, latency, errors",
+                                   description=perf.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    perf.add_arguments(perf_cmd)
     return parser.parse_args(argv)
 
 
@@ -82,7 +86,8 @@ def serve_repository(args: argparse.Namespace) -> None:
         base = f"http://{args.host}:{args.http_port}"
         print(f"ric: serving {app_args.repository} at {base}/v2 and gRPC {args.host}:{args.grpc_port} "
               f"(health: {base}/v2/health/ready, index: POST {base}/v2/repository/index; ingress: "
-              f"{args.ingress}). Ctrl-C stops.", flush=True)
+              f"{args.ingress}); other Ray jobs join with ray.init(address=\"{ray.get_runtime_context().gcs_address}\"). "
+              "Ctrl-C stops.", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         args.ingress = choose_ingress(args.ingress)
     if args.command == "serve":
         serve_repository(args)
+    if args.command == "perf":
+        return perf.main(args)
     return 0
 
 

@@ -5,25 +5,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-
-VENV = REPO_ROOT / ".venv-perf-analyzer"
-PERF_ANALYZER = VENV / "bin" / "perf_analyzer"
-
-
-def cuda_runtime_dir() -> str | None:
-    found = sorted(VENV.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12"))
-    return str(found[0].parent) if found else None
-
+from benchmarks import perf_analyzer
 
 pytestmark = pytest.mark.skipif(
-    not PERF_ANALYZER.exists() or cuda_runtime_dir() is None,
+    not perf_analyzer.available(),
     reason="perf_analyzer is not installed: run benchmarks/install_perf_analyzer.sh (make test does)",
 )
 
@@ -31,12 +20,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_perf_analyzer_measures_us(endpoints, protocol):
     url = endpoints.http.removeprefix("http://") if protocol == "http" else endpoints.grpc
-    env = {**os.environ, "LD_LIBRARY_PATH": cuda_runtime_dir()}
-    done = subprocess.run(
-        [str(PERF_ANALYZER), "-m", "simple", "-u", url, "-i", protocol, "--concurrency-range", "2",
-         "--measurement-interval", "1000", "--stability-percentage", "100", "--max-trials", "5"],
-        capture_output=True, text=True, timeout=120, env=env,
-    )
+    done = perf_analyzer.run(perf_analyzer.command("simple", url, protocol, concurrency=2, interval_ms=1000))
     output = done.stdout + done.stderr
     if "libb64" in output:
         pytest.skip("perf_analyzer needs libb64-0d from apt")

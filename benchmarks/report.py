@@ -1,0 +1,260 @@
+"""Turns the cells of one benchmarks/compare.py run into Markdown tables, the targets and a plot."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+SWEEP_LABELS = {"http-json": "HTTP JSON", "http-binary": "HTTP binary", "grpc": "gRPC", "handle": "handle"}
+
+
+def find(cells: list[dict], **match) -> dict | None:
+    for cell in cells:
+        if all(cell.get(k) == v for k, v in match.items()):
+            return cell
+    return None
+
+
+def server_batch(cell: dict | None) -> int:
+    """The average batch (rows) the server formed in a cell, rounded; 1 where unknown."""
+    server = (cell or {}).get("server")
+    return max(1, round(server["batch"])) if server else 1
+
+
+def limit_points(cells: list[dict]) -> list[tuple[str, int]]:
+    """(model, batch) pairs to run in process: batch 1 and the batch the server formed."""
+    tiny = find(cells, group="ours", ingress="haproxy", protocol="http-binary", concurrency=16)
+    big = find(cells, group="batching", model="big", protocol="http-binary")
+    points = [("tiny", 1), ("tiny", server_batch(tiny)), ("big", 1), ("big", server_batch(big))]
+    return list(dict.fromkeys(points))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def versions(mlserver_version: str) -> str:
+    found = []
+    for package in ("ray", "onnxruntime", "tritonclient", "aiohttp"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            pass
+    if mlserver_version:
+        found.append(f"mlserver {mlserver_version}")
+    return ", ".join(found) + ", perf_analyzer from tritonclient 2.51.0"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def rate(cell: dict | None, key: str = "requests_per_s") -> float | None:
+    return cell.get(key) if cell and "error" not in cell else None
+
+
+def describe(cell: dict | None) -> str:
+    if not cell:
+        return "not run"
+    if "error" in cell:
+        return f"failed: {cell['error'][:80]!r}"
+    text = f"{cell['requests_per_s']:.0f} req/s (p50 {cell['p50_ms']:.1f}, p99 {cell['p99_ms']:.1f} ms)"
+    return text + (f", {cell['errors']} errors" if cell.get("errors") else "")
+
+
+def render(cells: list[dict], limits: dict, env: dict, plot_name: str) -> str:
+    lines = [
+        "## The request path, measured side by side (generated)",
+        "",
+        f"`{env['command']}` on {env['date']}: {env['machine']}, Python {env['python']}; {env['versions']}.",
+        "Each cell is a closed loop of N concurrent clients for a few seconds after a warm-up, one request = one",
+        "row (batch 1), our own generator (`cluster/perf.py`, the same code as `ric perf`) unless it says",
+        "perf_analyzer. The load generator runs on the same two cores as the server: absolute numbers are low",
+        "and noisy, the ratios (same run, same client) are what to read.",
+        "",
+    ]
+    lines += targets(cells, limits) + [""] + transports(cells) + [""] + [f"![throughput by concurrency]({plot_name})", ""]
+    lines += floors(cells) + [""] + limit_table(cells, limits) + [""] + batching(cells) + [""]
+    lines += mlserver(cells) + [""] + cross_check(cells) + [""] + open_loop(cells)
+    return "\n".join(lines) + "\n"
+
+
+def targets(cells, limits) -> list[str]:
+    binary = find(cells, group="ours", ingress="haproxy", protocol="http-binary", concurrency=16)
+    floor = find(cells, group="floor", ingress="haproxy", protocol="http-binary", concurrency=16)
+    json16 = find(cells, group="ours", ingress="haproxy", protocol="http-json", concurrency=16)
+    peer16 = find(cells, group="mlserver", concurrency=16)
+    handle = find(cells, group="ours", ingress="haproxy", protocol="handle", concurrency=16)
+    on, off = (find(cells, group="batching", model=m, protocol="http-binary") for m in ("big", "big_nobatch"))
+    handle_on, handle_off = (find(cells, group="batching", model=m, protocol="handle") for m in ("big", "big_nobatch"))
+    batch = server_batch(on)
+    rows = [
+        ("HTTP binary, tiny, c=16: ours / do-nothing Serve (HAProxy)", ">= 0.90", ratio(rate(binary), rate(floor)), 0.9),
+        ("HTTP JSON, tiny, c=16: ours / MLServer", ">= 2x", ratio(rate(json16), rate(peer16)), 2.0),
+        ("big MLP, HTTP binary, c=32: dynamic batching on / off", ">= 4x", ratio(rate(on), rate(off)), 4.0),
+        ("big MLP, handles, c=32: dynamic batching on / off", ">= 4x", ratio(rate(handle_on), rate(handle_off)), 4.0),
+        ("tiny, c=16: handle calls / HTTP binary", ">= 3x", ratio(rate(handle), rate(binary)), 3.0),
+        (f"big MLP, c=32, batching on: ours / in process at batch {batch}", ">= 0.70",
+         ratio(rate(on, "inferences_per_s"), limits.get(("big", batch))), 0.7),
+    ]
+    out = ["### Targets", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
+    for name, wanted, value, needed in rows:
+        met = "n/a" if value is None else ("yes" if value >= needed else "**no**")
+        out.append(f"| {name} | {wanted} | {fmt_ratio(value)} | {met} |")
+    return out
+
+
+def transports(cells) -> list[str]:
+    sweep = sorted({c["concurrency"] for c in cells if c.get("group") == "ours" and c.get("ingress") == "haproxy"
+                    and c.get("concurrency")})
+    out = ["### Transports, tiny MLP, HAProxy + throughput-optimized Serve", "",
+           "| transport | " + " | ".join(f"c={c}" for c in sweep) + " |", "|---" * (len(sweep) + 1) + "|"]
+    for group, prefix in (("ours", "ours"), ("floor", "do-nothing")):
+        for protocol, label in SWEEP_LABELS.items():
+            row = [describe(find(cells, group=group, ingress="haproxy", protocol=protocol, concurrency=c))
+                   for c in sweep]
+            if any(r != "not run" for r in row):
+                out.append(f"| {prefix}, {label} | " + " | ".join(row) + " |")
+    out += ["", "Server-side split per request at c=16 (from our statistics): time queued (waiting for a batch",
+            "and for the executor) and computing.", "", "| transport | queue | compute | average batch |",
+            "|---|---|---|---|"]
+    for protocol, label in SWEEP_LABELS.items():
+        cell = find(cells, group="ours", ingress="haproxy", protocol=protocol, concurrency=16)
+        if cell and cell.get("server"):
+            s = cell["server"]
+            out.append(f"| {label} | {s['queue_ms']:.2f} ms | {s['compute_ms']:.2f} ms | {s['batch']:.1f} |")
+    return out
+
+
+def floors(cells) -> list[str]:
+    out = ["### Serve's default proxy vs HAProxy + throughput-optimized, c=16", "",
+           "| ingress | transport | do-nothing Serve | ours, tiny | ours / do-nothing |", "|---|---|---|---|---|"]
+    for ingress in ("default", "haproxy"):
+        for protocol in ("http-binary", "grpc"):
+            floor = find(cells, group="floor", ingress=ingress, protocol=protocol, concurrency=16)
+            ours = find(cells, group="ours", ingress=ingress, protocol=protocol, concurrency=16)
+            out.append(f"| {ingress} | {SWEEP_LABELS[protocol]} | {describe(floor)} | {describe(ours)} | "
+                       f"{fmt_ratio(ratio(rate(ours), rate(floor)))} |")
+    return out
+
+
+def limit_table(cells, limits) -> list[str]:
+    out = ["### The limit: the same model in process, same backend", "",
+           "| model | in process, batch 1 | in process, at the server's batch | ours | ours / in process at that batch |",
+           "|---|---|---|---|---|"]
+    for model, cell in (("tiny", find(cells, group="ours", ingress="haproxy", protocol="http-binary", concurrency=16)),
+                        ("big", find(cells, group="batching", model="big", protocol="http-binary"))):
+        batch = server_batch(cell)
+        ours = rate(cell, "inferences_per_s")
+        out.append(f"| {model} | {limits.get((model, 1), 0):.0f} inf/s | {limits.get((model, batch), 0):.0f} inf/s "
+                   f"(batch {batch}) | {ours or 0:.0f} inf/s | {fmt_ratio(ratio(ours, limits.get((model, batch))))} |")
+    return out
+
+
+def batching(cells) -> list[str]:
+    out = ["### Dynamic batching, MLP 1024-2048-2048-1000, c=32", "",
+           "| transport | dynamic batching | throughput | p50 | p90 | p99 | server queue / compute per request "
+           "| average batch |", "|---|---|---|---|---|---|---|---|"]
+    for protocol in ("http-binary", "handle"):
+        for model, label in (("big_nobatch", "off"), ("big", "on (max 32, delay 2 ms)")):
+            cell = find(cells, group="batching", model=model, protocol=protocol)
+            if cell:
+                s = cell.get("server") or {"queue_ms": float("nan"), "compute_ms": float("nan"), "batch": float("nan")}
+                out.append(f"| {SWEEP_LABELS[protocol]} | {label} | {cell['inferences_per_s']:.0f} inf/s | "
+                           f"{cell['p50_ms']:.1f} ms | {cell['p90_ms']:.1f} ms | {cell['p99_ms']:.1f} ms | "
+                           f"{s['queue_ms']:.1f} / {s['compute_ms']:.1f} ms | {s['batch']:.1f} |")
+    return out
+
+
+def mlserver(cells) -> list[str]:
+    out = ["### MLServer (same ONNX file, onnxruntime, same client), HTTP JSON", "",
+           "| concurrency | MLServer | ours (HAProxy) | ours / MLServer |", "|---|---|---|---|"]
+    for concurrency in (1, 16):
+        peer = find(cells, group="mlserver", concurrency=concurrency)
+        ours = find(cells, group="ours", ingress="haproxy", protocol="http-json", concurrency=concurrency)
+        out.append(f"| {concurrency} | {describe(peer)} | {describe(ours)} | {fmt_ratio(ratio(rate(ours), rate(peer)))} |")
+    return out
+
+
+def cross_check(cells) -> list[str]:
+    out = ["### perf_analyzer as a cross-check of our generator, c=16", "",
+           "| server | tensors | our generator | perf_analyzer | perf_analyzer / ours |", "|---|---|---|---|---|"]
+    for server, protocol in (("haproxy", "http-binary"), ("haproxy", "http-json"), ("mlserver", "http-json")):
+        pa = find(cells, group="perf_analyzer", ingress=server, protocol=protocol)
+        if server == "mlserver":
+            ours = find(cells, group="mlserver", concurrency=16)
+        else:
+            ours = find(cells, group="ours", ingress=server, protocol=protocol, concurrency=16)
+        pa_text = describe({**pa, "requests_per_s": pa["inferences_per_s"]}) if pa and "error" not in pa else describe(pa)
+        name = "MLServer" if server == "mlserver" else "ours (HAProxy)"
+        out.append(f"| {name} | {SWEEP_LABELS[protocol]} | {describe(ours)} | {pa_text} | "
+                   f"{fmt_ratio(ratio(rate(pa, 'inferences_per_s'), rate(ours)))} |")
+    return out
+
+
+def open_loop(cells) -> list[str]:
+    cell = find(cells, group="open-loop")
+    if not cell:
+        return []
+    return ["### Open loop, tiny, HTTP binary, at half the c=16 throughput", "",
+            "| offered | answered | p50 | p90 | p99 | errors |", "|---|---|---|---|---|---|",
+            f"| {cell['rate']:.0f} req/s | {cell['requests_per_s']:.0f} req/s | {cell['p50_ms']:.1f} ms | "
+            f"{cell['p90_ms']:.1f} ms | {cell['p99_ms']:.1f} ms | {cell['errors']} |"]
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    """Requests/s by concurrency per transport, ours solid, the do-nothing floor dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install -e '.[bench]')")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for index, (protocol, label) in enumerate(SWEEP_LABELS.items()):
+        color = f"C{index}"
+        for group, style, prefix in (("ours", "-o", "ours"), ("floor", "--", "do-nothing")):
+            points = sorted((c["concurrency"], c["requests_per_s"]) for c in cells
+                            if c.get("group") == group and c.get("ingress") == "haproxy" and c.get("protocol") == protocol
+                            and c.get("concurrency"))
+            if points:
+                ax.plot(*zip(*points), style, color=color, label=f"{prefix}, {label}")
+    peer = sorted((c["concurrency"], c["requests_per_s"]) for c in cells if c.get("group") == "mlserver")
+    if peer:
+        ax.plot(*zip(*peer), "s:", color="gray", label="MLServer, HTTP JSON")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrency (closed loop)")
+    ax.set_ylabel("requests/s (batch 1)")
+    ax.set_title("tiny MLP, HAProxy + throughput-optimized Serve")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the generated section of ``path`` (or put it first), keeping the hand-written rest."""
+    from benchmarks.compare import BEGIN, END
+
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{section}{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        title, _, body = text.partition("\n")
+        text = f"{title}\n\n{block}\n{body}"
+    path.write_text(text)

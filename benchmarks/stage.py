@@ -1,0 +1,164 @@
+"""One serving configuration of the comparison, in its own process (Serve's ingress is chosen by
+environment variables that Ray reads when it is imported); benchmarks/compare.py runs it.
+
+Serves the benchmark repository as application ``ric`` beside a do-nothing deployment (application
+``nothing``: HTTP, gRPC ModelInfer and a handle ``infer`` that all return at once), on one local Ray, then
+measures the cells of the plan with ``cluster.perf`` and writes them as JSON.
+
+    python benchmarks/stage.py --ingress haproxy --repository DIR --out cells.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+FLOOR_APP = "nothing"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ingress", choices=["haproxy", "default"], required=True)
+    parser.add_argument("--repository", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--quick", action="store_true", help="the fastest plan that still fills every table")
+    return parser.parse_args()
+
+
+def configure_ingress(ingress: str) -> None:
+    from cluster.cli import choose_ingress, keep_local_ray_on_loopback
+
+    keep_local_ray_on_loopback()
+    if ingress == "haproxy" and choose_ingress("haproxy") != "haproxy":
+        raise SystemExit("stage: Serve's HAProxy ingress is not available here")
+
+
+def floor_deployment():
+    from ray import serve
+    from starlette.responses import Response
+    from tritonclient.grpc import service_pb2
+
+    from cluster.grpc_service import register_message_modules
+
+    @serve.deployment(name="Nothing", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
+    class Nothing:
+        """The platform floor: reads the request and answers at once, on every transport."""
+
+        def __init__(self):
+            register_message_modules()  # the gRPC reply is pickled back to the proxy
+
+        async def __call__(self, request):
+            await request.body()
+            return Response(b"{}", media_type="application/json")
+
+        async def ModelInfer(self, request):  # noqa: N802 (the gRPC method name)
+            return service_pb2.ModelInferResponse()
+
+        async def infer(self, inputs):
+            return inputs
+
+    return Nothing.bind()
+
+
+async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
+    from benchmarks import perf_analyzer
+    from cluster import perf
+
+    sweep = [1, 16] if args.quick else [1, 4, 16, 64]
+    seconds, warmup = (1.0, 0.5) if args.quick else (args.seconds, 1.0)
+    metadata = {m: await perf.fetch_metadata("http-binary", m, http, grpc_target, "ric") for m in ("tiny", "big")}
+    tensors = {m: perf.request_tensors(meta) for m, meta in metadata.items()}
+    cells: list[dict] = []
+
+    async def cell(group, label, protocol, model, concurrency=None, rate=None, target="ric", secs=seconds):
+        meta_model = "big" if model.startswith("big") else model
+        base = f"{http}/nothing" if target == FLOOR_APP else http
+        client = perf.make_client(protocol, model if target == "ric" else "Nothing", tensors[meta_model],
+                                  perf.output_names(metadata[meta_model]), base, grpc_target, target, target,
+                                  concurrency or 64)
+        try:
+            result = await perf.measure(client, label, protocol, 1, concurrency=concurrency, rate=rate,
+                                        seconds=secs, warmup_s=warmup, stats_url=http if target == "ric" else None,
+                                        stats_model=model)
+        finally:
+            await client.close()
+        print(f"[{args.ingress}] {result.row()}", flush=True)
+        cells.append({"group": group, "ingress": args.ingress, "model": model, **result.to_dict()})
+        return result
+
+    if args.ingress == "default":
+        for protocol in ("http-binary", "grpc"):
+            await cell("floor", "do-nothing", protocol, "tiny", 16, target=FLOOR_APP)
+            await cell("ours", "tiny", protocol, "tiny", 16)
+        return cells
+    ours = {}
+    for protocol in perf.PROTOCOLS:
+        for concurrency in sweep:
+            if protocol != "http-json":
+                await cell("floor", "do-nothing", protocol, "tiny", concurrency, target=FLOOR_APP)
+            ours[protocol, concurrency] = await cell("ours", "tiny", protocol, "tiny", concurrency)
+    rate = max(round(ours["http-binary", 16].requests_per_s / 2, -1), 10)  # half of what the server can do
+    await cell("open-loop", "tiny", "http-binary", "tiny", rate=rate)
+    for protocol in ("http-binary", "handle"):
+        for model in ("big_nobatch", "big"):
+            await cell("batching", model, protocol, model, 32, secs=seconds * 2)
+    if perf_analyzer.available():
+        for json_tensors in (False, True):
+            measured = await asyncio.to_thread(perf_analyzer.measure, "tiny", http.removeprefix("http://"), 16,
+                                               json_tensors)
+            cells.append({"group": "perf_analyzer", "ingress": args.ingress, "model": "tiny",
+                          "protocol": "http-json" if json_tensors else "http-binary", "concurrency": 16, **measured})
+            print(f"[{args.ingress}] perf_analyzer {cells[-1]}", flush=True)
+    return cells
+
+
+def main() -> None:
+    args = parse_args()
+    configure_ingress(args.ingress)
+    import ray
+    from ray import serve
+
+    from cluster.app import AppArgs, build
+    from cluster.grpc_service import SERVICER_FUNCTION
+
+    http_port, grpc_port = free_port(), free_port()
+    ray.init(address="local", num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,
+             log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port},
+                    grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
+        serve.run(floor_deployment(), name=FLOOR_APP, route_prefix="/nothing")
+        serve.run(build(AppArgs(repository=args.repository, poll_interval_s=0)), name="ric", route_prefix="/")
+        asyncio.run(measure_and_shut_down(args, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"))
+    finally:
+        ray.shutdown()
+
+
+async def measure_and_shut_down(args, http: str, grpc_target: str) -> None:
+    """Measure, write the cells, and shut Serve down in the loop its handles were made in."""
+    from ray import serve
+
+    try:
+        cells = await measure_plan(args, http, grpc_target)
+        with open(args.out, "w") as f:
+            json.dump(cells, f, indent=1)
+    finally:
+        await serve.shutdown_async()
+
+
+if __name__ == "__main__":
+    main()

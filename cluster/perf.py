@@ -1,0 +1,416 @@
+"""``ric perf``: a load generator for any KServe v2 server (ours, MLServer, Triton), and the one the
+benchmarks use.
+
+Closed loop (N clients, each sending its next request when the last answers) at each concurrency, or open
+loop (requests started at a fixed rate whether or not earlier ones answered; latency counted from the
+planned start, so a slow server cannot hide its queue). Transports: HTTP JSON, HTTP binary, gRPC, and
+Serve handles from a Ray job joined to the cluster. Each cell prints throughput (inferences/s and
+requests/s), p50 / p90 / p99 latency and errors, and, where the server keeps Triton statistics, the
+server-side split per request (queue vs compute) and the average batch the server formed. Every run is
+bounded by its own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deployments.dtypes import numpy_dtype, v2_datatype
+
+PROTOCOLS = ("http-json", "http-binary", "grpc", "handle")
+#: Open loop: requests still unanswered beyond this many are counted as errors rather than started.
+MAX_OUTSTANDING = 4096
+
+Call = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class Measured:
+    """What one load loop saw: per-request latencies (ms) and error count over a measured window."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+    first_error: str | None = None
+
+    def record(self, started: float, ok: bool | str) -> None:
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        if ok is not True:
+            self.errors += 1
+            self.first_error = self.first_error or (ok if isinstance(ok, str) else "request failed")
+
+
+@dataclass
+class Cell:
+    """One measurement, as printed and as written to JSON by the benchmarks."""
+
+    label: str
+    protocol: str
+    concurrency: int | None
+    rate: float | None
+    batch: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    first_error: str | None = None
+    server: dict[str, float] | None = None
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def inferences_per_s(self) -> float:
+        return self.requests_per_s * self.batch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "requests_per_s": self.requests_per_s, "inferences_per_s": self.inferences_per_s}
+
+    def row(self) -> str:
+        load = f"c={self.concurrency}" if self.concurrency is not None else f"rate={self.rate:g}/s"
+        line = (f"{self.label:<28} {load:<11} {self.inferences_per_s:9.1f} inf/s {self.requests_per_s:9.1f} req/s  "
+                f"p50 {self.p50_ms:7.2f}  p90 {self.p90_ms:7.2f}  p99 {self.p99_ms:7.2f} ms  errors {self.errors}")
+        if self.server:
+            line += (f"  server: queue {self.server['queue_ms']:.2f} ms, compute {self.server['compute_ms']:.2f} ms, "
+                     f"batch {self.server['batch']:.1f}")
+        if self.first_error:
+            line += f"\n    first error: {self.first_error[:200]}"
+        return line
+
+
+def make_cell(label: str, protocol: str, measured: Measured, batch: int, concurrency: int | None = None,
+              rate: float | None = None, server: dict | None = None) -> Cell:
+    lat = np.array(measured.latencies_ms) if measured.latencies_ms else np.array([np.nan])
+    p50, p90, p99 = (float(np.percentile(lat, q)) for q in (50, 90, 99))
+    return Cell(label, protocol, concurrency, rate, batch, len(measured.latencies_ms), measured.errors,
+                measured.seconds, p50, p90, p99, measured.first_error, server)
+
+
+async def closed_loop(call: Call, concurrency: int, seconds: float, warmup_s: float = 1.0) -> Measured:
+    """``concurrency`` clients, each calling again when its last call returns; measured after a warm-up."""
+    measured = Measured(seconds=seconds)
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
+
+    async def client():
+        while (now := time.perf_counter()) < stop_at:
+            ok = await _guarded(call)
+            if now >= measure_from:
+                measured.record(now, ok)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return measured
+
+
+async def open_loop(call: Call, rate: float, seconds: float, warmup_s: float = 1.0) -> Measured:
+    """Start calls at ``rate`` per second for ``seconds`` (after a warm-up), whatever the answers do.
+
+    Latency runs from each call's planned start. Calls left unanswered after the run (plus a grace of
+    ``seconds``) are cancelled and counted as errors, so the loop always ends.
+    """
+    measured = Measured(seconds=seconds)
+    start = time.perf_counter()
+    total, warm = int(rate * (seconds + warmup_s)), int(rate * warmup_s)
+    tasks: set[asyncio.Task] = set()
+
+    async def one(planned: float, counted: bool):
+        ok = await _guarded(call)
+        if counted:
+            measured.record(planned, ok)
+
+    for i in range(total):
+        planned = start + i / rate
+        delay = planned - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(tasks) >= MAX_OUTSTANDING:
+            if i >= warm:
+                measured.record(planned, f"more than {MAX_OUTSTANDING} requests outstanding")
+            continue
+        task = asyncio.ensure_future(one(planned, i >= warm))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        done, pending = await asyncio.wait(tasks, timeout=max(seconds, 1.0))
+        for task in pending:
+            task.cancel()
+        for _ in pending:
+            measured.record(time.perf_counter(), "no answer before the run ended")
+    return measured
+
+
+async def _guarded(call: Call) -> bool | str:
+    try:
+        return await call()
+    except Exception as exc:  # a failed request is counted, never ends the run
+        return f"{type(exc).__name__}: {exc}"
+
+
+# -- request data ------------------------------------------------------------------------------------------
+
+def request_tensors(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for a model from its v2 metadata: a leading -1 becomes ``batch``, other -1 dims 1."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for spec in metadata["inputs"]:
+        dims = [int(d) for d in spec["shape"]]
+        shape = [batch if (i == 0 and d < 0) else (1 if d < 0 else d) for i, d in enumerate(dims)]
+        dtype = numpy_dtype(spec["datatype"])
+        if spec["datatype"] == "BYTES":
+            tensors[spec["name"]] = np.full(shape, b"x", dtype=object)
+        elif np.issubdtype(dtype, np.floating):
+            tensors[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+        else:
+            tensors[spec["name"]] = rng.integers(0, 8, shape).astype(dtype)
+    return tensors
+
+
+def output_names(metadata: dict[str, Any]) -> list[str]:
+    return [spec["name"] for spec in metadata.get("outputs", [])]
+
+
+# -- transports ----------------------------------------------------------------------------------------------
+
+class HttpClient:
+    """POST ``{base}/v2/models/{model}/infer`` with one prebuilt body (JSON or the binary extension)."""
+
+    def __init__(self, base: str, model: str, tensors: dict[str, np.ndarray], outputs: list[str], binary: bool,
+                 concurrency: int = 64):
+        import aiohttp
+        import tritonclient.http as triton_http
+
+        inputs = []
+        for name, array in tensors.items():
+            infer_input = triton_http.InferInput(name, list(array.shape), v2_datatype(array.dtype))
+            infer_input.set_data_from_numpy(array, binary_data=binary)
+            inputs.append(infer_input)
+        requested = [triton_http.InferRequestedOutput(name, binary_data=binary) for name in outputs] or None
+        body, json_size = triton_http.InferenceServerClient.generate_request_body(inputs, requested)
+        self.body = body
+        self.headers = {"Content-Type": "application/octet-stream" if json_size else "application/json"}
+        if json_size:
+            self.headers["Inference-Header-Content-Length"] = str(json_size)
+        self.url = f"{base.rstrip('/')}/v2/models/{model}/infer"
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(concurrency, 1)),
+                                             timeout=aiohttp.ClientTimeout(total=60))
+
+    async def __call__(self) -> bool | str:
+        async with self.session.post(self.url, data=self.body, headers=self.headers) as response:
+            content = await response.read()
+            return True if response.status == 200 else f"HTTP {response.status}: {content[:200]!r}"
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class GrpcClient:
+    """``inference.GRPCInferenceService/ModelInfer`` with one prebuilt request (raw tensor contents)."""
+
+    def __init__(self, target: str, model: str, tensors: dict[str, np.ndarray], application: str | None = None):
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        request = service_pb2.ModelInferRequest(model_name=model)
+        for name, array in tensors.items():
+            request.inputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
+            request.raw_input_contents.append(_raw(array))
+        self.request = request
+        self.metadata = (("application", application),) if application else None
+        self.channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", -1),
+                                                                  ("grpc.max_send_message_length", -1)])
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def __call__(self) -> bool:
+        await self.stub.ModelInfer(self.request, metadata=self.metadata, timeout=60)
+        return True
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class HandleClient:
+    """``infer`` on a Serve deployment's handle, numpy in and out (needs a Ray job joined to the cluster)."""
+
+    def __init__(self, deployment: str, application: str, tensors: dict[str, np.ndarray]):
+        from ray import serve
+
+        self.handle = serve.get_deployment_handle(deployment, application)
+        self.tensors = tensors
+
+    async def __call__(self) -> bool:
+        await self.handle.infer.remote(self.tensors)
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+def _raw(array: np.ndarray) -> bytes:
+    if array.dtype == object:
+        from tritonclient.utils import serialize_byte_tensor
+
+        return serialize_byte_tensor(array).item()
+    return array.tobytes()
+
+
+# -- server statistics -------------------------------------------------------------------------------------
+
+async def read_statistics(base: str, model: str) -> dict | None:
+    """The model's Triton statistics over HTTP, summed over versions; None where the server has none."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(f"{base.rstrip('/')}/v2/models/{model}/stats") as response:
+                if response.status != 200:
+                    return None
+                stats = (await response.json())["model_stats"]
+    except Exception:  # a peer without the statistics extension
+        return None
+    total = {"inference_count": 0, "execution_count": 0, "queue_ns": 0, "compute_ns": 0, "success": 0}
+    for version in stats:
+        parts = version["inference_stats"]
+        total["inference_count"] += version["inference_count"]
+        total["execution_count"] += version["execution_count"]
+        total["success"] += parts["success"]["count"]
+        total["queue_ns"] += parts["queue"]["ns"]
+        total["compute_ns"] += sum(parts[p]["ns"] for p in ("compute_input", "compute_infer", "compute_output"))
+    return total
+
+
+def server_split(before: dict | None, after: dict | None) -> dict[str, float] | None:
+    """Per request: time queued and time computing on the server, and the average batch in rows."""
+    if not before or not after:
+        return None
+    requests = after["success"] - before["success"]
+    executions = after["execution_count"] - before["execution_count"]
+    if requests <= 0 or executions <= 0:
+        return None
+    return {
+        "queue_ms": (after["queue_ns"] - before["queue_ns"]) / requests / 1e6,
+        "compute_ms": (after["compute_ns"] - before["compute_ns"]) / requests / 1e6,
+        "batch": (after["inference_count"] - before["inference_count"]) / executions,
+    }
+
+
+# -- one cell ------------------------------------------------------------------------------------------------
+
+async def fetch_metadata(protocol: str, model: str, url: str, grpc_target: str, application: str | None,
+                         grpc_application: str | None = None) -> dict[str, Any]:
+    """The model's v2 metadata over the transport under test (handles: from the deployment)."""
+    if protocol == "handle":
+        from ray import serve
+
+        return await serve.get_deployment_handle(model, application).metadata.remote()
+    if protocol == "grpc":
+        import grpc
+        from google.protobuf.json_format import MessageToDict
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        metadata = (("application", grpc_application),) if grpc_application else None
+        async with grpc.aio.insecure_channel(grpc_target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            reply = await stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=model), metadata=metadata,
+                                             timeout=30)
+        return MessageToDict(reply, preserving_proto_field_name=True)
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with session.get(f"{url.rstrip('/')}/v2/models/{model}") as response:
+            if response.status != 200:
+                raise RuntimeError(f"GET /v2/models/{model}: HTTP {response.status}: {await response.text()}")
+            return json.loads(await response.read())
+
+
+def make_client(protocol: str, model: str, tensors, outputs, url: str, grpc_target: str,
+                application: str | None, grpc_application: str | None, concurrency: int):
+    if protocol in ("http-json", "http-binary"):
+        return HttpClient(url, model, tensors, outputs, binary=protocol == "http-binary", concurrency=concurrency)
+    if protocol == "grpc":
+        return GrpcClient(grpc_target, model, tensors, grpc_application)
+    if protocol == "handle":
+        return HandleClient(model, application, tensors)
+    raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+
+
+async def measure(client: Call, label: str, protocol: str, batch: int, *, concurrency: int | None = None,
+                  rate: float | None = None, seconds: float = 3.0, warmup_s: float = 1.0,
+                  stats_url: str | None = None, stats_model: str | None = None) -> Cell:
+    """Run one closed-loop (``concurrency``) or open-loop (``rate``) cell, with the server-side split."""
+    before = await read_statistics(stats_url, stats_model) if stats_url and stats_model else None
+    if rate:
+        measured = await open_loop(client, rate, seconds, warmup_s)
+    else:
+        measured = await closed_loop(client, concurrency or 1, seconds, warmup_s)
+    after = await read_statistics(stats_url, stats_model) if before else None
+    return make_cell(label, protocol, measured, batch, concurrency, rate, server_split(before, after))
+
+
+# -- the command -------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="model to load")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="HTTP base URL (also read for statistics)")
+    parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC host:port")
+    parser.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=["http-binary"],
+                        help="transports to measure, one after another (default http-binary)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64],
+                        help="closed-loop concurrency sweep (default 1 4 16 64)")
+    parser.add_argument("--rate", type=float, help="open loop at this many requests/s instead of the sweep")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
+    parser.add_argument("--batch", type=int, default=1, help="rows per request where the batch dim is -1")
+    parser.add_argument("--application", default="ric", help="Serve application of the model (handles)")
+    parser.add_argument("--grpc-application", help="gRPC 'application' metadata (Serve needs it when a cluster "
+                                                   "runs several applications)")
+    parser.add_argument("--address", default="auto", help="Ray cluster to join for --protocol handle")
+    parser.add_argument("--json", dest="json_path", help="also write the cells to this JSON file")
+
+
+async def run(args) -> list[Cell]:
+    grpc_application = args.grpc_application
+    cells = []
+    for protocol in args.protocol:
+        metadata = await fetch_metadata(protocol, args.model, args.url, args.grpc_url, args.application,
+                                        grpc_application)
+        tensors = request_tensors(metadata, args.batch)
+        loads = [(None, args.rate)] if args.rate else [(c, None) for c in args.concurrency]
+        client = make_client(protocol, args.model, tensors, output_names(metadata), args.url, args.grpc_url,
+                             args.application, grpc_application, max(args.concurrency))
+        try:
+            for concurrency, rate in loads:
+                cell = await measure(client, f"{args.model} {protocol}", protocol, args.batch,
+                                     concurrency=concurrency, rate=rate, seconds=args.seconds,
+                                     warmup_s=args.warmup, stats_url=args.url, stats_model=args.model)
+                print(cell.row(), flush=True)
+                cells.append(cell)
+        finally:
+            await client.close()
+    return cells
+
+
+def main(args) -> int:
+    """Run ``ric perf``; exit status 1 when any request failed."""
+    if "handle" in args.protocol:
+        import ray
+
+        ray.init(address=args.address, log_to_driver=False)
+    try:
+        cells = asyncio.run(run(args))
+    except RuntimeError as exc:  # the server could not describe the model: nothing to measure
+        print(f"ric perf: {exc}", file=sys.stderr)
+        return 2
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump([cell.to_dict() for cell in cells], f, indent=1)
+    return 1 if any(cell.errors for cell in cells) else 0
