@@ -5,8 +5,9 @@
 
 Generates the benchmark repository (a tiny MLP 64-256-10, and a batch-friendly MLP 1024-2048-2048-1000
 with dynamic batching on and off), then, one after another on this machine:
-  1. our server with Serve's default proxy, and with HAProxy + throughput-optimized Serve, each beside a
-     do-nothing Serve deployment (the platform floor) on the same Ray (benchmarks/stage.py);
+  1. our server with Serve's default proxy, with HAProxy + throughput-optimized Serve, and with that plus the
+     models colocated in the ingress (what `ric serve` runs), each beside a do-nothing Serve deployment (the
+     platform floor) on the same Ray (benchmarks/stage.py);
   2. the same models in process through our own onnxruntime backend (the limit);
   3. MLServer serving the same ONNX files, driven by the same client, and perf_analyzer against both.
 Every ratio compares cells measured in this one run.
@@ -51,11 +52,12 @@ def write_repository(root: Path) -> Path:
     return root
 
 
-def run_stage(ingress: str, repository: Path, workdir: Path, quick: bool, seconds: float) -> list[dict]:
-    out = workdir / f"stage-{ingress}.json"
+def run_stage(ingress: str, colocate: bool, repository: Path, workdir: Path, quick: bool, seconds: float) -> list[dict]:
+    out = workdir / f"stage-{ingress}-{colocate}.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "stage.py"), "--ingress", ingress,
                "--repository", str(repository), "--out", str(out), "--seconds", str(seconds)]
-    subprocess.run(command + (["--quick"] if quick else []), check=True, timeout=1800)
+    command += ["--colocate"] * colocate + ["--quick"] * quick
+    subprocess.run(command, check=True, timeout=1800)
     return json.loads(out.read_text())
 
 
@@ -106,8 +108,8 @@ def main() -> None:
         workdir = Path(tmp)
         repository = write_repository(workdir / "repository")
         cells = []
-        for ingress in ("default", "haproxy"):
-            cells += run_stage(ingress, repository, workdir, args.quick, args.seconds)
+        for ingress, colocate in (("default", False), ("haproxy", False), ("haproxy", True)):
+            cells += run_stage(ingress, colocate, repository, workdir, args.quick, args.seconds)
         limits = {}
         for model, batch in report.limit_points(cells):
             limits[model, batch] = peers.in_process(repository, model, batch, seconds=1.0 if args.quick else 3.0)

@@ -6,6 +6,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 SWEEP_LABELS = {"http-json": "HTTP JSON", "http-binary": "HTTP binary", "grpc": "gRPC", "handle": "handle"}
+#: The configuration ``ric serve`` runs (HAProxy, throughput-optimized Serve, models colocated in the
+#: ingress), and the one before colocation (every request hops from the ingress to the model deployment).
+MAIN, BEFORE = "haproxy colocated", "haproxy"
+SETUPS = {"default": "Serve's default proxy", BEFORE: "HAProxy, model in its own deployment",
+          MAIN: "HAProxy, model colocated in the ingress"}
 
 
 def find(cells: list[dict], **match) -> dict | None:
@@ -23,8 +28,8 @@ def server_batch(cell: dict | None) -> int:
 
 def limit_points(cells: list[dict]) -> list[tuple[str, int]]:
     """(model, batch) pairs to run in process: batch 1 and the batch the server formed."""
-    tiny = find(cells, group="ours", ingress="haproxy", protocol="http-binary", concurrency=16)
-    big = find(cells, group="batching", model="big", protocol="http-binary")
+    tiny = find(cells, group="ours", ingress=MAIN, protocol="http-binary", concurrency=16)
+    big = find(cells, group="batching", ingress=MAIN, model="big", protocol="http-binary")
     points = [("tiny", 1), ("tiny", server_batch(tiny)), ("big", 1), ("big", server_batch(big))]
     return list(dict.fromkeys(points))
 
@@ -90,60 +95,70 @@ def render(cells: list[dict], limits: dict, env: dict, plot_name: str) -> str:
 
 
 def targets(cells, limits) -> list[str]:
-    binary = find(cells, group="ours", ingress="haproxy", protocol="http-binary", concurrency=16)
-    floor = find(cells, group="floor", ingress="haproxy", protocol="http-binary", concurrency=16)
-    json16 = find(cells, group="ours", ingress="haproxy", protocol="http-json", concurrency=16)
-    peer16 = find(cells, group="mlserver", concurrency=16)
-    handle = find(cells, group="ours", ingress="haproxy", protocol="handle", concurrency=16)
-    on, off = (find(cells, group="batching", model=m, protocol="http-binary") for m in ("big", "big_nobatch"))
-    handle_on, handle_off = (find(cells, group="batching", model=m, protocol="handle") for m in ("big", "big_nobatch"))
-    batch = server_batch(on)
-    rows = [
-        ("HTTP binary, tiny, c=16: ours / do-nothing Serve (HAProxy)", ">= 0.90", ratio(rate(binary), rate(floor)), 0.9),
-        ("HTTP JSON, tiny, c=16: ours / MLServer", ">= 2x", ratio(rate(json16), rate(peer16)), 2.0),
-        ("big MLP, HTTP binary, c=32: dynamic batching on / off", ">= 4x", ratio(rate(on), rate(off)), 4.0),
-        ("big MLP, handles, c=32: dynamic batching on / off", ">= 4x", ratio(rate(handle_on), rate(handle_off)), 4.0),
-        ("tiny, c=16: handle calls / HTTP binary", ">= 3x", ratio(rate(handle), rate(binary)), 3.0),
-        (f"big MLP, c=32, batching on: ours / in process at batch {batch}", ">= 0.70",
-         ratio(rate(on, "inferences_per_s"), limits.get(("big", batch))), 0.7),
+    def measured(setup: str) -> list[float | None]:
+        get = lambda **m: find(cells, ingress=setup, **m)  # noqa: E731
+        binary = get(group="ours", protocol="http-binary", concurrency=16)
+        on, off = (get(group="batching", model=m, protocol="http-binary") for m in ("big", "big_nobatch"))
+        handle_on, handle_off = (get(group="batching", model=m, protocol="handle") for m in ("big", "big_nobatch"))
+        return [
+            ratio(rate(binary), rate(get(group="floor", protocol="http-binary", concurrency=16))),
+            ratio(rate(get(group="ours", protocol="http-json", concurrency=16)), rate(find(cells, group="mlserver",
+                                                                                           concurrency=16))),
+            ratio(rate(on), rate(off)),
+            ratio(rate(handle_on), rate(handle_off)),
+            ratio(rate(get(group="ours", protocol="handle", concurrency=16)), rate(binary)),
+            ratio(rate(on, "inferences_per_s"), limits.get(("big", server_batch(on)))),
+        ]
+
+    names = [
+        ("tiny, HTTP binary, c=16: ours / do-nothing Serve, same ingress", 0.9, ">= 0.90"),
+        ("tiny, HTTP JSON, c=16: ours / MLServer", 2.0, ">= 2x"),
+        ("big MLP, HTTP binary, c=32: dynamic batching on / off", 4.0, ">= 4x"),
+        ("big MLP, handles, c=32: dynamic batching on / off", 4.0, ">= 4x"),
+        ("tiny, c=16: handle calls / HTTP binary", 3.0, ">= 3x"),
+        ("big MLP, HTTP binary, c=32, batching on: ours / in process at the batch the server formed", 0.7, ">= 0.70"),
     ]
-    out = ["### Targets", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
-    for name, wanted, value, needed in rows:
-        met = "n/a" if value is None else ("yes" if value >= needed else "**no**")
-        out.append(f"| {name} | {wanted} | {fmt_ratio(value)} | {met} |")
+    out = ["### Targets (issue 6)", "", f"Measured on `ric serve`'s setup ({SETUPS[MAIN]}), and before colocation "
+           f"({SETUPS[BEFORE]}).", "", "| target | wanted | before | now | met now |", "|---|---|---|---|---|"]
+    for (name, needed, wanted), before, now in zip(names, measured(BEFORE), measured(MAIN)):
+        met = "n/a" if now is None else ("yes" if now >= needed else "**no**")
+        out.append(f"| {name} | {wanted} | {fmt_ratio(before)} | {fmt_ratio(now)} | {met} |")
     return out
 
 
 def transports(cells) -> list[str]:
-    sweep = sorted({c["concurrency"] for c in cells if c.get("group") == "ours" and c.get("ingress") == "haproxy"
+    sweep = sorted({c["concurrency"] for c in cells if c.get("group") == "ours" and c.get("ingress") == MAIN
                     and c.get("concurrency")})
-    out = ["### Transports, tiny MLP, HAProxy + throughput-optimized Serve", "",
+    out = [f"### Transports, tiny MLP ({SETUPS[MAIN]})", "",
+           "Handles call the model's own deployment from the benchmark's Ray job in both setups.", "",
            "| transport | " + " | ".join(f"c={c}" for c in sweep) + " |", "|---" * (len(sweep) + 1) + "|"]
-    for group, prefix in (("ours", "ours"), ("floor", "do-nothing")):
+    for group, setup, prefix in (("ours", MAIN, "ours"), ("ours", BEFORE, "before colocation"),
+                                 ("floor", MAIN, "do-nothing Serve")):
         for protocol, label in SWEEP_LABELS.items():
-            row = [describe(find(cells, group=group, ingress="haproxy", protocol=protocol, concurrency=c))
-                   for c in sweep]
+            row = [describe(find(cells, group=group, ingress=setup, protocol=protocol, concurrency=c)) for c in sweep]
             if any(r != "not run" for r in row):
                 out.append(f"| {prefix}, {label} | " + " | ".join(row) + " |")
     out += ["", "Server-side split per request at c=16 (from our statistics): time queued (waiting for a batch",
-            "and for the executor) and computing.", "", "| transport | queue | compute | average batch |",
-            "|---|---|---|---|"]
-    for protocol, label in SWEEP_LABELS.items():
-        cell = find(cells, group="ours", ingress="haproxy", protocol=protocol, concurrency=16)
-        if cell and cell.get("server"):
-            s = cell["server"]
-            out.append(f"| {label} | {s['queue_ms']:.2f} ms | {s['compute_ms']:.2f} ms | {s['batch']:.1f} |")
+            "and for the executor) and computing, and the average batch formed.", "",
+            "| setup | transport | queue | compute | average batch |", "|---|---|---|---|---|"]
+    for setup in (MAIN, BEFORE):
+        for protocol, label in SWEEP_LABELS.items():
+            cell = find(cells, group="ours", ingress=setup, protocol=protocol, concurrency=16)
+            if cell and cell.get("server"):
+                s = cell["server"]
+                out.append(f"| {SETUPS[setup]} | {label} | {s['queue_ms']:.2f} ms | {s['compute_ms']:.2f} ms | "
+                           f"{s['batch']:.1f} |")
     return out
 
 
 def floors(cells) -> list[str]:
-    out = ["### Serve's default proxy vs HAProxy + throughput-optimized, c=16", "",
-           "| ingress | transport | do-nothing Serve | ours, tiny | ours / do-nothing |", "|---|---|---|---|---|"]
-    for ingress in ("default", "haproxy"):
+    out = ["### Ingress setups side by side, tiny MLP, c=16", "",
+           "| setup | transport | do-nothing Serve | ours | ours / do-nothing |", "|---|---|---|---|---|"]
+    for setup, name in SETUPS.items():
         for protocol in ("http-binary", "grpc"):
-            floor = find(cells, group="floor", ingress=ingress, protocol=protocol, concurrency=16)
-            ours = find(cells, group="ours", ingress=ingress, protocol=protocol, concurrency=16)
-            out.append(f"| {ingress} | {SWEEP_LABELS[protocol]} | {describe(floor)} | {describe(ours)} | "
+            floor = find(cells, group="floor", ingress=setup, protocol=protocol, concurrency=16)
+            ours = find(cells, group="ours", ingress=setup, protocol=protocol, concurrency=16)
+            out.append(f"| {name} | {SWEEP_LABELS[protocol]} | {describe(floor)} | {describe(ours)} | "
                        f"{fmt_ratio(ratio(rate(ours), rate(floor)))} |")
     return out
 
@@ -152,8 +167,8 @@ def limit_table(cells, limits) -> list[str]:
     out = ["### The limit: the same model in process, same backend", "",
            "| model | in process, batch 1 | in process, at the server's batch | ours | ours / in process at that batch |",
            "|---|---|---|---|---|"]
-    for model, cell in (("tiny", find(cells, group="ours", ingress="haproxy", protocol="http-binary", concurrency=16)),
-                        ("big", find(cells, group="batching", model="big", protocol="http-binary"))):
+    for model, cell in (("tiny", find(cells, group="ours", ingress=MAIN, protocol="http-binary", concurrency=16)),
+                        ("big", find(cells, group="batching", ingress=MAIN, model="big", protocol="http-binary"))):
         batch = server_batch(cell)
         ours = rate(cell, "inferences_per_s")
         out.append(f"| {model} | {limits.get((model, 1), 0):.0f} inf/s | {limits.get((model, batch), 0):.0f} inf/s "
@@ -163,47 +178,52 @@ def limit_table(cells, limits) -> list[str]:
 
 def batching(cells) -> list[str]:
     out = ["### Dynamic batching, MLP 1024-2048-2048-1000, c=32", "",
-           "| transport | dynamic batching | throughput | p50 | p90 | p99 | server queue / compute per request "
-           "| average batch |", "|---|---|---|---|---|---|---|---|"]
-    for protocol in ("http-binary", "handle"):
-        for model, label in (("big_nobatch", "off"), ("big", "on (max 32, delay 2 ms)")):
-            cell = find(cells, group="batching", model=model, protocol=protocol)
-            if cell:
-                s = cell.get("server") or {"queue_ms": float("nan"), "compute_ms": float("nan"), "batch": float("nan")}
-                out.append(f"| {SWEEP_LABELS[protocol]} | {label} | {cell['inferences_per_s']:.0f} inf/s | "
-                           f"{cell['p50_ms']:.1f} ms | {cell['p90_ms']:.1f} ms | {cell['p99_ms']:.1f} ms | "
-                           f"{s['queue_ms']:.1f} / {s['compute_ms']:.1f} ms | {s['batch']:.1f} |")
+           "| setup | transport | dynamic batching | throughput | p50 | p90 | p99 | server queue / compute per "
+           "request | average batch |", "|---|---|---|---|---|---|---|---|---|"]
+    for setup in (MAIN, BEFORE):
+        for protocol in ("http-binary", "handle"):
+            for model, label in (("big_nobatch", "off"), ("big", "on (max 32, delay 2 ms)")):
+                cell = find(cells, group="batching", ingress=setup, model=model, protocol=protocol)
+                if cell:
+                    nan = float("nan")
+                    s = cell.get("server") or {"queue_ms": nan, "compute_ms": nan, "batch": nan}
+                    out.append(f"| {SETUPS[setup]} | {SWEEP_LABELS[protocol]} | {label} | "
+                               f"{cell['inferences_per_s']:.0f} inf/s | {cell['p50_ms']:.1f} ms | {cell['p90_ms']:.1f} ms | "
+                               f"{cell['p99_ms']:.1f} ms | {s['queue_ms']:.1f} / {s['compute_ms']:.1f} ms | {s['batch']:.1f} |")
     return out
 
 
 def mlserver(cells) -> list[str]:
     out = ["### MLServer (same ONNX file, onnxruntime, same client), HTTP JSON", "",
-           "| concurrency | MLServer | ours (HAProxy) | ours / MLServer |", "|---|---|---|---|"]
+           "| concurrency | MLServer | ours | ours / MLServer | before colocation / MLServer |", "|---|---|---|---|---|"]
     for concurrency in (1, 16):
         peer = find(cells, group="mlserver", concurrency=concurrency)
-        ours = find(cells, group="ours", ingress="haproxy", protocol="http-json", concurrency=concurrency)
-        out.append(f"| {concurrency} | {describe(peer)} | {describe(ours)} | {fmt_ratio(ratio(rate(ours), rate(peer)))} |")
+        ours = find(cells, group="ours", ingress=MAIN, protocol="http-json", concurrency=concurrency)
+        before = find(cells, group="ours", ingress=BEFORE, protocol="http-json", concurrency=concurrency)
+        out.append(f"| {concurrency} | {describe(peer)} | {describe(ours)} | {fmt_ratio(ratio(rate(ours), rate(peer)))} "
+                   f"| {fmt_ratio(ratio(rate(before), rate(peer)))} |")
     return out
 
 
 def cross_check(cells) -> list[str]:
-    out = ["### perf_analyzer as a cross-check of our generator, c=16", "",
+    out = ["### perf_analyzer as a cross-check of our generator, tiny, c=16", "",
            "| server | tensors | our generator | perf_analyzer | perf_analyzer / ours |", "|---|---|---|---|---|"]
-    for server, protocol in (("haproxy", "http-binary"), ("haproxy", "http-json"), ("mlserver", "http-json")):
+    for server, protocol in ((MAIN, "http-binary"), (MAIN, "http-json"), (BEFORE, "http-binary"),
+                             ("mlserver", "http-json")):
         pa = find(cells, group="perf_analyzer", ingress=server, protocol=protocol)
         if server == "mlserver":
             ours = find(cells, group="mlserver", concurrency=16)
         else:
             ours = find(cells, group="ours", ingress=server, protocol=protocol, concurrency=16)
         pa_text = describe({**pa, "requests_per_s": pa["inferences_per_s"]}) if pa and "error" not in pa else describe(pa)
-        name = "MLServer" if server == "mlserver" else "ours (HAProxy)"
+        name = "MLServer" if server == "mlserver" else f"ours ({SETUPS[server]})"
         out.append(f"| {name} | {SWEEP_LABELS[protocol]} | {describe(ours)} | {pa_text} | "
                    f"{fmt_ratio(ratio(rate(pa, 'inferences_per_s'), rate(ours)))} |")
     return out
 
 
 def open_loop(cells) -> list[str]:
-    cell = find(cells, group="open-loop")
+    cell = find(cells, group="open-loop", ingress=MAIN)
     if not cell:
         return []
     return ["### Open loop, tiny, HTTP binary, at half the c=16 throughput", "",
@@ -222,22 +242,23 @@ def plot(cells: list[dict], path: Path) -> None:
     except ImportError:
         print("no plot: matplotlib is not installed (pip install -e '.[bench]')")
         return
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    series = [("ours", MAIN, "-o", "ours"), ("floor", MAIN, "--", "do-nothing Serve"),
+              ("ours", BEFORE, ":x", "before colocation")]
     for index, (protocol, label) in enumerate(SWEEP_LABELS.items()):
-        color = f"C{index}"
-        for group, style, prefix in (("ours", "-o", "ours"), ("floor", "--", "do-nothing")):
+        for group, setup, style, prefix in series:
             points = sorted((c["concurrency"], c["requests_per_s"]) for c in cells
-                            if c.get("group") == group and c.get("ingress") == "haproxy" and c.get("protocol") == protocol
+                            if c.get("group") == group and c.get("ingress") == setup and c.get("protocol") == protocol
                             and c.get("concurrency"))
-            if points:
-                ax.plot(*zip(*points), style, color=color, label=f"{prefix}, {label}")
+            if points and not (setup == BEFORE and protocol != "http-binary"):
+                ax.plot(*zip(*points), style, color=f"C{index}", label=f"{prefix}, {label}")
     peer = sorted((c["concurrency"], c["requests_per_s"]) for c in cells if c.get("group") == "mlserver")
     if peer:
-        ax.plot(*zip(*peer), "s:", color="gray", label="MLServer, HTTP JSON")
+        ax.plot(*zip(*peer), "s-.", color="gray", label="MLServer, HTTP JSON")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (closed loop)")
     ax.set_ylabel("requests/s (batch 1)")
-    ax.set_title("tiny MLP, HAProxy + throughput-optimized Serve")
+    ax.set_title(f"tiny MLP, {SETUPS[MAIN]}")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

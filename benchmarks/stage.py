@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repository", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--colocate", action="store_true", help="serve with AppArgs.colocate (no ingress -> model hop)")
     parser.add_argument("--quick", action="store_true", help="the fastest plan that still fills every table")
     return parser.parse_args()
 
@@ -78,6 +79,7 @@ async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
     from benchmarks import perf_analyzer
     from cluster import perf
 
+    setup = args.ingress + (" colocated" if args.colocate else "")
     sweep = [1, 16] if args.quick else [1, 4, 16, 64]
     seconds, warmup = (1.0, 0.5) if args.quick else (args.seconds, 1.0)
     metadata = {m: await perf.fetch_metadata("http-binary", m, http, grpc_target, "ric") for m in ("tiny", "big")}
@@ -96,8 +98,8 @@ async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
                                         stats_model=model)
         finally:
             await client.close()
-        print(f"[{args.ingress}] {result.row()}", flush=True)
-        cells.append({"group": group, "ingress": args.ingress, "model": model, **result.to_dict()})
+        print(f"[{setup}] {result.row()}", flush=True)
+        cells.append({"group": group, "ingress": setup, "model": model, **result.to_dict()})
         return result
 
     if args.ingress == "default":
@@ -120,9 +122,9 @@ async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
         for json_tensors in (False, True):
             measured = await asyncio.to_thread(perf_analyzer.measure, "tiny", http.removeprefix("http://"), 16,
                                                json_tensors)
-            cells.append({"group": "perf_analyzer", "ingress": args.ingress, "model": "tiny",
+            cells.append({"group": "perf_analyzer", "ingress": setup, "model": "tiny",
                           "protocol": "http-json" if json_tensors else "http-binary", "concurrency": 16, **measured})
-            print(f"[{args.ingress}] perf_analyzer {cells[-1]}", flush=True)
+            print(f"[{setup}] perf_analyzer {cells[-1]}", flush=True)
     return cells
 
 
@@ -142,7 +144,8 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port},
                     grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
         serve.run(floor_deployment(), name=FLOOR_APP, route_prefix="/nothing")
-        serve.run(build(AppArgs(repository=args.repository, poll_interval_s=0)), name="ric", route_prefix="/")
+        app_args = AppArgs(repository=args.repository, poll_interval_s=0, colocate=args.colocate)
+        serve.run(build(app_args), name="ric", route_prefix="/")
         asyncio.run(measure_and_shut_down(args, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"))
     finally:
         ray.shutdown()

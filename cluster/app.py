@@ -54,6 +54,11 @@ class AppArgs(BaseModel):
     poll_interval_s: float = Field(
         default=2.0, ge=0, description="How often the sync deployment reads the store for new versions; 0 never."
     )
+    colocate: bool = Field(
+        default=False,
+        description="Also run every CPU model inside each ingress replica, so HTTP and gRPC requests skip the "
+                    "ingress -> model hop (each ingress replica then holds a copy of those models).",
+    )
 
 
 def deployment_options(config: ModelConfig, args: AppArgs) -> dict:
@@ -169,9 +174,11 @@ def build(args: AppArgs) -> Application:
     }
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes)
+    colocated = {name: (config, store) for name, config in plain.items()
+                 if args.colocate and not config.gpus_per_replica()}
     return Ingress.options(
         name=INGRESS_NAME,
         num_replicas=args.ingress_replicas,
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": args.replica_num_cpus},
-    ).bind(models, failed, options, statistics, sync)
+    ).bind(models, failed, options, statistics, sync, colocated)

@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--ingress", choices=["haproxy", "default"], default="haproxy",
                            help="haproxy (Serve's HAProxy ingress, several times faster; the default when its "
                                 "binary is installed) or default (Serve's Python proxy)")
+    serve_cmd.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
+                           help="run CPU models inside the ingress replicas too, one hop less for HTTP and gRPC "
+                                "(default on; --no-colocate keeps each model in its own deployment only)")
     perf_cmd = commands.add_parser("perf", help="measure a running server: throughput, latency, errors",
                                    description=perf.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     perf.add_arguments(perf_cmd)
@@ -76,8 +79,8 @@ def serve_repository(args: argparse.Namespace) -> None:
     from cluster.app import AppArgs, build
     from cluster.grpc_service import SERVICER_FUNCTION
 
-    app_args = AppArgs(repository=args.repository,
-                       models=args.models.split(",") if args.models else None)
+    app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
+                       colocate=args.colocate)
     start_ray(args.address, args.num_cpus, args.num_gpus)
     try:
         serve.start(http_options={"host": args.host, "port": args.http_port},

@@ -2,7 +2,7 @@
 
 Each HTTP route decodes, calls the data plane, encodes; every failure becomes ``{"error": "..."}`` with the
 status from the one error table. The gRPC methods come from :class:`GrpcInferenceService`. The model
-handles are passed in by the app builder.
+handles are passed in by the app builder; models it colocates run inside this replica.
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ from starlette.responses import Response
 from cluster import codec, compression
 from cluster.dataplane import DataPlane
 from cluster.grpc_service import GrpcInferenceService, register_message_modules
+from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
+from deployments.model import ModelService
+from deployments.runner import VersionSource
+from deployments.served import LocalHandle
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +49,21 @@ def empty_response(status: int = 200) -> Response:
 class Ingress(GrpcInferenceService):
     """Routes v2 HTTP and gRPC requests to the model deployments."""
 
-    def __init__(
+    async def __init__(
         self,
         models: dict[str, DeploymentHandle],
         failed: dict[str, str],
         options: IngressOptions,
         statistics: DeploymentHandle,
         sync: DeploymentHandle | None = None,
+        colocated: dict[str, tuple[ModelConfig, VersionSource]] | None = None,
     ):
+        """``colocated`` models are also served inside this replica: HTTP and gRPC requests for them skip
+        the hop to their deployment, whose replicas still serve handles and ensembles."""
         register_message_modules()
-        self.plane = DataPlane(models, failed, options.version, statistics, sync)
+        local = {name: LocalHandle(ModelService(config, source, statistics, sync))
+                 for name, (config, source) in (colocated or {}).items()}
+        self.plane = DataPlane({**models, **local}, failed, options.version, statistics, sync)
         self.max_request_bytes = options.max_request_bytes
 
     async def __call__(self, request: Request) -> Response:

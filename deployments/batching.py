@@ -1,4 +1,5 @@
-"""Batching arithmetic: which requests can run together, how to merge them and how to split results.
+"""Batching: the dynamic batcher that forms batches, and the arithmetic of which requests can run
+together, how to merge them and how to split results.
 
 Requests run together when every input has the same datatype and the same shape past the batch dim;
 they are concatenated along the batch dim and the outputs are split back by row counts.
@@ -6,7 +7,10 @@ they are concatenated along the batch dim and the outputs are split back by row 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,3 +67,66 @@ def split(outputs: Tensors, rows: Sequence[int]) -> list[Tensors]:
         for part, piece in zip(parts, np.split(array, cuts)):
             part[name] = piece
     return parts
+
+
+class DynamicBatcher:
+    """Triton's dynamic batcher for one replica: requests queue while a batch runs; when the model is
+    free, the next batch takes queued requests in arrival order up to ``max_rows`` rows, first waiting
+    until ``max_delay_s`` after the oldest one's arrival for more when the batch is not full.
+
+    One batch runs at a time (the replica's executor has one thread). Serve's ``@serve.batch`` forms the
+    next batch while the last one runs, so under load it cuts batches of one or two requests that then
+    wait their turn; docs/architecture.md has the measurement. A request whose caller gave up still runs
+    (its model version stays counted as in use until then); its result is dropped.
+    """
+
+    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], max_rows: int, max_delay_s: float,
+                 rows: Callable[[Any], int] = lambda item: item.rows):
+        self._run, self._rows = run, rows
+        self.max_rows, self.max_delay_s = max_rows, max_delay_s
+        self._queue: deque[tuple[Any, asyncio.Future, float]] = deque()
+        self._queued_rows = 0
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, item: Any) -> Any:
+        """Queue one request; returns its result (or the exception its batch raised)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((item, future, loop.time()))
+        self._queued_rows += self._rows(item)
+        self._arrived.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._work())
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            deadline = self._queue[0][2] + self.max_delay_s
+            while self._queued_rows < self.max_rows and (remaining := deadline - loop.time()) > 0:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take()
+            try:
+                results = await self._run([item for item, _ in batch])
+            except Exception as exc:  # the batch fails, the batcher goes on
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+    def _take(self) -> list[tuple[Any, asyncio.Future]]:
+        batch, rows = [], 0
+        while self._queue:
+            size = self._rows(self._queue[0][0])
+            if batch and rows + size > self.max_rows:
+                break
+            item, future, _ = self._queue.popleft()
+            batch.append((item, future))
+            rows += size
+        self._queued_rows -= rows
+        return batch

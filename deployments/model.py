@@ -1,8 +1,9 @@
 """The Model deployment: one Serve deployment per model, named after it, with dynamic batching.
 
-Requests are checked before they join a batch (a bad one fails alone); ``@serve.batch`` collects them
-for up to ``max_queue_delay_microseconds``, counting rows (not requests) against the batch size; the
-batch runs on one executor thread so the replica keeps accepting requests meanwhile.
+Requests are checked before they join a batch (a bad one fails alone); the dynamic batcher collects them
+while the model is busy, and for up to ``max_queue_delay_microseconds`` when it is not, counting rows (not
+requests) against the batch size; the batch runs on one executor thread so the replica keeps accepting
+requests meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ray
 from ray import serve
 
 from deployments.backends import Tensors
+from deployments.batching import DynamicBatcher
 from deployments.config import ModelConfig
 from deployments.runner import ModelRunner, Pending, VersionSource
 from deployments.served import ServedModel
@@ -25,10 +27,6 @@ from deployments.statistics import StatisticsReporter
 logger = logging.getLogger(__name__)
 
 UNLOADED = "unloaded through the repository API"
-
-
-def _rows(pending: list[Pending]) -> int:
-    return sum(p.rows for p in pending)
 
 
 def batch_limits(config: ModelConfig) -> tuple[int, float]:
@@ -41,13 +39,15 @@ def batch_limits(config: ModelConfig) -> tuple[int, float]:
     return size, batching.max_queue_delay_microseconds / 1e6
 
 
-@serve.deployment
-class Model(ServedModel):
-    """Serves every loaded version of one model; call ``infer`` through a handle."""
+class ModelService(ServedModel):
+    """Serves every loaded version of one model: checks, dynamic batching, statistics, version updates.
 
-    async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None):
+    It lives in a Model replica (below), or inside an Ingress replica that colocates the model.
+    """
+
+    def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None):
         """``statistics`` and ``sync`` are the handles of the application's StatisticsCollector and
-        ModelStoreSync (either may be None)."""
+        ModelStoreSync (either may be None). Call it with an event loop running (it starts the follower)."""
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.runner = ModelRunner(config, source, device)
         self.runner.load()
@@ -55,15 +55,18 @@ class Model(ServedModel):
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
         replica = serve.get_replica_context().replica_id.unique_id
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
+        self._batcher: DynamicBatcher | None = None
         self._configure_batching()
         self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
 
     def _configure_batching(self) -> None:
-        self._dynamic = self.runner.ready and self.runner.config.dynamic_batching is not None
-        if self._dynamic:
-            size, wait_s = batch_limits(self.runner.config)
-            self._run_batched.set_max_batch_size(size)
-            self._run_batched.set_batch_wait_timeout_s(wait_s)
+        """Batch per the config of the versions now loaded (a version update may change it)."""
+        if not (self.runner.ready and self.runner.config.dynamic_batching is not None):
+            self._batcher = None
+        elif self._batcher is None:
+            self._batcher = DynamicBatcher(self._run_batch, *batch_limits(self.runner.config))
+        else:
+            self._batcher.max_rows, self._batcher.max_delay_s = batch_limits(self.runner.config)
 
     async def _follow(self, sync: Any) -> None:
         """Apply the versions the sync deployment pushes: load beside, warm up, swap, unload the old."""
@@ -92,11 +95,10 @@ class Model(ServedModel):
         """Like ``infer``, also returning the version that answered (for the protocol's model_version)."""
         try:
             pending = self.runner.prepare(inputs, outputs, version, parameters)
-            if self._dynamic:
-                result = await self._run_batched(pending)
+            if self._batcher is not None:
+                result = await self._batcher.submit(pending)
             else:
-                loop = asyncio.get_running_loop()
-                (result,) = await loop.run_in_executor(self._executor, self.runner.execute, [pending])
+                (result,) = await self._run_batch([pending])
         finally:
             self._reporter.schedule()
         if isinstance(result, Exception):
@@ -107,8 +109,7 @@ class Model(ServedModel):
         # Copied on the executor thread, which is the one that updates the statistics.
         return await asyncio.get_running_loop().run_in_executor(self._executor, copy.deepcopy, self.runner.stats)
 
-    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0, batch_size_fn=_rows)
-    async def _run_batched(self, pending: list[Pending]) -> list[Tensors | Exception]:
+    async def _run_batch(self, pending: list[Pending]) -> list[Tensors | Exception]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.runner.execute, pending)
 
@@ -130,8 +131,16 @@ class Model(ServedModel):
         return {v: stats.to_triton(self.runner.name, v) for v, stats in self.runner.stats.items()}
 
     def __del__(self):
-        if self._follower is not None:
+        if getattr(self, "_follower", None) is not None:
             self._follower.cancel()
         self.runner.unload()
         self._executor.shutdown(wait=False)
         self._loader.shutdown(wait=False)
+
+
+@serve.deployment
+class Model(ModelService):
+    """A model's own Serve deployment: one ModelService per replica; call ``infer`` through a handle."""
+
+    async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None):
+        ModelService.__init__(self, config, source, statistics, sync)

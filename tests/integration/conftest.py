@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -65,3 +66,15 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 60, what: str | Calla
             pass
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what() if callable(what) else what}")
+
+
+def settled(read: Callable[[], Any], pause_s: float = 1.0, attempts: int = 20) -> Any:
+    """A value that stopped changing: statistics of earlier requests are reported shortly after them."""
+    last = read()
+    for _ in range(attempts):
+        time.sleep(pause_s)
+        current = read()
+        if current == last:
+            return current
+        last = current
+    raise AssertionError("statistics kept changing")

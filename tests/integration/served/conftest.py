@@ -114,8 +114,10 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def endpoints(repository):
-    # 18 replicas at 0.25 logical CPUs each (the real work shares this machine's cores)
-    with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES) as endpoints:
+    # 18 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
+    # the CPU models, so HTTP and gRPC run them in the Ingress replica and handles reach their deployments;
+    # test_versions serves without colocation.
+    with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True) as endpoints:
         yield endpoints
 
 

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import requests
 import tritonclient.grpc as grpcclient
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import settled, wait_for
 
 
 def flaky_stats(server) -> dict:
     (row,) = requests.get(f"{server}/v2/models/flaky/versions/1/stats", timeout=30).json()["model_stats"]
     return row
-
-
-def settled(read, pause_s=1.0, attempts=20):
-    """A value that stopped changing: reports of earlier requests arrive shortly after them."""
-    last = read()
-    for _ in range(attempts):
-        time.sleep(pause_s)
-        current = read()
-        if current == last:
-            return current
-        last = current
-    raise AssertionError("statistics kept changing")
 
 
 def test_statistics_sum_both_replicas_and_count_failures(server, client):

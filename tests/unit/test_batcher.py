@@ -1,0 +1,94 @@
+"""The dynamic batcher: batches form while the model is busy, in rows, in order, within the delay."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from deployments.batching import DynamicBatcher
+
+
+@dataclass
+class Item:
+    name: str
+    rows: int = 1
+
+
+class Model:
+    """A model whose batches finish when the test says so; records every batch it was given."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+
+    async def run(self, items):
+        self.batches.append([item.name for item in items])
+        await self.release.wait()
+        if any(item.name == "bad" for item in items):
+            raise ValueError("batch failed")
+        return [f"{item.name}!" for item in items]
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_requests_queued_behind_a_running_batch_form_the_next_one():
+    async def scenario():
+        model = Model()
+        batcher = DynamicBatcher(model.run, max_rows=8, max_delay_s=0.0)
+        first = asyncio.ensure_future(batcher.submit(Item("a")))
+        await settle()
+        rest = [asyncio.ensure_future(batcher.submit(Item(name))) for name in "bcdef"]
+        await settle()
+        model.release.set()
+        return model.batches, await first, await asyncio.gather(*rest)
+
+    batches, first, rest = asyncio.run(scenario())
+    assert batches == [["a"], ["b", "c", "d", "e", "f"]]
+    assert first == "a!" and rest == ["b!", "c!", "d!", "e!", "f!"]
+
+
+def test_batches_are_cut_by_rows_in_arrival_order():
+    async def scenario():
+        model = Model()
+        model.release.set()
+        batcher = DynamicBatcher(model.run, max_rows=4, max_delay_s=0.05)
+        sizes = {"a": 3, "b": 2, "c": 1, "d": 1, "e": 6}
+        results = await asyncio.gather(*(batcher.submit(Item(n, r)) for n, r in sizes.items()))
+        return model.batches, results
+
+    batches, results = asyncio.run(scenario())
+    assert batches == [["a"], ["b", "c", "d"], ["e"]]  # 3 | 2+1+1 | 6 alone (larger than the limit)
+    assert results == ["a!", "b!", "c!", "d!", "e!"]
+
+
+def test_an_idle_model_waits_up_to_the_delay_for_more():
+    async def scenario():
+        model = Model()
+        model.release.set()
+        batcher = DynamicBatcher(model.run, max_rows=8, max_delay_s=0.2)
+        first = asyncio.ensure_future(batcher.submit(Item("a")))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.submit(Item("b")))
+        await asyncio.gather(first, second)
+        full = DynamicBatcher(model.run, max_rows=2, max_delay_s=30.0)  # a full batch does not wait
+        await asyncio.wait_for(asyncio.gather(full.submit(Item("c")), full.submit(Item("d"))), timeout=5)
+        return model.batches
+
+    assert asyncio.run(scenario()) == [["a", "b"], ["c", "d"]]
+
+
+def test_a_failing_batch_fails_only_its_requests_and_the_batcher_goes_on():
+    async def scenario():
+        model = Model()
+        model.release.set()
+        batcher = DynamicBatcher(model.run, max_rows=2, max_delay_s=0.0)
+        bad = await asyncio.gather(batcher.submit(Item("bad")), batcher.submit(Item("x")))
+        good = await batcher.submit(Item("y"))
+        return bad, good
+
+    bad, good = asyncio.run(scenario())
+    assert all(isinstance(result, ValueError) for result in bad)
+    assert good == "y!"
