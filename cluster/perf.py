@@ -201,8 +201,10 @@ class HttpClient:
         if json_size:
             self.headers["Inference-Header-Content-Length"] = str(json_size)
         self.url = f"{base.rstrip('/')}/v2/models/{model}/infer"
+        # Like tritonclient and perf_analyzer, ask for uncompressed answers (aiohttp would ask for gzip).
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(concurrency, 1)),
-                                             timeout=aiohttp.ClientTimeout(total=60))
+                                             timeout=aiohttp.ClientTimeout(total=60),
+                                             skip_auto_headers=["Accept-Encoding"])
 
     async def __call__(self) -> bool | str:
         async with self.session.post(self.url, data=self.body, headers=self.headers) as response:

@@ -17,7 +17,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 #: How soon after a request a replica reports its statistics to the collector.
-REPORT_DELAY_S = 0.05
+REPORT_DELAY_S = 0.5
 
 _STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 
