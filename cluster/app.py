@@ -171,8 +171,7 @@ def build(args: AppArgs) -> Application:
         failed = {n: r for n, r in failed.items() if n in selected}
     statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind()
     plain = {name: config for name, config in configs.items() if not is_ensemble(config)}
-    policies = {name: config.version_policy for name, config in plain.items()}
-    sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, policies, args.poll_interval_s)
+    sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, plain, args.poll_interval_s)
     models = {
         name: Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
         for name, config in plain.items()

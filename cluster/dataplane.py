@@ -7,10 +7,12 @@ failed, with the reason; every failure is an InferenceError with a transport-neu
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 from deployments.backends import Tensors
+from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, not_found, unavailable
 
 SERVER_NAME = "ray-inference-cluster"
@@ -96,22 +98,35 @@ class DataPlane:
         return {"model_stats": await self.collector.model_stats.remote(versions)}
 
     async def set_loaded(self, model: str, loaded: bool, parameters: dict | None = None) -> None:
-        """Triton's repository load / unload for a model of this application, on every replica.
+        """Triton's repository load / unload for a model of this application, on every replica. A load may
+        carry a ``config`` parameter (Triton's model config as JSON) that replaces the repository's config
+        until the next load; the call returns once the replica it asks has followed.
 
         Models new to the repository need the application redeployed (docs/architecture.md says why).
         """
-        if parameters and ("config" in parameters or any(k.startswith("file:") for k in parameters)):
-            raise invalid("loading with a config or files override is not supported yet")
+        parameters = parameters or {}
+        if any(k.startswith("file:") for k in parameters):
+            raise invalid("loading with file overrides is not supported yet")
         self.handle(model)
         if self.sync is None or model not in await self._synced():
             raise invalid(f"model '{model}' cannot be loaded or unloaded (ensembles follow their steps)")
-        await self.sync.set_loaded.remote(model, loaded)
+        config = override_config(model, parameters.get("config")) if loaded and "config" in parameters else None
+        generation = await self.sync.set_loaded.remote(model, loaded, config)
         deadline = time.monotonic() + CONTROL_TIMEOUT_S
         while time.monotonic() < deadline:
-            if bool((await self.models[model].metadata.remote())["versions"]) == loaded:
+            if await self.models[model].followed.remote() >= generation:
                 return
             await asyncio.sleep(0.2)
         raise unavailable(f"model '{model}' did not {'load' if loaded else 'unload'} within {CONTROL_TIMEOUT_S:.0f} s")
 
     async def _synced(self) -> list[str]:
         return list((await self.sync.status.remote())["desired"])
+
+
+def override_config(model: str, config: Any) -> ModelConfig:
+    """The ``config`` parameter of a repository load (a JSON string, as tritonclient sends it, or an object)."""
+    text = config if isinstance(config, str) else json.dumps(config)
+    try:
+        return parse_yaml(text, f"the config parameter of the load of '{model}'", model)
+    except ConfigError as exc:
+        raise invalid(str(exc)) from None

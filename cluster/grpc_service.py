@@ -115,7 +115,9 @@ class GrpcInferenceService:
 
     @rpc
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
-        await self.plane.set_loaded(request.model_name, True, dict(request.parameters) or None)
+        parameters = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                      for key, value in request.parameters.items()}
+        await self.plane.set_loaded(request.model_name, True, parameters)
         return pb.RepositoryModelLoadResponse()
 
     @rpc

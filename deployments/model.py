@@ -12,6 +12,7 @@ import asyncio
 import copy
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import ray
@@ -57,6 +58,7 @@ class ModelService(ServedModel):
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
         self._batcher: DynamicBatcher | None = None
         self._configure_batching()
+        self.generation = 0  # the sync's last generation this copy has applied
         self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
 
     def _configure_batching(self) -> None:
@@ -69,11 +71,12 @@ class ModelService(ServedModel):
             self._batcher.max_rows, self._batcher.max_delay_s = batch_limits(self.runner.config)
 
     async def _follow(self, sync: Any) -> None:
-        """Apply the versions the sync deployment pushes: load beside, warm up, swap, unload the old."""
-        generation, loop = 0, asyncio.get_running_loop()
+        """Apply the versions and config the sync deployment pushes: load beside, warm up, swap, unload the
+        old. ``generation`` tells the repository API how far this copy has followed."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                generation, versions = await sync.watch.remote(self.runner.name, generation)
+                generation, versions, config = await sync.watch.remote(self.runner.name, self.generation)
             except Exception as exc:  # the sync restarting: serving goes on, ask again shortly
                 logger.warning("model '%s': version watch failed: %r", self.runner.name, exc)
                 await asyncio.sleep(1.0)
@@ -81,12 +84,13 @@ class ModelService(ServedModel):
             if versions is None:  # unloaded through the repository API
                 if self.runner.backends:
                     await loop.run_in_executor(self._loader, self.runner.unload_all, UNLOADED)
-                continue
-            served = sorted(self.runner.backends)
-            failed = [v for v in versions if self.runner.states.get(v) and self.runner.states[v].state != "READY"]
-            if versions != served or failed or not served:
-                await loop.run_in_executor(self._loader, self.runner.update, versions)
-                self._configure_batching()
+            else:
+                served = sorted(self.runner.backends)
+                failed = [v for v in versions if self.runner.states.get(v) and self.runner.states[v].state != "READY"]
+                if versions != served or failed or not served or config != self.runner.base_config:
+                    await loop.run_in_executor(self._loader, partial(self.runner.update, versions, config=config))
+                    self._configure_batching()
+            self.generation = generation
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
@@ -115,6 +119,10 @@ class ModelService(ServedModel):
 
     def ready(self) -> bool:
         return self.runner.ready
+
+    def followed(self) -> int:
+        """The sync generation this copy has applied (the repository API waits for it)."""
+        return self.generation
 
     def metadata(self) -> dict[str, Any]:
         return self.runner.metadata()

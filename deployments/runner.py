@@ -88,15 +88,19 @@ class ModelRunner:
             return
         self.update(self.base_config.version_policy.select(available), warm_up=False)
 
-    def update(self, selected: list[int], warm_up: bool = True) -> None:
+    def update(self, selected: list[int], warm_up: bool = True, config: ModelConfig | None = None) -> None:
         """Serve exactly ``selected``: load (and warm up) new versions beside the served ones, swap them in
         with one assignment, retire the rest. Versions that fail keep their reason; the old ones serve on.
+        With a new ``config`` every selected version is loaded again under it.
 
         Call from one thread at a time (the replica's loader thread); requests keep being served meanwhile.
         """
+        reload = config is not None and config != self.base_config
+        if reload:
+            self.base_config = config
         serving: dict[int, Backend] = {}
         for version in sorted(selected):
-            if version in self.backends:
+            if version in self.backends and not reload:
                 serving[version] = self.backends[version]
                 continue
             try:

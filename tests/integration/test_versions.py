@@ -131,9 +131,53 @@ def test_unload_and_load_through_the_repository_api(live):
     for action, status, message in [("load", 404, "unknown model 'nope'"), ("frobnicate", 404, "no route")]:
         response = requests.post(f"{server}/v2/repository/models/nope/{action}", timeout=30)
         assert response.status_code == status and message in response.json()["error"]
-    override = requests.post(f"{server}/v2/repository/models/live/load",
-                             json={"parameters": {"config": "{}"}}, timeout=30)
-    assert override.status_code == 400 and "not supported yet" in override.json()["error"]
+    files = requests.post(f"{server}/v2/repository/models/live/load",
+                          json={"parameters": {"file:1/model.onnx": "AAAA"}}, timeout=30)
+    assert files.status_code == 400 and "not supported yet" in files.json()["error"]
+
+
+def rows_answer(server, rows: int) -> int:
+    x = np.zeros((rows, 64), np.float32)
+    body = {"inputs": [{"name": "INPUT0", "shape": [rows, 64], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return requests.post(f"{server}/v2/models/live/infer", json=body, timeout=30).status_code
+
+
+def serves_max_batch_size(server, size: int) -> bool:
+    """Both replicas serve the config: several reads in a row agree, and 4 rows pass only under 8."""
+    configs = [requests.get(f"{server}/v2/models/live/config", timeout=30).json() for _ in range(6)]
+    return (all(c["max_batch_size"] == size for c in configs)
+            and all(rows_answer(server, 4) == (200 if size >= 4 else 400) for _ in range(4)))
+
+
+def test_a_config_change_in_the_store_is_pushed_live(live):
+    root, server = live
+    config_file = root / "live" / "config.pbtxt"
+    original = config_file.read_text()
+    config_file.write_text(original.replace("max_batch_size: 8", "max_batch_size: 2"))
+    try:
+        wait_for(lambda: serves_max_batch_size(server, 2), timeout_s=90, what="max_batch_size 2 on every replica")
+        assert rows_answer(server, 2) == 200
+    finally:
+        config_file.write_text(original)
+    wait_for(lambda: serves_max_batch_size(server, 8), timeout_s=90, what="max_batch_size 8 again")
+
+
+def test_load_with_a_config_override_then_without(live):
+    import json
+
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    _, server = live
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    override = {"name": "live", "platform": "onnxruntime_onnx", "max_batch_size": 2,
+                "instance_group": [{"count": 2}]}
+    client.load_model("live", config=json.dumps(override))  # stock tritonclient, Triton's override
+    wait_for(lambda: serves_max_batch_size(server, 2), timeout_s=90, what="the override on every replica")
+    with pytest.raises(InferenceServerException, match="max_batch_sise"):
+        client.load_model("live", config=json.dumps({**override, "max_batch_sise": 2}))
+    client.load_model("live")  # a load without a config goes back to the repository's
+    wait_for(lambda: serves_max_batch_size(server, 8), timeout_s=90, what="the repository's config again")
 
 
 def test_unload_and_load_over_grpc(served):
@@ -144,3 +188,9 @@ def test_unload_and_load_over_grpc(served):
     assert not client.is_model_ready("live")
     client.load_model("live")
     assert client.is_model_ready("live")
+    client.load_model("live", config='{"name": "live", "platform": "onnxruntime_onnx", "max_batch_size": 2}')
+    wait_for(lambda: client.get_model_config("live").config.max_batch_size == 2, timeout_s=90,
+             what="the override over gRPC")
+    client.load_model("live")
+    wait_for(lambda: client.get_model_config("live").config.max_batch_size == 8, timeout_s=90,
+             what="the repository's config over gRPC")

@@ -223,6 +223,24 @@ def test_update_swaps_versions_and_in_flight_requests_finish_on_theirs(tmp_path)
     assert not model._retired  # version 1 unloaded once its last request ran
 
 
+def test_a_new_config_reloads_every_served_version_under_it(tmp_path):
+    from deployments.config import parse_pbtxt
+
+    write_model(tmp_path, "live", 'platform: "onnxruntime_onnx" max_batch_size: 8', {"1/model.onnx": onnx_mlp()})
+    model = runner(tmp_path, "live")
+    old_backend = model.backends[1]
+    in_flight = model.prepare({"INPUT0": np.ones((4, 64), np.float32)})  # 4 rows pass under max_batch_size 8
+    model.update([1], config=parse_pbtxt('platform: "onnxruntime_onnx" max_batch_size: 2', "new", "live"))
+    assert model.config.max_batch_size == 2 and model.backends[1] is not old_backend
+    with pytest.raises(InferenceError, match="batch size"):
+        model.prepare({"INPUT0": np.ones((4, 64), np.float32)})
+    (finished,) = model.execute([in_flight])  # the request checked under the old config finishes on it
+    assert finished["OUTPUT0"].shape == (4, 10)
+    reloaded = model.backends[1]
+    model.update([1], config=model.base_config)  # the same config again: nothing reloads
+    assert model.backends[1] is reloaded and not model._retired
+
+
 def test_a_broken_new_version_is_reported_and_the_old_one_serves_on(tmp_path):
     write_model(tmp_path, "live", 'platform: "onnxruntime_onnx"', {"1/model.onnx": onnx_mlp(seed=1)})
     model = runner(tmp_path, "live")
