@@ -74,6 +74,8 @@ def describe(cell: dict | None) -> str:
     if "error" in cell:
         return f"failed: {cell['error'][:80]!r}"
     text = f"{cell['requests_per_s']:.0f} req/s (p50 {cell['p50_ms']:.1f}, p99 {cell['p99_ms']:.1f} ms)"
+    if len(cell.get("runs", [])) > 1:
+        text += f", median of {' / '.join(map(str, cell['runs']))}"
     return text + (f", {cell['errors']} errors" if cell.get("errors") else "")
 
 
@@ -85,7 +87,9 @@ def render(cells: list[dict], limits: dict, env: dict, plot_name: str) -> str:
         "Each cell is a closed loop of N concurrent clients for a few seconds after a warm-up, one request = one",
         "row (batch 1), our own generator (`cluster/perf.py`, the same code as `ric perf`) unless it says",
         "perf_analyzer. The load generator runs on the same two cores as the server: absolute numbers are low",
-        "and noisy, the ratios (same run, same client) are what to read.",
+        "and noisy, the ratios (same run, same client) are what to read. The cells behind the floor and",
+        "batching ratios (c=16 HTTP binary and gRPC, c=32 batching over HTTP) are measured alternately three",
+        "times and the median run kept, every run's req/s shown.",
         "",
     ]
     lines += targets(cells, limits) + [""] + transports(cells) + [""] + [f"![throughput by concurrency]({plot_name})", ""]
@@ -187,8 +191,9 @@ def batching(cells) -> list[str]:
                 if cell:
                     nan = float("nan")
                     s = cell.get("server") or {"queue_ms": nan, "compute_ms": nan, "batch": nan}
+                    runs = f" (median of {' / '.join(map(str, cell['runs']))})" if len(cell.get("runs", [])) > 1 else ""
                     out.append(f"| {SETUPS[setup]} | {SWEEP_LABELS[protocol]} | {label} | "
-                               f"{cell['inferences_per_s']:.0f} inf/s | {cell['p50_ms']:.1f} ms | {cell['p90_ms']:.1f} ms | "
+                               f"{cell['inferences_per_s']:.0f} inf/s{runs} | {cell['p50_ms']:.1f} ms | {cell['p90_ms']:.1f} ms | "
                                f"{cell['p99_ms']:.1f} ms | {s['queue_ms']:.1f} / {s['compute_ms']:.1f} ms | {s['batch']:.1f} |")
     return out
 

@@ -86,7 +86,7 @@ async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
     tensors = {m: perf.request_tensors(meta) for m, meta in metadata.items()}
     cells: list[dict] = []
 
-    async def cell(group, label, protocol, model, concurrency=None, rate=None, target="ric", secs=seconds):
+    async def measure(label, protocol, model, concurrency=None, rate=None, target="ric", secs=seconds):
         meta_model = "big" if model.startswith("big") else model
         base = f"{http}/nothing" if target == FLOOR_APP else http
         client = perf.make_client(protocol, model if target == "ric" else "Nothing", tensors[meta_model],
@@ -99,25 +99,50 @@ async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
         finally:
             await client.close()
         print(f"[{setup}] {result.row()}", flush=True)
-        cells.append({"group": group, "ingress": setup, "model": model, **result.to_dict()})
         return result
 
+    def record(group, model, result, runs=None):
+        cells.append({"group": group, "ingress": setup, "model": model, **result.to_dict(),
+                      **({"runs": [round(r.requests_per_s) for r in runs]} if runs else {})})
+        return result
+
+    async def cell(group, label, protocol, model, concurrency=None, rate=None, target="ric", secs=seconds):
+        return record(group, model, await measure(label, protocol, model, concurrency, rate, target, secs))
+
+    async def interleaved(pairs, concurrency, secs=seconds):
+        """Cells whose ratio is a target, measured alternately ``repeats`` times; the median run of each is
+        kept (with every run's req/s), so a noisy minute cannot make or break a ratio."""
+        runs = {key: [] for key in pairs}
+        for _ in range(repeats):
+            for key, (label, protocol, model, target) in pairs.items():
+                runs[key].append(await measure(label, protocol, model, concurrency, target=target, secs=secs))
+        for key, results in runs.items():
+            ordered = sorted(results, key=lambda r: r.requests_per_s)
+            record(key[0], pairs[key][2], ordered[len(ordered) // 2], results)
+
+    repeats = 1 if args.quick else 3
     if args.ingress == "default":
         for protocol in ("http-binary", "grpc"):
             await cell("floor", "do-nothing", protocol, "tiny", 16, target=FLOOR_APP)
             await cell("ours", "tiny", protocol, "tiny", 16)
         return cells
-    ours = {}
     for protocol in perf.PROTOCOLS:
         for concurrency in sweep:
+            if concurrency == 16 and protocol in ("http-binary", "grpc"):
+                await interleaved({("floor", protocol): ("do-nothing", protocol, "tiny", FLOOR_APP),
+                                   ("ours", protocol): ("tiny", protocol, "tiny", "ric")}, concurrency)
+                continue
             if protocol != "http-json":
                 await cell("floor", "do-nothing", protocol, "tiny", concurrency, target=FLOOR_APP)
-            ours[protocol, concurrency] = await cell("ours", "tiny", protocol, "tiny", concurrency)
-    rate = max(round(ours["http-binary", 16].requests_per_s / 2, -1), 10)  # half of what the server can do
+            await cell("ours", "tiny", protocol, "tiny", concurrency)
+    binary16 = next(c for c in cells if c["group"] == "ours" and c["protocol"] == "http-binary"
+                    and c["concurrency"] == 16)
+    rate = max(round(binary16["requests_per_s"] / 2, -1), 10)  # half of what the server can do
     await cell("open-loop", "tiny", "http-binary", "tiny", rate=rate)
-    for protocol in ("http-binary", "handle"):
-        for model in ("big_nobatch", "big"):
-            await cell("batching", model, protocol, model, 32, secs=seconds * 2)
+    await interleaved({("batching", "off"): ("big_nobatch", "http-binary", "big_nobatch", "ric"),
+                       ("batching", "on"): ("big", "http-binary", "big", "ric")}, 32, secs=seconds * 2)
+    for model in ("big_nobatch", "big"):
+        await cell("batching", model, "handle", model, 32, secs=seconds * 2)
     if perf_analyzer.available():
         for json_tensors in (False, True):
             measured = await asyncio.to_thread(perf_analyzer.measure, "tiny", http.removeprefix("http://"), 16,
