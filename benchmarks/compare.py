@@ -64,7 +64,7 @@ def run_stage(ingress: str, colocate: bool, repository: Path, workdir: Path, qui
 def run_mlserver(repository: Path, workdir: Path, quick: bool, seconds: float) -> tuple[list[dict], str]:
     import asyncio
 
-    from cluster import perf
+    from cluster import perf, perf_clients
 
     if not peers.install_mlserver():
         return [], ""
@@ -72,9 +72,10 @@ def run_mlserver(repository: Path, workdir: Path, quick: bool, seconds: float) -
     cells = []
     with peers.MLServer(workdir / "mlserver", models) as server:
         async def drive():
-            metadata = await perf.fetch_metadata("http-json", "tiny", server.url, "", None)
-            tensors = perf.request_tensors(metadata)
-            client = perf.HttpClient(server.url, "tiny", tensors, perf.output_names(metadata), binary=False)
+            metadata = await perf_clients.fetch_metadata("http-json", "tiny", server.url, "", None)
+            tensors = perf_clients.request_tensors(metadata)
+            names = perf_clients.output_names(metadata)
+            client = perf_clients.HttpClient(server.url, "tiny", tensors, names, binary=False)
             try:
                 for concurrency in (1, 16):
                     cell = await perf.measure(client, "MLServer tiny", "http-json", 1, concurrency=concurrency,

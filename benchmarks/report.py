@@ -191,10 +191,12 @@ def batching(cells) -> list[str]:
                 if cell:
                     nan = float("nan")
                     s = cell.get("server") or {"queue_ms": nan, "compute_ms": nan, "batch": nan}
-                    runs = f" (median of {' / '.join(map(str, cell['runs']))})" if len(cell.get("runs", [])) > 1 else ""
+                    runs = cell.get("runs", [])
+                    median = f" (median of {' / '.join(map(str, runs))})" if len(runs) > 1 else ""
                     out.append(f"| {SETUPS[setup]} | {SWEEP_LABELS[protocol]} | {label} | "
-                               f"{cell['inferences_per_s']:.0f} inf/s{runs} | {cell['p50_ms']:.1f} ms | {cell['p90_ms']:.1f} ms | "
-                               f"{cell['p99_ms']:.1f} ms | {s['queue_ms']:.1f} / {s['compute_ms']:.1f} ms | {s['batch']:.1f} |")
+                               f"{cell['inferences_per_s']:.0f} inf/s{median} | {cell['p50_ms']:.1f} ms | "
+                               f"{cell['p90_ms']:.1f} ms | {cell['p99_ms']:.1f} ms | "
+                               f"{s['queue_ms']:.1f} / {s['compute_ms']:.1f} ms | {s['batch']:.1f} |")
     return out
 
 

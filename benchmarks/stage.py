@@ -77,21 +77,22 @@ def floor_deployment():
 
 async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
     from benchmarks import perf_analyzer
-    from cluster import perf
+    from cluster import perf, perf_clients
 
     setup = args.ingress + (" colocated" if args.colocate else "")
     sweep = [1, 16] if args.quick else [1, 4, 16, 64]
     seconds, warmup = (1.0, 0.5) if args.quick else (args.seconds, 1.0)
-    metadata = {m: await perf.fetch_metadata("http-binary", m, http, grpc_target, "ric") for m in ("tiny", "big")}
-    tensors = {m: perf.request_tensors(meta) for m, meta in metadata.items()}
+    metadata = {m: await perf_clients.fetch_metadata("http-binary", m, http, grpc_target, "ric")
+                for m in ("tiny", "big")}
+    tensors = {m: perf_clients.request_tensors(meta) for m, meta in metadata.items()}
     cells: list[dict] = []
 
     async def measure(label, protocol, model, concurrency=None, rate=None, target="ric", secs=seconds):
         meta_model = "big" if model.startswith("big") else model
         base = f"{http}/nothing" if target == FLOOR_APP else http
-        client = perf.make_client(protocol, model if target == "ric" else "Nothing", tensors[meta_model],
-                                  perf.output_names(metadata[meta_model]), base, grpc_target, target, target,
-                                  concurrency or 64)
+        client = perf_clients.make_client(protocol, model if target == "ric" else "Nothing", tensors[meta_model],
+                                          perf_clients.output_names(metadata[meta_model]), base, grpc_target,
+                                          target, target, concurrency or 64)
         try:
             result = await perf.measure(client, label, protocol, 1, concurrency=concurrency, rate=rate,
                                         seconds=secs, warmup_s=warmup, stats_url=http if target == "ric" else None,
@@ -126,7 +127,7 @@ async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
             await cell("floor", "do-nothing", protocol, "tiny", 16, target=FLOOR_APP)
             await cell("ours", "tiny", protocol, "tiny", 16)
         return cells
-    for protocol in perf.PROTOCOLS:
+    for protocol in perf_clients.PROTOCOLS:
         for concurrency in sweep:
             if concurrency == 16 and protocol in ("http-binary", "grpc"):
                 await interleaved({("floor", protocol): ("do-nothing", protocol, "tiny", FLOOR_APP),
