@@ -1,4 +1,5 @@
-"""The Model deployment: one Serve deployment per model, named after it, with dynamic batching.
+"""ModelService serves one model with dynamic batching; the Model deployment (one Serve deployment per
+model, named after it) runs one per replica, and an Ingress that colocates the model runs one too.
 
 Requests are checked before they join a batch (a bad one fails alone); the dynamic batcher collects them
 while the model is busy, and for up to ``max_queue_delay_microseconds`` when it is not, counting rows (not
