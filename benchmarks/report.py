@@ -56,6 +56,19 @@ def versions(mlserver_version: str) -> str:
     return ", ".join(found) + ", perf_analyzer from tritonclient 2.51.0"
 
 
+def header(*columns: str) -> list[str]:
+    """A Markdown table's header and separator rows."""
+    return [row(*columns), "|---" * len(columns) + "|"]
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def latencies(cell: dict) -> list[str]:
+    return [f"{cell[key]:.1f} ms" for key in ("p50_ms", "p90_ms", "p99_ms")]
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -123,10 +136,10 @@ def targets(cells, limits) -> list[str]:
         ("big MLP, HTTP binary, c=32, batching on: ours / in process at the batch the server formed", 0.7, ">= 0.70"),
     ]
     out = ["### Targets (issue 6)", "", f"Measured on `ric serve`'s setup ({SETUPS[MAIN]}), and before colocation "
-           f"({SETUPS[BEFORE]}).", "", "| target | wanted | before | now | met now |", "|---|---|---|---|---|"]
+           f"({SETUPS[BEFORE]}).", "", *header("target", "wanted", "before", "now", "met now")]
     for (name, needed, wanted), before, now in zip(names, measured(BEFORE), measured(MAIN)):
         met = "n/a" if now is None else ("yes" if now >= needed else "**no**")
-        out.append(f"| {name} | {wanted} | {fmt_ratio(before)} | {fmt_ratio(now)} | {met} |")
+        out.append(row(name, wanted, fmt_ratio(before), fmt_ratio(now), met))
     return out
 
 
@@ -135,55 +148,57 @@ def transports(cells) -> list[str]:
                     and c.get("concurrency")})
     out = [f"### Transports, tiny MLP ({SETUPS[MAIN]})", "",
            "Handles call the model's own deployment from the benchmark's Ray job in both setups.", "",
-           "| transport | " + " | ".join(f"c={c}" for c in sweep) + " |", "|---" * (len(sweep) + 1) + "|"]
+           *header("transport", *(f"c={c}" for c in sweep))]
     for group, setup, prefix in (("ours", MAIN, "ours"), ("ours", BEFORE, "before colocation"),
                                  ("floor", MAIN, "do-nothing Serve")):
         for protocol, label in SWEEP_LABELS.items():
-            row = [describe(find(cells, group=group, ingress=setup, protocol=protocol, concurrency=c)) for c in sweep]
-            if any(r != "not run" for r in row):
-                out.append(f"| {prefix}, {label} | " + " | ".join(row) + " |")
+            cells_text = [describe(find(cells, group=group, ingress=setup, protocol=protocol, concurrency=c))
+                          for c in sweep]
+            if any(text != "not run" for text in cells_text):
+                out.append(row(f"{prefix}, {label}", *cells_text))
     out += ["", "Server-side split per request at c=16 (from our statistics): time queued (waiting for a batch",
             "and for the executor) and computing, and the average batch formed.", "",
-            "| setup | transport | queue | compute | average batch |", "|---|---|---|---|---|"]
+            *header("setup", "transport", "queue", "compute", "average batch")]
     for setup in (MAIN, BEFORE):
         for protocol, label in SWEEP_LABELS.items():
             cell = find(cells, group="ours", ingress=setup, protocol=protocol, concurrency=16)
             if cell and cell.get("server"):
                 s = cell["server"]
-                out.append(f"| {SETUPS[setup]} | {label} | {s['queue_ms']:.2f} ms | {s['compute_ms']:.2f} ms | "
-                           f"{s['batch']:.1f} |")
+                out.append(row(SETUPS[setup], label, f"{s['queue_ms']:.2f} ms", f"{s['compute_ms']:.2f} ms",
+                               f"{s['batch']:.1f}"))
     return out
 
 
 def floors(cells) -> list[str]:
     out = ["### Ingress setups side by side, tiny MLP, c=16", "",
-           "| setup | transport | do-nothing Serve | ours | ours / do-nothing |", "|---|---|---|---|---|"]
+           *header("setup", "transport", "do-nothing Serve", "ours", "ours / do-nothing")]
     for setup, name in SETUPS.items():
         for protocol in ("http-binary", "grpc"):
             floor = find(cells, group="floor", ingress=setup, protocol=protocol, concurrency=16)
             ours = find(cells, group="ours", ingress=setup, protocol=protocol, concurrency=16)
-            out.append(f"| {name} | {SWEEP_LABELS[protocol]} | {describe(floor)} | {describe(ours)} | "
-                       f"{fmt_ratio(ratio(rate(ours), rate(floor)))} |")
+            out.append(row(name, SWEEP_LABELS[protocol], describe(floor), describe(ours),
+                           fmt_ratio(ratio(rate(ours), rate(floor)))))
     return out
 
 
 def limit_table(cells, limits) -> list[str]:
     out = ["### The limit: the same model in process, same backend", "",
-           "| model | in process, batch 1 | in process, at the server's batch | ours | ours / in process at that batch |",
-           "|---|---|---|---|---|"]
+           *header("model", "in process, batch 1", "in process, at the server's batch", "ours",
+                   "ours / in process at that batch")]
     for model, cell in (("tiny", find(cells, group="ours", ingress=MAIN, protocol="http-binary", concurrency=16)),
                         ("big", find(cells, group="batching", ingress=MAIN, model="big", protocol="http-binary"))):
         batch = server_batch(cell)
         ours = rate(cell, "inferences_per_s")
-        out.append(f"| {model} | {limits.get((model, 1), 0):.0f} inf/s | {limits.get((model, batch), 0):.0f} inf/s "
-                   f"(batch {batch}) | {ours or 0:.0f} inf/s | {fmt_ratio(ratio(ours, limits.get((model, batch))))} |")
+        out.append(row(model, f"{limits.get((model, 1), 0):.0f} inf/s",
+                       f"{limits.get((model, batch), 0):.0f} inf/s (batch {batch})", f"{ours or 0:.0f} inf/s",
+                       fmt_ratio(ratio(ours, limits.get((model, batch))))))
     return out
 
 
 def batching(cells) -> list[str]:
     out = ["### Dynamic batching, MLP 1024-2048-2048-1000, c=32", "",
-           "| setup | transport | dynamic batching | throughput | p50 | p90 | p99 | server queue / compute per "
-           "request | average batch |", "|---|---|---|---|---|---|---|---|---|"]
+           *header("setup", "transport", "dynamic batching", "throughput", "p50", "p90", "p99",
+                   "server queue / compute per request", "average batch")]
     for setup in (MAIN, BEFORE):
         for protocol in ("http-binary", "handle"):
             for model, label in (("big_nobatch", "off"), ("big", "on (max 32, delay 2 ms)")):
@@ -193,28 +208,27 @@ def batching(cells) -> list[str]:
                     s = cell.get("server") or {"queue_ms": nan, "compute_ms": nan, "batch": nan}
                     runs = cell.get("runs", [])
                     median = f" (median of {' / '.join(map(str, runs))})" if len(runs) > 1 else ""
-                    out.append(f"| {SETUPS[setup]} | {SWEEP_LABELS[protocol]} | {label} | "
-                               f"{cell['inferences_per_s']:.0f} inf/s{median} | {cell['p50_ms']:.1f} ms | "
-                               f"{cell['p90_ms']:.1f} ms | {cell['p99_ms']:.1f} ms | "
-                               f"{s['queue_ms']:.1f} / {s['compute_ms']:.1f} ms | {s['batch']:.1f} |")
+                    out.append(row(SETUPS[setup], SWEEP_LABELS[protocol], label,
+                                   f"{cell['inferences_per_s']:.0f} inf/s{median}", *latencies(cell),
+                                   f"{s['queue_ms']:.1f} / {s['compute_ms']:.1f} ms", f"{s['batch']:.1f}"))
     return out
 
 
 def mlserver(cells) -> list[str]:
     out = ["### MLServer (same ONNX file, onnxruntime, same client), HTTP JSON", "",
-           "| concurrency | MLServer | ours | ours / MLServer | before colocation / MLServer |", "|---|---|---|---|---|"]
+           *header("concurrency", "MLServer", "ours", "ours / MLServer", "before colocation / MLServer")]
     for concurrency in (1, 16):
         peer = find(cells, group="mlserver", concurrency=concurrency)
         ours = find(cells, group="ours", ingress=MAIN, protocol="http-json", concurrency=concurrency)
         before = find(cells, group="ours", ingress=BEFORE, protocol="http-json", concurrency=concurrency)
-        out.append(f"| {concurrency} | {describe(peer)} | {describe(ours)} | {fmt_ratio(ratio(rate(ours), rate(peer)))} "
-                   f"| {fmt_ratio(ratio(rate(before), rate(peer)))} |")
+        out.append(row(concurrency, describe(peer), describe(ours), fmt_ratio(ratio(rate(ours), rate(peer))),
+                       fmt_ratio(ratio(rate(before), rate(peer)))))
     return out
 
 
 def cross_check(cells) -> list[str]:
     out = ["### perf_analyzer as a cross-check of our generator, tiny, c=16", "",
-           "| server | tensors | our generator | perf_analyzer | perf_analyzer / ours |", "|---|---|---|---|---|"]
+           *header("server", "tensors", "our generator", "perf_analyzer", "perf_analyzer / ours")]
     for server, protocol in ((MAIN, "http-binary"), (MAIN, "http-json"), (BEFORE, "http-binary"),
                              ("mlserver", "http-json")):
         pa = find(cells, group="perf_analyzer", ingress=server, protocol=protocol)
@@ -224,8 +238,8 @@ def cross_check(cells) -> list[str]:
             ours = find(cells, group="ours", ingress=server, protocol=protocol, concurrency=16)
         pa_text = describe({**pa, "requests_per_s": pa["inferences_per_s"]}) if pa and "error" not in pa else describe(pa)
         name = "MLServer" if server == "mlserver" else f"ours ({SETUPS[server]})"
-        out.append(f"| {name} | {SWEEP_LABELS[protocol]} | {describe(ours)} | {pa_text} | "
-                   f"{fmt_ratio(ratio(rate(pa, 'inferences_per_s'), rate(ours)))} |")
+        out.append(row(name, SWEEP_LABELS[protocol], describe(ours), pa_text,
+                       fmt_ratio(ratio(rate(pa, "inferences_per_s"), rate(ours)))))
     return out
 
 
@@ -234,9 +248,8 @@ def open_loop(cells) -> list[str]:
     if not cell:
         return []
     return ["### Open loop, tiny, HTTP binary, at half the c=16 throughput", "",
-            "| offered | answered | p50 | p90 | p99 | errors |", "|---|---|---|---|---|---|",
-            f"| {cell['rate']:.0f} req/s | {cell['requests_per_s']:.0f} req/s | {cell['p50_ms']:.1f} ms | "
-            f"{cell['p90_ms']:.1f} ms | {cell['p99_ms']:.1f} ms | {cell['errors']} |"]
+            *header("offered", "answered", "p50", "p90", "p99", "errors"),
+            row(f"{cell['rate']:.0f} req/s", f"{cell['requests_per_s']:.0f} req/s", *latencies(cell), cell["errors"])]
 
 
 def plot(cells: list[dict], path: Path) -> None:
