@@ -211,18 +211,41 @@ async def measure(client: Call, label: str, protocol: str, batch: int, *, concur
 
 # -- the command -------------------------------------------------------------------------------------------
 
+def positive(kind: type) -> Callable[[str], Any]:
+    return _bounded(kind, lambda value: value > 0, "a number > 0")
+
+
+def non_negative(kind: type) -> Callable[[str], Any]:
+    return _bounded(kind, lambda value: value >= 0, "a number >= 0")
+
+
+def _bounded(kind: type, ok: Callable[[Any], bool], wanted: str) -> Callable[[str], Any]:
+    def parse(text: str):
+        import argparse
+
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="model to load")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="HTTP base URL (also read for statistics)")
     parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC host:port")
     parser.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=["http-binary"],
                         help="transports to measure, one after another (default http-binary)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64],
+    parser.add_argument("--concurrency", type=positive(int), nargs="+", default=[1, 4, 16, 64],
                         help="closed-loop concurrency sweep (default 1 4 16 64)")
-    parser.add_argument("--rate", type=float, help="open loop at this many requests/s instead of the sweep")
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)")
-    parser.add_argument("--batch", type=int, default=1, help="rows per request where the batch dim is -1")
+    parser.add_argument("--rate", type=positive(float), help="open loop at this many requests/s instead of the sweep")
+    parser.add_argument("--seconds", type=positive(float), default=3.0, help="measured seconds per cell (default 3)")
+    parser.add_argument("--warmup", type=non_negative(float), default=1.0, help="unmeasured seconds before each cell (default 1)")
+    parser.add_argument("--batch", type=positive(int), default=1, help="rows per request where the batch dim is -1")
     parser.add_argument("--application", default="ric", help="Serve application of the model (handles)")
     parser.add_argument("--grpc-application", help="gRPC 'application' metadata (Serve needs it when a cluster "
                                                    "runs several applications)")
@@ -234,8 +257,11 @@ async def run(args) -> list[Cell]:
     grpc_application = args.grpc_application
     cells = []
     for protocol in args.protocol:
-        metadata = await fetch_metadata(protocol, args.model, args.url, args.grpc_url, args.application,
-                                        grpc_application)
+        try:
+            metadata = await fetch_metadata(protocol, args.model, args.url, args.grpc_url, args.application,
+                                            grpc_application)
+        except Exception as exc:  # no server, unknown model, a peer without metadata: nothing to measure
+            raise RuntimeError(f"cannot describe model '{args.model}' over {protocol}: {exc}") from None
         tensors = request_tensors(metadata, args.batch)
         loads = [(None, args.rate)] if args.rate else [(c, None) for c in args.concurrency]
         client = make_client(protocol, args.model, tensors, output_names(metadata), args.url, args.grpc_url,
