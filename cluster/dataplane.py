@@ -105,6 +105,8 @@ class DataPlane:
         Models new to the repository need the application redeployed (docs/architecture.md says why).
         """
         parameters = parameters or {}
+        if not isinstance(parameters, dict):
+            raise invalid("'parameters' of a repository load must be an object")
         if any(k.startswith("file:") for k in parameters):
             raise invalid("loading with file overrides is not supported yet")
         self.handle(model)

@@ -176,6 +176,11 @@ def test_load_with_a_config_override_then_without(live):
     wait_for(lambda: serves_max_batch_size(server, 2), timeout_s=90, what="the override on every replica")
     with pytest.raises(InferenceServerException, match="max_batch_sise"):
         client.load_model("live", config=json.dumps({**override, "max_batch_sise": 2}))
+    for body, message in [({"parameters": "x"}, "must be an object"),
+                          ({"parameters": {"config": 5}}, "must be a mapping of fields"),
+                          ({"parameters": {"config": "{not json"}}, "the config parameter of the load of 'live'")]:
+        response = requests.post(f"{server}/v2/repository/models/live/load", json=body, timeout=30)
+        assert response.status_code == 400 and message in response.json()["error"], response.text
     client.load_model("live")  # a load without a config goes back to the repository's
     wait_for(lambda: serves_max_batch_size(server, 8), timeout_s=90, what="the repository's config again")
 
