@@ -62,3 +62,27 @@ def _input(name, array):
     tensor = httpclient.InferInput(name, list(array.shape), "INT32")
     tensor.set_data_from_numpy(array)
     return tensor
+
+
+def test_http_requests_run_in_the_ingress_copy_of_a_colocated_model(server):
+    """With colocation the model deployment's own replica sees no HTTP request, yet the summed statistics
+    count every one (the Ingress's copy reports them)."""
+    from ray import serve
+
+    from cluster.cli import APP_NAME
+
+    def own_count() -> int:  # the deployment replica's own statistics (simple has one replica)
+        return serve.get_deployment_handle("simple", app_name=APP_NAME).statistics.remote().result()[1][
+            "inference_count"]
+
+    def summed_count() -> int:
+        (row,) = requests.get(f"{server}/v2/models/simple/versions/1/stats", timeout=30).json()["model_stats"]
+        return row["inference_count"]
+
+    own, summed = own_count(), settled(summed_count)
+    body = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
+                       for n in ("INPUT0", "INPUT1")]}
+    for _ in range(5):
+        assert requests.post(f"{server}/v2/models/simple/infer", json=body, timeout=30).status_code == 200
+    wait_for(lambda: summed_count() == summed + 5, timeout_s=30, what="5 more inferences in the summed statistics")
+    assert own_count() == own
