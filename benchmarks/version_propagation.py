@@ -1,11 +1,13 @@
-"""How long a new version takes from landing in the store to every replica serving it, and how long a
-model takes to load, measured in one run.
+"""How long a new version takes from landing in the store to every replica serving it, how long a
+model takes to load, and how long the repository API takes to load and unload models, measured in one run.
 
     python benchmarks/version_propagation.py --replicas 2 --poll 0.5 --rounds 3
 
 Serves a local repository with one ONNX model (the batch-friendly MLP 1024-2048-2048-1000 by default),
 lands versions 2..N one after another (written beside the model, renamed into place) and times, for each,
-the first answer from the new version and the point from which 40 answers in a row came from it.
+the first answer from the new version and the point from which 40 answers in a row came from it. Then it
+times repository loads and unloads over HTTP: of the served model (inside its replicas), and of a copy new
+to the repository (deployed as an application of its own, then deleted).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def main() -> None:
                 else:
                     streak = 0
             rows.append((version, first, everywhere))
+        control = time_repository_control(f"http://127.0.0.1:{port}", root, sizes, args.replicas, args.rounds)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -92,6 +95,32 @@ def main() -> None:
     for version, first, everywhere in rows:
         fmt = lambda t: "not seen" if t is None else f"{t:.2f} s"  # noqa: E731
         print(f"| {version} | {fmt(first)} | {fmt(everywhere)} |")
+    print("\n| repository API call (HTTP) | median of " + str(args.rounds) + " | all |\n|---|---|---|")
+    for what, times in control.items():
+        print(f"| {what} | {sorted(times)[len(times) // 2]:.2f} s | {', '.join(f'{t:.2f}' for t in times)} |")
+
+
+def time_repository_control(server: str, root: Path, sizes, replicas: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per repository load / unload call, for the served model and for one new to the repository."""
+    import requests
+
+    from cluster.examples import onnx_mlp
+
+    (root / "fresh" / "1").mkdir(parents=True)
+    (root / "fresh" / "config.pbtxt").write_text(
+        f'platform: "onnxruntime_onnx" instance_group [ {{ count: {replicas} }} ]')
+    (root / "fresh" / "1" / "model.onnx").write_bytes(onnx_mlp(sizes, seed=9))
+    times: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for what, model, action in [("unload, a model the application was built with", "m", "unload"),
+                                    ("load, a model the application was built with", "m", "load"),
+                                    ("load, a model new to the repository (own application)", "fresh", "load"),
+                                    ("unload, that model (application deleted)", "fresh", "unload")]:
+            start = time.perf_counter()
+            response = requests.post(f"{server}/v2/repository/models/{model}/{action}", timeout=300)
+            response.raise_for_status()
+            times.setdefault(what, []).append(time.perf_counter() - start)
+    return times
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from ray.serve import Application
 
 from cluster.examples import EXAMPLE, example_repository
 from cluster.ingress import Ingress, IngressOptions
+from cluster.model_apps import deployment_options
 from cluster.statistics import StatisticsCollector
 from cluster.sync import ModelStoreSync
 from cluster.stores import open_store
@@ -63,25 +64,6 @@ class AppArgs(BaseModel):
         description="Also run every CPU model inside each ingress replica, so HTTP and gRPC requests skip the "
                     "ingress -> model hop (each ingress replica then holds a copy of those models).",
     )
-
-
-def deployment_options(config: ModelConfig, args: AppArgs) -> dict:
-    """Serve options for a model: replicas from instance groups, GPUs per replica, queue limit."""
-    actor_options: dict = {"num_cpus": float(config.parameter("num_cpus") or args.replica_num_cpus)}
-    gpus = config.gpus_per_replica()
-    if gpus:
-        actor_options["num_gpus"] = gpus
-    options = {
-        "name": config.name,
-        "num_replicas": config.replicas(),
-        "ray_actor_options": actor_options,
-        "max_ongoing_requests": args.max_ongoing_requests,
-        "logging_config": {"enable_access_log": args.access_log},
-    }
-    queue_policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
-    if queue_policy and queue_policy.max_queue_size:
-        options["max_queued_requests"] = queue_policy.max_queue_size
-    return options
 
 
 def package_version() -> str:
@@ -171,7 +153,7 @@ def build(args: AppArgs) -> Application:
         failed = {n: r for n, r in failed.items() if n in selected}
     statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind()
     plain = {name: config for name, config in configs.items() if not is_ensemble(config)}
-    sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, plain, args.poll_interval_s)
+    sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, plain, args, statistics)
     models = {
         name: Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
         for name, config in plain.items()

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -82,6 +83,7 @@ def serve_repository(args: argparse.Namespace) -> None:
     app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
                        colocate=args.colocate)
     start_ray(args.address, args.num_cpus, args.num_gpus)
+    stop_on_sigterm()
     try:
         serve.start(http_options={"host": args.host, "port": args.http_port},
                     grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
@@ -98,6 +100,15 @@ def serve_repository(args: argparse.Namespace) -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, Kubernetes, systemd) stops ``ric serve`` as Ctrl-C does; set after Ray starts,
+    whose own handler only logs it."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def keep_local_ray_on_loopback() -> None:

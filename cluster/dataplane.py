@@ -1,16 +1,22 @@
 """The one data plane behind both transports: HTTP and gRPC decode, call these, encode.
 
-It holds the model deployments' handles (passed in by the app builder) and the models whose config
-failed, with the reason; every failure is an InferenceError with a transport-neutral code.
+It holds the model deployments' handles (passed in by the app builder), the models whose config failed,
+with the reason, and follows the sync deployment for the models loaded later as applications of their own
+and the repository's listing; every failure is an InferenceError with a transport-neutral code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
+from ray import serve
+
+from cluster.model_apps import load_failure
+from cluster.stores import check_model_name
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, not_found, unavailable
@@ -21,6 +27,9 @@ PROTOCOL_PARAMETERS = {"binary_data_output"}
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
+NOT_LOADED = "not loaded"
+
+logger = logging.getLogger(__name__)
 
 
 class DataPlane:
@@ -28,20 +37,45 @@ class DataPlane:
 
     def __init__(self, models: dict[str, Any], failed: dict[str, str], version: str, statistics: Any,
                  sync: Any = None):
-        self.models = models
-        self.failed = failed
+        self.built, self.built_failed = dict(models), dict(failed)
+        self.models = dict(models)  # the built ones and those loaded later
+        self.failed = dict(failed)
+        self.added: dict[str, str] = {}  # model loaded later -> its application
+        self.repository: list[str] = []  # every model in the store, as the sync last listed it
+        self.generation = 0  # the sync's last generation this plane has followed
         self.version = version
         self.collector = statistics  # handle of the StatisticsCollector
         self.sync = sync  # handle of the ModelStoreSync
 
     def handle(self, model: str) -> Any:
-        """The model's handle; unknown models are NOT_FOUND, models that failed to configure UNAVAILABLE."""
+        """The model's handle; unknown models are NOT_FOUND, models that failed to configure or are not
+        loaded UNAVAILABLE."""
         if model in self.failed:
             raise unavailable(f"model '{model}' is not available: {self.failed[model]}")
         try:
             return self.models[model]
         except KeyError:
+            if model in self.repository:
+                raise unavailable(f"model '{model}' is {NOT_LOADED}; POST /v2/repository/models/{model}/load "
+                                  "loads it") from None
             raise not_found(f"unknown model '{model}'") from None
+
+    async def follow_models(self) -> None:
+        """Keep the models loaded later and the repository listing as the sync deployment has them."""
+        while True:
+            try:
+                generation, added, repository = await self.sync.watch_models.remote(self.generation)
+            except Exception as exc:  # the sync restarting: serving goes on, ask again shortly
+                logger.warning("model watch failed: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            models = dict(self.built)
+            for model, app in added.items():
+                same = self.added.get(model) == app and model in self.models
+                models[model] = self.models[model] if same else serve.get_deployment_handle(model, app_name=app)
+            self.models, self.added, self.repository = models, added, repository
+            self.failed = {m: r for m, r in self.built_failed.items() if m not in added}
+            self.generation = generation
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS}
@@ -77,6 +111,8 @@ class DataPlane:
         rows = [row for rows in await asyncio.gather(*(h.index.remote() for h in self.models.values()))
                 for row in rows]
         rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": r} for m, r in self.failed.items()]
+        rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": NOT_LOADED}
+                 for m in self.repository if m not in self.models and m not in self.failed]
         if ready_only:
             rows = [row for row in rows if row["state"] == "READY"]
         return sorted(rows, key=lambda row: (row["name"], row["version"]))
@@ -98,31 +134,37 @@ class DataPlane:
         return {"model_stats": await self.collector.model_stats.remote(versions)}
 
     async def set_loaded(self, model: str, loaded: bool, parameters: dict | None = None) -> None:
-        """Triton's repository load / unload for a model of this application, on every replica. A load may
-        carry a ``config`` parameter (Triton's model config as JSON) that replaces the repository's config
-        until the next load; the call returns once the replica it asks has followed.
-
-        Models new to the repository need the application redeployed (docs/architecture.md says why).
-        """
+        """Triton's repository load / unload, on every replica; returns once this plane and the model's
+        replica it asks have followed. A model the application was not built with is deployed as its own
+        application on load and deleted on unload. A load may carry a ``config`` parameter (Triton's model
+        config as JSON) that replaces the repository's config until the next load; a load after which no
+        version is ready fails, naming the reasons."""
         parameters = parameters or {}
         if not isinstance(parameters, dict):
             raise invalid("'parameters' of a repository load must be an object")
         if any(k.startswith("file:") for k in parameters):
             raise invalid("loading with file overrides is not supported yet")
-        self.handle(model)
-        if self.sync is None or model not in await self._synced():
+        check_model_name(model)
+        if self.sync is None:
+            raise invalid("this application has no model store sync: models cannot be loaded or unloaded")
+        if model in self.built and model not in (await self.sync.status.remote())["desired"]:
             raise invalid(f"model '{model}' cannot be loaded or unloaded (ensembles follow their steps)")
         config = override_config(model, parameters.get("config")) if loaded and "config" in parameters else None
         generation = await self.sync.set_loaded.remote(model, loaded, config)
         deadline = time.monotonic() + CONTROL_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if await self.models[model].followed.remote() >= generation:
-                return
+        while not await self._followed(model, loaded, generation):
+            if time.monotonic() > deadline:
+                raise unavailable(f"model '{model}' did not {'load' if loaded else 'unload'} within "
+                                  f"{CONTROL_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.2)
-        raise unavailable(f"model '{model}' did not {'load' if loaded else 'unload'} within {CONTROL_TIMEOUT_S:.0f} s")
+        if loaded and not await self.models[model].ready.remote():
+            raise load_failure(model, await self.models[model].index.remote())
 
-    async def _synced(self) -> list[str]:
-        return list((await self.sync.status.remote())["desired"])
+    async def _followed(self, model: str, loaded: bool, generation: int) -> bool:
+        """This plane, and (for a load) the model's replica the call reaches, have followed ``generation``."""
+        if self.generation < generation:
+            return False
+        return not loaded or await self.models[model].followed.remote() >= generation
 
 
 def override_config(model: str, config: Any) -> ModelConfig:

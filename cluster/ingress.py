@@ -2,11 +2,13 @@
 
 Each HTTP route decodes, calls the data plane, encodes; every failure becomes ``{"error": "..."}`` with the
 status from the one error table. The gRPC methods come from :class:`GrpcInferenceService`. The model
-handles are passed in by the app builder; models it colocates run inside this replica.
+handles are passed in by the app builder; models it colocates run inside this replica; models loaded later
+are followed from the sync deployment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -64,6 +66,7 @@ class Ingress(GrpcInferenceService):
         local = {name: LocalHandle(ModelService(config, source, statistics, sync))
                  for name, (config, source) in (colocated or {}).items()}
         self.plane = DataPlane({**models, **local}, failed, options.version, statistics, sync)
+        self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None
         self.max_request_bytes = options.max_request_bytes
 
     async def __call__(self, request: Request) -> Response:

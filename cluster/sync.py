@@ -8,48 +8,94 @@ changed) beside the old ones, warms them up, swaps, and unloads the old (``Model
 that cannot be read leaves the desired state as it was, so serving is not disturbed; the error is kept
 for ``status`` and the next poll tries again.
 
+It also answers the repository API: models the application was built with are unloaded and loaded inside
+their replicas; a model it was not built with is deployed as an application of its own on load and
+deleted on unload (``cluster/model_apps.py``). Every Ingress replica long-polls ``watch_models`` to learn
+those models and the repository's listing.
+
 It is a Serve deployment (one replica) rather than a bare detached actor: Serve starts it with the
-application, restarts it if it dies, and passes its handle to the models with ``.bind()``.
+application, restarts it if it dies (the new replica adopts the models' applications it finds), and
+passes its handle to the models with ``.bind()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ray import serve
 
-from deployments.config import ModelConfig
+from cluster import model_apps
+from cluster.stores import check_model_name
+from deployments.config import ConfigError, ModelConfig
+from deployments.errors import InferenceError, invalid, not_found, unavailable
+from ensembles.graph import is_ensemble
 
 logger = logging.getLogger(__name__)
 
-#: How long a replica's ``watch`` call waits for a change before it returns and asks again.
-WATCH_TIMEOUT_S = 30.0
+#: How long a replica's ``watch`` call waits for a change before it returns and asks again. Short, because
+#: a sync replica that stops waits for its open watches before its ``__del__`` runs.
+WATCH_TIMEOUT_S = 5.0
+#: How long a load waits for a model's own application to start, and an unload for it to go.
+DEPLOY_TIMEOUT_S = 120.0
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
 class ModelStoreSync:
-    async def __init__(self, store: Any, configs: dict[str, ModelConfig], poll_interval_s: float):
-        """``configs``: the models this sync serves, with their configs as the application was built."""
+    async def __init__(self, store: Any, configs: dict[str, ModelConfig], args: Any, statistics: Any = None):
+        """``configs``: the plain models the application was built with, with their configs; ``args``: the
+        builder's AppArgs (poll interval, and the options of models loaded later); ``statistics``: the
+        StatisticsCollector's handle, for models loaded later."""
         self.store = store
         self.configs = dict(configs)  # model -> the store's config, as last read
+        self.built = frozenset(configs)
         self.overrides: dict[str, ModelConfig] = {}  # model -> config given with a repository load
-        self.poll_interval_s = poll_interval_s
-        self.generation = 0
+        self.args = args
+        self.statistics = statistics
+        self.poll_interval_s = args.poll_interval_s
+        # Milliseconds since the epoch to begin with, so a restarted sync never goes back behind the
+        # generations its followers have seen.
+        self.generation = time.time_ns() // 1_000_000
         self.desired: dict[str, dict[int, str]] = {}  # model -> {version: fingerprint}
         self.errors: dict[str, str] = {}
-        self.unloaded: set[str] = set()  # unloaded through the repository API (Triton's explicit control)
+        self.unloaded: set[str] = set()  # built models unloaded through the repository API
+        self.added: dict[str, str] = {}  # model loaded later -> its own application
+        self.repository: list[str] = []  # every model in the store, as last listed
         self._changed = asyncio.Condition()
+        self._control = asyncio.Lock()  # one load or unload at a time
+        context = serve.get_replica_context()
+        self.app = context.app_name
+        self.handle = serve.get_deployment_handle(context.deployment, context.app_name)
+        await self._adopt()
         await self.poll()
-        self._poller = asyncio.get_running_loop().create_task(self._poll_forever()) if poll_interval_s > 0 else None
+        poll = self.poll_interval_s > 0
+        self._poller = asyncio.get_running_loop().create_task(self._poll_forever()) if poll else None
 
-    def config(self, model: str) -> ModelConfig:
+    async def _adopt(self) -> None:
+        """Take over the models' own applications a previous replica deployed; delete those of models the
+        application now has itself, or that left the store."""
+        for model, app in (await asyncio.to_thread(model_apps.deployed, self.app)).items():
+            try:
+                if model in self.built:
+                    raise ValueError("the application itself serves it now")
+                self.configs[model] = await asyncio.to_thread(self.store.config, model)
+                self.added[model] = app
+            except Exception as exc:
+                logger.warning("deleting application '%s': %s", app, exc)
+                await asyncio.to_thread(model_apps.delete, app)
+
+    def config(self, model: str) -> ModelConfig | None:
         """The config a model is served with: the one given with its last load, else the store's."""
-        return self.overrides.get(model) or self.configs[model]
+        return self.overrides.get(model) or self.configs.get(model)
 
-    def _scan(self) -> tuple[dict[str, dict[int, str]], dict[str, ModelConfig], dict[str, str]]:
-        desired, configs, errors = dict(self.desired), dict(self.configs), {}
+    def _scan(self) -> tuple[dict[str, dict[int, str]], dict[str, ModelConfig], list[str], dict[str, str]]:
+        desired, configs, repository, errors = dict(self.desired), dict(self.configs), self.repository, {}
+        try:
+            repository = self.store.models()
+        except Exception as exc:
+            errors[""] = f"cannot list the store: {exc}"
         for model in self.configs:
             try:
                 configs[model] = self.store.config(model)
@@ -61,20 +107,24 @@ class ModelStoreSync:
                 desired[model] = {v: self.store.fingerprint(model, v) for v in versions}
             except Exception as exc:  # keep the last known state: serving goes on
                 errors[model] = f"cannot read the store: {exc}"
-        return desired, configs, errors
+        return desired, configs, repository, errors
 
     async def poll(self) -> int:
         """Read the store once; returns the generation (raised if anything changed)."""
-        desired, configs, errors = await asyncio.to_thread(self._scan)
+        desired, configs, repository, errors = await asyncio.to_thread(self._scan)
         for model, error in errors.items():
             if self.errors.get(model) != error:
-                logger.warning("model '%s': %s", model, error)
+                logger.warning("%s: %s", f"model '{model}'" if model else "the store", error)
         self.errors = errors
-        if desired != self.desired or configs != self.configs:
-            async with self._changed:
-                self.desired, self.configs = desired, configs
-                self.generation += 1
-                self._changed.notify_all()
+        if desired != self.desired or configs != self.configs or repository != self.repository:
+            self.desired, self.configs, self.repository = desired, configs, repository
+            await self._raise_generation()
+        return self.generation
+
+    async def _raise_generation(self) -> int:
+        async with self._changed:
+            self.generation += 1
+            self._changed.notify_all()
         return self.generation
 
     async def _poll_forever(self) -> None:
@@ -87,37 +137,128 @@ class ModelStoreSync:
             except Exception as exc:
                 logger.warning("store poll failed: %r", exc)
 
-    async def watch(self, model: str, generation: int) -> tuple[int, list[int] | None, ModelConfig]:
+    async def _wait_for_change(self, generation: int) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.generation > generation), WATCH_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            pass
+
+    async def watch(self, model: str, generation: int) -> tuple[int, list[int] | None, ModelConfig | None]:
         """Wait until the generation passes ``generation`` (or a timeout); return it, the model's versions
         (None while the model is unloaded) and its config."""
         async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.generation > generation), WATCH_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                pass
-            versions = None if model in self.unloaded else sorted(self.desired.get(model, {}))
+            await self._wait_for_change(generation)
+            loaded = model in self.configs and model not in self.unloaded
+            versions = sorted(self.desired.get(model, {})) if loaded else None
             return self.generation, versions, self.config(model)
+
+    async def watch_models(self, generation: int) -> tuple[int, dict[str, str], list[str]]:
+        """For the Ingress: wait as ``watch``; return the generation, the models loaded as applications of
+        their own (model -> application) and every model in the repository."""
+        async with self._changed:
+            await self._wait_for_change(generation)
+            return self.generation, dict(self.added), list(self.repository)
 
     async def set_loaded(self, model: str, loaded: bool, config: ModelConfig | None = None) -> int:
         """Load or unload a model on every replica (the repository API); loading re-reads the store and
         serves ``config`` when given (Triton's load with a config override), else the store's config.
         Returns the generation that carries the change."""
-        if model not in self.configs:
-            raise ValueError(f"model '{model}' is not served by this application")
-        if loaded:
-            self.unloaded.discard(model)
-            if config is None:
-                self.overrides.pop(model, None)
-            else:
-                self.overrides[model] = config
-            await self.poll()
+        async with self._control:
+            if model in self.built or model in self.added:
+                if not loaded and model in self.added:
+                    return await self._delete(model)
+                if loaded:
+                    self.unloaded.discard(model)
+                    self._set_override(model, config)
+                    await self.poll()
+                else:
+                    self.unloaded.add(model)
+                return await self._raise_generation()
+            if not loaded:
+                if model not in self.repository:
+                    raise not_found(f"unknown model '{model}'")
+                return self.generation  # not loaded: nothing to do, as Triton
+            return await self._deploy(model, config)
+
+    def _set_override(self, model: str, config: ModelConfig | None) -> None:
+        if config is None:
+            self.overrides.pop(model, None)
         else:
-            self.unloaded.add(model)
-        async with self._changed:
-            self.generation += 1
-            self._changed.notify_all()
-        return self.generation
+            self.overrides[model] = config
+
+    async def _deploy(self, model: str, config: ModelConfig | None) -> int:
+        """Deploy a model the application was not built with as its own application; returns once it runs."""
+        check_model_name(model)
+        if model not in await asyncio.to_thread(self.store.models):
+            raise not_found(f"unknown model '{model}': it is not in the repository")
+        try:
+            stored = await asyncio.to_thread(self.store.config, model)
+        except ConfigError as exc:
+            raise invalid(f"model '{model}' cannot be loaded: {exc}") from None
+        if is_ensemble(config or stored):
+            raise invalid(f"ensemble '{model}' is new to the application: it is served after the application "
+                          "is deployed again")
+        self.configs[model] = stored
+        self._set_override(model, config)
+        await self.poll()
+        app = await asyncio.to_thread(model_apps.deploy, self.app, self.config(model), self.store, self.args,
+                                      self.statistics, self.handle)
+        try:
+            await self._until_serving(model, app)
+        except InferenceError:  # nothing of a failed load is kept, as Triton
+            self._forget(model)
+            await self._delete_app(app)
+            raise
+        self.added[model] = app
+        logger.info("model '%s' loaded as application '%s'", model, app)
+        return await self._raise_generation()
+
+    async def _until_serving(self, model: str, app: str) -> None:
+        """Wait until a model's own application runs with a version ready; raise why it does not."""
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        while (status := await asyncio.to_thread(model_apps.state, app))[0] != "RUNNING":
+            if status[0] == "DEPLOY_FAILED":
+                raise unavailable(f"model '{model}' failed to deploy: {status[1]}")
+            if time.monotonic() > deadline:
+                raise unavailable(f"model '{model}' did not start within {DEPLOY_TIMEOUT_S:.0f} s: {status[1]}")
+            await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
+        handle = serve.get_deployment_handle(model, app_name=app)
+        if not await handle.ready.remote():
+            raise model_apps.load_failure(model, await handle.index.remote())
+
+    async def _delete(self, model: str) -> int:
+        """Delete a model's own application; returns once it is gone (its Ray resources are free)."""
+        app = self.added.pop(model)
+        self._forget(model)
+        generation = await self._raise_generation()  # the Ingress replicas stop routing to it first
+        await self._delete_app(app)
+        logger.info("model '%s' unloaded: application '%s' deleted", model, app)
+        return generation
+
+    @staticmethod
+    async def _delete_app(app: str) -> None:
+        """Delete an application and wait (boundedly) until it is gone."""
+        await asyncio.to_thread(model_apps.delete, app)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        while (await asyncio.to_thread(model_apps.state, app))[0] != "NOT_STARTED" and time.monotonic() < deadline:
+            await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
+
+    def _forget(self, model: str) -> None:
+        for state in (self.configs, self.overrides, self.desired, self.errors):
+            state.pop(model, None)
 
     def status(self) -> dict[str, Any]:
         return {"generation": self.generation, "errors": dict(self.errors), "unloaded": sorted(self.unloaded),
-                "desired": {m: sorted(v) for m, v in self.desired.items()}, "overridden": sorted(self.overrides)}
+                "desired": {m: sorted(v) for m, v in self.desired.items()}, "overridden": sorted(self.overrides),
+                "added": dict(self.added)}
+
+    async def __del__(self):
+        """When the application itself is deleted, its models' own applications go with it."""
+        if getattr(self, "_poller", None) is not None:
+            self._poller.cancel()
+        try:
+            if getattr(self, "added", None) and (await asyncio.to_thread(model_apps.state, self.app))[0] == "DELETING":
+                for app in self.added.values():
+                    await asyncio.to_thread(model_apps.delete, app)
+        except Exception as exc:
+            logger.warning("could not delete the models' applications %s: %r", sorted(self.added.values()), exc)

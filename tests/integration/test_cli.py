@@ -1,5 +1,6 @@
 """The README's serve command, as a user runs it: ``ric serve`` starts a local Ray with the fastest ingress,
-serves the example repository over HTTP and gRPC, prints its URLs, and Ctrl-C shuts everything down."""
+serves the example repository over HTTP and gRPC, prints its URLs, and SIGTERM (as Ctrl-C) shuts everything
+down."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from tests.integration.conftest import free_port, wait_for
 
 
-def test_ric_serve_serves_the_example_repository_until_ctrl_c():
+def test_ric_serve_serves_the_example_repository_until_sigterm():
     http_port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
     process = subprocess.Popen(
@@ -38,7 +39,7 @@ def test_ric_serve_serves_the_example_repository_until_ctrl_c():
         x.set_data_from_numpy(np.ones((1, 4), np.float32))
         assert client.infer("linear_torch", [x]).as_numpy("OUTPUT__0").shape == (1, 2)
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)  # what docker stop and Kubernetes send; Ctrl-C takes the same path
         try:
             process.wait(timeout=120)
         except subprocess.TimeoutExpired:

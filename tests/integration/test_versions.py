@@ -23,13 +23,13 @@ X = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
 BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": X.ravel().tolist()}]}
 
 
-def land_version(root, version: int, files: dict[str, bytes]) -> None:
+def land_version(root, version: int, files: dict[str, bytes], model: str = "live") -> None:
     """Write a version folder beside the model, then rename it into place: the store never sees half of it."""
-    staging = root / "live" / f".staging-{version}"
+    staging = root / model / f".staging-{version}"
     staging.mkdir()
     for name, data in files.items():
         (staging / name).write_bytes(data)
-    os.rename(staging, root / "live" / str(version))
+    os.rename(staging, root / model / str(version))
 
 
 def expected(seed: int) -> np.ndarray:
@@ -199,3 +199,129 @@ def test_unload_and_load_over_grpc(served):
     client.load_model("live")
     wait_for(lambda: client.get_model_config("live").config.max_batch_size == 8, timeout_s=90,
              what="the repository's config over gRPC")
+
+
+def call_until_stopped(url: str, stop: threading.Event, answers: list[int]) -> None:
+    session = requests.Session()
+    while not stop.is_set():
+        answers.append(session.post(url, json=BODY, timeout=60).status_code)
+
+
+def cpus_free() -> float:
+    import ray
+
+    return ray.available_resources().get("CPU", 0.0)
+
+
+def test_a_model_new_to_the_repository_loads_beside_the_others_and_unloads_freeing_its_resources(served):
+    import shutil
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from ray import serve
+
+    from cluster.cli import APP_NAME
+
+    root, endpoints = served
+    server = endpoints.http
+    client = httpclient.InferenceServerClient(server.removeprefix("http://"))
+    free = cpus_free()
+    write_model(root, "fresh", 'platform: "onnxruntime_onnx" max_batch_size: 8 instance_group [ { count: 2 } ]',
+                {"1/model.onnx": onnx_mlp(seed=5)})
+    url = f"{server}/v2/models/fresh/infer"
+    try:
+        wait_for(lambda: {"name": "fresh", "version": "", "state": "UNAVAILABLE", "reason": "not loaded"}
+                 in client.get_model_repository_index(), timeout_s=30, what="fresh listed as not loaded")
+        response = requests.post(url, json=BODY, timeout=30)
+        assert response.status_code == 503 and "is not loaded" in response.json()["error"]
+        stop, answers = threading.Event(), []
+        others = [threading.Thread(target=call_until_stopped, args=(f"{server}/v2/models/live/infer", stop, answers))
+                  for _ in range(2)]
+        for thread in others:
+            thread.start()
+        try:
+            client.load_model("fresh")  # stock tritonclient; returns once it serves
+            for _ in range(5):
+                body = requests.post(url, json=BODY, timeout=30).json()
+                assert body["model_version"] == "1", body
+                got = np.array(body["outputs"][0]["data"], np.float32).reshape(1, 10)
+                np.testing.assert_allclose(got, expected(5), rtol=1e-4, atol=1e-5)
+            grpc = grpcclient.InferenceServerClient(endpoints.grpc)
+            assert grpc.is_model_ready("fresh")
+            app = f"{APP_NAME}-model-fresh"
+            assert serve.status().applications[app].status == "RUNNING"
+            wait_for(lambda: cpus_free() == pytest.approx(free - 2 * 0.25), timeout_s=30,
+                     what=lambda: f"two replicas' CPUs reserved: {free} then {cpus_free()}")
+            land_version(root, 2, {"model.onnx": onnx_mlp(seed=6)}, model="fresh")  # the sync follows it too
+            wait_for(lambda: grpc.get_model_metadata("fresh").versions == ["2"], timeout_s=60,
+                     what="version 2 of fresh")
+            client.unload_model("fresh")
+            assert app not in serve.status().applications
+            wait_for(lambda: cpus_free() == pytest.approx(free), timeout_s=30,
+                     what=lambda: f"the replicas' CPUs free again: {free} then {cpus_free()}")
+            response = requests.post(url, json=BODY, timeout=30)
+            assert response.status_code == 503 and "is not loaded" in response.json()["error"]
+        finally:
+            stop.set()
+            for thread in others:
+                thread.join(timeout=60)
+        assert answers and set(answers) == {200}, sorted(set(answers))
+    finally:
+        shutil.rmtree(root / "fresh")
+
+
+def test_a_new_model_that_cannot_load_is_refused_with_its_reason_and_nothing_is_kept(served):
+    import shutil
+
+    import tritonclient.grpc as grpcclient
+    from ray import serve
+    from tritonclient.utils import InferenceServerException
+
+    root, endpoints = served
+    client = grpcclient.InferenceServerClient(endpoints.grpc)
+    write_model(root, "corrupt", 'platform: "onnxruntime_onnx"', {"1/model.onnx": b"not a model"})
+    write_model(root, "misspelt", 'platform: "onnxruntime_onnx" max_batch_sise: 2', {"1/model.onnx": onnx_mlp()})
+    try:
+        wait_for(lambda: {"corrupt", "misspelt"} <= {m.name for m in client.get_model_repository_index().models},
+                 timeout_s=30, what="both models listed")
+        for model, message in [("corrupt", "failed to load 'corrupt': version 1"), ("misspelt", "max_batch_sise"),
+                               ("../live", "invalid model name"), ("nope", "unknown model 'nope'")]:
+            with pytest.raises(InferenceServerException, match=message) as caught:
+                client.load_model(model)
+            assert caught.value.status() in ("StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"), caught.value
+        assert not [name for name in serve.status().applications if "-model-" in name]
+        assert requests.post(f"{endpoints.http}/v2/models/live/infer", json=BODY, timeout=30).status_code == 200
+    finally:
+        shutil.rmtree(root / "corrupt")
+        shutil.rmtree(root / "misspelt")
+
+
+def test_models_loaded_later_survive_a_sync_restart_and_go_with_the_application(served):
+    """The last test of the module: it deletes the application."""
+    import ray
+    import tritonclient.http as httpclient
+    from ray import serve
+
+    from cluster.app import SYNC_NAME
+    from cluster.cli import APP_NAME
+
+    root, endpoints = served
+    client = httpclient.InferenceServerClient(endpoints.http.removeprefix("http://"))
+    write_model(root, "later", 'platform: "onnxruntime_onnx"', {"1/model.onnx": onnx_mlp(seed=7)})
+    app = f"{APP_NAME}-model-later"
+
+    def sync_actors() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{SYNC_NAME}#" in a["name"]}
+
+    client.load_model("later")
+    (killed,) = sync_actors()
+    ray.kill(ray.get_actor(killed, namespace="serve"), no_restart=True)
+    wait_for(lambda: sync_actors() - {killed}, timeout_s=90, what="Serve to start a new sync replica")
+    # the new sync replica adopted the model's application: unload finds and deletes it
+    wait_for(lambda: client.unload_model("later") is None and app not in serve.status().applications, timeout_s=90,
+             what=lambda: f"the unload after the restart: {sorted(serve.status().applications)}")
+    client.load_model("later")
+    assert requests.post(f"{endpoints.http}/v2/models/later/infer", json=BODY, timeout=30).status_code == 200
+    serve.delete(APP_NAME)
+    wait_for(lambda: not serve.status().applications, timeout_s=90,
+             what=lambda: f"both applications deleted: {sorted(serve.status().applications)}")

@@ -1,0 +1,80 @@
+"""Models loaded after the application was built run as Serve applications of their own.
+
+Serve cannot add a deployment to a running application without rebuilding it, and on Ray 2.60 a rebuild
+replaces every replica of the application (the builder's arguments are hashed into every deployment's
+version; docs/architecture.md). So a repository load of a model the application was not built with deploys
+that model as an application of its own, ``<app>-model-<model>``, with no HTTP route: the proxies' route
+table is unchanged (Serve's gRPC proxy still needs no ``application`` metadata, as exactly one application
+has a route), the other models are not touched, and the Ingress reaches the new model through a handle.
+Unloading it deletes that application, which frees its replicas and their Ray resources.
+
+The functions that talk to the Serve controller block; the sync deployment calls them on a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from deployments.config import ModelConfig
+from deployments.errors import InferenceError, invalid
+from deployments.model import Model
+
+SEPARATOR = "-model-"
+#: How often a deployment's progress is read while a load waits for it.
+STATUS_INTERVAL_S = 0.5
+
+
+def app_name(parent: str, model: str) -> str:
+    return f"{parent}{SEPARATOR}{model}"
+
+
+def deployment_options(config: ModelConfig, args: Any) -> dict:
+    """Serve options for a model (``args``: the builder's AppArgs): replicas from instance groups, GPUs per
+    replica, queue limit."""
+    actor_options: dict = {"num_cpus": float(config.parameter("num_cpus") or args.replica_num_cpus)}
+    gpus = config.gpus_per_replica()
+    if gpus:
+        actor_options["num_gpus"] = gpus
+    options = {
+        "name": config.name,
+        "num_replicas": config.replicas(),
+        "ray_actor_options": actor_options,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "logging_config": {"enable_access_log": args.access_log},
+    }
+    queue_policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
+    if queue_policy and queue_policy.max_queue_size:
+        options["max_queued_requests"] = queue_policy.max_queue_size
+    return options
+
+
+def deploy(parent: str, config: ModelConfig, store: Any, args: Any, statistics: Any, sync: Any) -> str:
+    """Start deploying a model as its own application (without waiting for it); returns the app's name."""
+    name = app_name(parent, config.name)
+    model = Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
+    serve._run(model, _blocking=False, name=name, route_prefix=None)
+    return name
+
+
+def state(name: str) -> tuple[str, str]:
+    """An application's status and message; ``("NOT_STARTED", "")`` when there is none."""
+    app = serve.status().applications.get(name)
+    return (app.status.value, app.message) if app else ("NOT_STARTED", "")
+
+
+def deployed(parent: str) -> dict[str, str]:
+    """The models deployed as applications of their own beside ``parent``: model -> application name."""
+    prefix = app_name(parent, "")
+    return {name.removeprefix(prefix): name for name in serve.status().applications if name.startswith(prefix)}
+
+
+def delete(name: str) -> None:
+    serve.delete(name, _blocking=False)
+
+
+def load_failure(model: str, index: list[dict[str, str]]) -> InferenceError:
+    """The error of a load after which no version of the model is ready, from the model's index rows."""
+    reasons = "; ".join(f"version {row['version']}: {row['reason']}" for row in index)
+    return invalid(f"failed to load '{model}': {reasons or 'no version in the repository'}")
