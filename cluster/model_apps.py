@@ -16,10 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
 from deployments.config import ModelConfig
 from deployments.errors import InferenceError, invalid
 from deployments.model import Model
+from ensembles.ensemble import Ensemble
 
 SEPARATOR = "-model-"
 #: How often a deployment's progress is read while a load waits for it.
@@ -50,12 +53,26 @@ def deployment_options(config: ModelConfig, args: Any) -> dict:
     return options
 
 
-def deploy(parent: str, config: ModelConfig, store: Any, args: Any, statistics: Any, sync: Any) -> str:
+def model_application(config: ModelConfig, store: Any, args: Any, statistics: Any, sync: Any) -> Application:
+    return Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
+
+
+def ensemble_application(config: ModelConfig, steps: dict[str, DeploymentHandle], args: Any,
+                         statistics: Any) -> Application:
+    return Ensemble.options(**deployment_options(config, args)).bind(config, steps, statistics)
+
+
+def deploy(parent: str, model: str, application: Application) -> str:
     """Start deploying a model as its own application (without waiting for it); returns the app's name."""
-    name = app_name(parent, config.name)
-    model = Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
-    serve._run(model, _blocking=False, name=name, route_prefix=None)
+    name = app_name(parent, model)
+    serve._run(application, _blocking=False, name=name, route_prefix=None)
     return name
+
+
+def deployments(app: str) -> set[str]:
+    """The deployments of an application (none when there is no such application)."""
+    status = serve.status().applications.get(app)
+    return set(status.deployments) if status else set()
 
 
 def state(name: str) -> tuple[str, str]:

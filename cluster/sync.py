@@ -26,12 +26,13 @@ import time
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from cluster import model_apps
 from cluster.stores import check_model_name
 from deployments.config import ConfigError, ModelConfig
 from deployments.errors import InferenceError, invalid, not_found, unavailable
-from ensembles.graph import is_ensemble
+from ensembles.graph import check_graph, is_ensemble, scheduling
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ class ModelStoreSync:
             try:
                 if model in self.built:
                     raise ValueError("the application itself serves it now")
-                self.configs[model] = await asyncio.to_thread(self.store.config, model)
+                config = await asyncio.to_thread(self.store.config, model)
+                if not is_ensemble(config):  # ensembles follow their steps, not the sync
+                    self.configs[model] = config
                 self.added[model] = app
             except Exception as exc:
                 logger.warning("deleting application '%s': %s", app, exc)
@@ -187,7 +190,8 @@ class ModelStoreSync:
             self.overrides[model] = config
 
     async def _deploy(self, model: str, config: ModelConfig | None) -> int:
-        """Deploy a model the application was not built with as its own application; returns once it runs."""
+        """Deploy a model the application was not built with as its own application; returns once it serves.
+        An ensemble's step models that are not loaded are loaded first, as Triton does."""
         check_model_name(model)
         if model not in await asyncio.to_thread(self.store.models):
             raise not_found(f"unknown model '{model}': it is not in the repository")
@@ -195,14 +199,16 @@ class ModelStoreSync:
             stored = await asyncio.to_thread(self.store.config, model)
         except ConfigError as exc:
             raise invalid(f"model '{model}' cannot be loaded: {exc}") from None
-        if is_ensemble(config or stored):
-            raise invalid(f"ensemble '{model}' is new to the application: it is served after the application "
-                          "is deployed again")
-        self.configs[model] = stored
-        self._set_override(model, config)
-        await self.poll()
-        app = await asyncio.to_thread(model_apps.deploy, self.app, self.config(model), self.store, self.args,
-                                      self.statistics, self.handle)
+        served = config or stored
+        if is_ensemble(served):
+            steps = await self._load_steps(served)
+            application = model_apps.ensemble_application(served, steps, self.args, self.statistics)
+        else:
+            self.configs[model] = stored
+            self._set_override(model, config)
+            await self.poll()
+            application = model_apps.model_application(served, self.store, self.args, self.statistics, self.handle)
+        app = await asyncio.to_thread(model_apps.deploy, self.app, model, application)
         try:
             await self._until_serving(model, app)
         except InferenceError:  # nothing of a failed load is kept, as Triton
@@ -212,6 +218,29 @@ class ModelStoreSync:
         self.added[model] = app
         logger.info("model '%s' loaded as application '%s'", model, app)
         return await self._raise_generation()
+
+    async def _load_steps(self, config: ModelConfig) -> dict[str, DeploymentHandle]:
+        """Handles of an ensemble's step models, loading those not loaded yet; its graph is checked first."""
+        try:
+            steps = sorted({step.model_name for step in scheduling(config, config.name).step})
+            check_graph(config, f"{config.name}/config", set(steps))
+        except ConfigError as exc:
+            raise invalid(f"model '{config.name}' cannot be loaded: {exc}") from None
+        own = await asyncio.to_thread(model_apps.deployments, self.app)
+        for step in steps:
+            if step in self.unloaded:
+                self.unloaded.discard(step)
+                await self._until_followed(step, await self._raise_generation())
+            elif step not in own and step not in self.added:
+                await self._deploy(step, None)
+        return {step: serve.get_deployment_handle(step, app_name=self.added.get(step, self.app)) for step in steps}
+
+    async def _until_followed(self, model: str, generation: int) -> None:
+        """Wait (boundedly) until a model of the application itself has followed ``generation``."""
+        handle = serve.get_deployment_handle(model, app_name=self.app)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        while await handle.followed.remote() < generation and time.monotonic() < deadline:
+            await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
 
     async def _until_serving(self, model: str, app: str) -> None:
         """Wait until a model's own application runs with a version ready; raise why it does not."""

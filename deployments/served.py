@@ -1,13 +1,15 @@
 """What every served model offers through its handle, models and ensembles alike.
 
 The DataPlane and other Ray jobs call ``infer`` / ``infer_versioned``, ``ready``, ``metadata``,
-``model_config``, ``index`` and ``statistics``; a deployment implements ``infer_versioned`` and the rest,
-and this base gives it ``infer``, the numpy-in, numpy-out call users make.
+``model_config``, ``index``, ``statistics`` and ``followed``; a deployment implements ``infer_versioned``
+and the rest, and this base gives it ``infer``, the numpy-in, numpy-out call users make, and a
+``followed`` for served models that do not follow the sync deployment (ensembles follow their steps).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 
 from deployments.backends import Tensors
 
@@ -27,6 +29,10 @@ class ServedModel:
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (the protocol's model_version)."""
         raise NotImplementedError
+
+    def followed(self) -> float:
+        """The sync generation this copy has applied: every one, for a model that does not follow the sync."""
+        return math.inf
 
 
 class LocalHandle:

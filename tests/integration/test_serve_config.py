@@ -1,4 +1,5 @@
-"""``serve deploy configs/serve.yaml`` on a running Ray cluster serves the example repository."""
+"""``serve deploy configs/serve.yaml`` on a running Ray cluster serves the example repository, and models
+loaded later through the repository API stay loaded across a second ``serve deploy``."""
 
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ def test_serve_deploy_serves_the_example_repository(dashboard_url, tmp_path):
     http_port = free_port()
     config["http_options"]["port"] = http_port  # the shipped file as it is, but on free ports
     grpc_port = config["grpc_options"]["port"] = free_port()
+    # and without 'simple', which the repository API loads below
+    config["applications"][0]["args"]["models"] = ["mlp", "linear_torch", "text_stats", "detect_classify"]
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
-    deployed = subprocess.run([shutil.which("serve"), "deploy", str(path), "-a", dashboard_url],
-                              capture_output=True, text=True, timeout=120)
-    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    deploy(path, dashboard_url)
     url = f"http://127.0.0.1:{http_port}"
     wait_for(lambda: requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200,
              timeout_s=180, what="the deployed application to be ready")
@@ -46,4 +47,19 @@ def test_serve_deploy_serves_the_example_repository(dashboard_url, tmp_path):
     body = {"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     response = requests.post(f"{url}/v2/models/linear_torch/infer", json=body, timeout=30)
     assert response.status_code == 200 and response.json()["outputs"][0]["shape"] == [1, 2]
-    assert grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_model_ready("linear_torch")
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert client.is_model_ready("linear_torch")
+
+    # a model left out of the config loads beside the deployed application, and a second serve deploy of
+    # the same file leaves it loaded (Serve only deletes applications that were deployed from a config)
+    assert not client.is_model_ready("simple")
+    client.load_model("simple")
+    deploy(path, dashboard_url)  # returns once the controller has applied it (deletions begun)
+    assert serve.status().applications["ric-model-simple"].status == "RUNNING"
+    assert client.is_model_ready("simple")
+
+
+def deploy(path, dashboard_url: str) -> None:
+    deployed = subprocess.run([shutil.which("serve"), "deploy", str(path), "-a", dashboard_url],
+                              capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stderr[-2000:]

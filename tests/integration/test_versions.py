@@ -296,6 +296,44 @@ def test_a_new_model_that_cannot_load_is_refused_with_its_reason_and_nothing_is_
         shutil.rmtree(root / "misspelt")
 
 
+def test_an_ensemble_new_to_the_repository_loads_with_its_new_step_model(served):
+    import shutil
+
+    import tritonclient.http as httpclient
+    from ray import serve
+
+    from cluster.cli import APP_NAME
+
+    root, endpoints = served
+    client = httpclient.InferenceServerClient(endpoints.http.removeprefix("http://"))
+    write_model(root, "head", 'platform: "onnxruntime_onnx" max_batch_size: 8',
+                {"1/model.onnx": onnx_mlp((10, 16, 10), seed=8)})
+    write_model(root, "pipeline", (
+        'platform: "ensemble" max_batch_size: 8 '
+        'input [ { name: "X", data_type: TYPE_FP32, dims: [ 64 ] } ] '
+        'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 10 ] } ] '
+        'ensemble_scheduling { step [ '
+        '{ model_name: "live" model_version: -1 input_map { key: "INPUT0" value: "X" } '
+        '  output_map { key: "OUTPUT0" value: "H" } }, '
+        '{ model_name: "head" model_version: -1 input_map { key: "INPUT0" value: "H" } '
+        '  output_map { key: "OUTPUT0" value: "Y" } } ] }'), {"1/.keep": b""})
+    try:
+        wait_for(lambda: "pipeline" in {r["name"] for r in client.get_model_repository_index()}, timeout_s=30,
+                 what="the ensemble listed")
+        client.load_model("pipeline")  # loads its step 'head' too, as Triton
+        body = {"inputs": [{"name": "X", "shape": [2, 64], "datatype": "FP32", "data": [0.5] * 128}]}
+        response = requests.post(f"{endpoints.http}/v2/models/pipeline/infer", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["shape"] == [2, 10]
+        assert {f"{APP_NAME}-model-head", f"{APP_NAME}-model-pipeline"} <= set(serve.status().applications)
+        client.unload_model("pipeline")
+        client.unload_model("head")
+        assert not [name for name in serve.status().applications if "-model-" in name]
+    finally:
+        shutil.rmtree(root / "head")
+        shutil.rmtree(root / "pipeline")
+
+
 def test_models_loaded_later_survive_a_sync_restart_and_go_with_the_application(served):
     """The last test of the module: it deletes the application."""
     import ray
