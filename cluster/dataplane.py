@@ -8,6 +8,8 @@ and the repository's listing; every failure is an InferenceError with a transpor
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import time
@@ -16,7 +18,7 @@ from typing import Any
 from ray import serve
 
 from cluster.model_apps import load_failure
-from cluster.stores import check_model_name
+from cluster.stores import check_file_path, check_model_name
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, not_found, unavailable
@@ -137,20 +139,20 @@ class DataPlane:
         """Triton's repository load / unload, on every replica; returns once this plane and the model's
         replica it asks have followed. A model the application was not built with is deployed as its own
         application on load and deleted on unload. A load may carry a ``config`` parameter (Triton's model
-        config as JSON) that replaces the repository's config until the next load; a load after which no
-        version is ready fails, naming the reasons."""
+        config as JSON) that replaces the repository's config until the next load, and with it ``file:``
+        parameters that serve the model from those files; a load after which no version is ready fails,
+        naming the reasons."""
         parameters = parameters or {}
         if not isinstance(parameters, dict):
             raise invalid("'parameters' of a repository load must be an object")
-        if any(k.startswith("file:") for k in parameters):
-            raise invalid("loading with file overrides is not supported yet")
         check_model_name(model)
+        files = uploaded_files(model, parameters) if loaded else {}
         if self.sync is None:
             raise invalid("this application has no model store sync: models cannot be loaded or unloaded")
         if model in self.built and model not in (await self.sync.status.remote())["desired"]:
             raise invalid(f"model '{model}' cannot be loaded or unloaded (ensembles follow their steps)")
         config = override_config(model, parameters.get("config")) if loaded and "config" in parameters else None
-        generation = await self.sync.set_loaded.remote(model, loaded, config)
+        generation = await self.sync.set_loaded.remote(model, loaded, config, files or None)
         deadline = time.monotonic() + CONTROL_TIMEOUT_S
         while not await self._followed(model, loaded, generation):
             if time.monotonic() > deadline:
@@ -165,6 +167,23 @@ class DataPlane:
         if self.generation < generation:
             return False
         return not loaded or await self.models[model].followed.remote() >= generation
+
+
+def uploaded_files(model: str, parameters: dict) -> dict[str, bytes]:
+    """Triton's ``file:<path>`` parameters of a load: base64 text over HTTP, bytes over gRPC."""
+    files = {}
+    for key, value in parameters.items():
+        if not key.startswith("file:"):
+            continue
+        if isinstance(value, str):
+            try:
+                value = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise invalid(f"parameter '{key}' of the load of '{model}' is not base64") from None
+        if not isinstance(value, bytes):
+            raise invalid(f"parameter '{key}' of the load of '{model}' must be base64 text or bytes")
+        files[check_file_path(key.removeprefix("file:"))] = value
+    return files
 
 
 def override_config(model: str, config: Any) -> ModelConfig:

@@ -17,16 +17,12 @@ from urllib.parse import urlparse
 
 from deployments.config import ConfigError, ModelConfig, parse_pbtxt, parse_yaml
 from deployments.errors import invalid
-from cluster.stores import CONFIG_FILES, check_model_name
+from cluster.stores import CONFIG_FILES, cache_root, check_model_name
 
 logger = logging.getLogger(__name__)
 
 #: Files at least this large log their download progress.
 PROGRESS_BYTES = 64 * 2**20
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RIC_CACHE_DIR", Path.home() / ".cache" / "ric")).expanduser()
 
 
 class S3Store:

@@ -26,10 +26,11 @@ import time
 from typing import Any
 
 from ray import serve
+from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from cluster import model_apps
-from cluster.stores import check_model_name
+from cluster.stores import UploadedModel, check_model_name
 from deployments.config import ConfigError, ModelConfig
 from deployments.errors import InferenceError, invalid, not_found, unavailable
 from ensembles.graph import check_graph, is_ensemble, scheduling
@@ -76,11 +77,15 @@ class ModelStoreSync:
 
     async def _adopt(self) -> None:
         """Take over the models' own applications a previous replica deployed; delete those of models the
-        application now has itself, or that left the store."""
+        application now has itself, or whose config no longer reads."""
+        repository = await asyncio.to_thread(self.store.models)
         for model, app in (await asyncio.to_thread(model_apps.deployed, self.app)).items():
             try:
                 if model in self.built:
                     raise ValueError("the application itself serves it now")
+                if model not in repository:  # loaded from files: it does not follow the store
+                    self.added[model] = app
+                    continue
                 config = await asyncio.to_thread(self.store.config, model)
                 if not is_ensemble(config):  # ensembles follow their steps, not the sync
                     self.configs[model] = config
@@ -162,11 +167,15 @@ class ModelStoreSync:
             await self._wait_for_change(generation)
             return self.generation, dict(self.added), list(self.repository)
 
-    async def set_loaded(self, model: str, loaded: bool, config: ModelConfig | None = None) -> int:
+    async def set_loaded(self, model: str, loaded: bool, config: ModelConfig | None = None,
+                         files: dict[str, bytes] | None = None) -> int:
         """Load or unload a model on every replica (the repository API); loading re-reads the store and
-        serves ``config`` when given (Triton's load with a config override), else the store's config.
+        serves ``config`` when given (Triton's load with a config override), else the store's config;
+        with ``files`` (Triton's ``file:`` parameters) the model is served from them instead of the store.
         Returns the generation that carries the change."""
         async with self._control:
+            if loaded and files:
+                return await self._deploy_uploaded(model, config, files)
             if model in self.built or model in self.added:
                 if not loaded and model in self.added:
                     return await self._delete(model)
@@ -208,10 +217,29 @@ class ModelStoreSync:
             self._set_override(model, config)
             await self.poll()
             application = model_apps.model_application(served, self.store, self.args, self.statistics, self.handle)
+        return await self._start(model, application)
+
+    async def _deploy_uploaded(self, model: str, config: ModelConfig | None, files: dict[str, bytes]) -> int:
+        """Serve a model from the files a load carried, as its own application; it does not follow the store.
+        A model loaded this way before is replaced."""
+        if config is None:
+            raise invalid(f"a load of '{model}' with files needs the 'config' parameter too, as Triton")
+        if model in self.built:
+            raise invalid(f"model '{model}' is served by the application itself; a load with files needs a model "
+                          "it was not built with")
+        source = UploadedModel(model, config, files)
+        if model in self.added:
+            await self._delete(model)
+        return await self._start(model, model_apps.model_application(config, source, self.args, self.statistics,
+                                                                     None))
+
+    async def _start(self, model: str, application: Application) -> int:
+        """Deploy a model's own application; returns the generation that serves it, or raises why it cannot
+        serve (leaving nothing behind, as Triton keeps nothing of a failed load)."""
         app = await asyncio.to_thread(model_apps.deploy, self.app, model, application)
         try:
             await self._until_serving(model, app)
-        except InferenceError:  # nothing of a failed load is kept, as Triton
+        except InferenceError:
             self._forget(model)
             await self._delete_app(app)
             raise

@@ -121,9 +121,10 @@ class ModelService(ServedModel):
     def ready(self) -> bool:
         return self.runner.ready
 
-    def followed(self) -> int:
-        """The sync generation this copy has applied (the repository API waits for it)."""
-        return self.generation
+    def followed(self) -> float:
+        """The sync generation this copy has applied (the repository API waits for it); every one for a copy
+        that does not follow the sync (a model loaded from files)."""
+        return self.generation if self._follower is not None else super().followed()
 
     def metadata(self) -> dict[str, Any]:
         return self.runner.metadata()

@@ -131,9 +131,6 @@ def test_unload_and_load_through_the_repository_api(live):
     for action, status, message in [("load", 404, "unknown model 'nope'"), ("frobnicate", 404, "no route")]:
         response = requests.post(f"{server}/v2/repository/models/nope/{action}", timeout=30)
         assert response.status_code == status and message in response.json()["error"]
-    files = requests.post(f"{server}/v2/repository/models/live/load",
-                          json={"parameters": {"file:1/model.onnx": "AAAA"}}, timeout=30)
-    assert files.status_code == 400 and "not supported yet" in files.json()["error"]
 
 
 def rows_answer(server, rows: int) -> int:
@@ -332,6 +329,54 @@ def test_an_ensemble_new_to_the_repository_loads_with_its_new_step_model(served)
     finally:
         shutil.rmtree(root / "head")
         shutil.rmtree(root / "pipeline")
+
+
+def test_a_load_with_files_serves_the_model_from_them(served):
+    import base64
+    import json
+
+    import tritonclient.grpc as grpcclient
+    from ray import serve
+    from tritonclient.utils import InferenceServerException
+
+    from cluster.cli import APP_NAME
+
+    _, endpoints = served
+    client = grpcclient.InferenceServerClient(endpoints.grpc)
+    config = json.dumps({"name": "sent", "platform": "onnxruntime_onnx", "max_batch_size": 8})
+    url = f"{endpoints.http}/v2/models/sent/infer"
+
+    def answer() -> np.ndarray:
+        body = requests.post(url, json=BODY, timeout=30).json()
+        return np.array(body["outputs"][0]["data"], np.float32).reshape(1, 10)
+
+    client.load_model("sent", config=config, files={"file:1/model.onnx": onnx_mlp(seed=11)})  # stock client
+    np.testing.assert_allclose(answer(), expected(11), rtol=1e-4, atol=1e-5)
+    # over HTTP the files are base64 text; a second load replaces the model
+    files = {"file:1/model.onnx": base64.b64encode(onnx_mlp(seed=12)).decode()}
+    response = requests.post(f"{endpoints.http}/v2/repository/models/sent/load",
+                             json={"parameters": {"config": config, **files}}, timeout=120)
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(answer(), expected(12), rtol=1e-4, atol=1e-5)
+    for model, parameters, message in [
+        ("sent", {"file:1/model.onnx": "AAAA"}, "needs the 'config' parameter"),
+        ("sent", {"config": config, "file:../model.onnx": "AAAA"}, "invalid file path"),
+        ("sent", {"config": config, "file:1/model.onnx": "not base64!"}, "is not base64"),
+        ("sent", {"config": config, "file:model.onnx": "AAAA"}, "hold no version"),
+        ("live", {"config": config.replace('"sent"', '"live"'), "file:1/model.onnx": "AAAA"},
+         "served by the application itself"),
+    ]:
+        response = requests.post(f"{endpoints.http}/v2/repository/models/{model}/load",
+                                 json={"parameters": parameters}, timeout=60)
+        assert response.status_code == 400 and message in response.json()["error"], response.text
+    with pytest.raises(InferenceServerException, match="failed to load 'sent'"):
+        client.load_model("sent", config=config, files={"file:1/model.onnx": b"not a model"})
+    assert f"{APP_NAME}-model-sent" not in serve.status().applications  # the failed load replaced it: nothing kept
+    client.load_model("sent", config=config, files={"file:1/model.onnx": onnx_mlp(seed=11)})
+    client.unload_model("sent")
+    assert f"{APP_NAME}-model-sent" not in serve.status().applications
+    response = requests.post(url, json=BODY, timeout=30)
+    assert response.status_code == 404 and "unknown model 'sent'" in response.json()["error"]
 
 
 def test_models_loaded_later_survive_a_sync_restart_and_go_with_the_application(served):

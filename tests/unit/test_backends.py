@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cluster.examples import onnx_add_sub, onnx_mlp
-from cluster.stores import LocalStore
-from deployments.config import ConfigError
+from cluster.stores import LocalStore, UploadedModel
+from deployments.config import ConfigError, ModelConfig
 from deployments.errors import ErrorCode, InferenceError
 from deployments.runner import ModelRunner
 from tests.conftest import write_model
@@ -206,6 +206,24 @@ def test_store_lists_models_and_versions(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no config.pbtxt"):
         store.config("empty")
+
+
+def test_an_uploaded_model_writes_each_version_once_and_serves_from_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("RIC_CACHE_DIR", str(tmp_path))
+    files = {"1/model.onnx": onnx_mlp(seed=1), "2/model.onnx": onnx_mlp(seed=2), "notes.txt": b"kept aside"}
+    uploaded = UploadedModel("sent", ModelConfig(name="sent", platform="onnxruntime_onnx"), files)
+    assert uploaded.versions("sent") == [1, 2]
+    folder = uploaded.fetch("sent", 2)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"] and uploaded.fetch("sent", 2) == folder
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+    again = UploadedModel("sent", uploaded.config("sent"), {**files, "2/model.onnx": onnx_mlp(seed=3)})
+    assert again.fingerprint("sent", 2) != uploaded.fingerprint("sent", 2) and again.fetch("sent", 2) != folder
+    runner = ModelRunner(uploaded.config("sent"), uploaded)
+    runner.load()
+    assert sorted(runner.backends) == [2]  # the default policy: the latest version
+    for bad in ({"../1/model.onnx": b""}, {"1/../../x": b""}, {"model.onnx": b""}):
+        with pytest.raises(InferenceError, match="invalid file path|hold no version"):
+            UploadedModel("sent", uploaded.config("sent"), bad)
 
 
 def test_update_swaps_versions_and_in_flight_requests_finish_on_theirs(tmp_path):
