@@ -153,7 +153,9 @@ def build(args: AppArgs) -> Application:
         failed = {n: r for n, r in failed.items() if n in selected}
     statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind()
     plain = {name: config for name, config in configs.items() if not is_ensemble(config)}
-    sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, plain, args, statistics)
+    steps = frozenset(step.model_name for config in configs.values() if is_ensemble(config)
+                      for step in scheduling(config, config.name).step)
+    sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, plain, args, statistics, steps)
     models = {
         name: Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
         for name, config in plain.items()

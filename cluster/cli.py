@@ -87,7 +87,7 @@ def serve_repository(args: argparse.Namespace) -> None:
     try:
         serve.start(http_options={"host": args.host, "port": args.http_port},
                     grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
-        serve.run(build(app_args), name=APP_NAME, route_prefix="/")
+        serve.run(build(app_args), name=APP_NAME, route_prefix="/", external_scaler_enabled=True)
         base = f"http://{args.host}:{args.http_port}"
         print(f"ric: serving {app_args.repository} at {base}/v2 and gRPC {args.host}:{args.grpc_port} "
               f"(health: {base}/v2/health/ready, index: POST {base}/v2/repository/index; ingress: "

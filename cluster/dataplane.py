@@ -22,6 +22,7 @@ from cluster.stores import check_file_path, check_model_name
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, not_found, unavailable
+from deployments.model import UNLOADED
 
 SERVER_NAME = "ray-inference-cluster"
 #: Request parameters the protocol itself uses; the rest reach the model.
@@ -44,6 +45,7 @@ class DataPlane:
         self.failed = dict(failed)
         self.added: dict[str, str] = {}  # model loaded later -> its application
         self.repository: list[str] = []  # every model in the store, as the sync last listed it
+        self.unloaded: set[str] = set()  # built models unloaded through the repository API (maybe no replicas)
         self.generation = 0  # the sync's last generation this plane has followed
         self.version = version
         self.collector = statistics  # handle of the StatisticsCollector
@@ -54,6 +56,8 @@ class DataPlane:
         loaded UNAVAILABLE."""
         if model in self.failed:
             raise unavailable(f"model '{model}' is not available: {self.failed[model]}")
+        if model in self.unloaded:
+            raise unavailable(f"model '{model}' is {UNLOADED}")
         try:
             return self.models[model]
         except KeyError:
@@ -66,7 +70,7 @@ class DataPlane:
         """Keep the models loaded later and the repository listing as the sync deployment has them."""
         while True:
             try:
-                generation, added, repository = await self.sync.watch_models.remote(self.generation)
+                generation, added, repository, unloaded = await self.sync.watch_models.remote(self.generation)
             except Exception as exc:  # the sync restarting: serving goes on, ask again shortly
                 logger.warning("model watch failed: %r", exc)
                 await asyncio.sleep(1.0)
@@ -75,7 +79,7 @@ class DataPlane:
             for model, app in added.items():
                 same = self.added.get(model) == app and model in self.models
                 models[model] = self.models[model] if same else serve.get_deployment_handle(model, app_name=app)
-            self.models, self.added, self.repository = models, added, repository
+            self.models, self.added, self.repository, self.unloaded = models, added, repository, set(unloaded)
             self.failed = {m: r for m, r in self.built_failed.items() if m not in added}
             self.generation = generation
 
@@ -86,7 +90,11 @@ class DataPlane:
         """Strict readiness, as Triton's default: ready when every model in the repository is."""
         if self.failed:
             return False
-        return all(await asyncio.gather(*(h.ready.remote() for h in self.models.values())))
+        return all(await asyncio.gather(*(h.ready.remote() for h in self._loaded().values())))
+
+    def _loaded(self) -> dict[str, Any]:
+        """The models' handles less the unloaded models' (which may have no replica to answer)."""
+        return {name: h for name, h in self.models.items() if name not in self.unloaded}
 
     async def infer(
         self, model: str, version: str | None, inputs: Tensors, outputs: list[str] | None,
@@ -110,8 +118,9 @@ class DataPlane:
         return await self.handle(model).model_config.remote()
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        rows = [row for rows in await asyncio.gather(*(h.index.remote() for h in self.models.values()))
+        rows = [row for rows in await asyncio.gather(*(h.index.remote() for h in self._loaded().values()))
                 for row in rows]
+        rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": UNLOADED} for m in sorted(self.unloaded)]
         rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": r} for m, r in self.failed.items()]
         rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": NOT_LOADED}
                  for m in self.repository if m not in self.models and m not in self.failed]
@@ -123,7 +132,7 @@ class DataPlane:
         """Triton's statistics for one model (one version) or all, summed over every replica."""
         if model:
             self.handle(model)
-        names = [model] if model else sorted(self.models)
+        names = [model] if model else sorted(self._loaded())
         metadata = await asyncio.gather(*(self.models[name].metadata.remote() for name in names))
         versions: dict[str, list[int]] = {}
         for name, meta in zip(names, metadata):

@@ -8,6 +8,10 @@ table is unchanged (Serve's gRPC proxy still needs no ``application`` metadata, 
 has a route), the other models are not touched, and the Ingress reaches the new model through a handle.
 Unloading it deletes that application, which frees its replicas and their Ray resources.
 
+A model the application was built with is scaled to zero replicas on unload and back on load, through
+Serve's external scaler API (the application needs ``external_scaler_enabled``), so its resources are
+freed too.
+
 The functions that talk to the Serve controller block; the sync deployment calls them on a thread.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
@@ -85,6 +90,31 @@ def deployed(parent: str) -> dict[str, str]:
     """The models deployed as applications of their own beside ``parent``: model -> application name."""
     prefix = app_name(parent, "")
     return {name.removeprefix(prefix): name for name in serve.status().applications if name.startswith(prefix)}
+
+
+def scale(app: str, deployment: str, replicas: int) -> bool:
+    """Set a deployment's replica count (Serve's external scaler API, what its REST ``.../scale`` route
+    calls); False when the application was deployed without ``external_scaler_enabled``."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    try:
+        ray.get(controller.update_deployment_replicas.remote(DeploymentID(name=deployment, app_name=app), replicas))
+    except ray.exceptions.RayTaskError as exc:
+        if type(exc.cause).__name__ == "ExternalScalerDisabledError":
+            return False
+        raise
+    return True
+
+
+def replicas(app: str) -> dict[str, tuple[int, int]]:
+    """Each deployment of an application: (target replicas, replicas that exist in any state)."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
+    return {name: (d["target_num_replicas"], len(d.get("replicas", []))) for name, d in deployments.items()}
 
 
 def delete(name: str) -> None:

@@ -9,7 +9,7 @@ that cannot be read leaves the desired state as it was, so serving is not distur
 for ``status`` and the next poll tries again.
 
 It also answers the repository API: models the application was built with are unloaded and loaded inside
-their replicas; a model it was not built with is deployed as an application of its own on load and
+their replicas, and scaled to zero replicas and back (``cluster/model_apps.py``); a model it was not built with is deployed as an application of its own on load and
 deleted on unload (``cluster/model_apps.py``). Every Ingress replica long-polls ``watch_models`` to learn
 those models and the repository's listing.
 
@@ -46,13 +46,18 @@ DEPLOY_TIMEOUT_S = 120.0
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
 class ModelStoreSync:
-    async def __init__(self, store: Any, configs: dict[str, ModelConfig], args: Any, statistics: Any = None):
+    async def __init__(self, store: Any, configs: dict[str, ModelConfig], args: Any, statistics: Any = None,
+                       steps: frozenset[str] = frozenset()):
         """``configs``: the plain models the application was built with, with their configs; ``args``: the
         builder's AppArgs (poll interval, and the options of models loaded later); ``statistics``: the
-        StatisticsCollector's handle, for models loaded later."""
+        StatisticsCollector's handle, for models loaded later; ``steps``: the step models of the
+        application's ensembles, whose replicas stay when they are unloaded so the ensembles answer at once."""
         self.store = store
         self.configs = dict(configs)  # model -> the store's config, as last read
         self.built = frozenset(configs)
+        self.steps = frozenset(steps)
+        self.ensemble_steps: dict[str, set[str]] = {}  # ensemble loaded later -> its step models
+        self.scaled_down: set[str] = set()  # built models unloaded down to zero replicas
         self.overrides: dict[str, ModelConfig] = {}  # model -> config given with a repository load
         self.args = args
         self.statistics = statistics
@@ -71,6 +76,7 @@ class ModelStoreSync:
         self.app = context.app_name
         self.handle = serve.get_deployment_handle(context.deployment, context.app_name)
         await self._adopt()
+        await self._adopt_scaled_down()
         await self.poll()
         poll = self.poll_interval_s > 0
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever()) if poll else None
@@ -87,12 +93,20 @@ class ModelStoreSync:
                     self.added[model] = app
                     continue
                 config = await asyncio.to_thread(self.store.config, model)
-                if not is_ensemble(config):  # ensembles follow their steps, not the sync
+                if is_ensemble(config):  # ensembles follow their steps, not the sync
+                    self.ensemble_steps[model] = {step.model_name for step in scheduling(config, model).step}
+                else:
                     self.configs[model] = config
                 self.added[model] = app
             except Exception as exc:
                 logger.warning("deleting application '%s': %s", app, exc)
                 await asyncio.to_thread(model_apps.delete, app)
+
+    async def _adopt_scaled_down(self) -> None:
+        """Built models a previous replica scaled down to zero are unloaded."""
+        targets = await asyncio.to_thread(model_apps.replicas, self.app)
+        self.scaled_down = {m for m in self.built if targets.get(m, (1, 1))[0] == 0}
+        self.unloaded |= self.scaled_down
 
     def config(self, model: str) -> ModelConfig | None:
         """The config a model is served with: the one given with its last load, else the store's."""
@@ -160,12 +174,12 @@ class ModelStoreSync:
             versions = sorted(self.desired.get(model, {})) if loaded else None
             return self.generation, versions, self.config(model)
 
-    async def watch_models(self, generation: int) -> tuple[int, dict[str, str], list[str]]:
+    async def watch_models(self, generation: int) -> tuple[int, dict[str, str], list[str], list[str]]:
         """For the Ingress: wait as ``watch``; return the generation, the models loaded as applications of
-        their own (model -> application) and every model in the repository."""
+        their own (model -> application), every model in the repository, and the built models unloaded."""
         async with self._changed:
             await self._wait_for_change(generation)
-            return self.generation, dict(self.added), list(self.repository)
+            return self.generation, dict(self.added), list(self.repository), sorted(self.unloaded)
 
     async def set_loaded(self, model: str, loaded: bool, config: ModelConfig | None = None,
                          files: dict[str, bytes] | None = None) -> int:
@@ -179,18 +193,44 @@ class ModelStoreSync:
             if model in self.built or model in self.added:
                 if not loaded and model in self.added:
                     return await self._delete(model)
-                if loaded:
-                    self.unloaded.discard(model)
-                    self._set_override(model, config)
-                    await self.poll()
-                else:
+                if not loaded:
                     self.unloaded.add(model)
-                return await self._raise_generation()
+                    generation = await self._raise_generation()  # the Ingress replicas answer for it first
+                    await self._scale_down(model)
+                    return generation
+                self.unloaded.discard(model)
+                self._set_override(model, config)
+                await self.poll()
+                generation = await self._raise_generation()
+                if model in self.scaled_down:
+                    await self._rescale(model, self.config(model).replicas())
+                    self.scaled_down.discard(model)
+                return generation
             if not loaded:
                 if model not in self.repository:
                     raise not_found(f"unknown model '{model}'")
                 return self.generation  # not loaded: nothing to do, as Triton
             return await self._deploy(model, config)
+
+    async def _scale_down(self, model: str) -> None:
+        """Free an unloaded built model's replicas, unless an ensemble calls it (it then answers 503 there)."""
+        if model not in self.built or model in self.steps or any(model in s for s in self.ensemble_steps.values()):
+            return
+        if await self._rescale(model, 0):
+            self.scaled_down.add(model)
+
+    async def _rescale(self, model: str, count: int) -> bool:
+        """Set a built model's replica count and wait (boundedly) for it; False when the application does not
+        allow it (deployed without ``external_scaler_enabled``: the replicas stay, holding no model)."""
+        if not await asyncio.to_thread(model_apps.scale, self.app, model, count):
+            logger.info("model '%s' keeps its replicas: the application has no external_scaler_enabled", model)
+            return False
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if (await asyncio.to_thread(model_apps.replicas, self.app)).get(model) == (count, count):
+                break
+            await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
+        return True
 
     def _set_override(self, model: str, config: ModelConfig | None) -> None:
         if config is None:
@@ -211,6 +251,7 @@ class ModelStoreSync:
         served = config or stored
         if is_ensemble(served):
             steps = await self._load_steps(served)
+            self.ensemble_steps[model] = set(steps)
             application = model_apps.ensemble_application(served, steps, self.args, self.statistics)
         else:
             self.configs[model] = stored
@@ -258,7 +299,11 @@ class ModelStoreSync:
         for step in steps:
             if step in self.unloaded:
                 self.unloaded.discard(step)
-                await self._until_followed(step, await self._raise_generation())
+                generation = await self._raise_generation()
+                if step in self.scaled_down:
+                    await self._rescale(step, self.configs[step].replicas())
+                    self.scaled_down.discard(step)
+                await self._until_followed(step, generation)
             elif step not in own and step not in self.added:
                 await self._deploy(step, None)
         return {step: serve.get_deployment_handle(step, app_name=self.added.get(step, self.app)) for step in steps}
@@ -301,13 +346,13 @@ class ModelStoreSync:
             await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
 
     def _forget(self, model: str) -> None:
-        for state in (self.configs, self.overrides, self.desired, self.errors):
+        for state in (self.configs, self.overrides, self.desired, self.errors, self.ensemble_steps):
             state.pop(model, None)
 
     def status(self) -> dict[str, Any]:
         return {"generation": self.generation, "errors": dict(self.errors), "unloaded": sorted(self.unloaded),
                 "desired": {m: sorted(v) for m, v in self.desired.items()}, "overridden": sorted(self.overrides),
-                "added": dict(self.added)}
+                "added": dict(self.added), "scaled_down": sorted(self.scaled_down)}
 
     async def __del__(self):
         """When the application itself is deleted, its models' own applications go with it."""

@@ -31,7 +31,8 @@ def repository(tmp_path_factory):
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": free_port()})
-        serve.run(build(AppArgs(repository=str(root), poll_interval_s=0.5)), name=APP_NAME, route_prefix="/")
+        serve.run(build(AppArgs(repository=str(root), poll_interval_s=0.5)), name=APP_NAME, route_prefix="/",
+                  external_scaler_enabled=True)
         yield root
     finally:
         serve.shutdown()

@@ -40,7 +40,8 @@ def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, **app
         serve.start(http_options={"host": "127.0.0.1", "port": http_port},
                     grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
         app = build(AppArgs(repository=str(repository), **app_args))
-        serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")], wait_for_applications_running=False)
+        serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/", external_scaler_enabled=True)],
+                       wait_for_applications_running=False)
         wait_for(lambda: _app_status() in ("RUNNING", "DEPLOY_FAILED"), timeout_s=240,
                  what=lambda: f"the application to start: {serve.status().applications.get(APP_NAME)}")
         assert _app_status() == "RUNNING", serve.status().applications[APP_NAME]

@@ -119,13 +119,17 @@ def test_unload_and_load_through_the_repository_api(live):
 
     _, server = live
     client = httpclient.InferenceServerClient(server.removeprefix("http://"))
-    client.unload_model("live")  # stock tritonclient; returns once every replica answered
+    free = cpus_free()
+    client.unload_model("live")  # stock tritonclient; returns once the replicas are gone
+    assert cpus_free() == pytest.approx(free + 2 * 0.25)  # both replicas' reservations are free
     response = requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30)
     assert response.status_code == 503 and "unloaded through the repository API" in response.json()["error"]
     (row,) = client.get_model_repository_index()
     assert row["state"] == "UNAVAILABLE" and "unloaded" in row["reason"]
     assert requests.post(f"{server}/v2/repository/index", json={"ready": True}, timeout=30).json() == []
+    assert requests.get(f"{server}/v2/health/ready", timeout=30).status_code == 200  # unloaded: not counted
     client.load_model("live")
+    assert cpus_free() == pytest.approx(free)
     wait_for(lambda: requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30).status_code == 200,
              timeout_s=60, what="live to serve again")
     for action, status, message in [("load", 404, "unknown model 'nope'"), ("frobnicate", 404, "no route")]:
