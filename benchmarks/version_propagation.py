@@ -113,10 +113,12 @@ def time_repository_control(server: str, root: Path, sizes, replicas: int, round
     (root / "fresh" / "1" / "model.onnx").write_bytes(onnx_mlp(sizes, seed=9))
     times: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for what, model, action in [("unload, a model the application was built with (scaled to zero)", "m", "unload"),
-                                    ("load, a model the application was built with (scaled back)", "m", "load"),
-                                    ("load, a model new to the repository (own application)", "fresh", "load"),
-                                    ("unload, that model (application deleted)", "fresh", "unload")]:
+        for what, model, action in [
+            ("unload, a model the application was built with (scaled to zero)", "m", "unload"),
+            ("load, a model the application was built with (scaled back)", "m", "load"),
+            ("load, a model new to the repository (own application)", "fresh", "load"),
+            ("unload, that model (application deleted)", "fresh", "unload"),
+        ]:
             start = time.perf_counter()
             response = requests.post(f"{server}/v2/repository/models/{model}/{action}", timeout=300)
             response.raise_for_status()

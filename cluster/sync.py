@@ -8,10 +8,11 @@ changed) beside the old ones, warms them up, swaps, and unloads the old (``Model
 that cannot be read leaves the desired state as it was, so serving is not disturbed; the error is kept
 for ``status`` and the next poll tries again.
 
-It also answers the repository API: models the application was built with are unloaded and loaded inside
-their replicas, and scaled to zero replicas and back (``cluster/model_apps.py``); a model it was not built with is deployed as an application of its own on load and
-deleted on unload (``cluster/model_apps.py``). Every Ingress replica long-polls ``watch_models`` to learn
-those models and the repository's listing.
+It also answers the repository API (``cluster/model_apps.py`` talks to Serve's controller for it): a model
+the application was built with is unloaded and loaded inside its replicas, which are scaled to zero and
+back; a model it was not built with is deployed as an application of its own on load and deleted on
+unload. Every Ingress replica long-polls ``watch_models`` to learn those models, the unloaded ones and the
+repository's listing.
 
 It is a Serve deployment (one replica) rather than a bare detached actor: Serve starts it with the
 application, restarts it if it dies (the new replica adopts the models' applications it finds), and
