@@ -189,29 +189,36 @@ class ModelStoreSync:
         with ``files`` (Triton's ``file:`` parameters) the model is served from them instead of the store.
         Returns the generation that carries the change."""
         async with self._control:
-            if loaded and files:
-                return await self._deploy_uploaded(model, config, files)
-            if model in self.built or model in self.added:
-                if not loaded and model in self.added:
-                    return await self._delete(model)
-                if not loaded:
-                    self.unloaded.add(model)
-                    generation = await self._raise_generation()  # the Ingress replicas answer for it first
-                    await self._scale_down(model)
-                    return generation
-                self.unloaded.discard(model)
-                self._set_override(model, config)
-                await self.poll()
-                generation = await self._raise_generation()
-                if model in self.scaled_down:
-                    await self._rescale(model, self.config(model).replicas())
-                    self.scaled_down.discard(model)
-                return generation
             if not loaded:
+                if model in self.added:
+                    return await self._delete(model)
+                if model in self.built:
+                    return await self._unload_built(model)
                 if model not in self.repository:
                     raise not_found(f"unknown model '{model}'")
                 return self.generation  # not loaded: nothing to do, as Triton
+            if files:
+                return await self._deploy_uploaded(model, config, files)
+            if model in self.built or model in self.added:
+                return await self._reload(model, config)
             return await self._deploy(model, config)
+
+    async def _unload_built(self, model: str) -> int:
+        self.unloaded.add(model)
+        generation = await self._raise_generation()  # the Ingress replicas answer for it first
+        await self._scale_down(model)
+        return generation
+
+    async def _reload(self, model: str, config: ModelConfig | None) -> int:
+        """Load a served model again: the store's newest versions, under ``config`` or the store's."""
+        self.unloaded.discard(model)
+        self._set_override(model, config)
+        await self.poll()
+        generation = await self._raise_generation()
+        if model in self.scaled_down:
+            await self._rescale(model, self.config(model).replicas())
+            self.scaled_down.discard(model)
+        return generation
 
     async def _scale_down(self, model: str) -> None:
         """Free an unloaded built model's replicas, unless an ensemble calls it (it then answers 503 there)."""
