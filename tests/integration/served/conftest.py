@@ -116,7 +116,7 @@ def repository(tmp_path_factory):
 def endpoints(repository):
     # 18 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
     # the CPU models, so HTTP and gRPC run them in the Ingress replica and handles reach their deployments;
-    # test_versions serves without colocation.
+    # tests/integration/live serves without colocation.
     with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True) as endpoints:
         yield endpoints
 

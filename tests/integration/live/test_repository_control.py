@@ -1,117 +1,21 @@
-"""Live version updates: a new version landing in the store reaches every replica while clients keep
-calling, with no failed request; a broken version is reported and the served one keeps answering."""
+"""Triton's model control API over HTTP and gRPC with stock clients: unload and load (with config and file
+overrides), models new to the application loaded as applications of their own and unloaded freeing their
+resources, ensembles, bad loads refused with nothing kept, and a sync restart."""
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 
 import numpy as np
 import pytest
 import requests
 
 from cluster.examples import onnx_mlp
-from cluster.stores import LocalStore
-from deployments.runner import ModelRunner
 from tests.conftest import write_model
-from tests.integration.conftest import serve_repository, wait_for
-
-CONFIG = ('platform: "onnxruntime_onnx" max_batch_size: 8 dynamic_batching { max_queue_delay_microseconds: 1000 } '
-          'instance_group [ { count: 2 } ]')
-X = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
-BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": X.ravel().tolist()}]}
-
-
-def land_version(root, version: int, files: dict[str, bytes], model: str = "live") -> None:
-    """Write a version folder beside the model, then rename it into place: the store never sees half of it."""
-    staging = root / model / f".staging-{version}"
-    staging.mkdir()
-    for name, data in files.items():
-        (staging / name).write_bytes(data)
-    os.rename(staging, root / model / str(version))
-
-
-def expected(seed: int) -> np.ndarray:
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_model(Path(tmp), "m", 'platform: "onnxruntime_onnx"', {"1/model.onnx": onnx_mlp(seed=seed)})
-        store = LocalStore(tmp)
-        runner = ModelRunner(store.config("m"), store)
-        runner.load()
-        (out,) = runner.execute([runner.prepare({"INPUT0": X})])
-        return out["OUTPUT0"]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("live")
-    write_model(root, "live", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
-    with serve_repository(root, poll_interval_s=0.5) as endpoints:
-        yield root, endpoints
-
-
-@pytest.fixture(scope="module")
-def live(served):
-    root, endpoints = served
-    return root, endpoints.http
-
-
-def test_new_version_reaches_every_replica_under_load_without_a_failed_request(live):
-    root, server = live
-    answers: list[tuple[int, str, list]] = []
-    stop = threading.Event()
-
-    def client():
-        session = requests.Session()
-        while not stop.is_set():
-            response = session.post(f"{server}/v2/models/live/infer", json=BODY, timeout=60)
-            body = response.json()
-            answers.append((response.status_code, body.get("model_version"), body.get("outputs") or body))
-
-    clients = [threading.Thread(target=client) for _ in range(4)]
-    for thread in clients:
-        thread.start()
-    try:
-        time.sleep(1.0)
-        land_version(root, 2, {"model.onnx": onnx_mlp(seed=2)})
-        # every replica serves version 2 once 40 answers in a row came from it
-        wait_for(lambda: len(answers) > 40 and all(a[1] == "2" for a in answers[-40:]), timeout_s=90,
-                 what=lambda: f"version 2 everywhere; last answers {[a[1] for a in answers[-10:]]}")
-    finally:
-        stop.set()
-        for thread in clients:
-            thread.join(timeout=60)
-    failures = [a for a in answers if a[0] != 200]
-    assert not failures, failures[:3]
-    versions = [a[1] for a in answers]
-    assert versions[0] == "1" and versions[-1] == "2"
-    one, two = expected(1), expected(2)
-    for _, version, outputs in answers:
-        got = np.array(outputs[0]["data"], np.float32).reshape(1, 10)
-        np.testing.assert_allclose(got, one if version == "1" else two, rtol=1e-4, atol=1e-5)
-    index = requests.post(f"{server}/v2/repository/index", timeout=30).json()
-    assert [(r["version"], r["state"]) for r in index] == [("2", "READY")]
-
-
-def test_a_broken_version_is_reported_and_the_served_one_answers_on(live):
-    root, server = live
-    land_version(root, 3, {"model.onnx": b"not a model"})
-
-    def reported() -> bool:
-        rows = {r["version"]: r for r in requests.post(f"{server}/v2/repository/index", timeout=30).json()}
-        return rows.get("3", {}).get("state") == "UNAVAILABLE" and "failed to load" in rows["3"]["reason"]
-
-    wait_for(reported, timeout_s=60, what="version 3 to be reported")
-    for _ in range(10):
-        response = requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30)
-        assert response.status_code == 200 and response.json()["model_version"] == "2"
-    # fixing it in the store (a new fingerprint) makes the replicas try again
-    (root / "live" / "3" / "model.onnx").write_bytes(onnx_mlp(seed=3))
-    wait_for(lambda: requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30).json()
-             .get("model_version") == "3", timeout_s=60, what="version 3 after its fix")
+from tests.integration.conftest import wait_for
+from tests.integration.live.conftest import (
+    BODY, call_until_stopped, cpus_free, expected, land_version, serves_max_batch_size,
+)
 
 
 def test_unload_and_load_through_the_repository_api(live):
@@ -135,32 +39,6 @@ def test_unload_and_load_through_the_repository_api(live):
     for action, status, message in [("load", 404, "unknown model 'nope'"), ("frobnicate", 404, "no route")]:
         response = requests.post(f"{server}/v2/repository/models/nope/{action}", timeout=30)
         assert response.status_code == status and message in response.json()["error"]
-
-
-def rows_answer(server, rows: int) -> int:
-    x = np.zeros((rows, 64), np.float32)
-    body = {"inputs": [{"name": "INPUT0", "shape": [rows, 64], "datatype": "FP32", "data": x.ravel().tolist()}]}
-    return requests.post(f"{server}/v2/models/live/infer", json=body, timeout=30).status_code
-
-
-def serves_max_batch_size(server, size: int) -> bool:
-    """Both replicas serve the config: several reads in a row agree, and 4 rows pass only under 8."""
-    configs = [requests.get(f"{server}/v2/models/live/config", timeout=30).json() for _ in range(6)]
-    return (all(c["max_batch_size"] == size for c in configs)
-            and all(rows_answer(server, 4) == (200 if size >= 4 else 400) for _ in range(4)))
-
-
-def test_a_config_change_in_the_store_is_pushed_live(live):
-    root, server = live
-    config_file = root / "live" / "config.pbtxt"
-    original = config_file.read_text()
-    config_file.write_text(original.replace("max_batch_size: 8", "max_batch_size: 2"))
-    try:
-        wait_for(lambda: serves_max_batch_size(server, 2), timeout_s=90, what="max_batch_size 2 on every replica")
-        assert rows_answer(server, 2) == 200
-    finally:
-        config_file.write_text(original)
-    wait_for(lambda: serves_max_batch_size(server, 8), timeout_s=90, what="max_batch_size 8 again")
 
 
 def test_load_with_a_config_override_then_without(live):
@@ -200,18 +78,6 @@ def test_unload_and_load_over_grpc(served):
     client.load_model("live")
     wait_for(lambda: client.get_model_config("live").config.max_batch_size == 8, timeout_s=90,
              what="the repository's config over gRPC")
-
-
-def call_until_stopped(url: str, stop: threading.Event, answers: list[int]) -> None:
-    session = requests.Session()
-    while not stop.is_set():
-        answers.append(session.post(url, json=BODY, timeout=60).status_code)
-
-
-def cpus_free() -> float:
-    import ray
-
-    return ray.available_resources().get("CPU", 0.0)
 
 
 def test_a_model_new_to_the_repository_loads_beside_the_others_and_unloads_freeing_its_resources(served):
