@@ -92,11 +92,11 @@ class Ingress(GrpcInferenceService):
                         return empty_response()
                     return json_response({"error": "not every model is ready"}, 503)
                 case ["repository", "index"], "POST":
-                    body = await request.body()
+                    body = await self._read_body(request, allow_empty=True)
                     ready = bool(body and codec.decode_json_object(body).get("ready"))
                     return json_response(await self.plane.repository_index(ready_only=ready))
                 case ["repository", "models", model, ("load" | "unload") as action], "POST":
-                    body = await request.body()
+                    body = await self._read_body(request, allow_empty=True)  # a load may carry model files
                     parameters = codec.decode_json_object(body).get("parameters") if body else None
                     await self.plane.set_loaded(model, action == "load", parameters)
                     return empty_response()
@@ -135,7 +135,8 @@ class Ingress(GrpcInferenceService):
                 return json_response(await self.plane.statistics(model, version))
         raise not_found(f"no route {request.method} {request.url.path}")
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, allow_empty: bool = False) -> bytes:
+        """The body, refused (413) past ``max_request_bytes`` before more of it is read."""
         limit = self.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
@@ -146,6 +147,6 @@ class Ingress(GrpcInferenceService):
             if size > limit:
                 raise InferenceError(ErrorCode.TOO_LARGE, f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
-        if size == 0:
+        if size == 0 and not allow_empty:
             raise invalid("request body is empty")
         return b"".join(chunks)

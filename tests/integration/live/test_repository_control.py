@@ -239,6 +239,9 @@ def test_a_load_with_files_serves_the_model_from_them(served):
         response = requests.post(f"{endpoints.http}/v2/repository/models/{model}/load",
                                  json={"parameters": parameters}, timeout=60)
         assert response.status_code == 400 and message in response.json()["error"], response.text
+    too_large = requests.post(f"{endpoints.http}/v2/repository/models/sent/load",
+                              data=b"x" * (64 * 2**20 + 1), timeout=60)  # over max_request_bytes
+    assert too_large.status_code == 413 and "exceeds the limit" in too_large.json()["error"]
     with pytest.raises(InferenceServerException, match="failed to load 'sent'"):
         client.load_model("sent", config=config, files={"file:1/model.onnx": b"not a model"})
     assert f"{APP_NAME}-model-sent" not in serve.status().applications  # the failed load replaced it: nothing kept
