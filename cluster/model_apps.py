@@ -22,6 +22,10 @@ from typing import Any
 import ray
 from ray import serve
 from ray.serve import Application
+# Serve's external scaler API has no Python wrapper, only the dashboard's REST route, which calls the
+# controller with these; ``scale`` and ``replicas`` call it the same way.
+from ray.serve._private.common import DeploymentID
+from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import ModelConfig
@@ -95,9 +99,6 @@ def deployed(parent: str) -> dict[str, str]:
 def scale(app: str, deployment: str, replicas: int) -> bool:
     """Set a deployment's replica count (Serve's external scaler API, what its REST ``.../scale`` route
     calls); False when the application was deployed without ``external_scaler_enabled``."""
-    from ray.serve._private.common import DeploymentID
-    from ray.serve.context import _get_global_client
-
     controller = _get_global_client()._controller
     try:
         ray.get(controller.update_deployment_replicas.remote(DeploymentID(name=deployment, app_name=app), replicas))
@@ -110,8 +111,6 @@ def scale(app: str, deployment: str, replicas: int) -> bool:
 
 def replicas(app: str) -> dict[str, tuple[int, int]]:
     """Each deployment of an application: (target replicas, replicas that exist in any state)."""
-    from ray.serve.context import _get_global_client
-
     details = _get_global_client().get_serve_details()
     deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
     return {name: (d["target_num_replicas"], len(d.get("replicas", []))) for name, d in deployments.items()}
