@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import peers, perf_analyzer  # noqa: E402
 
-BEGIN, END = "<!-- BEGIN benchmarks/compare.py -->", "<!-- END benchmarks/compare.py -->"
 TINY, BIG = (64, 256, 10), (1024, 2048, 2048, 1000)
 CONFIGS = {
     "tiny": 'max_batch_size: 64\ndynamic_batching { }\ninstance_group [ { count: 1, kind: KIND_CPU } ]\n'
@@ -42,7 +41,7 @@ CONFIGS = {
 
 
 def write_repository(root: Path) -> Path:
-    from cluster.examples import onnx_mlp
+    from cluster.repository.examples import onnx_mlp
 
     files = {"tiny": onnx_mlp(TINY), "big": onnx_mlp(BIG)}
     for name, config in CONFIGS.items():
@@ -64,7 +63,7 @@ def run_stage(ingress: str, colocate: bool, repository: Path, workdir: Path, qui
 def run_mlserver(repository: Path, workdir: Path, quick: bool, seconds: float) -> tuple[list[dict], str]:
     import asyncio
 
-    from cluster import perf, perf_clients
+    from cluster.cli import perf, perf_clients
 
     if not peers.install_mlserver():
         return [], ""

@@ -23,7 +23,7 @@ import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cluster.perf import make_cell, closed_loop  # noqa: E402
+from cluster.cli.perf import make_cell, closed_loop  # noqa: E402
 
 
 def free_port() -> int:

@@ -41,7 +41,7 @@ class OnnxModel(MLModel):
 
 def in_process(repository: Path, model: str, batch: int, seconds: float = 2.0) -> float:
     """Inferences/s of one model version through our own backend in this process, at ``batch`` rows."""
-    from cluster.stores import open_store
+    from cluster.repository.stores import open_store
     from deployments.backends import backend_class
 
     config = open_store(str(repository)).config(model)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+#: The markers around the generated section of docs/benchmarks.md; the hand-written rest stays.
+BEGIN, END = "<!-- BEGIN benchmarks/compare.py -->", "<!-- END benchmarks/compare.py -->"
+
 SWEEP_LABELS = {"http-json": "HTTP JSON", "http-binary": "HTTP binary", "grpc": "gRPC", "handle": "handle"}
 #: The configuration ``ric serve`` runs (HAProxy, throughput-optimized Serve, models colocated in the
 #: ingress), and the one before colocation (every request hops from the ingress to the model deployment).
@@ -98,7 +101,7 @@ def render(cells: list[dict], limits: dict, env: dict, plot_name: str) -> str:
         "",
         f"`{env['command']}` on {env['date']}: {env['machine']}, Python {env['python']}; {env['versions']}.",
         "Each cell is a closed loop of N concurrent clients for a few seconds after a warm-up, one request = one",
-        "row (batch 1), our own generator (`cluster/perf.py`, the same code as `ric perf`) unless it says",
+        "row (batch 1), our own generator (`cluster/cli/perf.py`, the same code as `ric perf`) unless it says",
         "perf_analyzer. The load generator runs on the same two cores as the server: absolute numbers are low",
         "and noisy, the ratios (same run, same client) are what to read. The cells behind the floor and",
         "batching ratios (c=16 HTTP binary and gRPC, c=32 batching over HTTP) are measured alternately three",
@@ -288,8 +291,6 @@ def plot(cells: list[dict], path: Path) -> None:
 
 def write_section(path: Path, section: str) -> None:
     """Replace the generated section of ``path`` (or put it first), keeping the hand-written rest."""
-    from benchmarks.compare import BEGIN, END
-
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     block = f"{BEGIN}\n{section}{END}"
     if BEGIN in text and END in text:

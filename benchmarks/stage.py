@@ -3,7 +3,7 @@ environment variables that Ray reads when it is imported); benchmarks/compare.py
 
 Serves the benchmark repository as application ``ric`` beside a do-nothing deployment (application
 ``nothing``: HTTP, gRPC ModelInfer and a handle ``infer`` that all return at once), on one local Ray, then
-measures the cells of the plan with ``cluster.perf`` and writes them as JSON.
+measures the cells of the plan with ``cluster.cli.perf`` and writes them as JSON.
 
     python benchmarks/stage.py --ingress haproxy --repository DIR --out cells.json [--quick]
 """
@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def configure_ingress(ingress: str) -> None:
-    from cluster.cli import choose_ingress, keep_local_ray_on_loopback
+    from cluster.cli.main import choose_ingress, keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback()
     if ingress == "haproxy" and choose_ingress("haproxy") != "haproxy":
@@ -53,7 +53,7 @@ def floor_deployment():
     from starlette.responses import Response
     from tritonclient.grpc import service_pb2
 
-    from cluster.grpc_service import register_message_modules
+    from cluster.protocol.grpc_service import register_message_modules
 
     @serve.deployment(name="Nothing", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
     class Nothing:
@@ -77,7 +77,7 @@ def floor_deployment():
 
 async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
     from benchmarks import perf_analyzer
-    from cluster import perf, perf_clients
+    from cluster.cli import perf, perf_clients
 
     setup = args.ingress + (" colocated" if args.colocate else "")
     sweep = [1, 16] if args.quick else [1, 4, 16, 64]
@@ -161,7 +161,7 @@ def main() -> None:
     from ray import serve
 
     from cluster.app import AppArgs, build
-    from cluster.grpc_service import SERVICER_FUNCTION
+    from cluster.protocol.grpc_service import SERVICER_FUNCTION
 
     http_port, grpc_port = free_port(), free_port()
     ray.init(address="local", num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False,

@@ -37,8 +37,8 @@ def main() -> None:
     from ray import serve
 
     from cluster.app import AppArgs, build
-    from cluster.examples import onnx_mlp
-    from cluster.stores import LocalStore
+    from cluster.repository.examples import onnx_mlp
+    from cluster.repository.stores import LocalStore
     from deployments.runner import ModelRunner
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
@@ -105,7 +105,7 @@ def time_repository_control(server: str, root: Path, sizes, replicas: int, round
     """Seconds per repository load / unload call, for the served model and for one new to the repository."""
     import requests
 
-    from cluster.examples import onnx_mlp
+    from cluster.repository.examples import onnx_mlp
 
     (root / "fresh" / "1").mkdir(parents=True)
     (root / "fresh" / "config.pbtxt").write_text(

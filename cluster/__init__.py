@@ -1,1 +1,9 @@
-"""Cluster side of ric: model stores, protocol codecs, the Ingress, the app builder and the CLI."""
+"""Cluster side of ric, in rooms by idea; ``cluster.app`` (the Serve application builder) sits on top.
+
+- ``cluster.protocol``: the KServe v2 / Triton protocol, HTTP and gRPC over one data plane, and the Ingress.
+- ``cluster.repository``: model stores (local, S3), the sync deployment, models loaded at run time, the
+  example repository.
+- ``cluster.cli``: the ``ric`` command line and its tools (``ric serve``, ``ric perf``).
+
+Imports run one way: ``cli`` -> ``app`` -> ``protocol`` -> ``repository`` -> ``ensembles`` -> ``deployments``.
+"""

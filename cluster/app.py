@@ -13,12 +13,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from cluster.examples import EXAMPLE, example_repository
-from cluster.ingress import Ingress, IngressOptions
-from cluster.model_apps import deployment_options
-from cluster.statistics import StatisticsCollector
-from cluster.sync import ModelStoreSync
-from cluster.stores import open_store
+from cluster.repository.examples import EXAMPLE, example_repository
+from cluster.protocol.ingress import Ingress, IngressOptions
+from cluster.repository.model_apps import deployment_options
+from cluster.protocol.statistics import StatisticsCollector
+from cluster.repository.sync import ModelStoreSync
+from cluster.repository.stores import open_store
 from deployments.config import ConfigError, ModelConfig
 from deployments.model import Model
 from ensembles.ensemble import Ensemble

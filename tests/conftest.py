@@ -11,7 +11,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest  # noqa: E402
 
-from cluster.examples import example_repository  # noqa: E402
+from cluster.repository.examples import example_repository  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ import requests
 from ray import serve
 
 from cluster.app import AppArgs, build
-from cluster.cli import APP_NAME
-from cluster.grpc_service import SERVICER_FUNCTION
+from cluster.cli.main import APP_NAME
+from cluster.protocol.grpc_service import SERVICER_FUNCTION
 
 
 def free_port() -> int:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 
-from cluster.examples import onnx_mlp
-from cluster.stores import LocalStore
+from cluster.repository.examples import onnx_mlp
+from cluster.repository.stores import LocalStore
 from deployments.runner import ModelRunner
 from tests.conftest import write_model
 from tests.integration.conftest import serve_repository

@@ -16,7 +16,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 EXAMPLE = "example"
-EXAMPLE_ROOT = Path(__file__).resolve().parents[1] / "configs" / "example-repository"
+EXAMPLE_ROOT = Path(__file__).resolve().parents[2] / "configs" / "example-repository"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

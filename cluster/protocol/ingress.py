@@ -17,9 +17,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cluster import codec, compression
-from cluster.dataplane import DataPlane
-from cluster.grpc_service import GrpcInferenceService, register_message_modules
+from cluster.protocol import codec, compression
+from cluster.protocol.dataplane import DataPlane
+from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
 from deployments.model import ModelService

@@ -1,7 +1,7 @@
 """Model stores: list models and versions and give a replica a version's files.
 
 ``LocalStore`` serves a Triton model repository folder in place; every node must see the same path
-(a shared file system), as with Triton itself. ``S3Store`` (``cluster/s3_store.py``) reads
+(a shared file system), as with Triton itself. ``S3Store`` (``cluster/repository/s3_store.py``) reads
 ``s3://bucket/prefix`` and caches versions on each node. :func:`open_store` picks one from an address.
 """
 
@@ -42,7 +42,7 @@ def cache_root() -> Path:
 def open_store(address: str):
     """The store for a repository address: ``s3://bucket/prefix`` or a local folder."""
     if address.startswith("s3://"):
-        from cluster.s3_store import S3Store
+        from cluster.repository.s3_store import S3Store
 
         return S3Store(address)
     return LocalStore(address)

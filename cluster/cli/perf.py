@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.perf_clients import PROTOCOLS, fetch_metadata, make_client, output_names, request_tensors
+from cluster.cli.perf_clients import PROTOCOLS, fetch_metadata, make_client, output_names, request_tensors
 #: Open loop: requests still unanswered beyond this many are counted as errors rather than started.
 MAX_OUTSTANDING = 4096
 

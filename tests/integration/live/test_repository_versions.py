@@ -10,7 +10,7 @@ import time
 import numpy as np
 import requests
 
-from cluster.examples import onnx_mlp
+from cluster.repository.examples import onnx_mlp
 from tests.integration.conftest import wait_for
 from tests.integration.live.conftest import BODY, expected, land_version, rows_answer, serves_max_batch_size
 

@@ -13,8 +13,8 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
-from cluster.codec import InferRequest, decode_shape
-from cluster.raw_tensors import decode_raw, encode_raw
+from cluster.protocol.codec import InferRequest, decode_shape
+from cluster.protocol.raw_tensors import decode_raw, encode_raw
 from deployments.backends import Tensors
 from deployments.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid

@@ -8,7 +8,7 @@ changed) beside the old ones, warms them up, swaps, and unloads the old (``Model
 that cannot be read leaves the desired state as it was, so serving is not disturbed; the error is kept
 for ``status`` and the next poll tries again.
 
-It also answers the repository API (``cluster/model_apps.py`` talks to Serve's controller for it): a model
+It also answers the repository API (``cluster/repository/model_apps.py`` talks to Serve's controller for it): a model
 the application was built with is unloaded and loaded inside its replicas, which are scaled to zero and
 back; a model it was not built with is deployed as an application of its own on load and deleted on
 unload. Every Ingress replica long-polls ``watch_models`` to learn those models, the unloaded ones and the
@@ -30,8 +30,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from cluster import model_apps
-from cluster.stores import UploadedModel, check_model_name
+from cluster.repository import model_apps
+from cluster.repository.stores import UploadedModel, check_model_name
 from deployments.config import ConfigError, ModelConfig
 from deployments.errors import InferenceError, invalid, not_found, unavailable
 from ensembles.graph import check_graph, is_ensemble, scheduling

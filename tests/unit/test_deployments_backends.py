@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster.examples import onnx_add_sub, onnx_mlp
-from cluster.stores import LocalStore, UploadedModel
+from cluster.repository.examples import onnx_add_sub, onnx_mlp
+from cluster.repository.stores import LocalStore, UploadedModel
 from deployments.config import ConfigError, ModelConfig
 from deployments.errors import ErrorCode, InferenceError
 from deployments.runner import ModelRunner

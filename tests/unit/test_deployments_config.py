@@ -7,7 +7,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from cluster.app import AppArgs
-from cluster.model_apps import deployment_options
+from cluster.repository.model_apps import deployment_options
 from deployments.config import ConfigError, ModelConfig, VersionPolicy, load_config, parse_pbtxt, parse_yaml
 
 # Triton's own densenet_onnx example config, unchanged.

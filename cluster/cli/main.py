@@ -10,8 +10,8 @@ import signal
 import sys
 import time
 
-from cluster import perf
-from cluster.examples import EXAMPLE
+from cluster.cli import perf
+from cluster.repository.examples import EXAMPLE
 
 APP_NAME = "ric"
 
@@ -78,7 +78,7 @@ def serve_repository(args: argparse.Namespace) -> None:
     from ray import serve
 
     from cluster.app import AppArgs, build
-    from cluster.grpc_service import SERVICER_FUNCTION
+    from cluster.protocol.grpc_service import SERVICER_FUNCTION
 
     app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
                        colocate=args.colocate)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from cluster.raw_tensors import decode_raw, encode_raw
+from cluster.protocol.raw_tensors import decode_raw, encode_raw
 from deployments.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
 

@@ -13,14 +13,14 @@ import grpc
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
-from cluster import grpc_codec
-from cluster.dataplane import DataPlane
+from cluster.protocol import grpc_codec
+from cluster.protocol.dataplane import DataPlane
 from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError
 
 logger = logging.getLogger(__name__)
 
 #: The servicer function Serve's gRPC proxy registers (``grpc_options.grpc_servicer_functions``).
-SERVICER_FUNCTION = "cluster.grpc_service.add_servicer_to_server"
+SERVICER_FUNCTION = "cluster.protocol.grpc_service.add_servicer_to_server"
 
 
 def register_message_modules() -> None:

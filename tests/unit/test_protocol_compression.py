@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from cluster.compression import compress, decompress
+from cluster.protocol.compression import compress, decompress
 from deployments.errors import ErrorCode, InferenceError
 
 

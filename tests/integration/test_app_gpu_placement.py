@@ -11,8 +11,8 @@ import pytest
 import ray
 from ray import serve
 
-from cluster.cli import APP_NAME
-from cluster.examples import onnx_mlp
+from cluster.cli.main import APP_NAME
+from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
 from tests.integration.conftest import serve_repository
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import requests
 
-from cluster.examples import onnx_mlp
-from cluster.s3_store import S3Store
+from cluster.repository.examples import onnx_mlp
+from cluster.repository.s3_store import S3Store
 from tests.integration.conftest import free_port, serve_repository, wait_for
 
 BUCKET = "models"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.codec import InferRequest, decode_infer_request, encode_infer_response
+from cluster.protocol.codec import InferRequest, decode_infer_request, encode_infer_response
 from deployments.errors import ErrorCode, InferenceError
 
 
@@ -126,14 +126,14 @@ def test_random_tensors_decode_or_fail_cleanly(raw_tensor):
 
 def binary_body(inputs, arrays, **message):
     """A request in the binary data extension: JSON header, then each input's raw bytes."""
-    from cluster.raw_tensors import encode_raw
+    from cluster.protocol.raw_tensors import encode_raw
 
     header = json.dumps({"inputs": inputs, **message}).encode()
     return header + b"".join(encode_raw(a) for a in arrays), str(len(header))
 
 
 def raw_input(name, array, size=None):
-    from cluster.raw_tensors import encode_raw
+    from cluster.protocol.raw_tensors import encode_raw
     from deployments.dtypes import v2_datatype
 
     size = len(encode_raw(array)) if size is None else size
