@@ -38,7 +38,7 @@ def main() -> None:
 
     from cluster.app import AppArgs, build
     from cluster.repository.examples import onnx_mlp
-    from cluster.repository.stores import LocalStore
+    from cluster.repository.local_store import LocalStore
     from deployments.runner import ModelRunner
 
     sizes = tuple(int(s) for s in args.sizes.split(","))

@@ -18,7 +18,7 @@ from typing import Any
 from ray import serve
 
 from cluster.repository.model_apps import load_failure
-from cluster.repository.stores import check_file_path, check_model_name
+from cluster.repository.paths import check_file_path, check_model_name
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, not_found, unavailable

@@ -1,9 +1,9 @@
 """Model repositories: where models come from and how every replica follows them.
 
-Stores list models and versions and fetch a version's files (``local_store``, ``s3_store``, chosen by
-address in ``stores.open_store``; the uploaded models of a repository load); ``sync`` is the ``ric-sync``
-deployment that polls the store and pushes versions and configs to every replica; ``model_apps`` deploys
-models loaded after the build as applications of their own; ``examples`` generates the example
-repository. May import ``ensembles`` and ``deployments``; never ``cluster.protocol``, ``cluster.app`` or
-``cluster.cli``. The stores import no Ray.
+Stores list models and versions and fetch a version's files (``local_store``, ``s3_store``, and
+``uploaded`` for the files sent with a repository load), chosen by address in ``stores.open_store``,
+sharing ``paths``; ``sync`` is the ``ric-sync`` deployment that polls the store and pushes versions and
+configs to every replica; ``model_apps`` deploys models loaded after the build as applications of their
+own; ``examples`` generates the example repository. May import ``ensembles`` and ``deployments``; never
+``cluster.protocol``, ``cluster.app`` or ``cluster.cli``. The stores import no Ray.
 """

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from deployments.config import ConfigError, ModelConfig, parse_pbtxt, parse_yaml
 from deployments.errors import invalid
-from cluster.repository.stores import CONFIG_FILES, cache_root, check_model_name
+from cluster.repository.paths import CONFIG_FILES, cache_root, check_model_name
 
 logger = logging.getLogger(__name__)
 

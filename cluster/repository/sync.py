@@ -31,7 +31,8 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from cluster.repository import model_apps
-from cluster.repository.stores import UploadedModel, check_model_name
+from cluster.repository.paths import check_model_name
+from cluster.repository.uploaded import UploadedModel
 from deployments.config import ConfigError, ModelConfig
 from deployments.errors import InferenceError, invalid, not_found, unavailable
 from ensembles.graph import check_graph, is_ensemble, scheduling

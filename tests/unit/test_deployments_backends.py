@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cluster.repository.examples import onnx_add_sub, onnx_mlp
-from cluster.repository.stores import LocalStore, UploadedModel
+from cluster.repository.local_store import LocalStore
+from cluster.repository.uploaded import UploadedModel
 from deployments.config import ConfigError, ModelConfig
 from deployments.errors import ErrorCode, InferenceError
 from deployments.runner import ModelRunner

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from cluster.repository.examples import onnx_mlp
-from cluster.repository.stores import LocalStore
+from cluster.repository.local_store import LocalStore
 from deployments.runner import ModelRunner
 from tests.conftest import write_model
 from tests.integration.conftest import serve_repository

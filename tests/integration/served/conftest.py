@@ -8,7 +8,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from cluster.repository.examples import onnx_mlp
-from cluster.repository.stores import LocalStore
+from cluster.repository.local_store import LocalStore
 from deployments.runner import ModelRunner
 from tests.conftest import copy_example_repository, write_model
 from tests.integration.conftest import serve_repository
