@@ -1,20 +1,27 @@
-# The two commands of the README, and `make bench` (the benchmark comparison). Torch is pinned to the CPU
-# build that this project's machines keep on disk; elsewhere set TORCH, e.g. make test TORCH='torch>=2.1'.
+# The two commands of the README, and `make bench` (the benchmark comparison). Everything installs into the
+# project's own virtual environment, .venv (a stock Debian/Ubuntu Python refuses pip installs outside one,
+# PEP 668); `source .venv/bin/activate` puts `ric` on PATH afterwards. Torch is pinned to the CPU build that
+# this project's machines keep on disk; elsewhere set TORCH, e.g. make test TORCH='torch>=2.1'.
 PYTHON ?= python3
+VENV ?= .venv
 TORCH ?= torch==2.13.0
+BIN = $(VENV)/bin
 
 .PHONY: install test serve bench
 
-install:
-	$(PYTHON) -m pip install -q -e '.[test,torch]' '$(TORCH)'
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2; exit 1; }
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,torch]' '$(TORCH)'
 	bash benchmarks/install_perf_analyzer.sh
 
 test: install
-	$(PYTHON) -m pytest
+	$(BIN)/python -m pytest
 
 serve: install
-	ric serve
+	$(BIN)/ric serve
 
 bench: install
-	$(PYTHON) -m pip install -q -e '.[bench]'
-	$(PYTHON) benchmarks/compare.py
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/compare.py

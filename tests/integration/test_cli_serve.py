@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import requests
@@ -20,7 +22,7 @@ def test_ric_serve_serves_the_example_repository_until_sigterm():
     http_port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
     process = subprocess.Popen(
-        ["ric", "serve", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--num-cpus", "4"],
+        [str(Path(sys.executable).parent / "ric"), "serve", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--num-cpus", "4"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )
     lines: list[str] = []
