@@ -4,6 +4,8 @@
 - ``cluster.repository``: model stores (local, S3), the sync deployment, models loaded at run time, the
   example repository.
 - ``cluster.cli``: the ``ric`` command line and its tools (``ric serve``, ``ric perf``).
+- ``cluster.client``: ``connect()`` for other Ray jobs, numpy in and out (imports ``cluster.names`` only).
+- ``cluster.names``: the Serve names of an application's parts, shared by all of the above.
 
 Imports run one way: ``cli`` -> ``app`` -> ``protocol`` -> ``repository`` -> ``ensembles`` -> ``deployments``.
 """

@@ -8,11 +8,13 @@ with the typed :class:`AppArgs`; ``ric serve`` calls it directly.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from cluster.names import INGRESS_NAME, RESERVED_NAMES, STATISTICS_NAME, SYNC_NAME
 from cluster.repository.examples import EXAMPLE, example_repository
 from cluster.protocol.ingress import Ingress, IngressOptions
 from cluster.repository.model_apps import deployment_options
@@ -26,10 +28,6 @@ from ensembles.graph import check_graph, is_ensemble, scheduling
 
 logger = logging.getLogger(__name__)
 
-INGRESS_NAME = "ric-ingress"
-STATISTICS_NAME = "ric-statistics"
-SYNC_NAME = "ric-sync"
-RESERVED_NAMES = (INGRESS_NAME, STATISTICS_NAME, SYNC_NAME)
 #: The ingress only waits on model handles, so it may hold many requests at once.
 INGRESS_MAX_ONGOING_REQUESTS = 1024
 
@@ -137,10 +135,9 @@ def bind_ensembles(ensembles: dict[str, ModelConfig], bound: dict, failed: dict[
             return
 
 
-def build(args: AppArgs) -> Application:
-    """Build the application for a repository: the Ingress and one Model deployment per model."""
-    if isinstance(args, dict):
-        args = AppArgs.model_validate(args)
+def select_models(args: AppArgs) -> tuple[object, dict[str, ModelConfig], dict[str, str]]:
+    """The repository's store, the configs of the models the application serves, and the reason for each
+    selected model that cannot be served."""
     root = example_repository() if args.repository == EXAMPLE else args.repository
     store = open_store(str(root))
     configs, failed = read_configs(store)
@@ -151,6 +148,37 @@ def build(args: AppArgs) -> Application:
         selected = with_ensemble_steps(set(args.models), configs)
         configs = {n: c for n, c in configs.items() if n in selected}
         failed = {n: r for n, r in failed.items() if n in selected}
+    return store, configs, failed
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one deployment of the application asks Ray for when it starts."""
+
+    deployment: str
+    replicas: int
+    num_cpus: float  # per replica
+    num_gpus: float  # per replica
+
+
+def reservations(args: AppArgs) -> list[Reservation]:
+    """Every deployment the application starts with, and its reservation (without deploying anything)."""
+    if isinstance(args, dict):
+        args = AppArgs.model_validate(args)
+    _, configs, _ = select_models(args)
+    found = [Reservation(INGRESS_NAME, args.ingress_replicas, args.replica_num_cpus, 0.0)]
+    for name, config in sorted(configs.items()):
+        options = deployment_options(config, args)
+        actor = options["ray_actor_options"]
+        found.append(Reservation(name, options["num_replicas"], actor["num_cpus"], actor.get("num_gpus", 0.0)))
+    return found
+
+
+def build(args: AppArgs) -> Application:
+    """Build the application for a repository: the Ingress and one Model deployment per model."""
+    if isinstance(args, dict):
+        args = AppArgs.model_validate(args)
+    store, configs, failed = select_models(args)
     statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind()
     plain = {name: config for name, config in configs.items() if not is_ensemble(config)}
     steps = frozenset(step.model_name for config in configs.values() if is_ensemble(config)

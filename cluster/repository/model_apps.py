@@ -28,18 +28,14 @@ from ray.serve._private.common import DeploymentID
 from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
+from cluster.names import model_app_name
 from deployments.config import ModelConfig
 from deployments.errors import InferenceError, invalid
 from deployments.model import Model
 from ensembles.ensemble import Ensemble
 
-SEPARATOR = "-model-"
 #: How often a deployment's progress is read while a load waits for it.
 STATUS_INTERVAL_S = 0.5
-
-
-def app_name(parent: str, model: str) -> str:
-    return f"{parent}{SEPARATOR}{model}"
 
 
 def deployment_options(config: ModelConfig, args: Any) -> dict:
@@ -73,7 +69,7 @@ def ensemble_application(config: ModelConfig, steps: dict[str, DeploymentHandle]
 
 def deploy(parent: str, model: str, application: Application) -> str:
     """Start deploying a model as its own application (without waiting for it); returns the app's name."""
-    name = app_name(parent, model)
+    name = model_app_name(parent, model)
     serve._run(application, _blocking=False, name=name, route_prefix=None)
     return name
 
@@ -92,7 +88,7 @@ def state(name: str) -> tuple[str, str]:
 
 def deployed(parent: str) -> dict[str, str]:
     """The models deployed as applications of their own beside ``parent``: model -> application name."""
-    prefix = app_name(parent, "")
+    prefix = model_app_name(parent, "")
     return {name.removeprefix(prefix): name for name in serve.status().applications if name.startswith(prefix)}
 
 

@@ -12,7 +12,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from cluster.app import AppArgs, build
-from cluster.cli.main import APP_NAME
+from cluster.names import APP_NAME
 from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
 from tests.integration.conftest import free_port, wait_for

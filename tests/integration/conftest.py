@@ -14,7 +14,7 @@ import requests
 from ray import serve
 
 from cluster.app import AppArgs, build
-from cluster.cli.main import APP_NAME
+from cluster.names import APP_NAME
 from cluster.protocol.grpc_service import SERVICER_FUNCTION
 
 

@@ -11,7 +11,7 @@ import pytest
 import ray
 from ray import serve
 
-from cluster.cli.main import APP_NAME
+from cluster.names import APP_NAME
 from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
 from tests.integration.conftest import serve_repository

@@ -1,55 +1,207 @@
-"""The README's serve command, as a user runs it: ``ric serve`` starts a local Ray with the fastest ingress,
-serves the example repository over HTTP and gRPC, prints its URLs, and SIGTERM (as Ctrl-C) shuts everything
-down."""
+"""``ric serve`` and the README's ways to reach it, as a user runs them: the ric script in a clean environment
+(no RAY_* variables; a HOME of its own), the README's handle snippet pasted into another clean shell and
+submitted as a Ray job, then a stop by a signal to the whole process group (as docker stop and systemd
+send it) that leaves no process and no port behind, so that a second ``ric serve`` starts on the same ports.
+A repository that cannot fit fails at once, naming what does not fit."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
+import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
+from cluster.repository.examples import onnx_add_sub
+from tests.conftest import REPO_ROOT, write_model
 from tests.integration.conftest import free_port, wait_for
 
+BIN = Path(sys.executable).parent
 
-def test_ric_serve_serves_the_example_repository_until_sigterm():
-    http_port, grpc_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ric"), "serve", "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--num-cpus", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_for(lambda: any(line.startswith("ric: serving") for line in lines) or process.poll() is not None,
-                 timeout_s=240, what="ric serve to say it is serving")
-        assert requests.get(f"{url}/v2/health/ready", timeout=30).ok
-        body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["ray"]}]}
-        response = requests.post(f"{url}/v2/models/text_stats/infer", json=body, timeout=30)
-        assert response.status_code == 200 and response.json()["outputs"][0]["data"] == ["RAY"]
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        x = grpcclient.InferInput("INPUT__0", [1, 4], "FP32")
-        x.set_data_from_numpy(np.ones((1, 4), np.float32))
-        assert client.infer("linear_torch", [x]).as_numpy("OUTPUT__0").shape == (1, 2)
-    finally:
-        process.send_signal(signal.SIGTERM)  # what docker stop and Kubernetes send; Ctrl-C takes the same path
+
+@dataclass
+class RicServe:
+    """A ``ric serve`` process with its output collected as it comes."""
+
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def wait_serving(self) -> None:
+        wait_for(lambda: "ric: serving" in self.output or self.process.poll() is not None, timeout_s=240,
+                 what="ric serve to say it is serving")
+        assert "ric: serving" in self.output, self.output[-3000:]
+
+    def stop_group(self) -> float:
+        """SIGTERM to the whole process group; wait (bounded) for ric serve to exit."""
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=120)
+            self.process.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        reader.join(timeout=30)
-    output = "".join(lines)
-    assert process.returncode == 0, output[-3000:]
-    assert f"ric: serving example at {url}/v2 and gRPC 127.0.0.1:{grpc_port}" in output
-    assert "ingress: haproxy" in output
-    assert "ric: shutting down" in output
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+        return float(re.search(r"ric: stopped in ([\d.]+) s", self.output).group(1))
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """What a new shell has: a PATH without the venv, a HOME; nothing of Ray's or the tests'."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), **extra}
+
+
+def start_ric(home: Path, *args: str, http_port: int | None = None, grpc_port: int | None = None) -> RicServe:
+    http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
+    process = subprocess.Popen(
+        [str(BIN / "ric"), "serve", *args, "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(home), start_new_session=True,
+    )
+    server = RicServe(process, http_port, grpc_port)
+    threading.Thread(target=lambda: server.lines.extend(process.stdout), daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def dashboard_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def ric(home, dashboard_port):
+    server = start_ric(home, "--dashboard-port", str(dashboard_port))
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.stop_group()
+
+
+def readme_handle_snippet() -> str:
+    """The first Python block of the README's section on other Ray jobs, as written."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### 3. From another Ray job"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def assert_simple_answer(output: str) -> None:
+    assert "'OUTPUT0': array([[ 0,  2,  4,  6,  8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]]" in output, output
+    assert "'OUTPUT1': array([[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]" in output, output
+
+
+def test_ric_serve_shows_progress_and_serves_http_and_grpc(ric):
+    assert re.search(r"ric: \d+/\d+ deployments ready", ric.output)
+    assert "ric: 6 models ready: detect_classify, detector, linear_torch, mlp, simple, text_stats" in ric.output
+    assert f"ric: serving example at {ric.url}/v2 and gRPC 127.0.0.1:{ric.grpc_port}" in ric.output
+    assert "ingress: haproxy" in ric.output
+    assert requests.get(f"{ric.url}/v2/health/ready", timeout=30).ok
+    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["ray"]}]}
+    response = requests.post(f"{ric.url}/v2/models/text_stats/infer", json=body, timeout=30)
+    assert response.status_code == 200 and response.json()["outputs"][0]["data"] == ["RAY"]
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ric.grpc_port}")
+    x = grpcclient.InferInput("INPUT__0", [1, 4], "FP32")
+    x.set_data_from_numpy(np.ones((1, 4), np.float32))
+    assert client.infer("linear_torch", [x]).as_numpy("OUTPUT__0").shape == (1, 2)
+
+
+def test_readme_handle_snippet_in_a_clean_shell(ric, home):
+    done = subprocess.run([sys.executable, "-c", readme_handle_snippet()], env=clean_env(home),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_simple_answer(done.stdout)
+
+
+def test_readme_snippet_as_a_ray_job(ric, home, dashboard_port, tmp_path):
+    (tmp_path / "my_job.py").write_text(readme_handle_snippet())
+    done = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--working-dir", ".",
+         "--", "python", "my_job.py"],
+        env=clean_env(home, RAY_AUTH_MODE="token"), cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert_simple_answer(done.stdout)
+
+
+def test_client_async_calls_and_errors(ric, home):
+    code = """
+import asyncio
+import numpy as np
+from cluster.client import connect
+from deployments.errors import InferenceError
+
+client = connect()
+print("MODELS", sorted(client.models()))
+simple = client.model("simple")
+x = np.ones((1, 16), np.int32)
+print("ASYNC", asyncio.run(simple.infer_async({"INPUT0": x, "INPUT1": x}))["OUTPUT0"].tolist())
+try:
+    simple.infer({"INPUT0": x.astype(np.float64), "INPUT1": x})
+except InferenceError as exc:
+    print("ERROR", exc)
+try:
+    client.model("nope")
+except KeyError as exc:
+    print("UNKNOWN", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(home), capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MODELS ['detect_classify', 'detector', 'linear_torch', 'mlp', 'simple', 'text_stats']" in done.stdout
+    assert "ASYNC [[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]]" in done.stdout
+    assert "ERROR" in done.stdout and "FP64" in done.stdout
+    assert "serves no model 'nope'" in done.stdout
+
+
+def test_a_group_signal_stops_everything_and_a_second_serve_starts(ric, home, dashboard_port):
+    below = psutil.Process(ric.process.pid).children(recursive=True)
+    assert any(p.name() == "haproxy" for p in below), [p.name() for p in below]
+    seconds = ric.stop_group()
+    print(f"ric serve stopped in {seconds} s by its own clock")
+    assert ric.process.returncode == 0, ric.output[-3000:]
+    assert not [p for p in below if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not (home / ".ric" / "serve.json").exists()
+    again = start_ric(home, "--dashboard-port", str(dashboard_port), http_port=ric.http_port,
+                      grpc_port=ric.grpc_port)
+    try:
+        again.wait_serving()
+        assert requests.get(f"{again.url}/v2/health/ready", timeout=30).ok
+    finally:
+        again.stop_group()
+    assert again.process.returncode == 0, again.output[-3000:]
+
+
+def test_a_repository_that_cannot_fit_fails_at_once_naming_it(home, tmp_path):
+    repository = tmp_path / "repository"
+    write_model(repository, "plain", "", {"1/model.onnx": onnx_add_sub()})
+    write_model(repository, "big_gpu", 'instance_group [ { count: 2, kind: KIND_GPU } ]\n'
+                'parameters { key: "gpu_fraction" value { string_value: "0.5" } }\n', {"1/model.onnx": onnx_add_sub()})
+    done = subprocess.run([str(BIN / "ric"), "serve", str(repository), "--no-dashboard", "--http-port",
+                           str(free_port()), "--grpc-port", str(free_port())],
+                          env=clean_env(home), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "do not fit this Ray cluster" in done.stderr
+    assert "'big_gpu': 2 of 2 replicas cannot be placed (each asks CPU 0.25, GPU 0.5)" in done.stderr
+    assert "--num-gpus" in done.stderr and "gpu_fraction" in done.stderr
+    assert "'plain'" not in done.stderr

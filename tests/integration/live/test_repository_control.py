@@ -87,7 +87,7 @@ def test_a_model_new_to_the_repository_loads_beside_the_others_and_unloads_freei
     import tritonclient.http as httpclient
     from ray import serve
 
-    from cluster.cli.main import APP_NAME
+    from cluster.names import APP_NAME
 
     root, endpoints = served
     server = endpoints.http
@@ -169,7 +169,7 @@ def test_an_ensemble_new_to_the_repository_loads_with_its_new_step_model(served)
     import tritonclient.http as httpclient
     from ray import serve
 
-    from cluster.cli.main import APP_NAME
+    from cluster.names import APP_NAME
 
     root, endpoints = served
     client = httpclient.InferenceServerClient(endpoints.http.removeprefix("http://"))
@@ -209,7 +209,7 @@ def test_a_load_with_files_serves_the_model_from_them(served):
     from ray import serve
     from tritonclient.utils import InferenceServerException
 
-    from cluster.cli.main import APP_NAME
+    from cluster.names import APP_NAME
 
     _, endpoints = served
     client = grpcclient.InferenceServerClient(endpoints.grpc)
@@ -259,7 +259,7 @@ def test_models_loaded_later_survive_a_sync_restart_and_go_with_the_application(
     from ray import serve
 
     from cluster.app import SYNC_NAME
-    from cluster.cli.main import APP_NAME
+    from cluster.names import APP_NAME
 
     root, endpoints = served
     client = httpclient.InferenceServerClient(endpoints.http.removeprefix("http://"))

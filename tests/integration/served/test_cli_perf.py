@@ -9,7 +9,7 @@ import sys
 
 import ray
 
-from cluster.cli.main import APP_NAME
+from cluster.names import APP_NAME
 
 
 def run_perf(endpoints, tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:

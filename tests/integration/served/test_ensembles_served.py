@@ -11,7 +11,7 @@ import requests
 import tritonclient.grpc as grpcclient
 from ray import serve
 
-from cluster.cli.main import APP_NAME
+from cluster.names import APP_NAME
 from tests.integration.conftest import wait_for
 from tests.integration.served.conftest import local
 

@@ -69,7 +69,7 @@ def test_http_requests_run_in_the_ingress_copy_of_a_colocated_model(server):
     count every one (the Ingress's copy reports them)."""
     from ray import serve
 
-    from cluster.cli.main import APP_NAME
+    from cluster.names import APP_NAME
 
     def own_count() -> int:  # the deployment replica's own statistics (simple has one replica)
         return serve.get_deployment_handle("simple", app_name=APP_NAME).statistics.remote().result()[1][

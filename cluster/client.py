@@ -1,0 +1,190 @@
+"""Models of a running ``ric serve`` (or a ``serve deploy``-ed application) from another Ray job.
+
+    from cluster.client import connect
+    simple = connect().model("simple")
+    simple.infer({"INPUT0": x, "INPUT1": x})          # dict of numpy arrays -> dict of numpy arrays
+
+A local ``ric serve`` keeps its Ray on 127.0.0.1 and Ray turns token authentication on for it, so a plain
+``ray.init(address=...)`` from another shell would look for its node at the machine's other address and
+then be refused without the token. ``ric serve`` therefore writes what a client needs (Ray address, node
+address, authentication, application) to ``~/.ric/serve.json`` (``RIC_STATE_DIR``), and :func:`connect`
+reads it and joins with those settings. Inside a Ray job (``ray job submit``, or after ``ray.init``),
+``connect`` uses that job's cluster.
+
+Calls run on the client's own event loop thread, so synchronous ``infer`` works in any process (with
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` set, as on a cluster started for speed, Serve's synchronous
+``result()`` needs a running loop) and ``infer_async`` works in the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cluster.names import APP_NAME, MODEL_APP_SEPARATOR, RESERVED_NAMES
+
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """What ``ric serve`` tells clients on the same machine about the cluster it runs."""
+
+    address: str  # Ray's GCS address
+    node_ip: str  # the address the local Ray's nodes use (127.0.0.1 for ric serve's own)
+    auth_mode: str  # Ray's RAY_AUTH_MODE: "token" or "disabled"
+    app: str
+    http: str
+    grpc: str
+    pid: int
+
+
+def state_file() -> Path:
+    return Path(os.environ.get("RIC_STATE_DIR", Path.home() / ".ric")).expanduser() / "serve.json"
+
+
+def write_record(record: ServerRecord) -> Path:
+    """Write the record (readable by this user only: it points at a cluster that runs code)."""
+    path = state_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(asdict(record)))
+    staging.chmod(0o600)
+    os.replace(staging, path)
+    return path
+
+
+def remove_record(pid: int) -> None:
+    """Remove the record if it is this process's (a later ric serve may have replaced it)."""
+    record = read_record()
+    if record is not None and record.pid == pid:
+        state_file().unlink(missing_ok=True)
+
+
+def read_record() -> ServerRecord | None:
+    try:
+        return ServerRecord(**json.loads(state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def connect(address: str | None = None, app: str | None = None) -> "Client":
+    """Join the cluster that serves the models, and return a :class:`Client` for application ``app``.
+
+    Which cluster: the one this process already joined (``ray.init`` done, or a ``ray job submit``
+    driver, where ``RAY_ADDRESS`` is set), else ``address``, else the running ``ric serve``'s. Raises
+    ``ConnectionError`` saying what to do when there is none.
+    """
+    import ray
+
+    record = read_record()
+    if record is not None and not _running(record.pid):
+        record = None
+    if not ray.is_initialized():
+        if address is None and os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        elif address is None and record is None:
+            raise ConnectionError(
+                f"no running 'ric serve' found ({state_file()} is missing or stale): start one, or pass "
+                "connect(address='<ray address>') for a cluster started otherwise"
+            )
+        else:
+            _join(address or record.address, record if address in (None, getattr(record, "address", None)) else None)
+    return Client(app or (record.app if record else APP_NAME))
+
+
+def _join(address: str, record: ServerRecord | None) -> None:
+    """``ray.init`` with the node address and authentication the recorded server uses.
+
+    Ray reads both settings from the environment once (the loopback one when ``ray`` is imported, the
+    authentication mode into its cached config), so they are set here and the values Ray already read are
+    refreshed: the user may well have imported ``ray`` before calling :func:`connect`.
+    """
+    import ray
+
+    if record is not None and record.node_ip == "127.0.0.1":
+        # Else Ray rewrites 127.0.0.1 in the address to this machine's other address and never connects.
+        from ray._private import ray_constants
+
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    if record is not None and record.auth_mode == "token" and "RAY_AUTH_MODE" not in os.environ:
+        from ray._raylet import Config
+
+        os.environ["RAY_AUTH_MODE"] = "token"  # the token itself is read from ~/.ray/auth_token
+        Config.initialize("")
+    node_ip = record.node_ip if record is not None else None
+    ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False)
+
+
+class Client:
+    """Handles to the models of one application, found by name (models loaded later included)."""
+
+    def __init__(self, app: str = APP_NAME):
+        self.app = app
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ric-client", daemon=True)
+        self._thread.start()
+
+    def models(self) -> dict[str, str]:
+        """Every model and ensemble deployment the application serves, with the Serve application holding it."""
+        from ray import serve
+
+        found = {}
+        for name, status in serve.status().applications.items():
+            if name == self.app or name.startswith(self.app + MODEL_APP_SEPARATOR):
+                for deployment in status.deployments:
+                    if deployment not in RESERVED_NAMES:
+                        found[deployment] = name
+        return found
+
+    def model(self, name: str) -> "ModelClient":
+        """A model's handle; ``KeyError`` naming the models there are when the application has no such model."""
+        from ray import serve
+
+        models = self.models()
+        if name not in models:
+            raise KeyError(f"application '{self.app}' serves no model '{name}'; it serves {sorted(models)}")
+        return ModelClient(name, serve.get_deployment_handle(name, app_name=models[name]), self._loop)
+
+
+class ModelClient:
+    """One model: ``infer`` (blocking) and ``infer_async``, a dict of numpy arrays in and out.
+
+    A bad request raises ``deployments.errors.InferenceError`` with the message HTTP clients get.
+    ``handle`` is the plain Serve ``DeploymentHandle`` for everything else.
+    """
+
+    def __init__(self, name: str, handle: Any, loop: asyncio.AbstractEventLoop):
+        self.name = name
+        self.handle = handle
+        self._loop = loop
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+              version: int | None = None, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version), self._loop)
+        return future.result(timeout_s)
+
+    async def infer_async(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+                          version: int | None = None) -> dict[str, np.ndarray]:
+        future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version), self._loop)
+        return await asyncio.wrap_future(future)
+
+    async def _call(self, inputs, outputs, version):
+        return await self.handle.infer.remote(inputs, outputs, version)
