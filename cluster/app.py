@@ -170,7 +170,7 @@ def reservations(args: AppArgs) -> list[Reservation]:
     for name, config in sorted(configs.items()):
         options = deployment_options(config, args)
         actor = options["ray_actor_options"]
-        found.append(Reservation(name, options["num_replicas"], actor["num_cpus"], actor.get("num_gpus", 0.0)))
+        found.append(Reservation(name, config.replicas(), actor["num_cpus"], actor.get("num_gpus", 0.0)))
     return found
 
 
@@ -189,9 +189,13 @@ def build(args: AppArgs) -> Application:
         for name, config in plain.items()
     }
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
-    options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes)
+    on_demand = frozenset(name for name, config in configs.items()
+                          if config.autoscaling is not None and config.autoscaling.min_replicas == 0)
+    options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes,
+                             on_demand=on_demand)
+    # A model that autoscales keeps to its own deployment: copies in the ingress would not follow its load.
     colocated = {name: (config, store) for name, config in plain.items()
-                 if args.colocate and not config.gpus_per_replica()}
+                 if args.colocate and not config.gpus_per_replica() and config.autoscaling is None}
     return Ingress.options(
         name=INGRESS_NAME,
         num_replicas=args.ingress_replicas,

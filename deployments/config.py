@@ -6,7 +6,7 @@ Triton would name it; fields we do not model (``optimization``, ``model_warmup``
 and written back unchanged, so a config round-trips.
 
 Ray-specific additions live where Triton leaves room for them: ``parameters`` (``gpu_fraction``,
-``num_cpus``) and, in YAML, ``instance_group[].gpu_fraction``.
+``num_cpus``, ``autoscaling.<field>``) and, in YAML, ``instance_group[].gpu_fraction`` and ``autoscaling``.
 """
 
 from __future__ import annotations
@@ -147,6 +147,33 @@ class VersionPolicy(_Mirror):
         return ordered[-self.latest.num_versions :]
 
 
+class Autoscaling(_Mirror):
+    """Replica autoscaling (ric extension), mapped onto Serve's ``autoscaling_config``: replicas follow the
+    requests each one has in flight or queued. YAML: ``autoscaling: {min_replicas: 1, ...}``; pbtxt:
+    ``parameters { key: "autoscaling.min_replicas" value { string_value: "1" } }``, one per field."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas; 0 scales to zero when idle (the "
+                                                           "first request then waits for a replica).")
+    max_replicas: int = Field(default=4, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(default=2.0, gt=0, description="Requests in flight or queued per "
+                                                                         "replica that the autoscaler aims for.")
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="How long load must stay high before adding.")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="How long load must stay low before removing.")
+    look_back_period_s: float = Field(default=30.0, gt=0, description="Window the load is averaged over.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+    def serve_config(self) -> dict[str, float]:
+        return self.model_dump()
+
+
+AUTOSCALING_PREFIX = "autoscaling."
+
+
 class ModelParameter(_Mirror):
     string_value: str = ""
 
@@ -170,6 +197,7 @@ class ModelConfig(BaseModel):
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     default_model_filename: str = ""
     parameters: dict[str, ModelParameter] = Field(default_factory=dict)
+    autoscaling: Autoscaling | None = Field(default=None, description="Replica autoscaling (ric extension).")
 
     def parameter(self, key: str, default: str | None = None) -> str | None:
         """A string parameter's value, or ``default``."""
@@ -186,7 +214,10 @@ class ModelConfig(BaseModel):
         return self.max_batch_size > 0
 
     def replicas(self) -> int:
-        """Serve replicas: the instance counts added up (one instance when no group is given)."""
+        """Serve replicas to start with: the instance counts added up (one instance when no group is given),
+        or the autoscaling minimum."""
+        if self.autoscaling is not None:
+            return self.autoscaling.min_replicas
         return sum(group.count for group in self.instance_group) or 1
 
     def gpus_per_replica(self) -> float:
@@ -201,6 +232,8 @@ class ModelConfig(BaseModel):
         data = self.model_dump(mode="json", exclude_none=True)
         for group in data["instance_group"]:
             group.pop("gpu_fraction", None)
+        for key, value in (data.pop("autoscaling", None) or {}).items():
+            data["parameters"][AUTOSCALING_PREFIX + key] = {"string_value": f"{value:g}"}
         if self.gpus_per_replica() and "gpu_fraction" not in self.parameters:
             data["parameters"]["gpu_fraction"] = {"string_value": str(self.gpus_per_replica())}
         return data
@@ -238,6 +271,20 @@ class ModelConfig(BaseModel):
                     )
 
 
+def _autoscaling(parameters: dict[str, Any], yaml_form: Any, source: str) -> dict[str, Any] | None:
+    """The autoscaling fields from YAML's ``autoscaling`` mapping or the ``autoscaling.<field>`` parameters
+    (which are taken out of ``parameters``); an unknown field is refused by name."""
+    from_parameters = {key.removeprefix(AUTOSCALING_PREFIX): parameters.pop(key).get("string_value", "")
+                       for key in [k for k in parameters if k.startswith(AUTOSCALING_PREFIX)]}
+    if yaml_form is not None and not isinstance(yaml_form, dict):
+        raise ConfigError(source, "autoscaling", "must be a mapping of fields")
+    fields = {**from_parameters, **(yaml_form or {})}
+    unknown = sorted(set(fields) - set(Autoscaling.model_fields))
+    if unknown:
+        raise ConfigError(source, f"autoscaling.{unknown[0]}", f"unknown field; known: {sorted(Autoscaling.model_fields)}")
+    return fields if yaml_form is not None or from_parameters else None
+
+
 def _count(dims: list[int]) -> int:
     total = 1
     for d in dims:
@@ -262,16 +309,17 @@ def parse_yaml(text: str, source: str, folder_name: str | None = None) -> ModelC
         raise ConfigError(source, "", f"invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(source, "", "the config must be a mapping of fields")
-    # gpu_fraction is ours, not Triton's: take it out before protobuf checks the rest.
+    # gpu_fraction and autoscaling are ours, not Triton's: take them out before protobuf checks the rest.
     fractions = {}
     for i, group in enumerate(data.get("instance_group") or []):
         if isinstance(group, dict) and "gpu_fraction" in group:
             fractions[i] = group.pop("gpu_fraction")
+    autoscaling = data.pop("autoscaling", None)
     try:
         message = json_format.ParseDict(data, model_config_pb2.ModelConfig())
     except json_format.ParseError as exc:
         raise ConfigError(source, "", str(exc)) from None
-    return _from_proto(message, fractions, source, folder_name)
+    return _from_proto(message, fractions, source, folder_name, autoscaling)
 
 
 def load_config(folder: Path) -> ModelConfig:
@@ -284,11 +332,13 @@ def load_config(folder: Path) -> ModelConfig:
 
 
 def _from_proto(
-    message: model_config_pb2.ModelConfig, fractions: dict[int, Any], source: str, folder_name: str | None
+    message: model_config_pb2.ModelConfig, fractions: dict[int, Any], source: str, folder_name: str | None,
+    autoscaling: Any = None,
 ) -> ModelConfig:
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
     for i, fraction in fractions.items():
         data["instance_group"][i]["gpu_fraction"] = fraction
+    data["autoscaling"] = _autoscaling(data.get("parameters", {}), autoscaling, source)
     try:
         config = ModelConfig.model_validate(data)
     except ValidationError as exc:

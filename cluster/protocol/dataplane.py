@@ -31,6 +31,7 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 NOT_LOADED = "not loaded"
+ON_DEMAND = "scaled to zero when idle: a request starts a replica"
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class DataPlane:
     """Server and model operations over the model deployments' handles."""
 
     def __init__(self, models: dict[str, Any], failed: dict[str, str], version: str, statistics: Any,
-                 sync: Any = None):
+                 sync: Any = None, on_demand: frozenset[str] = frozenset()):
         self.built, self.built_failed = dict(models), dict(failed)
         self.models = dict(models)  # the built ones and those loaded later
         self.failed = dict(failed)
@@ -50,6 +51,9 @@ class DataPlane:
         self.version = version
         self.collector = statistics  # handle of the StatisticsCollector
         self.sync = sync  # handle of the ModelStoreSync
+        # Models that autoscale from zero: a call to one starts a replica, so the fan-outs below (readiness,
+        # index, statistics) leave them out and report them ready to start on demand.
+        self.on_demand = on_demand
 
     def handle(self, model: str) -> Any:
         """The model's handle; unknown models are NOT_FOUND, models that failed to configure or are not
@@ -90,11 +94,15 @@ class DataPlane:
         """Strict readiness, as Triton's default: ready when every model in the repository is."""
         if self.failed:
             return False
-        return all(await asyncio.gather(*(h.ready.remote() for h in self._loaded().values())))
+        return all(await asyncio.gather(*(h.ready.remote() for h in self._awake().values())))
 
     def _loaded(self) -> dict[str, Any]:
         """The models' handles less the unloaded models' (which may have no replica to answer)."""
         return {name: h for name, h in self.models.items() if name not in self.unloaded}
+
+    def _awake(self) -> dict[str, Any]:
+        """The loaded models' handles less those that scale to zero (a call would wake them)."""
+        return {name: h for name, h in self._loaded().items() if name not in self.on_demand}
 
     async def infer(
         self, model: str, version: str | None, inputs: Tensors, outputs: list[str] | None,
@@ -118,8 +126,10 @@ class DataPlane:
         return await self.handle(model).model_config.remote()
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        rows = [row for rows in await asyncio.gather(*(h.index.remote() for h in self._loaded().values()))
+        rows = [row for rows in await asyncio.gather(*(h.index.remote() for h in self._awake().values()))
                 for row in rows]
+        rows += [{"name": m, "version": "", "state": "READY", "reason": ON_DEMAND}
+                 for m in sorted(self.on_demand & self._loaded().keys())]
         rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": UNLOADED} for m in sorted(self.unloaded)]
         rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": r} for m, r in self.failed.items()]
         rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": NOT_LOADED}
@@ -132,9 +142,11 @@ class DataPlane:
         """Triton's statistics for one model (one version) or all, summed over every replica."""
         if model:
             self.handle(model)
-        names = [model] if model else sorted(self._loaded())
+        names = [model] if model else sorted(self._awake())
         metadata = await asyncio.gather(*(self.models[name].metadata.remote() for name in names))
-        versions: dict[str, list[int]] = {}
+        versions: dict[str, list[int] | None] = {}
+        if not model:
+            versions.update({name: None for name in self.on_demand & self._loaded().keys()})  # as reported
         for name, meta in zip(names, metadata):
             if version:
                 if version not in meta["versions"]:

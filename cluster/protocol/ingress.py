@@ -37,6 +37,8 @@ class IngressOptions:
 
     version: str
     max_request_bytes: int
+    #: Models that scale to zero replicas when idle: readiness, index and statistics leave them asleep.
+    on_demand: frozenset[str] = frozenset()
 
 
 def json_response(message, status: int = 200) -> Response:
@@ -65,7 +67,7 @@ class Ingress(GrpcInferenceService):
         register_message_modules()
         local = {name: LocalHandle(ModelService(config, source, statistics, sync))
                  for name, (config, source) in (colocated or {}).items()}
-        self.plane = DataPlane({**models, **local}, failed, options.version, statistics, sync)
+        self.plane = DataPlane({**models, **local}, failed, options.version, statistics, sync, options.on_demand)
         self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None
         self.max_request_bytes = options.max_request_bytes
 

@@ -22,11 +22,14 @@ class StatisticsCollector:
     def report(self, model: str, replica: str, stats: dict[int, VersionStatistics]) -> None:
         self._reports[(model, replica)] = stats
 
-    def model_stats(self, versions: dict[str, list[int]]) -> list[dict[str, Any]]:
-        """Triton ``model_stats`` rows for the given models and versions, zero where nothing ran yet."""
+    def model_stats(self, versions: dict[str, list[int] | None]) -> list[dict[str, Any]]:
+        """Triton ``model_stats`` rows for the given models and versions (None: every version reported),
+        zero where nothing ran yet."""
         rows = []
         for model, model_versions in sorted(versions.items()):
             reports = [stats for (name, _), stats in self._reports.items() if name == model]
+            if model_versions is None:
+                model_versions = sorted({version for report in reports for version in report})
             for version in model_versions:
                 total = merged([r[version] for r in reports if version in r])
                 rows.append(total.to_triton(model, version))

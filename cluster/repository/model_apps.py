@@ -39,19 +39,22 @@ STATUS_INTERVAL_S = 0.5
 
 
 def deployment_options(config: ModelConfig, args: Any) -> dict:
-    """Serve options for a model (``args``: the builder's AppArgs): replicas from instance groups, GPUs per
-    replica, queue limit."""
+    """Serve options for a model (``args``: the builder's AppArgs): replicas from instance groups or an
+    autoscaling config, GPUs per replica, queue limit."""
     actor_options: dict = {"num_cpus": float(config.parameter("num_cpus") or args.replica_num_cpus)}
     gpus = config.gpus_per_replica()
     if gpus:
         actor_options["num_gpus"] = gpus
     options = {
         "name": config.name,
-        "num_replicas": config.replicas(),
         "ray_actor_options": actor_options,
         "max_ongoing_requests": args.max_ongoing_requests,
         "logging_config": {"enable_access_log": args.access_log},
     }
+    if config.autoscaling is not None:
+        options["autoscaling_config"] = config.autoscaling.serve_config()
+    else:
+        options["num_replicas"] = config.replicas()
     queue_policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
     if queue_policy and queue_policy.max_queue_size:
         options["max_queued_requests"] = queue_policy.max_queue_size

@@ -105,9 +105,11 @@ class ModelStoreSync:
                 await asyncio.to_thread(model_apps.delete, app)
 
     async def _adopt_scaled_down(self) -> None:
-        """Built models a previous replica scaled down to zero are unloaded."""
+        """Built models a previous replica scaled down to zero are unloaded (not those an autoscaler put at
+        zero, whose target is its own)."""
         targets = await asyncio.to_thread(model_apps.replicas, self.app)
-        self.scaled_down = {m for m in self.built if targets.get(m, (1, 1))[0] == 0}
+        self.scaled_down = {m for m in self.built if targets.get(m, (1, 1))[0] == 0
+                            and getattr(self.config(m), "autoscaling", None) is None}
         self.unloaded |= self.scaled_down
 
     def config(self, model: str) -> ModelConfig | None:
@@ -225,6 +227,8 @@ class ModelStoreSync:
         """Free an unloaded built model's replicas, unless an ensemble calls it (it then answers 503 there)."""
         if model not in self.built or model in self.steps or any(model in s for s in self.ensemble_steps.values()):
             return
+        if getattr(self.config(model), "autoscaling", None) is not None:
+            return  # its autoscaler owns the count: idle, it shrinks to min_replicas by itself
         if await self._rescale(model, 0):
             self.scaled_down.add(model)
 

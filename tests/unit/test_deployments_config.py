@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -195,3 +197,38 @@ def test_instance_groups_and_queue_policy_become_serve_options():
     options = deployment_options(cpu, AppArgs())
     assert options["num_replicas"] == 2 and "num_gpus" not in options["ray_actor_options"]
     assert options["ray_actor_options"]["num_cpus"] == 1.5
+
+
+def test_autoscaling_in_yaml_and_pbtxt_becomes_serve_autoscaling_config():
+    yaml_config = parse_yaml("autoscaling: {min_replicas: 0, max_replicas: 5, target_ongoing_requests: 3}\n",
+                             "a/config.yaml", "a")
+    pbtxt_config = parse_pbtxt(
+        'parameters { key: "autoscaling.min_replicas" value { string_value: "0" } }\n'
+        'parameters { key: "autoscaling.max_replicas" value { string_value: "5" } }\n'
+        'parameters { key: "autoscaling.target_ongoing_requests" value { string_value: "3" } }\n', "a/config.pbtxt", "a")
+    assert yaml_config.autoscaling == pbtxt_config.autoscaling
+    assert pbtxt_config.parameters == {}  # taken out of the parameters into the typed field
+    options = deployment_options(pbtxt_config, AppArgs())
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 5, "target_ongoing_requests": 3.0,
+                                             "upscale_delay_s": 30.0, "downscale_delay_s": 600.0,
+                                             "look_back_period_s": 30.0}
+    assert pbtxt_config.replicas() == 0
+    from ray.serve.config import AutoscalingConfig  # Serve's own schema accepts it as is
+    AutoscalingConfig(**options["autoscaling_config"])
+    # Triton's JSON form carries it as parameters, and reads back to the same config
+    again = parse_yaml(json.dumps(pbtxt_config.to_dict()), "a/config.yaml", "a")
+    assert again.autoscaling == pbtxt_config.autoscaling
+
+
+@pytest.mark.parametrize("text, field", [
+    ("autoscaling: {min_replica: 1}", "autoscaling.min_replica"),
+    ("autoscaling: {min_replicas: 4, max_replicas: 2}", "autoscaling"),
+    ("autoscaling: [1]", "autoscaling"),
+    ('parameters: {"autoscaling.max": {string_value: "3"}}', "autoscaling.max"),
+    ('parameters: {"autoscaling.max_replicas": {string_value: "many"}}', "autoscaling.max_replicas"),
+])
+def test_autoscaling_errors_name_the_field(text, field):
+    with pytest.raises(ConfigError) as error:
+        parse_yaml(text, "b/config.yaml", "b")
+    assert error.value.field == field

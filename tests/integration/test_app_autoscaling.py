@@ -1,0 +1,125 @@
+"""Replica autoscaling per model, mapped onto Serve's autoscaling_config: a load ramp over HTTP grows a
+model from one replica to more and idle time shrinks it back, with no failed request; a model with
+``min_replicas: 0`` sleeps at zero replicas (readiness, the index and statistics do not wake it) and its
+first request waits for a replica instead of failing. Both run with colocation on: a model that autoscales
+keeps to its own deployment."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import requests
+from ray import serve
+
+from cluster.names import APP_NAME
+from tests.conftest import write_model
+from tests.integration.conftest import serve_repository, wait_for
+
+SLOW = """
+import time
+
+def infer(inputs):
+    time.sleep(0.05)
+    return {"Y": inputs["X"] + 1}
+"""
+
+TENSORS = 'input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ] output [ { name: "Y", data_type: TYPE_FP32, dims: [ 1 ] } ]'
+FAST = "upscale_delay_s: 1, downscale_delay_s: 3, look_back_period_s: 2, target_ongoing_requests: 1"
+# Serve 2.60 compares look_back_period_s with its deprecated metrics_interval_s (10 s), not with the push
+# intervals set below; the short window is what makes this test quick.
+pytestmark = pytest.mark.filterwarnings("ignore:`look_back_period_s`:FutureWarning")
+
+BODY = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # Serve's handles and replicas push autoscaling metrics every 10 s unless told otherwise.
+    for name in ("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
+        os.environ[name] = "0.5"
+    root = tmp_path_factory.mktemp("repository")
+    write_model(root, "grow", "backend: python\nmax_batch_size: 4\n"
+                "input: [{name: X, data_type: TYPE_FP32, dims: [1]}]\noutput: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n"
+                f"autoscaling: {{min_replicas: 1, max_replicas: 3, {FAST}}}\n", {"1/model.py": SLOW},
+                config_name="config.yaml")
+    params = "".join(f'parameters {{ key: "autoscaling.{k}" value {{ string_value: "{v}" }} }}\n'
+                     for k, v in [("min_replicas", 0), ("max_replicas", 1), ("downscale_delay_s", 3),
+                                  ("upscale_delay_s", 0), ("look_back_period_s", 2)])
+    write_model(root, "sleepy", f'backend: "python"\nmax_batch_size: 4\n{TENSORS}\n{params}', {"1/model.py": SLOW})
+    try:
+        with serve_repository(root, num_cpus=4, colocate=True) as endpoints:
+            yield endpoints
+    finally:
+        for name in ("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
+            os.environ.pop(name, None)
+
+
+def running(model: str) -> int:
+    deployment = serve.status().applications[APP_NAME].deployments[model]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+class Load:
+    """Closed-loop HTTP clients that count answers and failures until stopped."""
+
+    def __init__(self, url: str, clients: int):
+        self.url, self.ok, self.failed, self.errors = url, 0, 0, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    response = session.post(self.url, json=BODY, timeout=60)
+                    if response.status_code == 200 and response.json()["outputs"][0]["data"] == [2.0]:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                        self.errors.append(response.text[:200])
+                except requests.RequestException as exc:
+                    self.failed += 1
+                    self.errors.append(repr(exc))
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=70)
+
+
+def test_a_load_ramp_grows_the_model_and_idle_time_shrinks_it(server):
+    assert running("grow") == 1
+    started = time.monotonic()
+    with Load(f"{server.http}/v2/models/grow/infer", clients=8) as load:
+        wait_for(lambda: running("grow") >= 2, timeout_s=120, what=lambda: f"grow to scale up: {running('grow')}")
+        grown = time.monotonic() - started
+        wait_for(lambda: load.ok > 50, timeout_s=60, what="answers from the grown model")
+    assert load.failed == 0, load.errors[:3]
+    idle = time.monotonic()
+    wait_for(lambda: running("grow") == 1 and serve.status().applications[APP_NAME].deployments["grow"]
+             .replica_states == {"RUNNING": 1}, timeout_s=120, what=lambda: f"grow to scale down: {running('grow')}")
+    print(f"scale-up {grown:.1f} s, scale-down {time.monotonic() - idle:.1f} s, {load.ok} answers, 0 failed")
+
+
+def test_a_model_at_zero_replicas_sleeps_until_a_request_wakes_it(server):
+    wait_for(lambda: running("sleepy") == 0, timeout_s=60, what="sleepy to start at zero replicas")
+    assert requests.get(f"{server.http}/v2/health/ready", timeout=30).status_code == 200
+    index = requests.post(f"{server.http}/v2/repository/index", json={}, timeout=30).json()
+    assert {"name": "sleepy", "version": "", "state": "READY",
+            "reason": "scaled to zero when idle: a request starts a replica"} in index
+    assert requests.get(f"{server.http}/v2/models/stats", timeout=30).ok
+    time.sleep(2)  # long enough for a stray call to have started a replica
+    assert running("sleepy") == 0
+    response = requests.post(f"{server.http}/v2/models/sleepy/infer", json=BODY, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == [2.0]
+    assert running("sleepy") == 1
+    wait_for(lambda: running("sleepy") == 0, timeout_s=120, what="sleepy to go back to zero")

@@ -1,0 +1,39 @@
+"""configs/kuberay/rayservice.yaml cannot drift from the code: its serveConfigV2 loads through Serve's own
+schema and the builder's argument model, and the cluster it asks for has the groups the README names."""
+
+from __future__ import annotations
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from cluster.app import AppArgs
+from cluster.protocol.grpc_service import SERVICER_FUNCTION
+from tests.conftest import REPO_ROOT
+
+
+def rayservice() -> dict:
+    return yaml.safe_load((REPO_ROOT / "configs" / "kuberay" / "rayservice.yaml").read_text())
+
+
+def test_serve_config_loads_through_serve_and_the_builder():
+    service = rayservice()
+    assert service["kind"] == "RayService"
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    assert schema.grpc_options.grpc_servicer_functions == [SERVICER_FUNCTION]
+    (app,) = schema.applications
+    assert app.import_path == "cluster.app:build" and app.route_prefix == "/"
+    assert app.external_scaler_enabled
+    args = AppArgs.model_validate(app.args)
+    assert args.repository.startswith("s3://")
+
+
+def test_the_cluster_autoscales_cpu_and_gpu_worker_groups():
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["rayVersion"] == __import__("ray").__version__
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu_limits["nvidia.com/gpu"] == "1"
+    assert groups["gpu"]["minReplicas"] == 0 < groups["gpu"]["maxReplicas"]
+    assert "nvidia.com/gpu" not in groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
