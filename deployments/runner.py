@@ -193,7 +193,7 @@ class ModelRunner:
             requested = validate_outputs(config, outputs)
             backend_inputs = to_backend_shapes(config, inputs)
         except InferenceError:
-            self.stats[number].fail.add(time.perf_counter_ns() - arrived)
+            self.stats[number].record_request(time.perf_counter_ns() - arrived, ok=False)
             raise
         with self._lock:
             self._in_flight[id(backend)] = self._in_flight.get(id(backend), 0) + 1
@@ -243,10 +243,8 @@ class ModelRunner:
         stats.record_execution(rows, len(group), input_ns, computed - start, (done - computed) // len(group))
         for request, result in zip(group, results):
             stats.queue.add(start - request.queued_ns)
-            if isinstance(result, Exception):
-                stats.fail.add(done - request.arrived_ns)
-            else:
-                stats.success.add(done - request.arrived_ns)
+            stats.record_request(done - request.arrived_ns, ok=not isinstance(result, Exception))
+            if not isinstance(result, Exception):
                 stats.inference_count += request.rows
 
     def metadata(self) -> dict[str, Any]:

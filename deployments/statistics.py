@@ -8,6 +8,7 @@ and ``compute_output`` (splitting outputs); ``batch_stats`` counts executions by
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,9 @@ logger = logging.getLogger(__name__)
 REPORT_DELAY_S = 0.5
 
 _STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+#: Upper bounds of the latency buckets of successful requests, in ns: 100 us to ~145 s, each 1.5x the last
+#: (a percentile read from them is off by less than half a bucket). The last bucket has no upper bound.
+LATENCY_BOUNDS_NS = tuple(int(100_000 * 1.5**i) for i in range(36))
 
 
 @dataclass
@@ -58,6 +62,16 @@ class VersionStatistics:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
+    #: Successful requests per latency bucket (``LATENCY_BOUNDS_NS``); not part of Triton's statistics.
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_NS) + 1))
+
+    def record_request(self, ns: int, ok: bool = True) -> None:
+        """One request's whole time in the replica: success (with its latency bucket) or failure."""
+        if not ok:
+            self.fail.add(ns)
+            return
+        self.success.add(ns)
+        self.latency[bisect.bisect_left(LATENCY_BOUNDS_NS, ns)] += 1
 
     def record_execution(self, rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One backend call over ``rows`` rows from ``requests`` requests."""
@@ -76,6 +90,7 @@ class VersionStatistics:
         self.execution_count += other.execution_count
         for stage in _STAGES:
             getattr(self, stage).merge(getattr(other, stage))
+        self.latency = [a + b for a, b in zip(self.latency, other.latency)]
         for size, theirs in other.batches.items():
             ours = self.batches.setdefault(size, BatchStatistics())
             for part in fields(BatchStatistics):
@@ -98,6 +113,21 @@ class VersionStatistics:
                 for size, batch in sorted(self.batches.items())
             ],
         }
+
+
+def percentile_ns(latency: list[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a latency histogram, interpolated within its bucket; None when empty."""
+    total = sum(latency)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for i, count in enumerate(latency):
+        if count and seen + count >= rank:
+            low = LATENCY_BOUNDS_NS[i - 1] if i else 0
+            high = LATENCY_BOUNDS_NS[i] if i < len(LATENCY_BOUNDS_NS) else low * 1.5
+            return low + (high - low) * (rank - seen) / count
+        seen += count
+    return float(LATENCY_BOUNDS_NS[-1])
 
 
 def merged(reports: list[VersionStatistics]) -> VersionStatistics:

@@ -91,12 +91,12 @@ class Ensemble(ServedModel):
         try:
             tensors = await self._run_graph(dict(inputs), parameters)
         except InferenceError:
-            self.stats.fail.add(time.perf_counter_ns() - start)
+            self.stats.record_request(time.perf_counter_ns() - start, ok=False)
             raise
         finally:
             self._reporter.schedule()
         elapsed = time.perf_counter_ns() - start
-        self.stats.success.add(elapsed)
+        self.stats.record_request(elapsed)
         self.stats.compute_infer.add(elapsed)
         self.stats.inference_count += rows
         self.stats.execution_count += 1

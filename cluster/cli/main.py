@@ -1,11 +1,12 @@
-"""The ``ric`` command line: ``ric serve [REPOSITORY]`` serves a model repository on Ray Serve."""
+"""The ``ric`` command line: ``ric serve [REPOSITORY]`` serves a model repository on Ray Serve, ``ric status``
+shows what it is doing, ``ric perf`` measures it."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from cluster.cli import perf
+from cluster.cli import perf, status
 from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, serve_repository
 from cluster.repository.examples import EXAMPLE
 
@@ -39,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
                            help="run CPU models inside the ingress replicas too, one hop less for HTTP and gRPC "
                                 "(default on; --no-colocate keeps each model in its own deployment only)")
+    status_cmd = commands.add_parser("status", help="what a running application is doing, per model",
+                                     description=status.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    status.add_arguments(status_cmd)
     perf_cmd = commands.add_parser("perf", help="measure a running server: throughput, latency, errors",
                                    description=perf.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     perf.add_arguments(perf_cmd)
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_repository(args)
     if args.command == "perf":
         return perf.main(args)
+    if args.command == "status":
+        return status.main(args)
     return 0
 
 

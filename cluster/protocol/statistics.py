@@ -22,6 +22,14 @@ class StatisticsCollector:
     def report(self, model: str, replica: str, stats: dict[int, VersionStatistics]) -> None:
         self._reports[(model, replica)] = stats
 
+    def merged(self) -> dict[str, dict[int, VersionStatistics]]:
+        """Every model's statistics per version, summed over its replicas (``ric status`` reads these)."""
+        found: dict[str, dict[int, list[VersionStatistics]]] = {}
+        for (model, _), stats in self._reports.items():
+            for version, report in stats.items():
+                found.setdefault(model, {}).setdefault(version, []).append(report)
+        return {model: {v: merged(r) for v, r in versions.items()} for model, versions in found.items()}
+
     def model_stats(self, versions: dict[str, list[int] | None]) -> list[dict[str, Any]]:
         """Triton ``model_stats`` rows for the given models and versions (None: every version reported),
         zero where nothing ran yet."""

@@ -6,6 +6,7 @@ A repository that cannot fit fails at once, naming what does not fit."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -172,6 +173,35 @@ except KeyError as exc:
     assert "ASYNC [[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]]" in done.stdout
     assert "ERROR" in done.stdout and "FP64" in done.stdout
     assert "serves no model 'nope'" in done.stdout
+
+
+def test_ric_status_shows_replicas_and_the_load_it_measures(ric, home):
+    stop = threading.Event()
+
+    def load():
+        with requests.Session() as session:
+            body = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
+                               for n in ("INPUT0", "INPUT1")]}
+            while not stop.is_set():
+                session.post(f"{ric.url}/v2/models/simple/infer", json=body, timeout=30)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    try:
+        done = subprocess.run([str(BIN / "ric"), "status", "--json", "--window", "2"], env=clean_env(home),
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = json.loads(done.stdout)
+    simple = status["models"]["simple"]
+    assert simple["status"] == "HEALTHY" and simple["replicas_by_node"] == {"127.0.0.1": 1}
+    assert simple["versions"]["1"]["requests_per_s"] > 0 and simple["versions"]["1"]["p99_ms"] > 0
+    assert set(status["models"]) == {"detect_classify", "detector", "linear_torch", "mlp", "simple", "text_stats"}
+    text = subprocess.run([str(BIN / "ric"), "status", "--window", "0.5"], env=clean_env(home),
+                          capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "REQ/S" in text.stdout and "text_stats" in text.stdout, text.stderr[-2000:]
 
 
 def test_a_group_signal_stops_everything_and_a_second_serve_starts(ric, home, dashboard_port):

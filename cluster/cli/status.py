@@ -1,0 +1,142 @@
+"""``ric status``: what a running application is doing, per model, in one screen (or ``--json``).
+
+For each model (and ensemble): Serve's status, versions with statistics, replicas per node, GPUs per
+replica, the autoscaling bounds and target, and, measured over a short window (``--window``, default 5 s),
+requests/s, p50 / p99 latency in the replica and mean queueing; then whatever is pending, with Serve's
+reason (replicas waiting for resources, failing constructors). It joins the cluster like
+:func:`cluster.client.connect` and reads Serve's own details and the application's statistics collector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from cluster.names import MODEL_APP_SEPARATOR, RESERVED_NAMES, STATISTICS_NAME
+from deployments.statistics import VersionStatistics, percentile_ns
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray address (default: the running ric serve's)")
+    parser.add_argument("--app", help="Serve application (default: the running ric serve's, else 'ric')")
+    parser.add_argument("--window", type=float, default=5.0,
+                        help="seconds over which request rates and latencies are measured (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def serve_details() -> dict[str, Any]:
+    # Serve's full per-replica details (node, state) have no public Python call, only the dashboard's REST
+    # route, which asks the controller through this same client.
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_details()
+
+
+def collector_snapshot(app: str) -> dict[str, dict[int, VersionStatistics]]:
+    from ray import serve
+
+    return serve.get_deployment_handle(STATISTICS_NAME, app_name=app).merged.remote().result(timeout_s=30)
+
+
+def window_numbers(before: VersionStatistics | None, after: VersionStatistics, seconds: float) -> dict[str, Any]:
+    """Requests/s, p50/p99 and mean queueing over the window between two cumulative snapshots."""
+    before = before or VersionStatistics()
+    requests = after.success.count - before.success.count
+    failures = after.fail.count - before.fail.count
+    latency = [a - b for a, b in zip(after.latency, before.latency)]
+    queued = after.queue.count - before.queue.count
+    p50, p99 = percentile_ns(latency, 0.5), percentile_ns(latency, 0.99)
+    return {
+        "requests_per_s": round(requests / seconds, 2),
+        "failures_per_s": round(failures / seconds, 2),
+        "p50_ms": None if p50 is None else round(p50 / 1e6, 2),
+        "p99_ms": None if p99 is None else round(p99 / 1e6, 2),
+        "queue_ms": round((after.queue.ns - before.queue.ns) / queued / 1e6, 2) if queued else None,
+        "requests_total": after.success.count,
+    }
+
+
+def collect(app: str, window: float) -> dict[str, Any]:
+    """The status of application ``app`` and the models loaded later beside it, as one JSON-able dict."""
+    first = collector_snapshot(app)
+    started = time.monotonic()
+    time.sleep(window)
+    second = collector_snapshot(app)
+    seconds = time.monotonic() - started
+    details = serve_details()
+    models, pending = {}, []
+    for app_name, app_details in sorted(details.get("applications", {}).items()):
+        if app_name != app and not app_name.startswith(app + MODEL_APP_SEPARATOR):
+            continue
+        for name, deployment in sorted(app_details.get("deployments", {}).items()):
+            config = deployment.get("deployment_config", {})
+            replicas = [r for r in deployment.get("replicas", [])]
+            running = Counter(r.get("node_ip", "?") for r in replicas if r.get("state") == "RUNNING")
+            starting = sum(1 for r in replicas if r.get("state") != "RUNNING")
+            state = str(getattr(deployment.get("status"), "value", deployment.get("status")))
+            message = deployment.get("message", "")
+            if message:
+                pending.append({"deployment": name, "application": app_name, "status": state, "reason": message})
+            if name in RESERVED_NAMES:
+                continue
+            autoscaling = config.get("autoscaling_config")
+            versions = second.get(name, {})
+            models[name] = {
+                "application": app_name,
+                "status": state,
+                "replicas_by_node": dict(running),
+                "replicas_starting": starting,
+                "target_replicas": deployment.get("target_num_replicas"),
+                "gpus_per_replica": config.get("ray_actor_options", {}).get("num_gpus", 0),
+                "autoscaling": None if not autoscaling else {
+                    "min_replicas": autoscaling.get("min_replicas"), "max_replicas": autoscaling.get("max_replicas"),
+                    "target_ongoing_requests": autoscaling.get("target_ongoing_requests"),
+                },
+                "versions": {str(v): window_numbers(first.get(name, {}).get(v), stats, seconds)
+                             for v, stats in sorted(versions.items())},
+            }
+    return {"application": app, "window_s": round(seconds, 1), "models": models, "pending": pending}
+
+
+def render(status: dict[str, Any]) -> str:
+    """Plain text that fits a terminal."""
+    header = ("MODEL", "STATUS", "REPLICAS (node: n)", "GPU", "AUTOSCALING", "VER", "REQ/S", "P50 ms", "P99 ms",
+              "QUEUE ms")
+    rows = [header]
+    dash = lambda value: "-" if value in (None, 0, "") else f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
+    for name, model in status["models"].items():
+        nodes = ", ".join(f"{node}: {n}" for node, n in model["replicas_by_node"].items()) or "none"
+        if model["replicas_starting"]:
+            nodes += f" (+{model['replicas_starting']} starting)"
+        scaling = model["autoscaling"]
+        scaling = (f"{scaling['min_replicas']}..{scaling['max_replicas']} at {scaling['target_ongoing_requests']:g}, "
+                   f"target {model['target_replicas']}") if scaling else "-"
+        versions = model["versions"] or {"-": {}}
+        for i, (version, numbers) in enumerate(versions.items()):
+            rows.append((name if i == 0 else "", model["status"] if i == 0 else "", nodes if i == 0 else "",
+                         dash(model["gpus_per_replica"]) if i == 0 else "", scaling if i == 0 else "", version,
+                         dash(numbers.get("requests_per_s")), dash(numbers.get("p50_ms")),
+                         dash(numbers.get("p99_ms")), dash(numbers.get("queue_ms"))))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = [f"application '{status['application']}', rates over the last {status['window_s']:g} s"]
+    lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    if status["pending"]:
+        lines.append("pending:")
+        lines += [f"  {p['deployment']} ({p['status']}): {p['reason']}" for p in status["pending"]]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from cluster.client import connect
+
+    try:
+        client = connect(args.address, args.app)
+    except ConnectionError as exc:
+        print(f"ric status: {exc}")
+        return 2
+    status = collect(client.app, args.window)
+    print(json.dumps(status, indent=1) if args.json else render(status))
+    return 0

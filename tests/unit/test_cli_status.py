@@ -1,0 +1,54 @@
+"""ric status's arithmetic: latency percentiles from the histogram, rates over a window, the text table."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.cli.status import render, window_numbers
+from deployments.statistics import LATENCY_BOUNDS_NS, VersionStatistics, merged, percentile_ns
+
+
+def stats_with(latencies_ms: list[float], queue_ms: float = 0.0) -> VersionStatistics:
+    stats = VersionStatistics()
+    for ms in latencies_ms:
+        stats.record_request(int(ms * 1e6))
+        stats.queue.add(int(queue_ms * 1e6))
+    return stats
+
+
+def test_percentiles_are_within_half_a_bucket():
+    stats = stats_with([1.0] * 98 + [100.0] * 2)
+    assert percentile_ns(stats.latency, 0.5) == pytest.approx(1e6, rel=0.5)
+    assert percentile_ns(stats.latency, 0.99) == pytest.approx(100e6, rel=0.5)
+    assert percentile_ns(VersionStatistics().latency, 0.5) is None
+    assert len(stats.latency) == len(LATENCY_BOUNDS_NS) + 1
+
+
+def test_failures_are_counted_apart_and_histograms_merge():
+    stats = stats_with([2.0])
+    stats.record_request(int(5e6), ok=False)
+    assert (stats.success.count, stats.fail.count, sum(stats.latency)) == (1, 1, 1)
+    assert sum(merged([stats, stats_with([3.0, 4.0])]).latency) == 3
+
+
+def test_window_numbers_are_the_difference_of_two_snapshots():
+    before = stats_with([1.0] * 10, queue_ms=0.5)
+    after = merged([before, stats_with([10.0] * 20, queue_ms=2.0)])
+    numbers = window_numbers(before, after, seconds=2.0)
+    assert numbers["requests_per_s"] == 10.0 and numbers["failures_per_s"] == 0
+    assert numbers["p50_ms"] == pytest.approx(10.0, rel=0.5) and numbers["queue_ms"] == 2.0
+    assert window_numbers(None, before, 1.0)["requests_total"] == 10
+
+
+def test_the_table_names_models_nodes_autoscaling_and_pending():
+    status = {"application": "ric", "window_s": 5.0, "pending": [
+        {"deployment": "big", "application": "ric", "status": "UPDATING", "reason": "taken more than 30s to be scheduled"}],
+        "models": {"simple": {"status": "HEALTHY", "replicas_by_node": {"10.0.0.1": 2, "10.0.0.2": 1},
+                              "replicas_starting": 1, "target_replicas": 4, "gpus_per_replica": 0.25,
+                              "autoscaling": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0},
+                              "versions": {"1": {"requests_per_s": 12.5, "p50_ms": 1.2, "p99_ms": 9.0,
+                                                 "queue_ms": 0.3}}}}}
+    text = render(status)
+    assert "10.0.0.1: 2, 10.0.0.2: 1 (+1 starting)" in text
+    assert "1..4 at 2, target 4" in text and "0.25" in text and "12.5" in text
+    assert "pending:\n  big (UPDATING): taken more than 30s to be scheduled" in text
