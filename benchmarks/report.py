@@ -5,8 +5,6 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-#: The markers around the generated section of docs/benchmarks.md; the hand-written rest stays.
-BEGIN, END = "<!-- BEGIN benchmarks/compare.py -->", "<!-- END benchmarks/compare.py -->"
 
 SWEEP_LABELS = {"http-json": "HTTP JSON", "http-binary": "HTTP binary", "grpc": "gRPC", "handle": "handle"}
 #: The configuration ``ric serve`` runs (HAProxy, throughput-optimized Serve, models colocated in the
@@ -289,14 +287,15 @@ def plot(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the generated section of ``path`` (or put it first), keeping the hand-written rest."""
+def write_section(path: Path, section: str, source: str = "benchmarks/compare.py") -> None:
+    """Replace the section that ``source`` generated in ``path`` (or add it at the end), keeping the rest:
+    each generating script owns the text between its markers."""
+    begin, end = f"<!-- BEGIN {source} -->", f"<!-- END {source} -->"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    block = f"{begin}\n{section}{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
-        title, _, body = text.partition("\n")
-        text = f"{title}\n\n{block}\n{body}"
+        text = f"{text.rstrip()}\n\n{block}\n"
     path.write_text(text)

@@ -35,6 +35,11 @@ GRPC_STATUS = {
 }
 
 
+#: Ray's errors for a request whose replica went away mid-call (by name: no Ray import here).
+LOST_REPLICA_ERRORS = frozenset({"RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
+                                 "WorkerCrashedError"})
+
+
 class InferenceError(Exception):
     """An error a client should see: a code and a message, never a traceback.
 
@@ -63,6 +68,9 @@ class InferenceError(Exception):
             return cls(exc.code, exc.message)
         if type(exc).__name__ == "BackPressureError":  # Serve's max_queued_requests (no Ray import here)
             return cls(ErrorCode.UNAVAILABLE, "the model's request queue is full; retry later")
+        if any(base.__name__ in LOST_REPLICA_ERRORS for base in type(exc).__mro__):
+            return cls(ErrorCode.UNAVAILABLE, "the replica serving this request was lost (its process or node "
+                                              "died); Serve starts another, retry")
         return cls(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
 

@@ -249,7 +249,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--application", default="ric", help="Serve application of the model (handles)")
     parser.add_argument("--grpc-application", help="gRPC 'application' metadata (Serve needs it when a cluster "
                                                    "runs several applications)")
-    parser.add_argument("--address", default="auto", help="Ray cluster to join for --protocol handle")
+    parser.add_argument("--address", help="Ray cluster to join for --protocol handle (default: the running "
+                                          "ric serve's, as cluster.client.connect finds it)")
     parser.add_argument("--json", dest="json_path", help="also write the cells to this JSON file")
 
 
@@ -281,9 +282,13 @@ async def run(args) -> list[Cell]:
 def main(args) -> int:
     """Run ``ric perf``; exit status 1 when any request failed."""
     if "handle" in args.protocol:
-        import ray
+        from cluster.client import connect
 
-        ray.init(address=args.address, log_to_driver=False)
+        try:
+            connect(args.address, args.application)
+        except ConnectionError as exc:
+            print(f"ric perf: {exc}", file=sys.stderr)
+            return 2
     try:
         cells = asyncio.run(run(args))
     except RuntimeError as exc:  # the server could not describe the model: nothing to measure

@@ -3,8 +3,9 @@ loaded later through the repository API stay loaded across a second ``serve depl
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray
@@ -60,6 +61,6 @@ def test_serve_deploy_serves_the_example_repository(dashboard_url, tmp_path):
 
 
 def deploy(path, dashboard_url: str) -> None:
-    deployed = subprocess.run([shutil.which("serve"), "deploy", str(path), "-a", dashboard_url],
+    deployed = subprocess.run([str(Path(sys.executable).parent / "serve"), "deploy", str(path), "-a", dashboard_url],
                               capture_output=True, text=True, timeout=120)
     assert deployed.returncode == 0, deployed.stderr[-2000:]

@@ -3,6 +3,7 @@ schema and the builder's argument model, and the cluster it asks for has the gro
 
 from __future__ import annotations
 
+import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
@@ -30,7 +31,7 @@ def test_serve_config_loads_through_serve_and_the_builder():
 def test_the_cluster_autoscales_cpu_and_gpu_worker_groups():
     cluster = rayservice()["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
-    assert cluster["rayVersion"] == __import__("ray").__version__
+    assert cluster["rayVersion"] == ray.__version__
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert set(groups) == {"cpu", "gpu"}
     gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]

@@ -141,3 +141,12 @@ def test_serve_queue_full_is_unavailable_and_unknown_errors_hide_their_details()
     assert full.code == ErrorCode.UNAVAILABLE and full.http_status == 503 and "queue is full" in full.message
     hidden = InferenceError.from_exception(KeyError("/secret/path"))
     assert hidden.code == ErrorCode.INTERNAL and "/secret/path" not in hidden.message
+
+
+def test_a_lost_replica_is_unavailable_not_internal():
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, NodeDiedError
+
+    for error in (ActorDiedError(), ActorUnavailableError("node gone", None), NodeDiedError("node gone")):
+        lost = InferenceError.from_exception(error)
+        assert lost.code == ErrorCode.UNAVAILABLE and lost.http_status == 503, type(error)
+        assert "replica serving this request was lost" in lost.message
