@@ -101,8 +101,7 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
 
     if args.address:
         ray.init(address=args.address)
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-        short = placement.shortfalls(reservations, nodes)
+        short, nodes = cluster_shortfalls(reservations)
         if short:
             print(f"ric: {placement.describe(short, nodes)}\nric: waiting up to {args.placement_timeout_s:g} s "
                   "for the cluster to add nodes", flush=True)
@@ -117,10 +116,17 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
               f"{num_cpus} logical CPUs on {cores} cores (--num-cpus to choose)", flush=True)
     ray.init(address="local", num_cpus=num_cpus, num_gpus=args.num_gpus, _node_ip_address="127.0.0.1",
              include_dashboard=args.dashboard, dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port)
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    short = placement.shortfalls(reservations, nodes)
+    short, nodes = cluster_shortfalls(reservations)
     if short:
         raise StartupError(placement.describe(short, nodes))
+
+
+def cluster_shortfalls(reservations) -> tuple[list[placement.Shortfall], list[dict[str, float]]]:
+    """What of the application would not fit the joined Ray cluster's live nodes, and those nodes."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    return placement.shortfalls(reservations, nodes), nodes
 
 
 def status_name(status) -> str:

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from cluster.cli.serve import status_name
 from cluster.names import MODEL_APP_SEPARATOR, RESERVED_NAMES, STATISTICS_NAME
 from deployments.statistics import VersionStatistics, percentile_ns
 
@@ -76,7 +77,7 @@ def collect(app: str, window: float) -> dict[str, Any]:
             replicas = [r for r in deployment.get("replicas", [])]
             running = Counter(r.get("node_ip", "?") for r in replicas if r.get("state") == "RUNNING")
             starting = sum(1 for r in replicas if r.get("state") != "RUNNING")
-            state = str(getattr(deployment.get("status"), "value", deployment.get("status")))
+            state = status_name(deployment.get("status"))
             message = deployment.get("message", "")
             if message:
                 pending.append({"deployment": name, "application": app_name, "status": state, "reason": message})

@@ -5,19 +5,15 @@ starts the lost replica there and every request succeeds."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
-import ray
 import requests
-from ray import serve
-from ray.cluster_utils import Cluster
 
-from cluster.app import AppArgs, build
 from cluster.names import APP_NAME, INGRESS_NAME
 from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
-from tests.integration.conftest import free_port, wait_for
+from tests.cluster.conftest import serve_on_nodes
+from tests.integration.conftest import wait_for
 
 # Replicas of 2 CPUs: one on the head (3 CPUs, where the ingress takes 0.25 of the rest) and one on a
 # worker of exactly 2 CPUs, which nothing else fits; HTTP enters on the head.
@@ -30,18 +26,8 @@ BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "dat
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("node-loss")
     write_model(root, "spread", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    ray.init(address=cluster.address, log_to_driver=False)
-    port = free_port()
-    try:
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build(AppArgs(repository=str(root))), name=APP_NAME, route_prefix="/")
-        yield cluster, f"http://127.0.0.1:{port}/v2/models/spread/infer"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+    with serve_on_nodes(root, head_cpus=3, worker_cpus=[2]) as (nodes, url):
+        yield nodes, f"{url}/v2/models/spread/infer"
 
 
 def replica_nodes(deployment: str) -> dict[str, int]:

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import ray
 from ray import serve
-from ray.cluster_utils import Cluster
 
-from cluster.app import AppArgs, build
 from cluster.names import APP_NAME
 from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
-from tests.integration.conftest import free_port, wait_for
+from tests.cluster.conftest import serve_on_nodes
+from tests.integration.conftest import wait_for
 
 # 1.5 CPUs per replica on nodes of 2 CPUs: the two replicas cannot share a node.
 CONFIG = ('platform: "onnxruntime_onnx" instance_group [ { count: 2 } ] '
@@ -26,18 +25,8 @@ CONFIG = ('platform: "onnxruntime_onnx" instance_group [ { count: 2 } ] '
 def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
     write_model(root, "spread", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": free_port()})
-        serve.run(build(AppArgs(repository=str(root), poll_interval_s=0.5)), name=APP_NAME, route_prefix="/",
-                  external_scaler_enabled=True)
+    with serve_on_nodes(root, head_cpus=2, worker_cpus=[2], poll_interval_s=0.5):
         yield root
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_a_new_version_reaches_replicas_on_every_node(repository):
