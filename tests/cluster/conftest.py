@@ -11,7 +11,10 @@ from ray.cluster_utils import Cluster
 
 from cluster.app import AppArgs, build
 from cluster.names import APP_NAME
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, wait_for
+
+#: Object store per fake node (Ray's default takes 30% of memory for each).
+OBJECT_STORE_BYTES = 200 * 2**20
 
 
 @contextmanager
@@ -32,3 +35,63 @@ def serve_on_nodes(repository, head_cpus: int, worker_cpus: list[int], **app_arg
         serve.shutdown()
         ray.shutdown()
         nodes.shutdown()
+
+
+@contextmanager
+def autoscaling_nodes(tmp_path, head_cpus: int, node_types: dict[str, dict], idle_timeout_s: float,
+                      env: dict[str, str] | None = None) -> Iterator[str]:
+    """A Ray head with Ray's own autoscaler over its fake multi-node provider (worker nodes are real raylets
+    on this machine), on 127.0.0.1; yields the GCS address. Like ``ray.cluster_utils.AutoscalingCluster``,
+    whose base config the Ray wheel does not ship and whose start and stop run ``ray stop --force`` (every
+    Ray on the machine): here ``ray start --block`` runs as our child, and only the processes below it stop."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    port = free_port()
+    config = {
+        "cluster_name": "ric-fake", "max_workers": sum(t["max_workers"] for t in node_types.values()),
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
+        "available_node_types": {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {},
+                                                      "max_workers": 0},
+                                 **{name: {"node_config": {}, **spec} for name, spec in node_types.items()}},
+        "head_node_type": "ray.head.default", "auth": {}, "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_timeout_s / 60, "docker": {}, "initialization_commands": [],
+        "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+        "head_start_ray_commands": [], "worker_start_ray_commands": [], "file_mounts": {},
+        "cluster_synced_files": [], "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+    }
+    for spec in node_types.values():
+        spec["resources"].setdefault("object_store_memory", OBJECT_STORE_BYTES)
+    path, log = tmp_path / "autoscaling.json", tmp_path / "ray-start.log"
+    path.write_text(json.dumps(config))
+    head_env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", **(env or {})}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--autoscaling-config={path}",
+         f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={head_cpus}", "--num-gpus=0",
+         f"--object-store-memory={OBJECT_STORE_BYTES}", "--include-dashboard=false", "--disable-usage-stats"],
+        env=head_env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: head.poll() is not None or "--block" in log.read_text(), timeout_s=120,
+                 what="ray start --head")
+        assert head.poll() is None, log.read_text()[-3000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        below = psutil.Process(head.pid).children(recursive=True)
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        for process in below:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass

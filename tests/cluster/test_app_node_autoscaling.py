@@ -1,0 +1,108 @@
+"""Node autoscaling with Ray's own autoscaler over fake nodes: a GPU model of quarter-GPU replicas packs four
+per one-GPU node; under load it autoscales to eight replicas, the autoscaler adds a second GPU node for
+them, and once the load ends the model shrinks and the idle GPU node goes. A CPU model that fits neither
+the head nor a GPU node gets a CPU node. No request fails while nodes come and go."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import ray
+from ray import serve
+
+from cluster.app import AppArgs, build
+from cluster.names import APP_NAME
+from cluster.repository.examples import onnx_mlp
+from tests.cluster.conftest import autoscaling_nodes
+from tests.conftest import write_model
+from tests.integration.conftest import free_port, wait_for
+
+GPU_MODEL = """
+platform: "onnxruntime_onnx"
+instance_group [ { count: 1, kind: KIND_GPU } ]
+parameters { key: "gpu_fraction" value { string_value: "0.25" } }
+""" + "".join(f'parameters {{ key: "autoscaling.{k}" value {{ string_value: "{v}" }} }}\n' for k, v in [
+    ("min_replicas", 1), ("max_replicas", 8), ("target_ongoing_requests", 1), ("upscale_delay_s", 1),
+    ("downscale_delay_s", 2), ("look_back_period_s", 2)])
+CPU_MODEL = 'platform: "onnxruntime_onnx"\nparameters { key: "num_cpus" value { string_value: "2" } }\n'
+# The head runs the ingress; a GPU node's one CPU holds exactly four quarter-GPU replicas (0.25 CPU each).
+NODE_TYPES = {"gpu": {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 1, "max_workers": 2},
+              "cpu": {"resources": {"CPU": 2}, "min_workers": 0, "max_workers": 1}}
+PUSH_INTERVALS = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+                  "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
+pytestmark = pytest.mark.filterwarnings("ignore:`look_back_period_s`:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("node-autoscaling")
+    write_model(root, "gpu_model", GPU_MODEL, {"1/model.onnx": onnx_mlp(seed=1)})
+    write_model(root, "cpu_model", CPU_MODEL, {"1/model.onnx": onnx_mlp(seed=2)})
+    with autoscaling_nodes(root, head_cpus=1, node_types=NODE_TYPES, idle_timeout_s=5, env=PUSH_INTERVALS) as address:
+        ray.init(address=address, log_to_driver=False)
+        try:
+            wait_for(lambda: len(gpu_nodes()) == 1, timeout_s=120, what="the first GPU node (min_workers 1)")
+            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": free_port()})
+            serve.run(build(AppArgs(repository=str(root))), name=APP_NAME, route_prefix="/")
+            yield
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
+def alive() -> list[dict]:
+    return [node for node in ray.nodes() if node["Alive"]]
+
+
+def gpu_nodes() -> list[str]:
+    return [node["NodeID"] for node in alive() if node["Resources"].get("GPU")]
+
+
+def replica_nodes(deployment: str) -> dict[str, int]:
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()["applications"][APP_NAME]["deployments"][deployment]
+    nodes: dict[str, int] = {}
+    for replica in details["replicas"]:
+        if replica["state"] == "RUNNING":
+            nodes[replica["node_id"]] = nodes.get(replica["node_id"], 0) + 1
+    return nodes
+
+
+def test_the_cpu_model_gets_a_cpu_node(app):
+    (node,) = replica_nodes("cpu_model")
+    resources = next(n["Resources"] for n in alive() if n["NodeID"] == node)
+    assert resources.get("CPU") == 2 and not resources.get("GPU")
+
+
+def test_gpu_replicas_pack_four_per_node_and_the_autoscaler_adds_and_removes_a_gpu_node(app):
+    handle = serve.get_deployment_handle("gpu_model", app_name=APP_NAME)
+    x = {"INPUT0": np.ones((1, 64), np.float32)}
+    failures: list[str] = []
+    calls = 0
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+
+        def call() -> None:
+            try:
+                assert handle.infer.remote(x).result(timeout_s=120)["OUTPUT0"].shape == (1, 10)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                failures.append(repr(exc))
+
+        deadline = time.monotonic() + 300
+        while sum(replica_nodes("gpu_model").values()) < 8 and time.monotonic() < deadline:
+            list(pool.map(lambda _: call(), range(24)))
+            calls += 24
+        grown = time.monotonic() - started
+    assert sorted(replica_nodes("gpu_model").values()) == [4, 4], replica_nodes("gpu_model")
+    assert len(gpu_nodes()) == 2
+    idle = time.monotonic()
+    wait_for(lambda: len(gpu_nodes()) == 1, timeout_s=240,
+             what=lambda: f"the idle GPU node to go: {len(gpu_nodes())} GPU nodes, {replica_nodes('gpu_model')}")
+    assert not failures, failures[:3]
+    assert handle.infer.remote(x).result(timeout_s=120)["OUTPUT0"].shape == (1, 10)
+    print(f"1 -> 8 replicas over 2 GPU nodes in {grown:.1f} s ({calls} calls, 0 failed); "
+          f"idle GPU node removed {time.monotonic() - idle:.1f} s after the load ended")
