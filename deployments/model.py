@@ -98,6 +98,7 @@ class ModelService(ServedModel):
         parameters: dict | None = None,
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (for the protocol's model_version)."""
+        self._reporter.in_flight += 1
         try:
             pending = self.runner.prepare(inputs, outputs, version, parameters)
             if self._batcher is not None:
@@ -105,6 +106,7 @@ class ModelService(ServedModel):
             else:
                 (result,) = await self._run_batch([pending])
         finally:
+            self._reporter.in_flight -= 1
             self._reporter.schedule()
         if isinstance(result, Exception):
             raise result

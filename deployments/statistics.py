@@ -149,6 +149,9 @@ class StatisticsReporter:
         self._collector = collector  # a handle of the application's StatisticsCollector, or None
         self._model, self._replica, self._snapshot = model, replica, snapshot
         self._scheduled = False
+        #: Requests in the replica now (waiting for a batch or running), sent with every report. A report
+        #: follows the end of every burst, so the last one of a burst says how many were left.
+        self.in_flight = 0
 
     def schedule(self) -> None:
         if self._collector is None or self._scheduled:
@@ -159,6 +162,6 @@ class StatisticsReporter:
     async def _report(self) -> None:
         self._scheduled = False
         try:
-            await self._collector.report.remote(self._model, self._replica, await self._snapshot())
+            await self._collector.report.remote(self._model, self._replica, await self._snapshot(), self.in_flight)
         except Exception as exc:
             logger.warning("model '%s': statistics report failed: %r", self._model, exc)

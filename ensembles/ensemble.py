@@ -88,12 +88,14 @@ class Ensemble(ServedModel):
             raise not_found(f"ensemble '{self.config.name}' has no version '{version}'; it serves [1]")
         rows = validate_inputs(self.config, inputs)
         wanted = validate_outputs(self.config, outputs) or [t.name for t in self.config.output]
+        self._reporter.in_flight += 1
         try:
             tensors = await self._run_graph(dict(inputs), parameters)
         except InferenceError:
             self.stats.record_request(time.perf_counter_ns() - start, ok=False)
             raise
         finally:
+            self._reporter.in_flight -= 1
             self._reporter.schedule()
         elapsed = time.perf_counter_ns() - start
         self.stats.record_request(elapsed)

@@ -1,7 +1,8 @@
 """``ric status``: what a running application is doing, per model, in one screen (or ``--json``).
 
 For each model (and ensemble): Serve's status, versions with statistics, replicas per node, GPUs per
-replica, the autoscaling bounds and target, and, measured over a short window (``--window``, default 5 s),
+replica, the autoscaling bounds and target, requests in its replicas (queued for a batch or running, as
+last reported), and, measured over a short window (``--window``, default 5 s),
 requests/s, p50 / p99 latency in the replica and mean queueing; then whatever is pending, with Serve's
 reason (replicas waiting for resources, failing constructors). It joins the cluster like
 :func:`cluster.client.connect` and reads Serve's own details and the application's statistics collector.
@@ -62,10 +63,13 @@ def window_numbers(before: VersionStatistics | None, after: VersionStatistics, s
 
 def collect(app: str, window: float) -> dict[str, Any]:
     """The status of application ``app`` and the models loaded later beside it, as one JSON-able dict."""
+    from ray import serve
+
     first = collector_snapshot(app)
     started = time.monotonic()
     time.sleep(window)
     second = collector_snapshot(app)
+    in_flight = serve.get_deployment_handle(STATISTICS_NAME, app_name=app).in_flight.remote().result(timeout_s=30)
     seconds = time.monotonic() - started
     details = serve_details()
     models, pending = {}, []
@@ -91,6 +95,7 @@ def collect(app: str, window: float) -> dict[str, Any]:
                 "replicas_by_node": dict(running),
                 "replicas_starting": starting,
                 "target_replicas": deployment.get("target_num_replicas"),
+                "in_flight": in_flight.get(name, 0),
                 "gpus_per_replica": config.get("ray_actor_options", {}).get("num_gpus", 0),
                 "autoscaling": None if not autoscaling else {
                     "min_replicas": autoscaling.get("min_replicas"), "max_replicas": autoscaling.get("max_replicas"),
@@ -104,8 +109,8 @@ def collect(app: str, window: float) -> dict[str, Any]:
 
 def render(status: dict[str, Any]) -> str:
     """Plain text that fits a terminal."""
-    header = ("MODEL", "STATUS", "REPLICAS (node: n)", "GPU", "AUTOSCALING", "VER", "REQ/S", "P50 ms", "P99 ms",
-              "QUEUE ms")
+    header = ("MODEL", "STATUS", "REPLICAS (node: n)", "GPU", "AUTOSCALING", "IN FLIGHT", "VER", "REQ/S", "P50 ms",
+              "P99 ms", "QUEUE ms")
     rows = [header]
     dash = lambda value: "-" if value in (None, 0, "") else f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
     for name, model in status["models"].items():
@@ -118,7 +123,8 @@ def render(status: dict[str, Any]) -> str:
         versions = model["versions"] or {"-": {}}
         for i, (version, numbers) in enumerate(versions.items()):
             rows.append((name if i == 0 else "", model["status"] if i == 0 else "", nodes if i == 0 else "",
-                         dash(model["gpus_per_replica"]) if i == 0 else "", scaling if i == 0 else "", version,
+                         dash(model["gpus_per_replica"]) if i == 0 else "", scaling if i == 0 else "",
+                         str(model["in_flight"]) if i == 0 else "", version,
                          dash(numbers.get("requests_per_s")), dash(numbers.get("p50_ms")),
                          dash(numbers.get("p99_ms")), dash(numbers.get("queue_ms"))))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]

@@ -18,9 +18,18 @@ from deployments.statistics import VersionStatistics, merged
 class StatisticsCollector:
     def __init__(self):
         self._reports: dict[tuple[str, str], dict[int, VersionStatistics]] = {}
+        self._in_flight: dict[tuple[str, str], int] = {}
 
-    def report(self, model: str, replica: str, stats: dict[int, VersionStatistics]) -> None:
+    def report(self, model: str, replica: str, stats: dict[int, VersionStatistics], in_flight: int = 0) -> None:
         self._reports[(model, replica)] = stats
+        self._in_flight[(model, replica)] = in_flight
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests each model's replicas held (waiting for a batch or running) when they last reported."""
+        totals: dict[str, int] = {}
+        for (model, _), count in self._in_flight.items():
+            totals[model] = totals.get(model, 0) + count
+        return totals
 
     def merged(self) -> dict[str, dict[int, VersionStatistics]]:
         """Every model's statistics per version, summed over its replicas (``ric status`` reads these)."""

@@ -201,7 +201,7 @@ def test_ric_status_shows_replicas_and_the_load_it_measures(ric, home):
     assert set(status["models"]) == {"detect_classify", "detector", "linear_torch", "mlp", "simple", "text_stats"}
     text = subprocess.run([str(BIN / "ric"), "status", "--window", "0.5"], env=clean_env(home),
                           capture_output=True, text=True, timeout=120)
-    assert text.returncode == 0 and "REQ/S" in text.stdout and "text_stats" in text.stdout, text.stderr[-2000:]
+    assert text.returncode == 0 and "IN FLIGHT" in text.stdout and "text_stats" in text.stdout, text.stderr[-2000:]
 
 
 def test_a_group_signal_stops_everything_and_a_second_serve_starts(ric, home, dashboard_port):

@@ -44,11 +44,23 @@ def test_the_table_names_models_nodes_autoscaling_and_pending():
     status = {"application": "ric", "window_s": 5.0, "pending": [
         {"deployment": "big", "application": "ric", "status": "UPDATING", "reason": "taken more than 30s to be scheduled"}],
         "models": {"simple": {"status": "HEALTHY", "replicas_by_node": {"10.0.0.1": 2, "10.0.0.2": 1},
-                              "replicas_starting": 1, "target_replicas": 4, "gpus_per_replica": 0.25,
+                              "replicas_starting": 1, "target_replicas": 4, "gpus_per_replica": 0.25, "in_flight": 7,
                               "autoscaling": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0},
                               "versions": {"1": {"requests_per_s": 12.5, "p50_ms": 1.2, "p99_ms": 9.0,
                                                  "queue_ms": 0.3}}}}}
     text = render(status)
     assert "10.0.0.1: 2, 10.0.0.2: 1 (+1 starting)" in text
     assert "1..4 at 2, target 4" in text and "0.25" in text and "12.5" in text
+    assert "IN FLIGHT" in text and " 7 " in text
     assert "pending:\n  big (UPDATING): taken more than 30s to be scheduled" in text
+
+
+def test_the_collector_sums_what_each_replica_last_said_it_held():
+    from cluster.protocol.statistics import StatisticsCollector
+
+    collector = StatisticsCollector.func_or_class()
+    collector.report("m", "r1", {1: stats_with([1.0])}, 2)
+    collector.report("m", "r2", {1: stats_with([2.0, 3.0])}, 3)
+    collector.report("m", "r1", {1: stats_with([1.0, 1.0])}, 0)  # r1's newer report replaces its older one
+    assert collector.in_flight() == {"m": 3}
+    assert collector.merged()["m"][1].success.count == 4
