@@ -8,6 +8,10 @@ from pathlib import Path
 
 # A local Ray started by the tests picks 127.0.0.1 only if this is set before Ray is first imported.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Serve handles left from an earlier module keep pushing metrics from a background thread; between one
+# module's ray.shutdown() and the next one's ray.init() Ray would start a whole local cluster for them
+# (seen: the next module then deployed onto it and waited forever). Every test starts Ray explicitly.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 import pytest  # noqa: E402
 

@@ -17,6 +17,19 @@ from tests.integration.conftest import free_port, wait_for
 OBJECT_STORE_BYTES = 200 * 2**20
 
 
+def replica_nodes(deployment: str) -> dict[str, int]:
+    """Running replicas of a deployment of the application, per node id."""
+    # Serve's per-replica details have no public Python call (the dashboard's REST route asks the same).
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()["applications"][APP_NAME]["deployments"][deployment]
+    nodes: dict[str, int] = {}
+    for replica in details["replicas"]:
+        if replica["state"] == "RUNNING":
+            nodes[replica["node_id"]] = nodes.get(replica["node_id"], 0) + 1
+    return nodes
+
+
 @contextmanager
 def serve_on_nodes(repository, head_cpus: int, worker_cpus: list[int], **app_args) -> Iterator[tuple[Cluster, str]]:
     """A head and workers with these CPUs, Serve's proxy on the head, the repository served; yields the
@@ -32,9 +45,11 @@ def serve_on_nodes(repository, head_cpus: int, worker_cpus: list[int], **app_arg
                   external_scaler_enabled=True)
         yield nodes, f"http://127.0.0.1:{port}"
     finally:
-        serve.shutdown()
-        ray.shutdown()
-        nodes.shutdown()
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            nodes.shutdown()
 
 
 @contextmanager

@@ -9,10 +9,10 @@ import threading
 import pytest
 import requests
 
-from cluster.names import APP_NAME, INGRESS_NAME
+from cluster.names import INGRESS_NAME
 from cluster.repository.examples import onnx_mlp
+from tests.cluster.conftest import replica_nodes, serve_on_nodes
 from tests.conftest import write_model
-from tests.cluster.conftest import serve_on_nodes
 from tests.integration.conftest import wait_for
 
 # Replicas of 2 CPUs: one on the head (3 CPUs, where the ingress takes 0.25 of the rest) and one on a
@@ -28,17 +28,6 @@ def cluster(tmp_path_factory):
     write_model(root, "spread", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
     with serve_on_nodes(root, head_cpus=3, worker_cpus=[2]) as (nodes, url):
         yield nodes, f"{url}/v2/models/spread/infer"
-
-
-def replica_nodes(deployment: str) -> dict[str, int]:
-    from ray.serve.context import _get_global_client
-
-    details = _get_global_client().get_serve_details()["applications"][APP_NAME]["deployments"][deployment]
-    nodes: dict[str, int] = {}
-    for replica in details["replicas"]:
-        if replica["state"] == "RUNNING":
-            nodes[replica["node_id"]] = nodes.get(replica["node_id"], 0) + 1
-    return nodes
 
 
 def test_a_node_lost_under_load_fails_its_requests_clearly_and_serving_recovers(cluster):
