@@ -185,10 +185,14 @@ def wait_until_running(args: argparse.Namespace) -> None:
 
 
 def model_summary(base: str) -> str:
-    """One line on what the repository index says: models ready, and the others with their reasons."""
+    """One line on what the repository index says: models ready, and the others with their reasons (or why
+    the index could not be read: the server serves on regardless)."""
     request = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        index = json.load(response)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            index = json.load(response)
+    except (OSError, ValueError) as exc:
+        return f"ric: could not read the repository index at {base}: {exc}"
     ready = [m["name"] for m in index if m.get("state") == "READY"]
     others = [f"{m['name']} ({m.get('state')}: {m.get('reason', '')})" for m in index if m.get("state") != "READY"]
     line = f"ric: {len(ready)} models ready: {', '.join(ready)}"
