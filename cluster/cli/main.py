@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from cluster.cli import perf, status
+from cluster.cli.arguments import non_negative, positive
 from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, serve_repository
 from cluster.repository.examples import EXAMPLE
 
@@ -22,15 +23,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--models", help="comma-separated models to serve (default: all)")
     serve_cmd.add_argument("--address", help="join this Ray cluster instead of starting a local one")
-    serve_cmd.add_argument("--num-cpus", type=float, help="CPUs of the local Ray (default: this machine's)")
-    serve_cmd.add_argument("--num-gpus", type=float, help="GPUs of the local Ray (default: detected)")
+    serve_cmd.add_argument("--num-cpus", type=non_negative(float), help="CPUs of the local Ray (default: this machine's)")
+    serve_cmd.add_argument("--num-gpus", type=non_negative(float), help="GPUs of the local Ray (default: detected)")
     serve_cmd.add_argument("--ingress", choices=["haproxy", "default"], default="haproxy",
                            help="haproxy (Serve's HAProxy ingress, several times faster; the default when its "
                                 "binary is installed) or default (Serve's Python proxy)")
-    serve_cmd.add_argument("--replica-num-cpus", type=float, default=0.25,
+    serve_cmd.add_argument("--replica-num-cpus", type=non_negative(float), default=0.25,
                            help="CPUs Ray reserves per model replica (default 0.25; a model's num_cpus parameter "
                                 "overrides)")
-    serve_cmd.add_argument("--placement-timeout-s", type=float, default=30.0,
+    serve_cmd.add_argument("--placement-timeout-s", type=positive(float), default=30.0,
                            help="give up when replicas are still not placed after this long (default 30; an "
                                 "autoscaling cluster adding nodes needs longer)")
     serve_cmd.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cluster.cli.arguments import non_negative, positive
 from cluster.cli.perf_clients import PROTOCOLS, fetch_metadata, make_client, output_names, request_tensors
 #: Open loop: requests still unanswered beyond this many are counted as errors rather than started.
 MAX_OUTSTANDING = 4096
@@ -210,29 +211,6 @@ async def measure(client: Call, label: str, protocol: str, batch: int, *, concur
 
 
 # -- the command -------------------------------------------------------------------------------------------
-
-def positive(kind: type) -> Callable[[str], Any]:
-    return _bounded(kind, lambda value: value > 0, "a number > 0")
-
-
-def non_negative(kind: type) -> Callable[[str], Any]:
-    return _bounded(kind, lambda value: value >= 0, "a number >= 0")
-
-
-def _bounded(kind: type, ok: Callable[[Any], bool], wanted: str) -> Callable[[str], Any]:
-    def parse(text: str):
-        import argparse
-
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
-        return value
-
-    return parse
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="model to load")

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from cluster.cli.arguments import positive
 from cluster.cli.serve import status_name
 from cluster.names import MODEL_APP_SEPARATOR, RESERVED_NAMES, STATISTICS_NAME
 from deployments.statistics import VersionStatistics, percentile_ns
@@ -24,7 +25,7 @@ from deployments.statistics import VersionStatistics, percentile_ns
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray address (default: the running ric serve's)")
     parser.add_argument("--app", help="Serve application (default: the running ric serve's, else 'ric')")
-    parser.add_argument("--window", type=float, default=5.0,
+    parser.add_argument("--window", type=positive(float), default=5.0,
                         help="seconds over which request rates and latencies are measured (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
