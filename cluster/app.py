@@ -189,8 +189,7 @@ def build(args: AppArgs) -> Application:
         for name, config in plain.items()
     }
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
-    on_demand = frozenset(name for name, config in configs.items()
-                          if config.autoscaling is not None and config.autoscaling.min_replicas == 0)
+    on_demand = frozenset(name for name, config in configs.items() if config.scales_to_zero)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes,
                              on_demand=on_demand)
     # A model that autoscales keeps to its own deployment: copies in the ingress would not follow its load.

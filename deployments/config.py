@@ -220,6 +220,11 @@ class ModelConfig(BaseModel):
             return self.autoscaling.min_replicas
         return sum(group.count for group in self.instance_group) or 1
 
+    @property
+    def scales_to_zero(self) -> bool:
+        """Autoscaled down to zero replicas when idle: a call starts one (so fan-outs must not call it)."""
+        return self.autoscaling is not None and self.autoscaling.min_replicas == 0
+
     def gpus_per_replica(self) -> float:
         """GPUs each replica asks Ray for: 0 unless an instance group is KIND_GPU."""
         gpu_groups = [g for g in self.instance_group if g.kind == "KIND_GPU"]

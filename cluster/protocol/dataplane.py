@@ -52,8 +52,9 @@ class DataPlane:
         self.collector = statistics  # handle of the StatisticsCollector
         self.sync = sync  # handle of the ModelStoreSync
         # Models that autoscale from zero: a call to one starts a replica, so the fan-outs below (readiness,
-        # index, statistics) leave them out and report them ready to start on demand.
-        self.on_demand = on_demand
+        # index, statistics) leave them out and report them ready to start on demand. Built ones are
+        # known from the start, those loaded later from the sync.
+        self.built_on_demand = self.on_demand = frozenset(on_demand)
 
     def handle(self, model: str) -> Any:
         """The model's handle; unknown models are NOT_FOUND, models that failed to configure or are not
@@ -74,7 +75,8 @@ class DataPlane:
         """Keep the models loaded later and the repository listing as the sync deployment has them."""
         while True:
             try:
-                generation, added, repository, unloaded = await self.sync.watch_models.remote(self.generation)
+                generation, added, repository, unloaded, on_demand = await self.sync.watch_models.remote(
+                    self.generation)
             except Exception as exc:  # the sync restarting: serving goes on, ask again shortly
                 logger.warning("model watch failed: %r", exc)
                 await asyncio.sleep(1.0)
@@ -84,6 +86,7 @@ class DataPlane:
                 same = self.added.get(model) == app and model in self.models
                 models[model] = self.models[model] if same else serve.get_deployment_handle(model, app_name=app)
             self.models, self.added, self.repository, self.unloaded = models, added, repository, set(unloaded)
+            self.on_demand = self.built_on_demand | set(on_demand)
             self.failed = {m: r for m, r in self.built_failed.items() if m not in added}
             self.generation = generation
 

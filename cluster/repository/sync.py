@@ -178,12 +178,14 @@ class ModelStoreSync:
             versions = sorted(self.desired.get(model, {})) if loaded else None
             return self.generation, versions, self.config(model)
 
-    async def watch_models(self, generation: int) -> tuple[int, dict[str, str], list[str], list[str]]:
+    async def watch_models(self, generation: int) -> tuple[int, dict[str, str], list[str], list[str], list[str]]:
         """For the Ingress: wait as ``watch``; return the generation, the models loaded as applications of
-        their own (model -> application), every model in the repository, and the built models unloaded."""
+        their own (model -> application), every model in the repository, the built models unloaded, and the
+        models loaded later that scale to zero when idle."""
         async with self._changed:
             await self._wait_for_change(generation)
-            return self.generation, dict(self.added), list(self.repository), sorted(self.unloaded)
+            on_demand = sorted(m for m in self.added if getattr(self.config(m), "scales_to_zero", False))
+            return self.generation, dict(self.added), list(self.repository), sorted(self.unloaded), on_demand
 
     async def set_loaded(self, model: str, loaded: bool, config: ModelConfig | None = None,
                          files: dict[str, bytes] | None = None) -> int:

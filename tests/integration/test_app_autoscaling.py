@@ -14,7 +14,7 @@ import pytest
 import requests
 from ray import serve
 
-from cluster.names import APP_NAME
+from cluster.names import APP_NAME, model_app_name
 from tests.conftest import write_model
 from tests.integration.conftest import serve_repository, wait_for
 
@@ -35,20 +35,29 @@ pytestmark = pytest.mark.filterwarnings("ignore:`look_back_period_s`:FutureWarni
 BODY = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
 
 
+def sleepy_config(name: str) -> str:
+    """A pbtxt config that autoscales between zero and one replica, in the parameters form."""
+    params = "".join(f'parameters {{ key: "autoscaling.{k}" value {{ string_value: "{v}" }} }}\n'
+                     for k, v in [("min_replicas", 0), ("max_replicas", 1), ("downscale_delay_s", 3),
+                                  ("upscale_delay_s", 0), ("look_back_period_s", 2)])
+    return f'name: "{name}"\nbackend: "python"\nmax_batch_size: 4\n{TENSORS}\n{params}'
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("repository")
+
+
+@pytest.fixture(scope="module")
+def server(root):
     # Serve's handles and replicas push autoscaling metrics every 10 s unless told otherwise.
     for name in ("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
         os.environ[name] = "0.5"
-    root = tmp_path_factory.mktemp("repository")
     write_model(root, "grow", "backend: python\nmax_batch_size: 4\n"
                 "input: [{name: X, data_type: TYPE_FP32, dims: [1]}]\noutput: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n"
                 f"autoscaling: {{min_replicas: 1, max_replicas: 3, {FAST}}}\n", {"1/model.py": SLOW},
                 config_name="config.yaml")
-    params = "".join(f'parameters {{ key: "autoscaling.{k}" value {{ string_value: "{v}" }} }}\n'
-                     for k, v in [("min_replicas", 0), ("max_replicas", 1), ("downscale_delay_s", 3),
-                                  ("upscale_delay_s", 0), ("look_back_period_s", 2)])
-    write_model(root, "sleepy", f'backend: "python"\nmax_batch_size: 4\n{TENSORS}\n{params}', {"1/model.py": SLOW})
+    write_model(root, "sleepy", sleepy_config("sleepy"), {"1/model.py": SLOW})
     try:
         with serve_repository(root, num_cpus=4, colocate=True) as endpoints:
             yield endpoints
@@ -57,8 +66,8 @@ def server(tmp_path_factory):
             os.environ.pop(name, None)
 
 
-def running(model: str) -> int:
-    deployment = serve.status().applications[APP_NAME].deployments[model]
+def running(model: str, app: str = APP_NAME) -> int:
+    deployment = serve.status().applications[app].deployments[model]
     return deployment.replica_states.get("RUNNING", 0)
 
 
@@ -123,3 +132,22 @@ def test_a_model_at_zero_replicas_sleeps_until_a_request_wakes_it(server):
     assert response.json()["outputs"][0]["data"] == [2.0]
     assert running("sleepy") == 1
     wait_for(lambda: running("sleepy") == 0, timeout_s=120, what="sleepy to go back to zero")
+
+
+def test_a_model_loaded_later_that_scales_to_zero_also_sleeps(server, root):
+    """A model new to the repository runs as an application of its own; the ingress learns from the sync
+    that it scales to zero, so readiness, the index and statistics leave it asleep too."""
+    write_model(root, "drowsy", sleepy_config("drowsy"), {"1/model.py": SLOW})
+    response = requests.post(f"{server.http}/v2/repository/models/drowsy/load", json={}, timeout=180)
+    assert response.status_code == 200, response.text
+    app = model_app_name(APP_NAME, "drowsy")
+    wait_for(lambda: running("drowsy", app) == 0, timeout_s=120, what="drowsy to scale down to zero")
+    assert requests.get(f"{server.http}/v2/health/ready", timeout=30).status_code == 200
+    index = requests.post(f"{server.http}/v2/repository/index", json={}, timeout=30).json()
+    assert {"name": "drowsy", "version": "", "state": "READY",
+            "reason": "scaled to zero when idle: a request starts a replica"} in index
+    assert requests.get(f"{server.http}/v2/models/stats", timeout=30).ok
+    time.sleep(2)  # long enough for a stray call to have started a replica
+    assert running("drowsy", app) == 0
+    response = requests.post(f"{server.http}/v2/models/drowsy/infer", json=BODY, timeout=120)
+    assert response.status_code == 200, response.text
