@@ -7,7 +7,9 @@ model that autoscales, then measures: start-up time; handle calls from another R
 --protocol handle``, its own process, joined with ``cluster.client.connect``) beside HTTP binary, for the
 tiny model and for the 4 MB tensor; the autoscaled model's scale-up under a load ramp and its scale-down
 once the load ends, with the requests that failed during both; and how long ``ric serve`` takes to stop
-by a signal to its whole process group, and what it leaves behind.
+by a signal to its whole process group, and what it leaves behind. Then a second ``ric serve`` of the
+autoscaled model alone with ``--ingress-autoscaling``, the model's other placement (copies in the ingress
+replicas, which scale with the ingress's load), through the same ramp.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import report  # noqa: E402
+from cluster.names import APP_NAME, INGRESS_NAME  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SLOW = "import time\n\ndef infer(inputs):\n    time.sleep(0.05)\n    return {'Y': inputs['X'] + 1}\n"
@@ -78,14 +81,14 @@ def repository() -> Path:
 class Server:
     """``ric serve`` in its own process group, its output collected."""
 
-    def __init__(self, root: Path, home: Path):
+    def __init__(self, root: Path, home: Path, extra: tuple[str, ...] = ()):
         self.http, self.grpc, self.dashboard = free_port(), free_port(), free_port()
         env = {**os.environ, **PUSH_INTERVALS, "HOME": str(home)}
         env = {k: v for k, v in env.items() if not k.startswith(("RAY_SERVE_ENABLE", "RAY_SERVE_THROUGHPUT", "RAY_ENABLE"))}
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             [str(BIN / "ric"), "serve", str(root), "--http-port", str(self.http), "--grpc-port", str(self.grpc),
-             "--dashboard-port", str(self.dashboard)],
+             "--dashboard-port", str(self.dashboard), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
@@ -123,15 +126,16 @@ def perf(server: Server, model: str, protocols: list[str], concurrency: list[int
     return json.loads(out.read_text())
 
 
-def running(model: str) -> int:
+def running(deployment: str) -> int:
     from ray import serve
 
-    return serve.status().applications["ric"].deployments[model].replica_states.get("RUNNING", 0)
+    return serve.status().applications[APP_NAME].deployments[deployment].replica_states.get("RUNNING", 0)
 
 
-def autoscaling_ramp(server: Server, clients: int) -> dict[str, float]:
-    """All clients until a second replica serves (and 5 s more), then one client until one replica is
-    left: the times of both, and the requests answered and failed in each."""
+def autoscaling_ramp(server: Server, clients: int, deployment: str) -> dict[str, float]:
+    """All clients on the model ``grow`` until the deployment that serves its HTTP requests runs a second
+    replica (and 5 s more), then one client until one replica is left: the times of both, the requests
+    answered and failed in each, and the requests per second while loaded."""
     import requests
 
     body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
@@ -152,7 +156,7 @@ def autoscaling_ramp(server: Server, clients: int) -> dict[str, float]:
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    while running("grow") < 2 and time.monotonic() - started < 180:
+    while running(deployment) < 2 and time.monotonic() - started < 180:
         time.sleep(0.2)
     scale_up = time.monotonic() - started
     time.sleep(5)  # the grown model serves under load
@@ -161,13 +165,15 @@ def autoscaling_ramp(server: Server, clients: int) -> dict[str, float]:
     for thread in threads[1:]:
         thread.join(timeout=70)
     up = dict(counts)
+    loaded_s = time.monotonic() - started
     light = time.monotonic()
-    while running("grow") > 1 and time.monotonic() - light < 180:
+    while running(deployment) > 1 and time.monotonic() - light < 180:
         time.sleep(0.2)
     scale_down = time.monotonic() - light
     stops[0].set()
     threads[0].join(timeout=70)
     return {"scale_up_s": scale_up, "scale_down_s": scale_down, "answered_up": up["ok"], "failed_up": up["failed"],
+            "loaded_per_s": up["ok"] / loaded_s,
             "answered_down": counts["ok"] - up["ok"], "failed_down": counts["failed"] - up["failed"]}
 
 
@@ -187,17 +193,21 @@ def render(results: dict) -> str:
     for cell in results["perf"]:
         lines.append(f"| {cell['label'].split()[0]} | {cell['protocol']} | {cell['concurrency']} | "
                      f"{cell['requests_per_s']:.1f} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | {cell['errors']} |")
-    ramp = results["ramp"]
     lines += [
         "", f"Replica autoscaling of a 50 ms model ({json.dumps(AUTOSCALING)}; autoscaling metrics pushed every 0.5 s), "
-        f"{results['clients']} HTTP clients, then one client while it shrinks:", "",
-        "| phase | time | answered | failed |", "|---|---|---|---|",
-        f"| scale-up: load starts -> 2nd replica running (then 5 s more) | {ramp['scale_up_s']:.1f} s | "
-        f"{ramp['answered_up']} | {ramp['failed_up']} |",
-        f"| scale-down: load drops to one client -> 1 replica | {ramp['scale_down_s']:.1f} s | "
-        f"{ramp['answered_down']} | {ramp['failed_down']} |", "",
+        f"{results['clients']} HTTP clients, then one client while it shrinks, in both placements: the model's own "
+        "deployment autoscaling (the default), and copies in the ingress replicas with the ingress autoscaling on "
+        "the same settings (`ric serve --ingress-autoscaling ...`, the model alone):", "",
+        "| placement | phase | time | answered | failed | req/s while loaded |", "|---|---|---|---|---|---|",
     ]
-    return "\n".join(lines)
+    for placement, ramp in [("own deployment", results["ramp"]), ("ingress copies", results["ingress_ramp"])]:
+        lines += [
+            f"| {placement} | scale-up: load starts -> 2nd replica running (then 5 s more) | {ramp['scale_up_s']:.1f} s | "
+            f"{ramp['answered_up']} | {ramp['failed_up']} | {ramp['loaded_per_s']:.1f} |",
+            f"| {placement} | scale-down: load drops to one client -> 1 replica | {ramp['scale_down_s']:.1f} s | "
+            f"{ramp['answered_down']} | {ramp['failed_down']} | |",
+        ]
+    return "\n".join(lines + [""])
 
 
 def main() -> None:
@@ -207,8 +217,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="ric-home-"))
-    server = Server(repository(), home)
+    home, root = Path(tempfile.mkdtemp(prefix="ric-home-")), repository()
+    server = Server(root, home)
     results = {"clients": args.clients, "startup_s": server.wait_serving()}
     try:
         results["perf"] = (perf(server, "tiny", ["http-binary", "handle"], [1, 16], args.seconds)
@@ -217,9 +227,20 @@ def main() -> None:
         from cluster.client import connect
 
         connect()
-        results["ramp"] = autoscaling_ramp(server, args.clients)
+        results["ramp"] = autoscaling_ramp(server, args.clients, "grow")
     finally:
         results["stop_s"], results["left"] = server.stop_group()
+    import ray
+
+    ray.shutdown()
+    ingress_scaling = ",".join(f"{key}={value}" for key, value in AUTOSCALING.items())
+    server = Server(root, home, ("--models", "grow", "--ingress-autoscaling", ingress_scaling))
+    try:
+        server.wait_serving()
+        connect()
+        results["ingress_ramp"] = autoscaling_ramp(server, args.clients, INGRESS_NAME)
+    finally:
+        server.stop_group()
     section = render(results)
     print(section)
     report.write_section(Path(args.out), section, source="benchmarks/cluster_operation.py")

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
 from cluster.names import INGRESS_NAME, RESERVED_NAMES, STATISTICS_NAME, SYNC_NAME
@@ -21,7 +21,7 @@ from cluster.repository.model_apps import deployment_options
 from cluster.protocol.statistics import StatisticsCollector
 from cluster.repository.sync import ModelStoreSync
 from cluster.repository.stores import open_store
-from deployments.config import ConfigError, ModelConfig
+from deployments.config import Autoscaling, ConfigError, ModelConfig
 from deployments.model import Model
 from ensembles.ensemble import Ensemble
 from ensembles.graph import check_graph, is_ensemble, scheduling
@@ -50,6 +50,12 @@ class AppArgs(BaseModel):
         default=0.25, ge=0, description="CPUs Ray reserves per model replica (a model's num_cpus parameter overrides)."
     )
     ingress_replicas: int = Field(default=1, gt=0, description="Replicas of the HTTP ingress.")
+    ingress_autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Autoscale the ingress replicas with the requests each holds, instead of ingress_replicas "
+                    "(min_replicas at least 1: the ingress answers HTTP and gRPC). With colocate, models that "
+                    "autoscale are then copied into the ingress too, and their copies follow its load.",
+    )
     poll_interval_s: float = Field(
         default=2.0, ge=0, description="How often the sync deployment reads the store for new versions; 0 never."
     )
@@ -62,6 +68,23 @@ class AppArgs(BaseModel):
         description="Also run every CPU model inside each ingress replica, so HTTP and gRPC requests skip the "
                     "ingress -> model hop (each ingress replica then holds a copy of those models).",
     )
+
+    @model_validator(mode="after")
+    def _ingress_answers(self) -> "AppArgs":
+        if self.ingress_autoscaling is not None and self.ingress_autoscaling.min_replicas < 1:
+            raise ValueError("ingress_autoscaling.min_replicas must be at least 1: the ingress answers HTTP and gRPC")
+        return self
+
+    def ingress_initial_replicas(self) -> int:
+        return self.ingress_replicas if self.ingress_autoscaling is None else self.ingress_autoscaling.min_replicas
+
+    def colocates(self, config: ModelConfig) -> bool:
+        """Whether a model also runs inside each ingress replica: CPU models, with colocate on, unless they
+        autoscale and the ingress does not (copies at a fixed count would take the HTTP/gRPC load away from
+        the replicas the model's autoscaler counts) or they scale to zero (copies would keep them loaded)."""
+        if not self.colocate or config.gpus_per_replica():
+            return False
+        return config.autoscaling is None or (self.ingress_autoscaling is not None and not config.scales_to_zero)
 
 
 def package_version() -> str:
@@ -166,7 +189,7 @@ def reservations(args: AppArgs) -> list[Reservation]:
     if isinstance(args, dict):
         args = AppArgs.model_validate(args)
     _, configs, _ = select_models(args)
-    found = [Reservation(INGRESS_NAME, args.ingress_replicas, args.replica_num_cpus, 0.0)]
+    found = [Reservation(INGRESS_NAME, args.ingress_initial_replicas(), args.replica_num_cpus, 0.0)]
     for name, config in sorted(configs.items()):
         options = deployment_options(config, args)
         actor = options["ray_actor_options"]
@@ -192,12 +215,14 @@ def build(args: AppArgs) -> Application:
     on_demand = frozenset(name for name, config in configs.items() if config.scales_to_zero)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes,
                              on_demand=on_demand)
-    # A model that autoscales keeps to its own deployment: copies in the ingress would not follow its load.
-    colocated = {name: (config, store) for name, config in plain.items()
-                 if args.colocate and not config.gpus_per_replica() and config.autoscaling is None}
+    colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}
+    if args.ingress_autoscaling is None:
+        scaling = {"num_replicas": args.ingress_replicas}
+    else:
+        scaling = {"autoscaling_config": args.ingress_autoscaling.serve_config()}
     return Ingress.options(
         name=INGRESS_NAME,
-        num_replicas=args.ingress_replicas,
+        **scaling,
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": args.replica_num_cpus},
         logging_config={"enable_access_log": args.access_log},

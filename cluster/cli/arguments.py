@@ -26,3 +26,24 @@ def _bounded(kind: type, ok: Callable[[Any], bool], wanted: str) -> Callable[[st
         return value
 
     return parse
+
+
+def ingress_autoscaling(text: str):
+    """``field=value,...`` of an ``autoscaling`` config (e.g. ``max_replicas=4,upscale_delay_s=5``), for the
+    ingress: at least one replica."""
+    from pydantic import ValidationError
+
+    from deployments.config import Autoscaling
+
+    try:
+        fields = dict(item.split("=", 1) for item in text.split(",") if item.strip())
+        config = Autoscaling.model_validate({key.strip(): value.strip() for key, value in fields.items()})
+    except ValueError as exc:  # a ValidationError is one; a pair without '=' too
+        if isinstance(exc, ValidationError):
+            reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        else:
+            reasons = "expected field=value pairs separated by commas"
+        raise argparse.ArgumentTypeError(f"{text!r}: {reasons} (fields: {', '.join(Autoscaling.model_fields)})") from None
+    if config.min_replicas < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: min_replicas must be at least 1 (the ingress answers HTTP and gRPC)")
+    return config

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from cluster.cli import perf, status
-from cluster.cli.arguments import non_negative, positive
+from cluster.cli.arguments import ingress_autoscaling, non_negative, positive
 from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, serve_repository
 from cluster.repository.examples import EXAMPLE
 
@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
                            help="run CPU models inside the ingress replicas too, one hop less for HTTP and gRPC "
                                 "(default on; --no-colocate keeps each model in its own deployment only)")
+    serve_cmd.add_argument("--ingress-autoscaling", type=ingress_autoscaling, metavar="FIELD=VALUE,...",
+                           help="autoscale the ingress replicas (and the colocated model copies inside them) with "
+                                "their load, e.g. max_replicas=4; fields as a model's autoscaling config "
+                                "(default: one ingress replica)")
     status_cmd = commands.add_parser("status", help="what a running application is doing, per model",
                                      description=status.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

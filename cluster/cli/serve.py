@@ -207,7 +207,8 @@ def serve_repository(args: argparse.Namespace) -> int:
     from cluster.protocol.grpc_service import SERVICER_FUNCTION
 
     app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
-                       colocate=args.colocate, replica_num_cpus=args.replica_num_cpus)
+                       colocate=args.colocate, replica_num_cpus=args.replica_num_cpus,
+                       ingress_autoscaling=args.ingress_autoscaling)
     become_subreaper()
     code = 1
     try:

@@ -6,6 +6,7 @@ A repository that cannot fit fails at once, naming what does not fit."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 
+from cluster.names import APP_NAME, model_app_name
 from cluster.repository.examples import onnx_add_sub
 from tests.conftest import REPO_ROOT, write_model
 from tests.integration.conftest import free_port, wait_for
@@ -202,6 +204,37 @@ def test_ric_status_shows_replicas_and_the_load_it_measures(ric, home):
     text = subprocess.run([str(BIN / "ric"), "status", "--window", "0.5"], env=clean_env(home),
                           capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "IN FLIGHT" in text.stdout and "text_stats" in text.stdout, text.stderr[-2000:]
+
+
+def test_ric_status_says_what_is_pending_and_why(ric, home):
+    """A model uploaded and loaded later that asks for a GPU this Ray lacks waits for resources: ric status
+    lists it as pending with Serve's reason (the load answers once the sync gives up, after its deploy
+    timeout; the next test stops this server)."""
+    upload = {"parameters": {
+        "config": json.dumps({"backend": "onnxruntime", "instance_group": [{"kind": "KIND_GPU"}]}),
+        "file:1/model.onnx": base64.b64encode(onnx_add_sub()).decode()}}
+
+    def load() -> None:
+        try:
+            requests.post(f"{ric.url}/v2/repository/models/gpu_hungry/load", json=upload, timeout=300)
+        except requests.RequestException:  # the next test stops the server under it
+            pass
+
+    threading.Thread(target=load, daemon=True).start()
+
+    def pending() -> list[dict]:
+        done = subprocess.run([str(BIN / "ric"), "status", "--json", "--window", "0.5"], env=clean_env(home),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [p for p in json.loads(done.stdout)["pending"] if p["deployment"] == "gpu_hungry"]
+
+    wait_for(lambda: pending(), timeout_s=150, what="ric status to list gpu_hungry as pending")
+    (entry,) = pending()
+    assert entry["application"] == model_app_name(APP_NAME, "gpu_hungry")
+    assert "to be scheduled" in entry["reason"] and "GPU" in entry["reason"], entry
+    text = subprocess.run([str(BIN / "ric"), "status", "--window", "0.5"], env=clean_env(home),
+                          capture_output=True, text=True, timeout=120).stdout
+    assert "pending:\n" in text and "gpu_hungry (" in text, text
 
 
 def test_a_group_signal_stops_everything_and_a_second_serve_starts(ric, home, dashboard_port):
