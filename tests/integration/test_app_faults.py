@@ -1,0 +1,70 @@
+"""Faults that fail cleanly: a model replica killed while it holds requests answers those requests 503 (the
+replica was lost, retry), never 500 or a hang; Serve starts another replica and later requests succeed.
+Colocation is off here so HTTP requests reach the model's own replica through the ingress's handle."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import ray
+import requests
+
+from cluster.cli.status import serve_details
+from cluster.names import APP_NAME
+from tests.conftest import write_model
+from tests.integration.conftest import serve_repository, wait_for
+
+SLOW = """
+import time
+
+def infer(inputs):
+    time.sleep(1.5)
+    return {"Y": inputs["X"] + 1}
+"""
+BODY = {"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repository")
+    write_model(root, "slow", "backend: python\ninput: [{name: X, data_type: TYPE_FP32, dims: [1]}]\n"
+                "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n", {"1/model.py": SLOW},
+                config_name="config.yaml")
+    with serve_repository(root, num_cpus=4, colocate=False) as endpoints:
+        yield endpoints
+
+
+def replica_actors(model: str) -> list[str]:
+    deployment = serve_details()["applications"][APP_NAME]["deployments"][model]
+    return [r["actor_name"] for r in deployment["replicas"] if r["state"] == "RUNNING"]
+
+
+def test_requests_held_by_a_killed_replica_answer_503_and_the_next_ones_succeed(server):
+    url = f"{server.http}/v2/models/slow/infer"
+    assert requests.post(url, json=BODY, timeout=60).status_code == 200
+    (actor,) = replica_actors("slow")
+    answers: list[tuple[int, dict]] = []
+
+    def call() -> None:
+        response = requests.post(url, json=BODY, timeout=120)
+        answers.append((response.status_code, response.json()))
+
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    time.sleep(0.7)  # the first request is running in the replica, the others wait there for it
+    ray.kill(ray.get_actor(actor, namespace="serve"), no_restart=True)
+    for caller in callers:
+        caller.join(timeout=150)
+    assert len(answers) == 3, "a request hung"
+    lost = [body for code, body in answers if code == 503]
+    assert lost, answers
+    assert all(code in (200, 503) for code, _ in answers), answers
+    assert all("the replica serving this request was lost" in body["error"] for body in lost), lost
+    wait_for(lambda: replica_actors("slow") and replica_actors("slow") != [actor], timeout_s=120,
+             what="Serve to start another replica")
+    response = requests.post(url, json=BODY, timeout=120)
+    assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [2.0], response.text
+    print(f"answers while the replica was killed: {sorted(code for code, _ in answers)}")
