@@ -12,7 +12,7 @@ Ray-specific additions live where Triton leaves room for them: ``parameters`` (`
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -22,7 +22,16 @@ from tritonclient.grpc import model_config_pb2
 
 from deployments.dtypes import config_to_v2
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+#: A model name, matched in full (``fullmatch``: ``$`` would let a trailing newline through).
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def is_relative_inside(path: str) -> bool:
+    """Whether a path names a file inside its folder: relative, no ``.``/``..`` parts, no backslashes or NULs."""
+    parts = PurePosixPath(path).parts
+    return bool(parts) and not path.startswith("/") and "\\" not in path and "\0" not in path \
+        and not any(part in (".", "..") for part in parts)
+
 
 #: Backends by Triton ``platform`` name; a config may name either.
 PLATFORM_BACKENDS = {
@@ -195,9 +204,16 @@ class ModelConfig(BaseModel):
     dynamic_batching: DynamicBatching | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
-    default_model_filename: str = ""
+    default_model_filename: str = Field(default="", description="The model file in each version folder.")
     parameters: dict[str, ModelParameter] = Field(default_factory=dict)
     autoscaling: Autoscaling | None = Field(default=None, description="Replica autoscaling (ric extension).")
+
+    @field_validator("default_model_filename")
+    @classmethod
+    def _inside_the_version_folder(cls, value: str) -> str:
+        if value and not is_relative_inside(value):
+            raise ValueError(f"{value!r} must name a file inside the version folder (a relative path without '..')")
+        return value
 
     def parameter(self, key: str, default: str | None = None) -> str | None:
         """A string parameter's value, or ``default``."""
@@ -355,7 +371,7 @@ def _from_proto(
             config.name = folder_name
         elif config.name != folder_name:
             raise ConfigError(source, "name", f"{config.name!r} does not match its folder {folder_name!r}")
-    if not MODEL_NAME.match(config.name):
+    if not MODEL_NAME.fullmatch(config.name) or config.name in (".", ".."):
         raise ConfigError(source, "name", f"{config.name!r} is not a valid model name")
     if "gpu_fraction" in config.parameters:
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from deployments.config import MODEL_NAME
+from deployments.config import MODEL_NAME, is_relative_inside
 from deployments.errors import invalid
 
 CONFIG_FILES = ("config.pbtxt", "config.yaml", "config.yml")
@@ -14,17 +14,16 @@ CONFIG_FILES = ("config.pbtxt", "config.yaml", "config.yml")
 
 def check_model_name(model: str) -> str:
     """Refuse model names that could leave the repository (``..``, slashes, odd characters)."""
-    if not MODEL_NAME.match(model) or model in (".", ".."):
+    if not MODEL_NAME.fullmatch(model) or model in (".", ".."):
         raise invalid(f"invalid model name {model!r}")
     return model
 
 
 def check_file_path(path: str) -> str:
     """Refuse file paths of an uploaded model that could leave its folder."""
-    parts = PurePosixPath(path).parts
-    if not parts or path.startswith("/") or "\\" in path or "\0" in path or any(p in (".", "..") for p in parts):
+    if not is_relative_inside(path):
         raise invalid(f"invalid file path {path!r}")
-    return "/".join(parts)
+    return "/".join(PurePosixPath(path).parts)
 
 
 def cache_root() -> Path:

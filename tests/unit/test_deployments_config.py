@@ -129,6 +129,9 @@ def test_name_defaults_to_the_folder(tmp_path):
         ('name: "other"', "name", "does not match its folder 'm'"),
         ('parameters { key: "gpu_fraction" value { string_value: "half" } }', "parameters.gpu_fraction", "number"),
         ('instance_group [ { count: -1 } ]', "instance_group.0.count", "greater than or equal to 1"),
+        ('default_model_filename: "/etc/passwd"', "default_model_filename", "inside the version folder"),
+        ('default_model_filename: "../../secret.onnx"', "default_model_filename", "inside the version folder"),
+        ('default_model_filename: "sub/../../x"', "default_model_filename", "inside the version folder"),
     ],
 )
 def test_config_errors_name_the_file_the_field_and_the_problem(text, field, problem):
@@ -232,3 +235,14 @@ def test_autoscaling_errors_name_the_field(text, field):
     with pytest.raises(ConfigError) as error:
         parse_yaml(text, "b/config.yaml", "b")
     assert error.value.field == field
+
+
+@pytest.mark.parametrize("name", ["m\n", "m/..", "..", "-m", "m m"])
+def test_model_names_are_matched_in_full(name):
+    with pytest.raises(ConfigError, match="not a valid model name"):
+        parse_pbtxt(f"name: {json.dumps(name)}", "m/config.pbtxt")
+
+
+def test_a_model_file_in_a_subfolder_of_the_version_is_allowed():
+    assert parse_pbtxt('default_model_filename: "model.savedmodel/saved_model.pb"', "m/config.pbtxt", "m") \
+        .default_model_filename == "model.savedmodel/saved_model.pb"
