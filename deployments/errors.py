@@ -68,6 +68,10 @@ class InferenceError(Exception):
             return cls(exc.code, exc.message)
         if type(exc).__name__ == "BackPressureError":  # Serve's max_queued_requests (no Ray import here)
             return cls(ErrorCode.UNAVAILABLE, "the model's request queue is full; retry later")
+        if type(exc).__name__ == "DeploymentUnavailableError":  # Serve: the model's deployment is gone or failing
+            return cls(ErrorCode.UNAVAILABLE, "the model has no replica able to serve; retry later")
+        if type(exc).__name__ in ("RequestCancelledError", "CancelledError"):
+            return cls(ErrorCode.UNAVAILABLE, "the request was cancelled before it finished")
         if any(base.__name__ in LOST_REPLICA_ERRORS for base in type(exc).__mro__):
             return cls(ErrorCode.UNAVAILABLE, "the replica serving this request was lost (its process or node "
                                               "died); Serve starts another, retry")

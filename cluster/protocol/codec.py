@@ -116,11 +116,22 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     return message
 
 
+#: Most dimensions a tensor may have (numpy's own limit).
+MAX_DIMS = 64
+#: Largest element count a shape may describe, zero-sized dimensions aside (numpy needs count x item size,
+#: 16 bytes at most, to fit its 64-bit index type).
+MAX_ELEMENTS = 2**58
+
+
 def decode_shape(raw: Any, name: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
         raise invalid(f"input '{name}': 'shape' must be a list of integers")
+    if len(raw) > MAX_DIMS:
+        raise invalid(f"input '{name}': shape has {len(raw)} dimensions, more than {MAX_DIMS}")
     if any(d < 0 for d in raw):
         raise invalid(f"input '{name}': shape {raw} has a negative dimension")
+    if math.prod(max(d, 1) for d in raw) > MAX_ELEMENTS:
+        raise invalid(f"input '{name}': shape {raw} is too large")
     return tuple(raw)
 
 

@@ -150,3 +150,14 @@ def test_a_lost_replica_is_unavailable_not_internal():
         lost = InferenceError.from_exception(error)
         assert lost.code == ErrorCode.UNAVAILABLE and lost.http_status == 503, type(error)
         assert "replica serving this request was lost" in lost.message
+
+
+def test_an_unavailable_deployment_or_a_cancelled_request_is_unavailable_not_internal():
+    from ray.serve.exceptions import DeploymentUnavailableError, RequestCancelledError
+
+    from ray.serve._private.common import DeploymentID
+
+    gone = InferenceError.from_exception(DeploymentUnavailableError(DeploymentID(name="m", app_name="ric")))
+    assert gone.code == ErrorCode.UNAVAILABLE and "no replica able to serve" in gone.message
+    cancelled = InferenceError.from_exception(RequestCancelledError("abc"))
+    assert cancelled.code == ErrorCode.UNAVAILABLE and "cancelled" in cancelled.message

@@ -73,7 +73,10 @@ def test_encodes_a_response_tritonclient_can_read():
         (body(inputs=[tensor(shape=(-1,))]), "negative dimension"),
         (body(inputs=[tensor(shape=("2",))]), "'shape' must be a list of integers"),
         (body(inputs=[tensor(shape=(3,))]), "shape [3] needs 3 elements, data has 2"),
-        (body(inputs=[tensor(shape=(2**40, 2**40))]), "needs 1208925819614629174706176 elements"),
+        (body(inputs=[tensor(shape=(2**30, 2**20))]), "needs 1125899906842624 elements"),
+        (body(inputs=[tensor(shape=(2**40, 2**40))]), "shape [1099511627776, 1099511627776] is too large"),
+        (body(inputs=[tensor(shape=(0, 2**62), data=[])]), "shape [0, 4611686018427387904] is too large"),
+        (body(inputs=[tensor(shape=(1,) * 65)]), "shape has 65 dimensions, more than 64"),
         (body(inputs=[tensor(data=["a", "b"])]), "data does not fit datatype FP32"),
         (body(inputs=[tensor(datatype="UINT8", data=[300, 1])]), "data does not fit datatype UINT8"),
         (body(inputs=[tensor(datatype="FP16", data=[1e10, 1])]), "data does not fit datatype FP16"),
@@ -108,10 +111,14 @@ def test_random_bytes_never_crash_the_decoder(raw):
         assert exc.code == ErrorCode.INVALID_ARGUMENT
 
 
+#: Many dimensions, and sizes that only fit because another dimension is zero.
+huge_shapes = st.lists(st.sampled_from([0, 1, 2, 2**29, 2**31, 2**62]), max_size=70)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.fixed_dictionaries({
     "name": st.sampled_from(["x", "", 3]),
-    "shape": st.lists(st.integers(-2, 4), max_size=3) | json_values,
+    "shape": st.lists(st.integers(-2, 4), max_size=3) | huge_shapes | json_values,
     "datatype": st.sampled_from(["FP32", "INT8", "BYTES", "BOOL", "FP16", "nope"]) | json_values,
     "data": json_values,
 }))
@@ -190,7 +197,8 @@ def test_binary_errors():
         (*binary_body([raw_input("x", array, size=2**40)], [array]), "runs past the end of the body"),
         (*binary_body([raw_input("x", array, size=-1)], [array]), "binary_data_size must be a non-negative integer"),
         (*binary_body([dict(raw_input("x", array), datatype="INT99")], [array]), "unknown datatype 'INT99'"),
-        (*binary_body([dict(raw_input("x", array), shape=[2**31, 2**31])], [array]), "needs 18446744073709551616"),
+        (*binary_body([dict(raw_input("x", array), shape=[2**31, 2**31])], [array]), "is too large"),
+        (*binary_body([dict(raw_input("x", array), shape=[2**25, 2**25])], [array]), "needs 4503599627370496"),
     ]
     strings = np.array([b"abc"], dtype=object)
     truncated, length = binary_body([raw_input("s", strings, size=5)], [strings])
@@ -219,7 +227,7 @@ def test_random_binary_bodies_and_headers_fail_cleanly(raw, header_length):
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from(["INT32", "FP64", "BOOL", "BYTES", "FP16", "BF16"]),
-    st.lists(st.integers(0, 5), max_size=3),
+    st.lists(st.integers(0, 5), max_size=3) | huge_shapes,
     st.binary(max_size=64),
 )
 def test_random_raw_tensors_decode_or_fail_cleanly(datatype, shape, data):
