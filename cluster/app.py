@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 from importlib.metadata import PackageNotFoundError, version
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -56,6 +57,14 @@ class AppArgs(BaseModel):
                     "(min_replicas at least 1: the ingress answers HTTP and gRPC). With colocate, models that "
                     "autoscale are then copied into the ingress too, and their copies follow its load.",
     )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        default="poll",
+        description="Triton's model control mode. poll: served models follow new versions and configs in the "
+                    "store every poll_interval_s, and the repository API may not load or unload; none: no "
+                    "changes after start; explicit: the repository API loads and unloads models (and uploads "
+                    "model files, which may be Python code the server runs), and served models follow the "
+                    "store as in poll (poll_interval_s: 0 for Triton's behaviour).",
+    )
     poll_interval_s: float = Field(
         default=2.0, ge=0, description="How often the sync deployment reads the store for new versions; 0 never."
     )
@@ -74,6 +83,10 @@ class AppArgs(BaseModel):
         if self.ingress_autoscaling is not None and self.ingress_autoscaling.min_replicas < 1:
             raise ValueError("ingress_autoscaling.min_replicas must be at least 1: the ingress answers HTTP and gRPC")
         return self
+
+    def polls(self) -> bool:
+        """Whether the sync reads the store for new versions and configs while serving."""
+        return self.model_control_mode != "none" and self.poll_interval_s > 0
 
     def ingress_initial_replicas(self) -> int:
         return self.ingress_replicas if self.ingress_autoscaling is None else self.ingress_autoscaling.min_replicas
@@ -214,7 +227,7 @@ def build(args: AppArgs) -> Application:
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
     on_demand = frozenset(name for name, config in configs.items() if config.scales_to_zero)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes,
-                             on_demand=on_demand)
+                             on_demand=on_demand, model_control_mode=args.model_control_mode)
     colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}
     if args.ingress_autoscaling is None:
         scaling = {"num_replicas": args.ingress_replicas}

@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
                            help="run CPU models inside the ingress replicas too, one hop less for HTTP and gRPC "
                                 "(default on; --no-colocate keeps each model in its own deployment only)")
+    serve_cmd.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="poll",
+                           help="poll (default): served models follow new versions and configs in the repository, "
+                                "and the repository API may not load or unload; none: nothing changes after start; "
+                                "explicit: the repository API loads, unloads and uploads models (anyone who "
+                                "reaches the ports can then run code: restrict it, see --restricted-api)")
     serve_cmd.add_argument("--ingress-autoscaling", type=ingress_autoscaling, metavar="FIELD=VALUE,...",
                            help="autoscale the ingress replicas (and the colocated model copies inside them) with "
                                 "their load, e.g. max_replicas=4; fields as a model's autoscaling config "

@@ -208,7 +208,7 @@ def serve_repository(args: argparse.Namespace) -> int:
 
     app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
                        colocate=args.colocate, replica_num_cpus=args.replica_num_cpus,
-                       ingress_autoscaling=args.ingress_autoscaling)
+                       ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode)
     become_subreaper()
     code = 1
     try:

@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 class DataPlane:
     """Server and model operations over the model deployments' handles."""
 
-    def __init__(self, models: dict[str, Any], failed: dict[str, str], version: str, statistics: Any,
-                 sync: Any = None, on_demand: frozenset[str] = frozenset()):
+    def __init__(self, models: dict[str, Any], failed: dict[str, str], options: Any, statistics: Any,
+                 sync: Any = None):
+        """``options``: the Ingress's IngressOptions (server version, models that scale to zero, the model
+        control mode)."""
         self.built, self.built_failed = dict(models), dict(failed)
         self.models = dict(models)  # the built ones and those loaded later
         self.failed = dict(failed)
@@ -48,13 +50,14 @@ class DataPlane:
         self.repository: list[str] = []  # every model in the store, as the sync last listed it
         self.unloaded: set[str] = set()  # built models unloaded through the repository API (maybe no replicas)
         self.generation = 0  # the sync's last generation this plane has followed
-        self.version = version
+        self.version = options.version
+        self.control_mode = options.model_control_mode
         self.collector = statistics  # handle of the StatisticsCollector
         self.sync = sync  # handle of the ModelStoreSync
         # Models that autoscale from zero: a call to one starts a replica, so the fan-outs below (readiness,
         # index, statistics) leave them out and report them ready to start on demand. Built ones are
         # known from the start, those loaded later from the sync.
-        self.built_on_demand = self.on_demand = frozenset(on_demand)
+        self.built_on_demand = self.on_demand = frozenset(options.on_demand)
 
     def handle(self, model: str) -> Any:
         """The model's handle; unknown models are NOT_FOUND, models that failed to configure or are not
@@ -166,6 +169,9 @@ class DataPlane:
         config as JSON) that replaces the repository's config until the next load, and with it ``file:``
         parameters that serve the model from those files; a load after which no version is ready fails,
         naming the reasons."""
+        if self.control_mode != "explicit":  # Triton's text, which clients check for
+            raise unavailable(f"explicit model load / unload is not allowed if polling is enabled (model control "
+                              f"mode '{self.control_mode}'; the server's operator can choose 'explicit')")
         parameters = parameters or {}
         if not isinstance(parameters, dict):
             raise invalid("'parameters' of a repository load must be an object")

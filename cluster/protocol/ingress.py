@@ -39,6 +39,8 @@ class IngressOptions:
     max_request_bytes: int
     #: Models that scale to zero replicas when idle: readiness, index and statistics leave them asleep.
     on_demand: frozenset[str] = frozenset()
+    #: Triton's model control mode: only ``explicit`` lets the repository API load and unload models.
+    model_control_mode: str = "explicit"
 
 
 def json_response(message, status: int = 200) -> Response:
@@ -67,7 +69,7 @@ class Ingress(GrpcInferenceService):
         register_message_modules()
         local = {name: LocalHandle(ModelService(config, source, statistics, sync))
                  for name, (config, source) in (colocated or {}).items()}
-        self.plane = DataPlane({**models, **local}, failed, options.version, statistics, sync, options.on_demand)
+        self.plane = DataPlane({**models, **local}, failed, options, statistics, sync)
         self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None
         self.max_request_bytes = options.max_request_bytes
 

@@ -63,7 +63,7 @@ class ModelStoreSync:
         self.overrides: dict[str, ModelConfig] = {}  # model -> config given with a repository load
         self.args = args
         self.statistics = statistics
-        self.poll_interval_s = args.poll_interval_s
+        self.poll_interval_s = args.poll_interval_s if args.polls() else 0.0
         # Milliseconds since the epoch to begin with, so a restarted sync never goes back behind the
         # generations its followers have seen.
         self.generation = time.time_ns() // 1_000_000

@@ -59,7 +59,7 @@ def server(root):
                 config_name="config.yaml")
     write_model(root, "sleepy", sleepy_config("sleepy"), {"1/model.py": SLOW})
     try:
-        with serve_repository(root, num_cpus=4, colocate=True) as endpoints:
+        with serve_repository(root, num_cpus=4, colocate=True, model_control_mode="explicit") as endpoints:
             yield endpoints
     finally:
         for name in ("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):

@@ -37,6 +37,7 @@ def test_serve_deploy_serves_the_example_repository(dashboard_url, tmp_path):
     grpc_port = config["grpc_options"]["port"] = free_port()
     # and without 'simple', which the repository API loads below
     config["applications"][0]["args"]["models"] = ["mlp", "linear_torch", "text_stats", "detect_classify"]
+    config["applications"][0]["args"]["model_control_mode"] = "explicit"
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     deploy(path, dashboard_url)

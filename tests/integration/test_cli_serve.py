@@ -93,7 +93,7 @@ def dashboard_port() -> int:
 
 @pytest.fixture(scope="module")
 def ric(home, dashboard_port):
-    server = start_ric(home, "--dashboard-port", str(dashboard_port))
+    server = start_ric(home, "--dashboard-port", str(dashboard_port), "--model-control-mode", "explicit")
     try:
         server.wait_serving()
         yield server

@@ -79,3 +79,13 @@ def test_ric_serve_reads_the_ingress_autoscaling_flag():
     assert (args.ingress_autoscaling.min_replicas, args.ingress_autoscaling.max_replicas) == (1, 4)
     assert args.ingress_autoscaling.upscale_delay_s == 5
     assert parse_args(["serve"]).ingress_autoscaling is None
+
+
+def test_the_model_control_mode_decides_whether_the_sync_polls():
+    assert AppArgs().model_control_mode == "poll" and AppArgs().polls()
+    assert AppArgs(model_control_mode="explicit").polls()
+    assert not AppArgs(model_control_mode="none").polls()
+    assert not AppArgs(poll_interval_s=0).polls()
+    with pytest.raises(ValueError, match="model_control_mode"):
+        AppArgs(model_control_mode="EXPLICIT-ish")
+    assert parse_args(["serve"]).model_control_mode == "poll"

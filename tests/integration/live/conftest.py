@@ -28,7 +28,7 @@ BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "dat
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("live")
     write_model(root, "live", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
-    with serve_repository(root, poll_interval_s=0.5) as endpoints:
+    with serve_repository(root, poll_interval_s=0.5, model_control_mode="explicit") as endpoints:
         yield root, endpoints
 
 

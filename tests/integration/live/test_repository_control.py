@@ -12,7 +12,7 @@ import requests
 
 from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import settled, wait_for
 from tests.integration.live.conftest import (
     BODY, call_until_stopped, cpus_free, expected, land_version, serves_max_batch_size,
 )
@@ -23,9 +23,10 @@ def test_unload_and_load_through_the_repository_api(live):
 
     _, server = live
     client = httpclient.InferenceServerClient(server.removeprefix("http://"))
-    free = cpus_free()
+    free = settled(cpus_free, pause_s=0.5)  # Ray's resource view lags the actors a moment
     client.unload_model("live")  # stock tritonclient; returns once the replicas are gone
-    assert cpus_free() == pytest.approx(free + 2 * 0.25)  # both replicas' reservations are free
+    wait_for(lambda: cpus_free() == pytest.approx(free + 2 * 0.25), timeout_s=30,  # both replicas' CPUs free
+             what=lambda: f"the replicas' CPUs free: {free} then {cpus_free()}")
     response = requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30)
     assert response.status_code == 503 and "unloaded through the repository API" in response.json()["error"]
     (row,) = client.get_model_repository_index()
@@ -33,7 +34,8 @@ def test_unload_and_load_through_the_repository_api(live):
     assert requests.post(f"{server}/v2/repository/index", json={"ready": True}, timeout=30).json() == []
     assert requests.get(f"{server}/v2/health/ready", timeout=30).status_code == 200  # unloaded: not counted
     client.load_model("live")
-    assert cpus_free() == pytest.approx(free)
+    wait_for(lambda: cpus_free() == pytest.approx(free), timeout_s=30,
+             what=lambda: f"the replicas' CPUs reserved again: {free} then {cpus_free()}")
     wait_for(lambda: requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30).status_code == 200,
              timeout_s=60, what="live to serve again")
     for action, status, message in [("load", 404, "unknown model 'nope'"), ("frobnicate", 404, "no route")]:

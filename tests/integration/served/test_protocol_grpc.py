@@ -160,3 +160,11 @@ def test_request_parameters_reach_the_model(client):
     x.set_data_from_numpy(np.array([[1]], np.int32))
     result = client.infer("params", [x], parameters={"tag": "g", "n": 3, "flag": True})
     assert json.loads(result.as_numpy("PARAMS")[0, 0]) == {"tag": "g", "n": 3, "flag": True}
+
+
+def test_the_default_control_mode_refuses_loads_and_unloads_as_unavailable(client):
+    for call in (lambda: client.load_model("mlp"), lambda: client.unload_model("mlp")):
+        with pytest.raises(InferenceServerException, match="explicit model load / unload is not allowed") as info:
+            call()
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+    assert client.is_model_ready("mlp")

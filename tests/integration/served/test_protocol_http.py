@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import settled, wait_for
 from tests.integration.served.conftest import CASES, MAX_REQUEST_BYTES, echo_inputs, local, reference
@@ -214,3 +215,17 @@ def test_request_parameters_reach_the_model(client):
     x.set_data_from_numpy(np.array([[1]], np.int32))
     result = client.infer("params", [x], parameters={"temperature": 0.5, "tag": "a"})
     assert jsonlib.loads(result.as_numpy("PARAMS")[0, 0]) == {"temperature": 0.5, "tag": "a"}
+
+
+def test_the_default_control_mode_refuses_loads_unloads_and_uploads(client, server):
+    """Triton's poll mode (ric's default): nobody who reaches the port may change what is served, let alone
+    upload a Python model for the server to run; the answer is Triton's text, and serving goes on."""
+    for call in (lambda: client.load_model("mlp"), lambda: client.unload_model("mlp"),
+                 lambda: client.load_model("uploaded", config='{"backend": "python"}',
+                                           files={"file:1/model.py": b"import os\nos.system('true')\n"})):
+        with pytest.raises(InferenceServerException, match="explicit model load / unload is not allowed"):
+            call()
+    response = requests.post(f"{server}/v2/repository/models/mlp/unload", json={}, timeout=30)
+    assert response.status_code == 503 and "model control mode 'poll'" in response.json()["error"]
+    assert client.is_model_ready("mlp") and not any(row["name"] == "uploaded"
+                                                    for row in client.get_model_repository_index())
