@@ -62,8 +62,8 @@ def main() -> None:
     rows = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build(AppArgs(repository=str(root), poll_interval_s=args.poll)), name="ric", route_prefix="/",
-                  external_scaler_enabled=True)
+        app = build(AppArgs(repository=str(root), poll_interval_s=args.poll, model_control_mode="explicit"))
+        serve.run(app, name="ric", route_prefix="/", external_scaler_enabled=True)
         handle = serve.get_deployment_handle("m", app_name="ric")
         for version in range(2, 2 + args.rounds):
             staging = root / "m" / f".staging-{version}"
