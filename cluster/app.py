@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Literal
 from importlib.metadata import PackageNotFoundError, version
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray.serve import Application
 
 from cluster.names import INGRESS_NAME, RESERVED_NAMES, STATISTICS_NAME, SYNC_NAME
 from cluster.repository.examples import EXAMPLE, example_repository
 from cluster.protocol.ingress import Ingress, IngressOptions
+from cluster.protocol.restrictions import Restriction, check_unique
 from cluster.repository.model_apps import deployment_options
 from cluster.protocol.statistics import StatisticsCollector
 from cluster.repository.sync import ModelStoreSync
@@ -65,6 +66,12 @@ class AppArgs(BaseModel):
                     "model files, which may be Python code the server runs), and served models follow the "
                     "store as in poll (poll_interval_s: 0 for Triton's behaviour).",
     )
+    restricted_apis: list[Restriction] = Field(
+        default_factory=list,
+        description="API groups that answer only requests carrying a header key and value, on HTTP and gRPC "
+                    "(Triton's restricted APIs; gRPC clients send the key with the 'triton-grpc-protocol-' "
+                    "prefix), e.g. [{apis: [model-repository], key: admin-key, value: ...}].",
+    )
     poll_interval_s: float = Field(
         default=2.0, ge=0, description="How often the sync deployment reads the store for new versions; 0 never."
     )
@@ -77,6 +84,11 @@ class AppArgs(BaseModel):
         description="Also run every CPU model inside each ingress replica, so HTTP and gRPC requests skip the "
                     "ingress -> model hop (each ingress replica then holds a copy of those models).",
     )
+
+    @field_validator("restricted_apis")
+    @classmethod
+    def _each_group_once(cls, restrictions: list[Restriction]) -> list[Restriction]:
+        return check_unique(restrictions)
 
     @model_validator(mode="after")
     def _ingress_answers(self) -> "AppArgs":
@@ -227,7 +239,8 @@ def build(args: AppArgs) -> Application:
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
     on_demand = frozenset(name for name, config in configs.items() if config.scales_to_zero)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes,
-                             on_demand=on_demand, model_control_mode=args.model_control_mode)
+                             on_demand=on_demand, model_control_mode=args.model_control_mode,
+                             restricted_apis=tuple(args.restricted_apis))
     colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}
     if args.ingress_autoscaling is None:
         scaling = {"num_replicas": args.ingress_replicas}

@@ -14,6 +14,7 @@ class ErrorCode(str, enum.Enum):
     NOT_FOUND = "NOT_FOUND"
     UNAVAILABLE = "UNAVAILABLE"
     TOO_LARGE = "TOO_LARGE"
+    RESTRICTED = "RESTRICTED"
     INTERNAL = "INTERNAL"
 
 
@@ -21,6 +22,7 @@ HTTP_STATUS = {
     ErrorCode.INVALID_ARGUMENT: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.TOO_LARGE: 413,
+    ErrorCode.RESTRICTED: 403,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
@@ -30,6 +32,7 @@ GRPC_STATUS = {
     ErrorCode.INVALID_ARGUMENT: "INVALID_ARGUMENT",
     ErrorCode.NOT_FOUND: "NOT_FOUND",
     ErrorCode.TOO_LARGE: "RESOURCE_EXHAUSTED",
+    ErrorCode.RESTRICTED: "UNAVAILABLE",  # Triton's choice for a restricted protocol
     ErrorCode.UNAVAILABLE: "UNAVAILABLE",
     ErrorCode.INTERNAL: "INTERNAL",
 }

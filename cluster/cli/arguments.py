@@ -28,6 +28,15 @@ def _bounded(kind: type, ok: Callable[[Any], bool], wanted: str) -> Callable[[st
     return parse
 
 
+def reasons(exc: Exception) -> str:
+    """A pydantic ValidationError (or any ValueError) in one line: each field and what is wrong with it."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return str(exc)
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in errors())
+
+
 def ingress_autoscaling(text: str):
     """``field=value,...`` of an ``autoscaling`` config (e.g. ``max_replicas=4,upscale_delay_s=5``), for the
     ingress: at least one replica."""
@@ -39,11 +48,22 @@ def ingress_autoscaling(text: str):
         fields = dict(item.split("=", 1) for item in text.split(",") if item.strip())
         config = Autoscaling.model_validate({key.strip(): value.strip() for key, value in fields.items()})
     except ValueError as exc:  # a ValidationError is one; a pair without '=' too
-        if isinstance(exc, ValidationError):
-            reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        else:
-            reasons = "expected field=value pairs separated by commas"
-        raise argparse.ArgumentTypeError(f"{text!r}: {reasons} (fields: {', '.join(Autoscaling.model_fields)})") from None
+        why = reasons(exc) if isinstance(exc, ValidationError) else "expected field=value pairs separated by commas"
+        raise argparse.ArgumentTypeError(f"{text!r}: {why} (fields: {', '.join(Autoscaling.model_fields)})") from None
     if config.min_replicas < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: min_replicas must be at least 1 (the ingress answers HTTP and gRPC)")
     return config
+
+
+def restriction(text: str):
+    """Triton's ``<group>[,<group>...]:<key>=<value>`` form of a restricted API setting."""
+    from pydantic import ValidationError
+
+    from cluster.protocol.restrictions import API_GROUPS, Restriction
+
+    try:
+        return Restriction.parse(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {reasons(exc)} (groups: {', '.join(API_GROUPS)})") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

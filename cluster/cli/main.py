@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from cluster.cli import perf, status
-from cluster.cli.arguments import ingress_autoscaling, non_negative, positive
+from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
 from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, serve_repository
 from cluster.repository.examples import EXAMPLE
 
@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "and the repository API may not load or unload; none: nothing changes after start; "
                                 "explicit: the repository API loads, unloads and uploads models (anyone who "
                                 "reaches the ports can then run code: restrict it, see --restricted-api)")
+    serve_cmd.add_argument("--restricted-api", type=restriction, action="append", default=[],
+                           metavar="GROUP[,GROUP...]:KEY=VALUE",
+                           help="answer these API groups (health, metadata, inference, shared-memory, model-config, "
+                                "model-repository, statistics, trace, logging) only for requests with header "
+                                "KEY: VALUE (gRPC: metadata triton-grpc-protocol-KEY), as Triton's "
+                                "--http-restricted-api; repeat for other groups")
     serve_cmd.add_argument("--ingress-autoscaling", type=ingress_autoscaling, metavar="FIELD=VALUE,...",
                            help="autoscale the ingress replicas (and the colocated model copies inside them) with "
                                 "their load, e.g. max_replicas=4; fields as a model's autoscaling config "

@@ -16,6 +16,7 @@ import traceback
 import urllib.request
 
 from cluster.cli import placement
+from cluster.cli.arguments import reasons
 from cluster.client import ServerRecord, remove_record, write_record
 from cluster.names import APP_NAME
 
@@ -184,10 +185,12 @@ def wait_until_running(args: argparse.Namespace) -> None:
         time.sleep(PROGRESS_INTERVAL_S)
 
 
-def model_summary(base: str) -> str:
+def model_summary(base: str, restrictions) -> str:
     """One line on what the repository index says: models ready, and the others with their reasons (or why
-    the index could not be read: the server serves on regardless)."""
-    request = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", method="POST")
+    the index could not be read: the server serves on regardless). ``restrictions``: the restricted APIs,
+    whose header the index call carries when its group is restricted."""
+    headers = {r.key: r.value for r in restrictions if "model-repository" in r.apis}
+    request = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             index = json.load(response)
@@ -206,9 +209,14 @@ def serve_repository(args: argparse.Namespace) -> int:
     from cluster.app import AppArgs, build, reservations
     from cluster.protocol.grpc_service import SERVICER_FUNCTION
 
-    app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
-                       colocate=args.colocate, replica_num_cpus=args.replica_num_cpus,
-                       ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode)
+    try:
+        app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
+                           colocate=args.colocate, replica_num_cpus=args.replica_num_cpus,
+                           ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode,
+                           restricted_apis=args.restricted_api)
+    except ValueError as exc:  # arguments that only conflict together, e.g. one API group restricted twice
+        print(f"ric serve: {reasons(exc)}", file=sys.stderr, flush=True)
+        return 2
     become_subreaper()
     code = 1
     try:
@@ -220,7 +228,7 @@ def serve_repository(args: argparse.Namespace) -> int:
                                         external_scaler_enabled=True)], wait_for_applications_running=False)
         wait_until_running(args)
         base = f"http://{args.host}:{args.http_port}"
-        print(model_summary(base), flush=True)
+        print(model_summary(base, app_args.restricted_apis), flush=True)
         context = ray.get_runtime_context()
         record = ServerRecord(address=context.gcs_address, node_ip=ray.util.get_node_ip_address(),
                               auth_mode=os.environ.get("RAY_AUTH_MODE", "disabled"), app=APP_NAME, http=base,

@@ -1,7 +1,8 @@
 """``inference.GRPCInferenceService`` on the Ingress, served by Ray Serve's gRPC proxy.
 
-Serve calls the Ingress method named after each RPC with the request message. Each method decodes, calls
-the same data plane as HTTP, encodes; an error sets the gRPC status from the one error table.
+Serve calls the Ingress method named after each RPC with the request message. Each method checks its API
+group's restriction, decodes, calls the same data plane as HTTP, encodes; an error sets the gRPC status from
+the one error table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from cluster.protocol import grpc_codec
 from cluster.protocol.dataplane import DataPlane
+from cluster.protocol.restrictions import ApiGroup, Restrictions
 from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError
 
 logger = logging.getLogger(__name__)
@@ -39,23 +41,28 @@ def add_servicer_to_server(servicer, server) -> None:
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 
-def rpc(method):
-    """Turn any failure of an RPC method into its gRPC status and a clear message."""
+def rpc(group: ApiGroup):
+    """An RPC method of API group ``group`` (checked against the restricted APIs first), any failure of
+    which becomes its gRPC status and a clear message."""
 
-    async def wrapper(self, request, grpc_context):
-        try:
-            return await method(self, request)
-        except Exception as exc:
-            error = InferenceError.from_exception(exc)
-            if error.code == ErrorCode.INTERNAL:
-                logger.warning("gRPC %s failed: %r", method.__name__, exc)
-            grpc_context.set_code(grpc.StatusCode[GRPC_STATUS[error.code]])
-            grpc_context.set_details(error.message)
-            raise error from None
+    def decorate(method):
+        async def wrapper(self, request, grpc_context):
+            try:
+                self.restrictions.check_grpc(group, dict(grpc_context.invocation_metadata()))
+                return await method(self, request)
+            except Exception as exc:
+                error = InferenceError.from_exception(exc)
+                if error.code == ErrorCode.INTERNAL:
+                    logger.warning("gRPC %s failed: %r", method.__name__, exc)
+                grpc_context.set_code(grpc.StatusCode[GRPC_STATUS[error.code]])
+                grpc_context.set_details(error.message)
+                raise error from None
 
-    # Not functools.wraps: Serve reads the signature to decide whether to pass grpc_context.
-    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = method.__name__, method.__qualname__, method.__doc__
-    return wrapper
+        # Not functools.wraps: Serve reads the signature to decide whether to pass grpc_context.
+        wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = method.__name__, method.__qualname__, method.__doc__
+        return wrapper
+
+    return decorate
 
 
 class GrpcInferenceService:
@@ -63,20 +70,21 @@ class GrpcInferenceService:
 
     plane: DataPlane
     max_request_bytes: int
+    restrictions: Restrictions
 
-    @rpc
+    @rpc("health")
     async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @rpc
+    @rpc("health")
     async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=await self.plane.server_ready())
 
-    @rpc
+    @rpc("metadata")
     async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return grpc_codec.to_message(self.plane.server_metadata(), pb.ServerMetadataResponse)
 
-    @rpc
+    @rpc("health")
     async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         try:
             await self.plane.model_metadata(request.name, request.version or None)
@@ -86,17 +94,17 @@ class GrpcInferenceService:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    @rpc
+    @rpc("metadata")
     async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         metadata = await self.plane.model_metadata(request.name, request.version or None)
         return grpc_codec.to_message(metadata, pb.ModelMetadataResponse)
 
-    @rpc
+    @rpc("model-config")
     async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         config = await self.plane.model_config(request.name)
         return grpc_codec.to_message({"config": config}, pb.ModelConfigResponse)
 
-    @rpc
+    @rpc("inference")
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         self.plane.handle(request.model_name)  # unknown or failed models answer before decoding
         size = request.ByteSize()
@@ -108,24 +116,24 @@ class GrpcInferenceService:
             request.model_name, request.model_version or None, decoded.inputs, decoded.outputs, decoded.parameters)
         return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded.id)
 
-    @rpc
+    @rpc("statistics")
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
         stats = await self.plane.statistics(request.name or None, request.version or None)
         return grpc_codec.to_message(stats, pb.ModelStatisticsResponse)
 
-    @rpc
+    @rpc("model-repository")
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
         parameters = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
                       for key, value in request.parameters.items()}
         await self.plane.set_loaded(request.model_name, True, parameters)
         return pb.RepositoryModelLoadResponse()
 
-    @rpc
+    @rpc("model-repository")
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
         await self.plane.set_loaded(request.model_name, False)
         return pb.RepositoryModelUnloadResponse()
 
-    @rpc
+    @rpc("model-repository")
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
         rows = await self.plane.repository_index(ready_only=request.ready)
         return grpc_codec.to_message({"models": rows}, pb.RepositoryIndexResponse)

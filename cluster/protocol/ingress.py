@@ -20,6 +20,7 @@ from starlette.responses import Response
 from cluster.protocol import codec, compression
 from cluster.protocol.dataplane import DataPlane
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
+from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
 from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
 from deployments.model import ModelService
@@ -41,6 +42,8 @@ class IngressOptions:
     on_demand: frozenset[str] = frozenset()
     #: Triton's model control mode: only ``explicit`` lets the repository API load and unload models.
     model_control_mode: str = "explicit"
+    #: API groups that answer only requests with a given header (Triton's restricted APIs).
+    restricted_apis: tuple[Restriction, ...] = ()
 
 
 def json_response(message, status: int = 200) -> Response:
@@ -72,6 +75,7 @@ class Ingress(GrpcInferenceService):
         self.plane = DataPlane({**models, **local}, failed, options, statistics, sync)
         self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None
         self.max_request_bytes = options.max_request_bytes
+        self.restrictions = Restrictions(list(options.restricted_apis))
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -86,6 +90,7 @@ class Ingress(GrpcInferenceService):
         parts = request.url.path.strip("/").split("/")
         method = request.method
         if parts[0] == "v2":
+            self.restrictions.check_http(http_api_group(parts[1:], method), request.headers)
             match parts[1:], method:
                 case [], "GET":
                     return json_response(self.plane.server_metadata())

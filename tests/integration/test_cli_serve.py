@@ -22,6 +22,7 @@ import psutil
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from cluster.names import APP_NAME, model_app_name
 from cluster.repository.examples import onnx_add_sub
@@ -29,6 +30,8 @@ from tests.conftest import REPO_ROOT, write_model
 from tests.integration.conftest import free_port, wait_for
 
 BIN = Path(sys.executable).parent
+#: The header the module's ric serve requires for the repository API (model loads run code).
+ADMIN = ("admin-key", "s3cret")
 
 
 @dataclass
@@ -93,7 +96,8 @@ def dashboard_port() -> int:
 
 @pytest.fixture(scope="module")
 def ric(home, dashboard_port):
-    server = start_ric(home, "--dashboard-port", str(dashboard_port), "--model-control-mode", "explicit")
+    server = start_ric(home, "--dashboard-port", str(dashboard_port), "--model-control-mode", "explicit",
+                       "--restricted-api", f"model-repository:{ADMIN[0]}={ADMIN[1]}")
     try:
         server.wait_serving()
         yield server
@@ -206,6 +210,24 @@ def test_ric_status_shows_replicas_and_the_load_it_measures(ric, home):
     assert text.returncode == 0 and "IN FLIGHT" in text.stdout and "text_stats" in text.stdout, text.stderr[-2000:]
 
 
+def test_the_repository_api_answers_only_with_the_restricted_header(ric):
+    """Explicit model control lets callers load (and upload) models, so the repository API is restricted to
+    callers with the operator's header, as Triton's restricted APIs; the other APIs stay open."""
+    for headers in ({}, {ADMIN[0]: "guess"}):
+        response = requests.post(f"{ric.url}/v2/repository/models/simple/unload", headers=headers, timeout=30)
+        assert response.status_code == 403, response.text
+        assert response.json() == {"error": "This API is restricted, expecting header 'admin-key'"}
+    index = requests.post(f"{ric.url}/v2/repository/index", headers=dict([ADMIN]), timeout=30)
+    assert index.status_code == 200 and any(row["name"] == "simple" for row in index.json())
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ric.grpc_port}")
+    with pytest.raises(InferenceServerException, match="This protocol is restricted, expecting header "
+                                                       "'triton-grpc-protocol-admin-key'") as info:
+        client.unload_model("simple")
+    assert info.value.status() == "StatusCode.UNAVAILABLE"
+    assert client.get_model_repository_index(headers={f"triton-grpc-protocol-{ADMIN[0]}": ADMIN[1]}).models
+    assert client.is_model_ready("simple") and client.get_model_metadata("simple").name == "simple"
+
+
 def test_ric_status_says_what_is_pending_and_why(ric, home):
     """A model uploaded and loaded later that asks for a GPU this Ray lacks waits for resources: ric status
     lists it as pending with Serve's reason (the load answers once the sync gives up, after its deploy
@@ -216,7 +238,8 @@ def test_ric_status_says_what_is_pending_and_why(ric, home):
 
     def load() -> None:
         try:
-            requests.post(f"{ric.url}/v2/repository/models/gpu_hungry/load", json=upload, timeout=300)
+            requests.post(f"{ric.url}/v2/repository/models/gpu_hungry/load", json=upload, timeout=300,
+                          headers=dict([ADMIN]))
         except requests.RequestException:  # the next test stops the server under it
             pass
 
