@@ -117,8 +117,10 @@ class ModelService(ServedModel):
         return await asyncio.get_running_loop().run_in_executor(self._executor, copy.deepcopy, self.runner.stats)
 
     async def _run_batch(self, pending: list[Pending]) -> list[Tensors | Exception]:
+        # Shielded: a caller that gives up while its request waits for the executor must not cancel the
+        # queued call, which is what releases the request's version (the result is dropped).
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.runner.execute, pending)
+        return await asyncio.shield(loop.run_in_executor(self._executor, self.runner.execute, pending))
 
     def ready(self) -> bool:
         return self.runner.ready

@@ -163,21 +163,23 @@ class ModelRunner:
     def ready(self) -> bool:
         return bool(self.backends)
 
-    def version_for(self, version: int | str | None) -> int:
-        """The loaded version a request asks for (the newest when it names none)."""
-        if not self.backends:
+    def version_for(self, version: int | str | None, backends: dict[int, Backend] | None = None) -> int:
+        """The version a request asks for (the newest when it names none) among ``backends`` (default: the
+        loaded ones)."""
+        backends = self.backends if backends is None else backends
+        if not backends:
             raise unavailable(f"model '{self.name}' is not ready: {self.reason}")
         if version in (None, ""):
-            return max(self.backends)
+            return max(backends)
         try:
             number = int(version)
         except (TypeError, ValueError):
             raise not_found(f"model '{self.name}' has no version '{version}'") from None
-        if number not in self.backends:
+        if number not in backends:
             state = self.states.get(number)
             if state is not None:
                 raise unavailable(f"model '{self.name}' version {number} is not ready: {state.reason}")
-            raise not_found(f"model '{self.name}' has no version {number}; it serves {sorted(self.backends)}")
+            raise not_found(f"model '{self.name}' has no version {number}; it serves {sorted(backends)}")
         return number
 
     def prepare(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
@@ -185,18 +187,20 @@ class ModelRunner:
         """Check a request against its version's config; the result may join a batch. ``parameters`` (the
         request's own) reach backends that take whole requests (Triton's Python backend)."""
         arrived = time.perf_counter_ns()
-        number = self.version_for(version)
-        backend = self.backends[number]
+        with self._lock:  # chosen and counted at once: an update cannot retire and unload it in between
+            backends = self.backends
+            number = self.version_for(version, backends)
+            backend = backends[number]
+            self._in_flight[id(backend)] = self._in_flight.get(id(backend), 0) + 1
         config = backend.config
         try:
             rows = validate_inputs(config, inputs)
             requested = validate_outputs(config, outputs)
             backend_inputs = to_backend_shapes(config, inputs)
         except InferenceError:
+            self._release([backend])
             self.stats[number].record_request(time.perf_counter_ns() - arrived, ok=False)
             raise
-        with self._lock:
-            self._in_flight[id(backend)] = self._in_flight.get(id(backend), 0) + 1
         return Pending(number, backend, backend_inputs, requested, rows, arrived, time.perf_counter_ns(),
                        parameters)
 
@@ -228,12 +232,16 @@ class ModelRunner:
                 wanted = pending[i].outputs
                 results[i] = output if wanted is None else {name: output[name] for name in wanted}
             self._record(stats, [pending[i] for i in group], [results[i] for i in group], start, computed)
+        self._release([p.backend for p in pending])
+        return results
+
+    def _release(self, backends: list[Backend]) -> None:
+        """The requests on these backends are done; unload those retired and no longer in use."""
         with self._lock:
-            for p in pending:
-                self._in_flight[id(p.backend)] -= 1
+            for backend in backends:
+                self._in_flight[id(backend)] -= 1
         if self._retired:
             self._unload_idle()
-        return results
 
     @staticmethod
     def _record(stats: VersionStatistics, group: list[Pending], results: list, start: int, computed: int) -> None:

@@ -1,6 +1,6 @@
 """Live version updates: a new version landing in the store reaches every replica while clients keep
 calling, with no failed request; a broken version is reported and the served one keeps answering; a
-changed config is pushed the same way."""
+changed config is pushed the same way; a request whose caller gave up does not keep its version loaded."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import requests
 
 from cluster.repository.examples import onnx_mlp
+from tests.conftest import write_model
 from tests.integration.conftest import wait_for
 from tests.integration.live.conftest import BODY, expected, land_version, rows_answer, serves_max_batch_size
 
@@ -81,3 +83,51 @@ def test_a_config_change_in_the_store_is_pushed_live(live):
     finally:
         config_file.write_text(original)
     wait_for(lambda: serves_max_batch_size(server, 8), timeout_s=90, what="max_batch_size 8 again")
+
+
+SLOW_MODEL = """
+import os
+import time
+
+VERSION = None
+
+
+def initialize(args):
+    global VERSION
+    VERSION = args["model_version"]
+
+
+def infer(inputs):
+    time.sleep(0.8)
+    return {"Y": inputs["X"]}
+
+
+def finalize():  # the version was unloaded: leave a mark for the test
+    open(os.path.join(MARKS, "unloaded-" + VERSION), "w").close()
+"""
+
+
+def test_a_request_abandoned_while_queued_does_not_keep_its_version_loaded(live, tmp_path):
+    """A caller that gives up on a request queued behind another must not leave the request's version counted
+    as in use: after an update the retired version is unloaded (its memory, and GPU memory, freed)."""
+    root, server = live
+    code = f"MARKS = {str(tmp_path)!r}\n" + SLOW_MODEL
+    write_model(root, "slow", 'backend: "python"\ninput [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+                'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n', {"1/model.py": code})
+    body = {"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    url = f"{server}/v2/models/slow/infer"
+    assert requests.post(f"{server}/v2/repository/models/slow/load", json={}, timeout=180).status_code == 200
+    try:
+        first = threading.Thread(target=requests.post, args=(url,), kwargs={"json": body, "timeout": 60})
+        first.start()
+        time.sleep(0.2)  # the first request runs; the next ones queue behind it, and their callers give up
+        for _ in range(3):
+            with pytest.raises(requests.Timeout):
+                requests.post(url, json=body, timeout=0.3)
+        first.join(timeout=60)
+        land_version(root, 2, {"model.py": code.encode()}, model="slow")
+        wait_for(lambda: requests.post(url, json=body, timeout=30).json().get("model_version") == "2",
+                 timeout_s=60, what="version 2 of slow")
+        wait_for(lambda: (tmp_path / "unloaded-1").exists(), timeout_s=30, what="version 1 of slow to be unloaded")
+    finally:
+        requests.post(f"{server}/v2/repository/models/slow/unload", json={}, timeout=180)
