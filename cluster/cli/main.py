@@ -8,7 +8,7 @@ import sys
 
 from cluster.cli import perf, status
 from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
-from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, serve_repository
+from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages, serve_repository
 from cluster.repository.examples import EXAMPLE
 
 
@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
                            help="run CPU models inside the ingress replicas too, one hop less for HTTP and gRPC "
                                 "(default on; --no-colocate keeps each model in its own deployment only)")
+    serve_cmd.add_argument("--max-request-bytes", type=positive(int), default=64 * 2**20,
+                           help="largest request body (HTTP 413 above) and gRPC message either way "
+                                "(RESOURCE_EXHAUSTED above; the local Ray's gRPC proxy refuses it unread), "
+                                "default 64 MiB")
     serve_cmd.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="poll",
                            help="poll (default): served models follow new versions and configs in the repository, "
                                 "and the repository API may not load or unload; none: nothing changes after start; "
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "serve" and not args.address:
         keep_local_ray_on_loopback()
+        limit_grpc_messages(args.max_request_bytes)
         args.ingress = choose_ingress(args.ingress)
     if args.command == "serve":
         return serve_repository(args)

@@ -47,6 +47,12 @@ def choose_ingress(wanted: str) -> str:
     return wanted
 
 
+def limit_grpc_messages(max_request_bytes: int) -> None:
+    """Make Serve's gRPC proxy refuse messages over the request limit before reading them (both ways:
+    Serve has one setting); read by the local Ray's processes when they start."""
+    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(max_request_bytes))
+
+
 def keep_local_ray_on_loopback() -> None:
     """Make a local Ray pick 127.0.0.1 as its node address; read by Ray when it is first imported."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -211,6 +217,7 @@ def serve_repository(args: argparse.Namespace) -> int:
 
     try:
         app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
+                           max_request_bytes=args.max_request_bytes,
                            colocate=args.colocate, replica_num_cpus=args.replica_num_cpus,
                            ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode,
                            restricted_apis=args.restricted_api)

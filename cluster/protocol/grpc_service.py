@@ -104,13 +104,18 @@ class GrpcInferenceService:
         config = await self.plane.model_config(request.name)
         return grpc_codec.to_message({"config": config}, pb.ModelConfigResponse)
 
-    @rpc("inference")
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        self.plane.handle(request.model_name)  # unknown or failed models answer before decoding
+    def _check_size(self, request) -> None:
+        """Messages over the limit are refused (Serve's gRPC proxy refuses them unread when ``ric serve`` set
+        its limit; a proxy started otherwise has read them already)."""
         size = request.ByteSize()
         if size > self.max_request_bytes:
             raise InferenceError(ErrorCode.TOO_LARGE,
                                  f"request of {size} bytes exceeds the limit of {self.max_request_bytes}")
+
+    @rpc("inference")
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        self.plane.handle(request.model_name)  # unknown or failed models answer before decoding
+        self._check_size(request)
         decoded = grpc_codec.decode_infer_request(request)
         version, outputs = await self.plane.infer(
             request.model_name, request.model_version or None, decoded.inputs, decoded.outputs, decoded.parameters)
@@ -123,6 +128,7 @@ class GrpcInferenceService:
 
     @rpc("model-repository")
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+        self._check_size(request)  # a load may carry model files
         parameters = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
                       for key, value in request.parameters.items()}
         await self.plane.set_loaded(request.model_name, True, parameters)

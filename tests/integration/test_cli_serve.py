@@ -32,6 +32,7 @@ from tests.integration.conftest import free_port, wait_for
 BIN = Path(sys.executable).parent
 #: The header the module's ric serve requires for the repository API (model loads run code).
 ADMIN = ("admin-key", "s3cret")
+MAX_REQUEST_BYTES = 4 << 20
 
 
 @dataclass
@@ -97,7 +98,8 @@ def dashboard_port() -> int:
 @pytest.fixture(scope="module")
 def ric(home, dashboard_port):
     server = start_ric(home, "--dashboard-port", str(dashboard_port), "--model-control-mode", "explicit",
-                       "--restricted-api", f"model-repository:{ADMIN[0]}={ADMIN[1]}")
+                       "--restricted-api", f"model-repository:{ADMIN[0]}={ADMIN[1]}",
+                       "--max-request-bytes", str(MAX_REQUEST_BYTES))
     try:
         server.wait_serving()
         yield server
@@ -226,6 +228,21 @@ def test_the_repository_api_answers_only_with_the_restricted_header(ric):
     assert info.value.status() == "StatusCode.UNAVAILABLE"
     assert client.get_model_repository_index(headers={f"triton-grpc-protocol-{ADMIN[0]}": ADMIN[1]}).models
     assert client.is_model_ready("simple") and client.get_model_metadata("simple").name == "simple"
+
+
+def test_requests_over_the_limit_are_refused_before_they_are_read(ric):
+    big = np.zeros((1, MAX_REQUEST_BYTES // 4 + 16), np.int32)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ric.grpc_port}")
+    inputs = [grpcclient.InferInput(name, list(big.shape), "INT32") for name in ("INPUT0", "INPUT1")]
+    for infer_input in inputs:
+        infer_input.set_data_from_numpy(big)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("simple", inputs)
+    assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED", info.value
+    assert "Received message larger than max" in info.value.message()  # Serve's gRPC proxy did not read it
+    response = requests.post(f"{ric.url}/v2/models/simple/infer", data=bytes(MAX_REQUEST_BYTES + 1), timeout=30)
+    assert response.status_code == 413 and "exceeds the limit" in response.json()["error"]
+    assert client.is_model_ready("simple")
 
 
 def test_ric_status_says_what_is_pending_and_why(ric, home):

@@ -13,7 +13,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.served.conftest import CASES, echo_inputs, reference
+from tests.integration.served.conftest import CASES, MAX_REQUEST_BYTES, echo_inputs, reference
 
 
 @pytest.fixture(scope="module")
@@ -167,4 +167,17 @@ def test_the_default_control_mode_refuses_loads_and_unloads_as_unavailable(clien
         with pytest.raises(InferenceServerException, match="explicit model load / unload is not allowed") as info:
             call()
         assert info.value.status() == "StatusCode.UNAVAILABLE"
+    assert client.is_model_ready("mlp")
+
+
+def test_oversized_messages_are_refused_as_resource_exhausted_and_serving_goes_on(client):
+    big = np.zeros((1, MAX_REQUEST_BYTES // 4 + 16), np.float32)
+    infer_input = grpcclient.InferInput("INPUT0", list(big.shape), "FP32")
+    infer_input.set_data_from_numpy(big)
+    for call in (lambda: client.infer("mlp", [infer_input]),
+                 lambda: client.load_model("uploaded", config='{"backend": "onnxruntime"}',
+                                           files={"file:1/model.onnx": bytes(MAX_REQUEST_BYTES + 1)})):
+        with pytest.raises(InferenceServerException, match="exceeds the limit") as info:
+            call()
+        assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     assert client.is_model_ready("mlp")
