@@ -24,7 +24,7 @@ from cluster.protocol.statistics import StatisticsCollector
 from cluster.repository.sync import ModelStoreSync
 from cluster.repository.stores import open_store
 from deployments.config import Autoscaling, ConfigError, ModelConfig
-from deployments.model import Model
+from deployments.model import DEFAULT_EXECUTION_TIMEOUT_S, Model
 from ensembles.ensemble import Ensemble
 from ensembles.graph import check_graph, is_ensemble, scheduling
 
@@ -47,6 +47,12 @@ class AppArgs(BaseModel):
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest request body accepted (413 above).")
     max_ongoing_requests: int = Field(
         default=64, gt=0, description="Requests a model replica works on at once; bounds how full batches get."
+    )
+    execution_timeout_s: float = Field(
+        default=DEFAULT_EXECUTION_TIMEOUT_S, gt=0,
+        description="How long a request may wait in its model replica, queue and execution, before it answers "
+                    "503; a batch running longer fails the replica's health check, so Serve replaces it (a "
+                    "model's execution_timeout_s parameter overrides).",
     )
     replica_num_cpus: float = Field(
         default=0.25, ge=0, description="CPUs Ray reserves per model replica (a model's num_cpus parameter overrides)."
@@ -233,14 +239,16 @@ def build(args: AppArgs) -> Application:
                       for step in scheduling(config, config.name).step)
     sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, plain, args, statistics, steps)
     models = {
-        name: Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
+        name: Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync,
+                                                                     args.execution_timeout_s)
         for name, config in plain.items()
     }
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
     on_demand = frozenset(name for name, config in configs.items() if config.scales_to_zero)
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes,
                              on_demand=on_demand, model_control_mode=args.model_control_mode,
-                             restricted_apis=tuple(args.restricted_apis))
+                             restricted_apis=tuple(args.restricted_apis),
+                             execution_timeout_s=args.execution_timeout_s)
     colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}
     if args.ingress_autoscaling is None:
         scaling = {"num_replicas": args.ingress_replicas}

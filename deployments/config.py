@@ -6,7 +6,7 @@ Triton would name it; fields we do not model (``optimization``, ``model_warmup``
 and written back unchanged, so a config round-trips.
 
 Ray-specific additions live where Triton leaves room for them: ``parameters`` (``gpu_fraction``,
-``num_cpus``, ``autoscaling.<field>``) and, in YAML, ``instance_group[].gpu_fraction`` and ``autoscaling``.
+``num_cpus``, ``execution_timeout_s``, ``autoscaling.<field>``) and, in YAML, ``instance_group[].gpu_fraction`` and ``autoscaling``.
 """
 
 from __future__ import annotations
@@ -181,6 +181,8 @@ class Autoscaling(_Mirror):
 
 
 AUTOSCALING_PREFIX = "autoscaling."
+#: ric's number parameters: (key, bound, whether the bound itself is excluded).
+NUMBER_PARAMETERS = (("gpu_fraction", 0.0, True), ("num_cpus", 0.0, False), ("execution_timeout_s", 0.0, True))
 
 
 class ModelParameter(_Mirror):
@@ -373,11 +375,12 @@ def _from_proto(
             raise ConfigError(source, "name", f"{config.name!r} does not match its folder {folder_name!r}")
     if not MODEL_NAME.fullmatch(config.name) or config.name in (".", ".."):
         raise ConfigError(source, "name", f"{config.name!r} is not a valid model name")
-    if "gpu_fraction" in config.parameters:
-        try:
-            fraction = float(config.parameter("gpu_fraction"))
-        except ValueError:
-            raise ConfigError(source, "parameters.gpu_fraction", "must be a number") from None
-        if fraction <= 0:
-            raise ConfigError(source, "parameters.gpu_fraction", "must be > 0")
+    for key, least, strict in NUMBER_PARAMETERS:
+        if key in config.parameters:
+            try:
+                number = float(config.parameter(key))
+            except ValueError:
+                raise ConfigError(source, f"parameters.{key}", "must be a number") from None
+            if number < least or (strict and number == least) or number != number:
+                raise ConfigError(source, f"parameters.{key}", f"must be {'>' if strict else '>='} {least:g}")
     return config

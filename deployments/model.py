@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -22,6 +23,7 @@ from ray import serve
 from deployments.backends import Tensors
 from deployments.batching import DynamicBatcher
 from deployments.config import ModelConfig
+from deployments.errors import unavailable
 from deployments.runner import ModelRunner, Pending, VersionSource
 from deployments.served import ServedModel
 from deployments.statistics import StatisticsReporter
@@ -29,6 +31,9 @@ from deployments.statistics import StatisticsReporter
 logger = logging.getLogger(__name__)
 
 UNLOADED = "unloaded through the repository API"
+#: How long a request may wait in its replica (queue and execution) when neither the model's
+#: ``execution_timeout_s`` parameter nor the application says.
+DEFAULT_EXECUTION_TIMEOUT_S = 300.0
 
 
 def batch_limits(config: ModelConfig) -> tuple[int, float]:
@@ -47,9 +52,12 @@ class ModelService(ServedModel):
     It lives in a Model replica (below), or inside an Ingress replica that colocates the model.
     """
 
-    def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None):
+    def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
+                 execution_timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S):
         """``statistics`` and ``sync`` are the handles of the application's StatisticsCollector and
-        ModelStoreSync (either may be None). Call it with an event loop running (it starts the follower)."""
+        ModelStoreSync (either may be None); ``execution_timeout_s`` the application's default for models
+        whose config has no ``execution_timeout_s`` parameter. Call it with an event loop running (it starts
+        the follower)."""
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.runner = ModelRunner(config, source, device)
         self.runner.load()
@@ -59,6 +67,8 @@ class ModelService(ServedModel):
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
         self._batcher: DynamicBatcher | None = None
         self._configure_batching()
+        self._default_timeout_s = execution_timeout_s
+        self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied
         self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
 
@@ -101,10 +111,15 @@ class ModelService(ServedModel):
         self._reporter.in_flight += 1
         try:
             pending = self.runner.prepare(inputs, outputs, version, parameters)
-            if self._batcher is not None:
-                result = await self._batcher.submit(pending)
-            else:
-                (result,) = await self._run_batch([pending])
+            timeout = self.execution_timeout_s()
+            try:
+                if self._batcher is not None:
+                    result = await asyncio.wait_for(self._batcher.submit(pending), timeout)
+                else:
+                    (result,) = await asyncio.wait_for(self._run_batch([pending]), timeout)
+            except asyncio.TimeoutError:
+                raise unavailable(f"model '{self.runner.name}' did not answer within {timeout:g} s "
+                                  "(execution_timeout_s); retry later") from None
         finally:
             self._reporter.in_flight -= 1
             self._reporter.schedule()
@@ -120,7 +135,25 @@ class ModelService(ServedModel):
         # Shielded: a caller that gives up while its request waits for the executor must not cancel the
         # queued call, which is what releases the request's version (the result is dropped).
         loop = asyncio.get_running_loop()
-        return await asyncio.shield(loop.run_in_executor(self._executor, self.runner.execute, pending))
+        return await asyncio.shield(loop.run_in_executor(self._executor, self._execute, pending))
+
+    def _execute(self, pending: list[Pending]) -> list[Tensors | Exception]:
+        self._running_since = time.monotonic()
+        try:
+            return self.runner.execute(pending)
+        finally:
+            self._running_since = None
+
+    def execution_timeout_s(self) -> float:
+        return float(self.runner.config.parameter("execution_timeout_s") or self._default_timeout_s)
+
+    def check_health(self) -> None:
+        """Serve's health check: a batch running past the execution timeout has wedged the replica (its one
+        executor thread), so Serve replaces it."""
+        since, timeout = self._running_since, self.execution_timeout_s()
+        if since is not None and time.monotonic() - since > timeout:
+            raise RuntimeError(f"model '{self.runner.name}': a batch has run for {time.monotonic() - since:.0f} s, "
+                               f"past its execution timeout of {timeout:g} s")
 
     def ready(self) -> bool:
         return self.runner.ready
@@ -156,5 +189,6 @@ class ModelService(ServedModel):
 class Model(ModelService):
     """A model's own Serve deployment: one ModelService per replica; call ``infer`` through a handle."""
 
-    async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None):
-        ModelService.__init__(self, config, source, statistics, sync)
+    async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
+                       execution_timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S):
+        ModelService.__init__(self, config, source, statistics, sync, execution_timeout_s)

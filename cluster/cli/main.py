@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="largest request body (HTTP 413 above) and gRPC message either way "
                                 "(RESOURCE_EXHAUSTED above; the local Ray's gRPC proxy refuses it unread), "
                                 "default 64 MiB")
+    serve_cmd.add_argument("--execution-timeout-s", type=positive(float), default=300.0,
+                           help="how long a request may wait in its model replica (queue and execution) before "
+                                "it answers 503; a longer batch fails the replica's health check and Serve "
+                                "replaces it (default 300; a model's execution_timeout_s parameter overrides)")
     serve_cmd.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="poll",
                            help="poll (default): served models follow new versions and configs in the repository, "
                                 "and the repository API may not load or unload; none: nothing changes after start; "

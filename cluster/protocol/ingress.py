@@ -23,7 +23,7 @@ from cluster.protocol.grpc_service import GrpcInferenceService, register_message
 from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
 from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
-from deployments.model import ModelService
+from deployments.model import DEFAULT_EXECUTION_TIMEOUT_S, ModelService
 from deployments.runner import VersionSource
 from deployments.served import LocalHandle
 
@@ -44,6 +44,8 @@ class IngressOptions:
     model_control_mode: str = "explicit"
     #: API groups that answer only requests with a given header (Triton's restricted APIs).
     restricted_apis: tuple[Restriction, ...] = ()
+    #: The colocated models' default execution timeout (AppArgs.execution_timeout_s).
+    execution_timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S
 
 
 def json_response(message, status: int = 200) -> Response:
@@ -70,12 +72,18 @@ class Ingress(GrpcInferenceService):
         """``colocated`` models are also served inside this replica: HTTP and gRPC requests for them skip
         the hop to their deployment, whose replicas still serve handles and ensembles."""
         register_message_modules()
-        local = {name: LocalHandle(ModelService(config, source, statistics, sync))
-                 for name, (config, source) in (colocated or {}).items()}
+        self.colocated = [ModelService(config, source, statistics, sync, options.execution_timeout_s)
+                          for config, source in (colocated or {}).values()]
+        local = {service.runner.name: LocalHandle(service) for service in self.colocated}
         self.plane = DataPlane({**models, **local}, failed, options, statistics, sync)
         self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None
         self.max_request_bytes = options.max_request_bytes
         self.restrictions = Restrictions(list(options.restricted_apis))
+
+    def check_health(self) -> None:
+        """Serve's health check: a colocated model wedged past its execution timeout fails this replica."""
+        for service in self.colocated:
+            service.check_health()
 
     async def __call__(self, request: Request) -> Response:
         try:

@@ -38,6 +38,10 @@ from ensembles.ensemble import Ensemble
 STATUS_INTERVAL_S = 0.5
 
 
+#: Serve's default health check period, shortened for models with a shorter execution timeout.
+HEALTH_CHECK_PERIOD_S = 10.0
+
+
 def deployment_options(config: ModelConfig, args: Any) -> dict:
     """Serve options for a model (``args``: the builder's AppArgs): replicas from instance groups or an
     autoscaling config, GPUs per replica, queue limit."""
@@ -45,11 +49,14 @@ def deployment_options(config: ModelConfig, args: Any) -> dict:
     gpus = config.gpus_per_replica()
     if gpus:
         actor_options["num_gpus"] = gpus
+    timeout = float(config.parameter("execution_timeout_s") or args.execution_timeout_s)
     options = {
         "name": config.name,
         "ray_actor_options": actor_options,
         "max_ongoing_requests": args.max_ongoing_requests,
         "logging_config": {"enable_access_log": args.access_log},
+        # A replica wedged past its execution timeout fails its health check (three in a row replace it).
+        "health_check_period_s": max(1.0, min(HEALTH_CHECK_PERIOD_S, timeout)),
     }
     if config.autoscaling is not None:
         options["autoscaling_config"] = config.autoscaling.serve_config()
@@ -62,7 +69,8 @@ def deployment_options(config: ModelConfig, args: Any) -> dict:
 
 
 def model_application(config: ModelConfig, store: Any, args: Any, statistics: Any, sync: Any) -> Application:
-    return Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync)
+    return Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync,
+                                                                  args.execution_timeout_s)
 
 
 def ensemble_application(config: ModelConfig, steps: dict[str, DeploymentHandle], args: Any,

@@ -1,5 +1,7 @@
 """Faults that fail cleanly: a model replica killed while it holds requests answers those requests 503 (the
-replica was lost, retry), never 500 or a hang; Serve starts another replica and later requests succeed.
+replica was lost, retry), never 500 or a hang; Serve starts another replica and later requests succeed. A
+backend that hangs answers 503 after its execution timeout and fails its replica's health check, so Serve
+replaces the replica; the other models answer meanwhile.
 Colocation is off here so HTTP requests reach the model's own replica through the ingress's handle."""
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ def infer(inputs):
     time.sleep(1.5)
     return {"Y": inputs["X"] + 1}
 """
+HANG = """
+import time
+
+def infer(inputs):
+    time.sleep(3600)  # a backend that never returns
+"""
 BODY = {"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
 
 
@@ -31,6 +39,10 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
     write_model(root, "slow", "backend: python\ninput: [{name: X, data_type: TYPE_FP32, dims: [1]}]\n"
                 "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n", {"1/model.py": SLOW},
+                config_name="config.yaml")
+    write_model(root, "hang", "backend: python\ninput: [{name: X, data_type: TYPE_FP32, dims: [1]}]\n"
+                "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n"
+                "parameters: {execution_timeout_s: {string_value: '2'}}\n", {"1/model.py": HANG},
                 config_name="config.yaml")
     with serve_repository(root, num_cpus=4, colocate=False) as endpoints:
         yield endpoints
@@ -68,3 +80,17 @@ def test_requests_held_by_a_killed_replica_answer_503_and_the_next_ones_succeed(
     response = requests.post(url, json=BODY, timeout=120)
     assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [2.0], response.text
     print(f"answers while the replica was killed: {sorted(code for code, _ in answers)}")
+
+
+def test_a_backend_that_hangs_times_out_and_its_replica_is_replaced(server):
+    (actor,) = replica_actors("hang")
+    started = time.monotonic()
+    response = requests.post(f"{server.http}/v2/models/hang/infer", json=BODY, timeout=120)
+    waited = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert "did not answer within 2 s (execution_timeout_s)" in response.json()["error"]
+    assert requests.post(f"{server.http}/v2/models/slow/infer", json=BODY, timeout=60).status_code == 200
+    wait_for(lambda: replica_actors("hang") and replica_actors("hang") != [actor], timeout_s=120,
+             what="Serve to replace the wedged replica")
+    print(f"the hung request answered 503 after {waited:.1f} s; the replica was replaced "
+          f"{time.monotonic() - started:.1f} s after it started")
