@@ -197,7 +197,7 @@ def render(results: dict) -> str:
         "", f"Replica autoscaling of a 50 ms model ({json.dumps(AUTOSCALING)}; autoscaling metrics pushed every 0.5 s), "
         f"{results['clients']} HTTP clients, then one client while it shrinks, in both placements: the model's own "
         "deployment autoscaling (the default), and copies in the ingress replicas with the ingress autoscaling on "
-        "the same settings (`ric serve --ingress-autoscaling ...`, the model alone):", "",
+        "the same settings (`ric serve --colocate-python --ingress-autoscaling ...`, the model alone):", "",
         "| placement | phase | time | answered | failed | req/s while loaded |", "|---|---|---|---|---|---|",
     ]
     for placement, ramp in [("own deployment", results["ramp"]), ("ingress copies", results["ingress_ramp"])]:
@@ -234,7 +234,7 @@ def main() -> None:
 
     ray.shutdown()
     ingress_scaling = ",".join(f"{key}={value}" for key, value in AUTOSCALING.items())
-    server = Server(root, home, ("--models", "grow", "--ingress-autoscaling", ingress_scaling))
+    server = Server(root, home, ("--models", "grow", "--colocate-python", "--ingress-autoscaling", ingress_scaling))
     try:
         server.wait_serving()
         connect()

@@ -91,6 +91,12 @@ class AppArgs(BaseModel):
                     "ingress -> model hop (each ingress replica then holds a copy of those models).",
     )
 
+    colocate_python: bool = Field(
+        default=False,
+        description="With colocate, copy Python-backend models into the ingress too (off: their code could "
+                    "crash or wedge the ingress process, taking HTTP and gRPC down for every model).",
+    )
+
     @field_validator("restricted_apis")
     @classmethod
     def _each_group_once(cls, restrictions: list[Restriction]) -> list[Restriction]:
@@ -110,10 +116,14 @@ class AppArgs(BaseModel):
         return self.ingress_replicas if self.ingress_autoscaling is None else self.ingress_autoscaling.min_replicas
 
     def colocates(self, config: ModelConfig) -> bool:
-        """Whether a model also runs inside each ingress replica: CPU models, with colocate on, unless they
-        autoscale and the ingress does not (copies at a fixed count would take the HTTP/gRPC load away from
-        the replicas the model's autoscaler counts) or they scale to zero (copies would keep them loaded)."""
+        """Whether a model also runs inside each ingress replica: CPU models, with colocate on, but not
+        Python models unless colocate_python (their code may crash or wedge the process, which would take
+        HTTP and gRPC down for every model), and not models that autoscale while the ingress does not
+        (copies at a fixed count would take the HTTP/gRPC load away from the replicas the model's autoscaler
+        counts) or that scale to zero (copies would keep them loaded)."""
         if not self.colocate or config.gpus_per_replica():
+            return False
+        if config.backend_name == "python" and not self.colocate_python:
             return False
         return config.autoscaling is None or (self.ingress_autoscaling is not None and not config.scales_to_zero)
 

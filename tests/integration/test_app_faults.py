@@ -2,7 +2,8 @@
 replica was lost, retry), never 500 or a hang; Serve starts another replica and later requests succeed. A
 backend that hangs answers 503 after its execution timeout and fails its replica's health check, so Serve
 replaces the replica; the other models answer meanwhile.
-Colocation is off here so HTTP requests reach the model's own replica through the ingress's handle."""
+Colocation is on, as in ric serve: the ONNX model runs inside the ingress too, while Python models keep to
+their own deployments, so a Python model that takes its process down leaves HTTP and gRPC answering."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import requests
 
 from cluster.cli.status import serve_details
 from cluster.names import APP_NAME
+from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
 from tests.integration.conftest import serve_repository, wait_for
 
@@ -31,6 +33,12 @@ import time
 def infer(inputs):
     time.sleep(3600)  # a backend that never returns
 """
+CRASH = """
+import os
+
+def infer(inputs):
+    os._exit(1)  # a backend that takes its process down
+"""
 BODY = {"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
 
 
@@ -44,7 +52,11 @@ def server(tmp_path_factory):
                 "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n"
                 "parameters: {execution_timeout_s: {string_value: '2'}}\n", {"1/model.py": HANG},
                 config_name="config.yaml")
-    with serve_repository(root, num_cpus=4, colocate=False) as endpoints:
+    write_model(root, "crash", "backend: python\ninput: [{name: X, data_type: TYPE_FP32, dims: [1]}]\n"
+                "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n", {"1/model.py": CRASH},
+                config_name="config.yaml")
+    write_model(root, "mlp", 'platform: "onnxruntime_onnx"', {"1/model.onnx": onnx_mlp()})
+    with serve_repository(root, num_cpus=4, colocate=True) as endpoints:
         yield endpoints
 
 
@@ -94,3 +106,12 @@ def test_a_backend_that_hangs_times_out_and_its_replica_is_replaced(server):
              what="Serve to replace the wedged replica")
     print(f"the hung request answered 503 after {waited:.1f} s; the replica was replaced "
           f"{time.monotonic() - started:.1f} s after it started")
+
+
+def test_a_python_model_that_crashes_its_process_leaves_the_other_models_answering(server):
+    response = requests.post(f"{server.http}/v2/models/crash/infer", json=BODY, timeout=120)
+    assert response.status_code == 503 and "was lost" in response.json()["error"], response.text
+    mlp = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+    for _ in range(5):
+        assert requests.post(f"{server.http}/v2/models/mlp/infer", json=mlp, timeout=30).status_code == 200
+    assert requests.post(f"{server.http}/v2/models/slow/infer", json=BODY, timeout=60).status_code == 200

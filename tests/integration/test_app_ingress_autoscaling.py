@@ -35,7 +35,8 @@ def server(tmp_path_factory):
     ingress_autoscaling = {"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": 1, "downscale_delay_s": 3,
                            "look_back_period_s": 2, "target_ongoing_requests": 2}
     try:
-        with serve_repository(root, num_cpus=4, colocate=True, ingress_autoscaling=ingress_autoscaling) as endpoints:
+        with serve_repository(root, num_cpus=4, colocate=True, colocate_python=True,
+                              ingress_autoscaling=ingress_autoscaling) as endpoints:
             yield endpoints
     finally:
         for name in PUSH_INTERVALS:
