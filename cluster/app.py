@@ -24,6 +24,7 @@ from cluster.protocol.statistics import StatisticsCollector
 from cluster.repository.sync import ModelStoreSync
 from cluster.repository.stores import open_store
 from deployments.config import Autoscaling, ConfigError, ModelConfig
+from deployments.errors import without_paths
 from deployments.model import DEFAULT_EXECUTION_TIMEOUT_S, Model
 from ensembles.ensemble import Ensemble
 from ensembles.graph import check_graph, is_ensemble, scheduling
@@ -148,7 +149,7 @@ def read_configs(store) -> tuple[dict[str, ModelConfig], dict[str, str]]:
                 scheduling(config, f"{name}/config")
         except Exception as exc:  # one broken model must not stop the others
             logger.warning("model '%s' is not served: %s", name, exc)
-            failed[name] = str(exc)
+            failed[name] = without_paths(str(exc))
             continue
         configs[name] = config
     return configs, failed

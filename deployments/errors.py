@@ -7,6 +7,7 @@ gRPC never give the same failure different meanings.
 from __future__ import annotations
 
 import enum
+import re
 
 
 class ErrorCode(str, enum.Enum):
@@ -41,6 +42,18 @@ GRPC_STATUS = {
 #: Ray's errors for a request whose replica went away mid-call (by name: no Ray import here).
 LOST_REPLICA_ERRORS = frozenset({"RayActorError", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
                                  "WorkerCrashedError"})
+
+
+#: An absolute file path inside a message (two or more parts).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:/[\w.@+~-]+){2,}")
+
+
+def without_paths(text: str, limit: int = 400) -> str:
+    """A message as a client may see it: absolute paths cut to their last two parts, the model's own
+    (``.../<model>/config.pbtxt``, ``.../1/model.onnx``: the rest tells a stranger how the node is laid
+    out), and at most ``limit`` characters. The whole text belongs in the server log."""
+    text = _ABSOLUTE_PATH.sub(lambda match: ".../" + "/".join(match.group(0).rsplit("/", 2)[-2:]), text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class InferenceError(Exception):

@@ -19,7 +19,7 @@ from deployments import batching
 from deployments.backends import Backend, Tensors, backend_class, resolve_backend
 from deployments.config import ModelConfig
 from deployments.dtypes import config_to_v2, numpy_dtype
-from deployments.errors import ErrorCode, InferenceError, not_found, unavailable
+from deployments.errors import ErrorCode, InferenceError, not_found, unavailable, without_paths
 from deployments.statistics import VersionStatistics
 from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
 
@@ -109,7 +109,7 @@ class ModelRunner:
                     self._warm_up(backend)
             except Exception as exc:
                 logger.warning("model '%s' version %d failed to load: %s", self.name, version, exc)
-                self.states[version] = VersionState("UNAVAILABLE", f"failed to load: {exc}")
+                self.states[version] = VersionState("UNAVAILABLE", f"failed to load: {without_paths(str(exc))}")
                 continue
             serving[version] = backend
             self.states[version] = VersionState("READY")
@@ -221,8 +221,9 @@ class ModelRunner:
                                           [pending[i].parameters or {} for i in group])
             except Exception as exc:
                 logger.exception("model '%s' version %d failed", self.name, version)
-                outputs = [InferenceError(ErrorCode.INTERNAL,
-                                          f"model '{self.name}' version {version} failed: {exc}")] * len(group)
+                # The exception's text stays in the log: it may hold paths, data or code of the server.
+                outputs = [InferenceError(ErrorCode.INTERNAL, f"model '{self.name}' version {version} failed: "
+                                          f"{type(exc).__name__} (the server log has the details)")] * len(group)
             computed = time.perf_counter_ns()
             for i, output in zip(group, outputs):
                 if isinstance(output, Exception):

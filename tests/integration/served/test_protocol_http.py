@@ -78,13 +78,14 @@ def test_server_and_model_metadata_through_tritonclient(client):
     assert config["max_batch_size"] == 64 and config["output"][0]["dims"] == [10]
 
 
-def test_broken_models_are_reported_and_the_rest_serve(client, server):
+def test_broken_models_are_reported_and_the_rest_serve(client, server, repository):
     index = {row["name"]: row for row in client.get_model_repository_index()}
     assert index["mlp"]["state"] == "READY"
     assert index["broken_config"]["state"] == "UNAVAILABLE"
     assert "broken_config/config.pbtxt" in index["broken_config"]["reason"]
     assert "max_batch_sise" in index["broken_config"]["reason"]
     assert index["broken_model"]["state"] == "UNAVAILABLE" and "failed to load" in index["broken_model"]["reason"]
+    assert all(str(repository) not in row["reason"] for row in index.values())  # no paths of the node
     body = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
     for model in ("broken_config", "broken_model"):
         response = requests.post(f"{server}/v2/models/{model}/infer", json=body, timeout=30)
@@ -182,7 +183,8 @@ def test_backend_error_fails_its_caller_only(server):
     bad = requests.post(f"{server}/v2/models/flaky/infer", timeout=30, json={
         "inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT64", "data": [-1]}]})
     assert bad.status_code == 500
-    assert "model 'flaky' version 1 failed: negative input" in bad.json()["error"]
+    # the exception's text stays in the server log: it may hold paths, data or code
+    assert bad.json()["error"] == "model 'flaky' version 1 failed: ValueError (the server log has the details)"
     good = requests.post(f"{server}/v2/models/flaky/infer", timeout=30, json={
         "inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT64", "data": [4]}]})
     assert good.status_code == 200 and good.json()["outputs"][0]["data"] == [8]
