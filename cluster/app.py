@@ -25,7 +25,7 @@ from cluster.repository.sync import ModelStoreSync
 from cluster.repository.stores import open_store
 from deployments.config import Autoscaling, ConfigError, ModelConfig
 from deployments.errors import without_paths
-from deployments.model import DEFAULT_EXECUTION_TIMEOUT_S, Model
+from deployments.model import Model, ServingLimits
 from ensembles.ensemble import Ensemble
 from ensembles.graph import check_graph, is_ensemble, scheduling
 
@@ -46,14 +46,25 @@ class AppArgs(BaseModel):
     )
     models: list[str] | None = Field(default=None, description="Serve only these models (default: all).")
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest request body accepted (413 above).")
+    max_inflight_bytes: int = Field(
+        default=1 << 30, gt=0,
+        description="Memory the requests in flight in one ingress replica may hold (bodies, and JSON's decoding "
+                    "at ~24x the body); a request that does not fit beside the others answers 503, one that "
+                    "never fits 413.",
+    )
     max_ongoing_requests: int = Field(
         default=64, gt=0, description="Requests a model replica works on at once; bounds how full batches get."
     )
     execution_timeout_s: float = Field(
-        default=DEFAULT_EXECUTION_TIMEOUT_S, gt=0,
+        default=ServingLimits.execution_timeout_s, gt=0,
         description="How long a request may wait in its model replica, queue and execution, before it answers "
                     "503; a batch running longer fails the replica's health check, so Serve replaces it (a "
                     "model's execution_timeout_s parameter overrides).",
+    )
+    max_queued_requests: int = Field(
+        default=1024, gt=0,
+        description="Requests that may wait for a model (its own deployment's queue, or a colocated copy's) "
+                    "before more answer 503; a model's max_queue_size overrides.",
     )
     replica_num_cpus: float = Field(
         default=0.25, ge=0, description="CPUs Ray reserves per model replica (a model's num_cpus parameter overrides)."
@@ -108,6 +119,10 @@ class AppArgs(BaseModel):
         if self.ingress_autoscaling is not None and self.ingress_autoscaling.min_replicas < 1:
             raise ValueError("ingress_autoscaling.min_replicas must be at least 1: the ingress answers HTTP and gRPC")
         return self
+
+    def serving_limits(self) -> ServingLimits:
+        return ServingLimits(execution_timeout_s=self.execution_timeout_s, max_queued_requests=self.max_queued_requests,
+                             max_ongoing_requests=self.max_ongoing_requests)
 
     def polls(self) -> bool:
         """Whether the sync reads the store for new versions and configs while serving."""
@@ -251,7 +266,7 @@ def build(args: AppArgs) -> Application:
     sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, plain, args, statistics, steps)
     models = {
         name: Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync,
-                                                                     args.execution_timeout_s)
+                                                                     args.serving_limits())
         for name, config in plain.items()
     }
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
@@ -259,7 +274,7 @@ def build(args: AppArgs) -> Application:
     options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes,
                              on_demand=on_demand, model_control_mode=args.model_control_mode,
                              restricted_apis=tuple(args.restricted_apis),
-                             execution_timeout_s=args.execution_timeout_s)
+                             serving_limits=args.serving_limits(), max_inflight_bytes=args.max_inflight_bytes)
     colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}
     if args.ingress_autoscaling is None:
         scaling = {"num_replicas": args.ingress_replicas}

@@ -14,6 +14,7 @@ import copy
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -31,9 +32,26 @@ from deployments.statistics import StatisticsReporter
 logger = logging.getLogger(__name__)
 
 UNLOADED = "unloaded through the repository API"
-#: How long a request may wait in its replica (queue and execution) when neither the model's
-#: ``execution_timeout_s`` parameter nor the application says.
-DEFAULT_EXECUTION_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """The application's bounds on a model's requests, where its config does not set its own."""
+
+    #: How long a request may wait in its replica, queue and execution (config: ``execution_timeout_s``).
+    execution_timeout_s: float = 300.0
+    #: Requests that may wait for a model replica (config: ``default_queue_policy.max_queue_size``); over it
+    #: requests answer 503. Serve enforces it for a model's own deployment, ModelService for a colocated copy.
+    max_queued_requests: int = 1024
+    #: Requests a model replica works on at once (Serve's max_ongoing_requests).
+    max_ongoing_requests: int = 64
+
+
+def max_queued(config: ModelConfig, limits: ServingLimits) -> int:
+    """Requests that may wait for the model: the config's ``max_queue_size`` if it sets one, else the
+    application's default."""
+    policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
+    return (policy.max_queue_size if policy and policy.max_queue_size else 0) or limits.max_queued_requests
 
 
 def batch_limits(config: ModelConfig) -> tuple[int, float]:
@@ -53,11 +71,10 @@ class ModelService(ServedModel):
     """
 
     def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
-                 execution_timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S):
+                 limits: ServingLimits = ServingLimits()):
         """``statistics`` and ``sync`` are the handles of the application's StatisticsCollector and
-        ModelStoreSync (either may be None); ``execution_timeout_s`` the application's default for models
-        whose config has no ``execution_timeout_s`` parameter. Call it with an event loop running (it starts
-        the follower)."""
+        ModelStoreSync (either may be None); ``limits`` the application's defaults where the model's config
+        sets none. Call it with an event loop running (it starts the follower)."""
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.runner = ModelRunner(config, source, device)
         self.runner.load()
@@ -67,7 +84,7 @@ class ModelService(ServedModel):
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
         self._batcher: DynamicBatcher | None = None
         self._configure_batching()
-        self._default_timeout_s = execution_timeout_s
+        self._limits = limits
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied
         self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
@@ -108,6 +125,9 @@ class ModelService(ServedModel):
         parameters: dict | None = None,
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (for the protocol's model_version)."""
+        if self._reporter.in_flight >= self.queue_limit():
+            raise unavailable(f"model '{self.runner.name}' holds {self._reporter.in_flight} requests, its queue "
+                              "limit; retry later")
         self._reporter.in_flight += 1
         try:
             pending = self.runner.prepare(inputs, outputs, version, parameters)
@@ -145,7 +165,12 @@ class ModelService(ServedModel):
             self._running_since = None
 
     def execution_timeout_s(self) -> float:
-        return float(self.runner.config.parameter("execution_timeout_s") or self._default_timeout_s)
+        return float(self.runner.config.parameter("execution_timeout_s") or self._limits.execution_timeout_s)
+
+    def queue_limit(self) -> int:
+        """Requests this copy holds at once, waiting or running: as many as its own deployment would (Serve
+        queues them before its replicas, which work on max_ongoing_requests each)."""
+        return max_queued(self.runner.config, self._limits) + self._limits.max_ongoing_requests
 
     def check_health(self) -> None:
         """Serve's health check: a batch running past the execution timeout has wedged the replica (its one
@@ -190,5 +215,5 @@ class Model(ModelService):
     """A model's own Serve deployment: one ModelService per replica; call ``infer`` through a handle."""
 
     async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
-                       execution_timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S):
-        ModelService.__init__(self, config, source, statistics, sync, execution_timeout_s)
+                       limits: ServingLimits = ServingLimits()):
+        ModelService.__init__(self, config, source, statistics, sync, limits)

@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from cluster.protocol import grpc_codec
+from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
 from cluster.protocol.dataplane import DataPlane
 from cluster.protocol.restrictions import ApiGroup, Restrictions
 from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError
@@ -71,6 +72,7 @@ class GrpcInferenceService:
     plane: DataPlane
     max_request_bytes: int
     restrictions: Restrictions
+    budget: ByteBudget
 
     @rpc("health")
     async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
@@ -104,22 +106,24 @@ class GrpcInferenceService:
         config = await self.plane.model_config(request.name)
         return grpc_codec.to_message({"config": config}, pb.ModelConfigResponse)
 
-    def _check_size(self, request) -> None:
-        """Messages over the limit are refused (Serve's gRPC proxy refuses them unread when ``ric serve`` set
-        its limit; a proxy started otherwise has read them already)."""
+    def _check_size(self, request) -> int:
+        """The message's size; over the limit it is refused (Serve's gRPC proxy refuses it unread when ``ric
+        serve`` set its limit; a proxy started otherwise has read it already)."""
         size = request.ByteSize()
         if size > self.max_request_bytes:
             raise InferenceError(ErrorCode.TOO_LARGE,
                                  f"request of {size} bytes exceeds the limit of {self.max_request_bytes}")
+        return size
 
     @rpc("inference")
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         self.plane.handle(request.model_name)  # unknown or failed models answer before decoding
-        self._check_size(request)
-        decoded = grpc_codec.decode_infer_request(request)
-        version, outputs = await self.plane.infer(
-            request.model_name, request.model_version or None, decoded.inputs, decoded.outputs, decoded.parameters)
-        return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded.id)
+        size = self._check_size(request)
+        with self.budget.reserve(needed_bytes(size, binary=True)):
+            decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request)
+            version, outputs = await self.plane.infer(
+                request.model_name, request.model_version or None, decoded.inputs, decoded.outputs, decoded.parameters)
+            return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded.id)
 
     @rpc("statistics")
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:

@@ -18,12 +18,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cluster.protocol import codec, compression
+from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
 from cluster.protocol.dataplane import DataPlane
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
 from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
-from deployments.model import DEFAULT_EXECUTION_TIMEOUT_S, ModelService
+from deployments.model import ModelService, ServingLimits
 from deployments.runner import VersionSource
 from deployments.served import LocalHandle
 
@@ -44,8 +45,16 @@ class IngressOptions:
     model_control_mode: str = "explicit"
     #: API groups that answer only requests with a given header (Triton's restricted APIs).
     restricted_apis: tuple[Restriction, ...] = ()
-    #: The colocated models' default execution timeout (AppArgs.execution_timeout_s).
-    execution_timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S
+    #: The colocated models' bounds where their configs set none.
+    serving_limits: ServingLimits = ServingLimits()
+    #: Bytes the requests in flight in one Ingress replica may hold (AppArgs.max_inflight_bytes).
+    max_inflight_bytes: int = 1 << 30
+
+
+def declared_length(request: Request) -> int | None:
+    """The body size the client declares (Content-Length), if it is a number."""
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isascii() and declared.isdigit() else None
 
 
 def json_response(message, status: int = 200) -> Response:
@@ -72,13 +81,14 @@ class Ingress(GrpcInferenceService):
         """``colocated`` models are also served inside this replica: HTTP and gRPC requests for them skip
         the hop to their deployment, whose replicas still serve handles and ensembles."""
         register_message_modules()
-        self.colocated = [ModelService(config, source, statistics, sync, options.execution_timeout_s)
+        self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits)
                           for config, source in (colocated or {}).values()]
         local = {service.runner.name: LocalHandle(service) for service in self.colocated}
         self.plane = DataPlane({**models, **local}, failed, options, statistics, sync)
         self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None
         self.max_request_bytes = options.max_request_bytes
         self.restrictions = Restrictions(list(options.restricted_apis))
+        self.budget = ByteBudget(options.max_inflight_bytes)
 
     def check_health(self) -> None:
         """Serve's health check: a colocated model wedged past its execution timeout fails this replica."""
@@ -129,12 +139,17 @@ class Ingress(GrpcInferenceService):
         match rest, request.method:
             case ["infer"], "POST":
                 self.plane.handle(model)  # unknown or failed models answer before the body is read
-                body = compression.decompress(await self._read_body(request),
-                                              request.headers.get("content-encoding"), self.max_request_bytes)
-                decoded = codec.decode_infer_request(body, request.headers.get(codec.HEADER_LENGTH))
-                answered, outputs = await self.plane.infer(model, version, decoded.inputs, decoded.outputs,
-                                                           decoded.parameters)
-                content, header_length = codec.encode_infer_response(model, answered, outputs, decoded)
+                header = request.headers.get(codec.HEADER_LENGTH)
+                with self.budget.reserve(needed_bytes(declared_length(request) or 0, header is not None)) as held:
+                    body = compression.decompress(await self._read_body(request),
+                                                  request.headers.get("content-encoding"), self.max_request_bytes)
+                    held.resize(needed_bytes(len(body), header is not None))
+                    decoded = await off_loop_if_large(len(body), codec.decode_infer_request, body, header)
+                    answered, outputs = await self.plane.infer(model, version, decoded.inputs, decoded.outputs,
+                                                               decoded.parameters)
+                    size = sum(getattr(array, "nbytes", 0) for array in outputs.values())
+                    content, header_length = await off_loop_if_large(size, codec.encode_infer_response, model,
+                                                                     answered, outputs, decoded)
                 headers = {} if header_length is None else {codec.HEADER_LENGTH: str(header_length)}
                 content, encoding = compression.compress(content, request.headers.get("accept-encoding"))
                 if encoding:
@@ -155,8 +170,8 @@ class Ingress(GrpcInferenceService):
     async def _read_body(self, request: Request, allow_empty: bool = False) -> bytes:
         """The body, refused (413) past ``max_request_bytes`` before more of it is read."""
         limit = self.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        declared = declared_length(request)
+        if declared is not None and declared > limit:
             raise InferenceError(ErrorCode.TOO_LARGE, f"request body of {declared} bytes exceeds the limit of {limit}")
         chunks, size = [], 0
         async for chunk in request.stream():

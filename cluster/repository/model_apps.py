@@ -31,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster.names import model_app_name
 from deployments.config import ModelConfig
 from deployments.errors import InferenceError, invalid
-from deployments.model import Model
+from deployments.model import Model, max_queued
 from ensembles.ensemble import Ensemble
 
 #: How often a deployment's progress is read while a load waits for it.
@@ -49,7 +49,7 @@ def deployment_options(config: ModelConfig, args: Any) -> dict:
     gpus = config.gpus_per_replica()
     if gpus:
         actor_options["num_gpus"] = gpus
-    timeout = float(config.parameter("execution_timeout_s") or args.execution_timeout_s)
+    timeout = float(config.parameter("execution_timeout_s") or args.execution_timeout_s)  # as ModelService
     options = {
         "name": config.name,
         "ray_actor_options": actor_options,
@@ -62,15 +62,13 @@ def deployment_options(config: ModelConfig, args: Any) -> dict:
         options["autoscaling_config"] = config.autoscaling.serve_config()
     else:
         options["num_replicas"] = config.replicas()
-    queue_policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
-    if queue_policy and queue_policy.max_queue_size:
-        options["max_queued_requests"] = queue_policy.max_queue_size
+    options["max_queued_requests"] = max_queued(config, args.serving_limits())
     return options
 
 
 def model_application(config: ModelConfig, store: Any, args: Any, statistics: Any, sync: Any) -> Application:
     return Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync,
-                                                                  args.execution_timeout_s)
+                                                                  args.serving_limits())
 
 
 def ensemble_application(config: ModelConfig, steps: dict[str, DeploymentHandle], args: Any,

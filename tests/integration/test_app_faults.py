@@ -1,12 +1,14 @@
 """Faults that fail cleanly: a model replica killed while it holds requests answers those requests 503 (the
 replica was lost, retry), never 500 or a hang; Serve starts another replica and later requests succeed. A
 backend that hangs answers 503 after its execution timeout and fails its replica's health check, so Serve
-replaces the replica; the other models answer meanwhile.
+replaces the replica; the other models answer meanwhile. Many large JSON bodies at once answer 503 past the
+ingress's in-flight memory limit (413 for one that could never fit) while small requests are served.
 Colocation is on, as in ric serve: the ONNX model runs inside the ingress too, while Python models keep to
 their own deployments, so a Python model that takes its process down leaves HTTP and gRPC answering."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -39,6 +41,8 @@ import os
 def infer(inputs):
     os._exit(1)  # a backend that takes its process down
 """
+#: The ingress's in-flight memory limit here: two 2.5 MB JSON requests (~60 MB to decode each) fit at once.
+INFLIGHT_LIMIT = 128 << 20
 BODY = {"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
 
 
@@ -55,8 +59,10 @@ def server(tmp_path_factory):
     write_model(root, "crash", "backend: python\ninput: [{name: X, data_type: TYPE_FP32, dims: [1]}]\n"
                 "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n", {"1/model.py": CRASH},
                 config_name="config.yaml")
-    write_model(root, "mlp", 'platform: "onnxruntime_onnx"', {"1/model.onnx": onnx_mlp()})
-    with serve_repository(root, num_cpus=4, colocate=True) as endpoints:
+    write_model(root, "mlp", 'platform: "onnxruntime_onnx" max_batch_size: 0 '
+                'input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ -1, 64 ] } ] '
+                'output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ -1, 10 ] } ]', {"1/model.onnx": onnx_mlp()})
+    with serve_repository(root, num_cpus=4, colocate=True, max_inflight_bytes=INFLIGHT_LIMIT) as endpoints:
         yield endpoints
 
 
@@ -115,3 +121,34 @@ def test_a_python_model_that_crashes_its_process_leaves_the_other_models_answeri
     for _ in range(5):
         assert requests.post(f"{server.http}/v2/models/mlp/infer", json=mlp, timeout=30).status_code == 200
     assert requests.post(f"{server.http}/v2/models/slow/infer", json=BODY, timeout=60).status_code == 200
+
+
+def mlp_body(rows: int) -> bytes:
+    return json.dumps({"inputs": [{"name": "INPUT0", "shape": [rows, 64], "datatype": "FP32",
+                                   "data": [0.5] * (rows * 64)}]}).encode()
+
+
+def test_large_json_bodies_past_the_memory_limit_answer_503_and_small_requests_are_served(server):
+    url = f"{server.http}/v2/models/mlp/infer"
+    never = requests.post(url, data=mlp_body(4 * 8192), timeout=60)  # ~10 MB of JSON: ~240 MB to decode
+    assert never.status_code == 413 and "in-flight limit" in never.json()["error"], never.text
+    large, small = mlp_body(8192), mlp_body(1)
+    codes: list[int] = []
+    small_codes: list[int] = []
+
+    def send_large() -> None:
+        response = requests.post(url, data=large, timeout=120)
+        codes.append(response.status_code)
+        assert response.status_code == 200 or "the server is busy" in response.json()["error"]
+
+    burst = [threading.Thread(target=send_large) for _ in range(30)]
+    for thread in burst:
+        thread.start()
+    while any(thread.is_alive() for thread in burst):
+        small_codes.append(requests.post(url, data=small, timeout=60).status_code)
+    for thread in burst:
+        thread.join()
+    assert len(codes) == 30 and set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+    assert small_codes and set(small_codes) == {200}, small_codes
+    print(f"30 large JSON bodies at once: {codes.count(200)} answered, {codes.count(503)} refused (503); "
+          f"{len(small_codes)} small requests meanwhile, all answered")
