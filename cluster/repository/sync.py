@@ -16,24 +16,28 @@ repository's listing.
 
 It is a Serve deployment (one replica) rather than a bare detached actor: Serve starts it with the
 application, restarts it if it dies (the new replica adopts the models' applications it finds), and
-passes its handle to the models with ``.bind()``.
+passes its handle to the models with ``.bind()``. What users change through the repository API (configs
+given with a load, unloads) is saved in Ray's key-value store after every change, so a restarted replica
+serves on as its predecessor did; the application's deletion deletes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
 
 from ray import serve
+from ray.experimental import internal_kv
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from cluster.repository import model_apps
 from cluster.repository.paths import check_model_name
 from cluster.repository.uploaded import UploadedModel
-from deployments.config import ConfigError, ModelConfig
+from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import InferenceError, invalid, not_found, unavailable
 from ensembles.graph import check_graph, is_ensemble, scheduling
 
@@ -44,6 +48,11 @@ logger = logging.getLogger(__name__)
 WATCH_TIMEOUT_S = 5.0
 #: How long a load waits for a model's own application to start, and an unload for it to go.
 DEPLOY_TIMEOUT_S = 120.0
+#: Where the sync keeps what users changed through the repository API: Ray's cluster-wide key-value store
+#: (the GCS), so a replica restarted on any node finds it. Ray's internal KV is private API (Serve keeps its
+#: own checkpoints there too); there is no public one.
+STATE_NAMESPACE = "ric"
+STATE_KEY_PREFIX = "sync-state:"
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
@@ -79,6 +88,7 @@ class ModelStoreSync:
         self.handle = serve.get_deployment_handle(context.deployment, context.app_name)
         await self._adopt()
         await self._adopt_scaled_down()
+        await self._restore()
         await self.poll()
         poll = self.poll_interval_s > 0
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever()) if poll else None
@@ -111,6 +121,29 @@ class ModelStoreSync:
         self.scaled_down = {m for m in self.built if targets.get(m, (1, 1))[0] == 0
                             and getattr(self.config(m), "autoscaling", None) is None}
         self.unloaded |= self.scaled_down
+
+    def _state_key(self) -> str:
+        return f"{STATE_KEY_PREFIX}{self.app}"
+
+    async def _restore(self) -> None:
+        """Take back what users changed through the repository API before this replica started: configs given
+        with a load, and built models unloaded (those kept at zero replicas are known from Serve already)."""
+        raw = await asyncio.to_thread(internal_kv._internal_kv_get, self._state_key(), namespace=STATE_NAMESPACE)
+        if not raw:
+            return
+        state = json.loads(raw)
+        for model, config in state.get("overrides", {}).items():
+            if model in self.built or model in self.added:
+                self.overrides[model] = parse_yaml(json.dumps(config), f"the saved config of '{model}'", model)
+        self.unloaded |= set(state.get("unloaded", [])) & self.built
+        logger.info("restored the repository API's changes: overrides %s, unloaded %s",
+                    sorted(self.overrides), sorted(self.unloaded))
+
+    async def _save(self) -> None:
+        """Keep what users changed through the repository API where a restarted replica finds it."""
+        state = {"overrides": {m: c.to_dict() for m, c in self.overrides.items()}, "unloaded": sorted(self.unloaded)}
+        await asyncio.to_thread(internal_kv._internal_kv_put, self._state_key(), json.dumps(state), True,
+                                namespace=STATE_NAMESPACE)
 
     def config(self, model: str) -> ModelConfig | None:
         """The config a model is served with: the one given with its last load, else the store's."""
@@ -194,19 +227,26 @@ class ModelStoreSync:
         with ``files`` (Triton's ``file:`` parameters) the model is served from them instead of the store.
         Returns the generation that carries the change."""
         async with self._control:
-            if not loaded:
-                if model in self.added:
-                    return await self._delete(model)
-                if model in self.built:
-                    return await self._unload_built(model)
-                if model not in self.repository:
-                    raise not_found(f"unknown model '{model}'")
-                return self.generation  # not loaded: nothing to do, as Triton
-            if files:
-                return await self._deploy_uploaded(model, config, files)
-            if model in self.built or model in self.added:
-                return await self._reload(model, config)
-            return await self._deploy(model, config)
+            try:
+                return await self._set_loaded(model, loaded, config, files)
+            finally:
+                await self._save()
+
+    async def _set_loaded(self, model: str, loaded: bool, config: ModelConfig | None,
+                          files: dict[str, bytes] | None) -> int:
+        if not loaded:
+            if model in self.added:
+                return await self._delete(model)
+            if model in self.built:
+                return await self._unload_built(model)
+            if model not in self.repository:
+                raise not_found(f"unknown model '{model}'")
+            return self.generation  # not loaded: nothing to do, as Triton
+        if files:
+            return await self._deploy_uploaded(model, config, files)
+        if model in self.built or model in self.added:
+            return await self._reload(model, config)
+        return await self._deploy(model, config)
 
     async def _unload_built(self, model: str) -> int:
         self.unloaded.add(model)
@@ -370,12 +410,14 @@ class ModelStoreSync:
                 "added": dict(self.added), "scaled_down": sorted(self.scaled_down)}
 
     async def __del__(self):
-        """When the application itself is deleted, its models' own applications go with it."""
+        """When the application itself is deleted, its models' own applications and its saved state go with
+        it."""
         if getattr(self, "_poller", None) is not None:
             self._poller.cancel()
         try:
-            if getattr(self, "added", None) and (await asyncio.to_thread(model_apps.state, self.app))[0] == "DELETING":
-                for app in self.added.values():
+            if (await asyncio.to_thread(model_apps.state, self.app))[0] == "DELETING":
+                for app in getattr(self, "added", {}).values():
                     await asyncio.to_thread(model_apps.delete, app)
+                await asyncio.to_thread(internal_kv._internal_kv_del, self._state_key(), namespace=STATE_NAMESPACE)
         except Exception as exc:
             logger.warning("could not delete the models' applications %s: %r", sorted(self.added.values()), exc)

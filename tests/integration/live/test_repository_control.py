@@ -4,7 +4,9 @@ resources, ensembles, bad loads refused with nothing kept, and a sync restart.""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -254,7 +256,7 @@ def test_a_load_with_files_serves_the_model_from_them(served):
     assert response.status_code == 404 and "unknown model 'sent'" in response.json()["error"]
 
 
-def test_models_loaded_later_survive_a_sync_restart_and_go_with_the_application(served):
+def test_models_loaded_later_and_config_overrides_survive_a_sync_restart_and_go_with_the_application(served):
     """The last test of the module: it deletes the application."""
     import ray
     import tritonclient.http as httpclient
@@ -272,9 +274,14 @@ def test_models_loaded_later_survive_a_sync_restart_and_go_with_the_application(
         return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{SYNC_NAME}#" in a["name"]}
 
     client.load_model("later")
+    # what users changed survives too: a config given with a load
+    config = client.get_model_config("live")
+    client.load_model("live", config=json.dumps({**config, "max_batch_size": 2}))
     (killed,) = sync_actors()
     ray.kill(ray.get_actor(killed, namespace="serve"), no_restart=True)
     wait_for(lambda: sync_actors() - {killed}, timeout_s=90, what="Serve to start a new sync replica")
+    time.sleep(2)  # four poll intervals: a sync that forgot the override would have pushed the store's config
+    assert serves_max_batch_size(endpoints.http, 2)
     # the new sync replica adopted the model's application: unload finds and deletes it
     wait_for(lambda: client.unload_model("later") is None and app not in serve.status().applications, timeout_s=90,
              what=lambda: f"the unload after the restart: {sorted(serve.status().applications)}")
