@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: Files at least this large log their download progress.
 PROGRESS_BYTES = 64 * 2**20
+#: Seconds S3 may take to accept a connection, and to send the next bytes of an answer.
+CONNECT_TIMEOUT_S = 3
+READ_TIMEOUT_S = 10
 
 
 class S3Store:
@@ -47,8 +50,13 @@ class S3Store:
     def client(self):
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
-            self._client = boto3.client("s3")
+            # Bounded: with S3 unreachable a call fails within about a minute instead of botocore's defaults
+            # (60 s per connect and read, retried), while a large download that keeps flowing is not cut.
+            self._client = boto3.client("s3", config=Config(connect_timeout=CONNECT_TIMEOUT_S,
+                                                            read_timeout=READ_TIMEOUT_S,
+                                                            retries={"mode": "standard", "max_attempts": 2}))
         return self._client
 
     def _key(self, *parts: str) -> str:

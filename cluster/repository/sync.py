@@ -38,7 +38,7 @@ from cluster.repository import model_apps
 from cluster.repository.paths import check_model_name
 from cluster.repository.uploaded import UploadedModel
 from deployments.config import ConfigError, ModelConfig, parse_yaml
-from deployments.errors import InferenceError, invalid, not_found, unavailable
+from deployments.errors import InferenceError, invalid, not_found, unavailable, without_paths
 from ensembles.graph import check_graph, is_ensemble, scheduling
 
 logger = logging.getLogger(__name__)
@@ -254,8 +254,21 @@ class ModelStoreSync:
         await self._scale_down(model)
         return generation
 
+    async def _read_store(self, method, *args):
+        """A store call for the repository API: one that fails (the store unreachable: S3's client gives up
+        after its timeouts) answers 503 saying so, before anything changes."""
+        try:
+            return await asyncio.to_thread(method, *args)
+        except (ConfigError, FileNotFoundError):
+            raise
+        except Exception as exc:
+            raise unavailable(f"the model store {self.store!r} cannot be read: "
+                              f"{without_paths(f'{type(exc).__name__}: {exc}')}") from None
+
     async def _reload(self, model: str, config: ModelConfig | None) -> int:
         """Load a served model again: the store's newest versions, under ``config`` or the store's."""
+        if model not in self.added or model in self.repository:
+            await self._read_store(self.store.versions, model)  # the store answers, or nothing changes
         self.unloaded.discard(model)
         self._set_override(model, config)
         await self.poll()
@@ -297,10 +310,10 @@ class ModelStoreSync:
         """Deploy a model the application was not built with as its own application; returns once it serves.
         An ensemble's step models that are not loaded are loaded first, as Triton does."""
         check_model_name(model)
-        if model not in await asyncio.to_thread(self.store.models):
+        if model not in await self._read_store(self.store.models):
             raise not_found(f"unknown model '{model}': it is not in the repository")
         try:
-            stored = await asyncio.to_thread(self.store.config, model)
+            stored = await self._read_store(self.store.config, model)
         except ConfigError as exc:
             raise invalid(f"model '{model}' cannot be loaded: {exc}") from None
         served = config or stored

@@ -1,12 +1,16 @@
 """S3 model stores against a real S3-compatible server over HTTP (moto's standalone server, started
-here on 127.0.0.1), with boto3 talking to it: listing, verified cached downloads, serving and live updates."""
+here on 127.0.0.1), with boto3 talking to it: listing, verified cached downloads, serving and live updates,
+and serving on while S3 stalls."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 
 import boto3
 import numpy as np
@@ -20,6 +24,12 @@ from tests.integration.conftest import free_port, serve_repository, wait_for
 BUCKET = "models"
 CONFIG = 'platform: "onnxruntime_onnx" max_batch_size: 8 dynamic_batching { }'
 BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+
+
+@dataclass
+class S3:
+    client: object  # boto3's S3 client
+    server: subprocess.Popen
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +50,7 @@ def s3(tmp_path_factory):
         client.put_object(Bucket=BUCKET, Key="repo/mlp/config.pbtxt", Body=CONFIG.encode())
         client.put_object(Bucket=BUCKET, Key="repo/mlp/1/model.onnx", Body=onnx_mlp(seed=1))
         client.put_object(Bucket=BUCKET, Key="repo/bare/1/model.onnx", Body=onnx_mlp(seed=4))
-        yield client
+        yield S3(client, server)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -70,7 +80,7 @@ def test_fetch_downloads_once_and_verifies(s3):
     time.sleep(0.01)
     assert store.fetch("mlp", 1) == path and model_file.stat().st_mtime_ns == first  # cached, not downloaded
     before = store.fingerprint("mlp", 1)
-    s3.put_object(Bucket=BUCKET, Key="repo/mlp/1/model.onnx", Body=onnx_mlp(seed=1) + b"")
+    s3.client.put_object(Bucket=BUCKET, Key="repo/mlp/1/model.onnx", Body=onnx_mlp(seed=1) + b"")
     assert store.fingerprint("mlp", 1) == before  # same bytes, same ETag
     assert not [p for p in path.iterdir() if p.name.startswith(".model.onnx.") and not p.name.endswith(".etag")]
     with pytest.raises(FileNotFoundError, match="has no version 7"):
@@ -78,13 +88,43 @@ def test_fetch_downloads_once_and_verifies(s3):
 
 
 def test_serving_from_s3_and_a_version_update_pushed_live(s3):
-    with serve_repository(f"s3://{BUCKET}/repo", poll_interval_s=0.5) as endpoints:
+    with serve_repository(f"s3://{BUCKET}/repo", poll_interval_s=0.5, model_control_mode="explicit") as endpoints:
         server = endpoints.http
         first = requests.post(f"{server}/v2/models/mlp/infer", json=BODY, timeout=30)
         assert first.status_code == 200 and first.json()["model_version"] == "1"
         assert requests.post(f"{server}/v2/models/bare/infer", json=BODY, timeout=30).status_code == 200
-        s3.put_object(Bucket=BUCKET, Key="repo/mlp/2/model.onnx", Body=onnx_mlp(seed=2))
+        s3.client.put_object(Bucket=BUCKET, Key="repo/mlp/2/model.onnx", Body=onnx_mlp(seed=2))
         wait_for(lambda: requests.post(f"{server}/v2/models/mlp/infer", json=BODY, timeout=30).json()
                  .get("model_version") == "2", timeout_s=60, what="version 2 from S3")
         second = requests.post(f"{server}/v2/models/mlp/infer", json=BODY, timeout=30).json()
         assert not np.allclose(first.json()["outputs"][0]["data"], second["outputs"][0]["data"])
+        stalled_store_fails_control_calls_fast_and_serving_goes_on(s3, server)
+
+
+def stalled_store_fails_control_calls_fast_and_serving_goes_on(s3: S3, server: str) -> None:
+    """S3 stops answering (its server paused: connections open, nothing comes back): requests are served
+    from the cache meanwhile, a repository load fails within the store client's timeouts with a clear
+    503, and once S3 answers again the load succeeds."""
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def call() -> None:
+        while not stop.is_set():
+            answers.append(requests.post(f"{server}/v2/models/mlp/infer", json=BODY, timeout=30).status_code)
+
+    os.kill(s3.server.pid, signal.SIGSTOP)
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        started = time.monotonic()
+        response = requests.post(f"{server}/v2/repository/models/mlp/load", json={}, timeout=180)
+        took = time.monotonic() - started
+    finally:
+        os.kill(s3.server.pid, signal.SIGCONT)
+        stop.set()
+        caller.join(timeout=60)
+    assert response.status_code == 503 and "cannot be read" in response.json()["error"], response.text
+    assert took < 90, took
+    assert answers and set(answers) == {200}, answers
+    assert requests.post(f"{server}/v2/repository/models/mlp/load", json={}, timeout=180).status_code == 200
+    print(f"S3 paused: the load failed after {took:.1f} s; {len(answers)} requests answered meanwhile")
