@@ -245,6 +245,40 @@ def test_requests_over_the_limit_are_refused_before_they_are_read(ric):
     assert client.is_model_ready("simple")
 
 
+def listeners(pid: int) -> set[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket of a process and its descendants."""
+    found = set()
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            for conn in process.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((conn.laddr.ip, conn.laddr.port, process.name()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1") or address.startswith("::ffff:127.")
+
+
+def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewhere(ric):
+    """ric serve --host 127.0.0.1 (the default): the HTTP and gRPC ports, the dashboard and Ray's own
+    daemons listen on loopback only. What listens on every interface is what Serve hard-codes, as the
+    README's configuration reference lists: HAProxy's stats and metrics pages, each Serve replica's
+    internal gRPC server and the direct-ingress gRPC port, and Serve's gRPC proxy behind HAProxy."""
+    found = listeners(ric.process.pid)
+    public = {(address, port, name) for address, port, name in found if not is_loopback(address)}
+    ours = {port for address, port, _ in found if port in (ric.http_port, ric.grpc_port)}
+    assert ours == {ric.http_port, ric.grpc_port}, found
+    assert not {entry for entry in public if entry[1] in (ric.http_port, ric.grpc_port)}, public
+    documented = [lambda a, p, n: n == "haproxy" and p in (8404, 9101),
+                  lambda a, p, n: n.startswith(("ray::ServeReplica", "ray::ProxyActor"))]
+    unexpected = {entry for entry in public if not any(rule(*entry) for rule in documented)}
+    assert not unexpected, unexpected
+
+
 def test_ric_status_says_what_is_pending_and_why(ric, home):
     """A model uploaded and loaded later that asks for a GPU this Ray lacks waits for resources: ric status
     lists it as pending with Serve's reason (the load answers once the sync gives up, after its deploy
