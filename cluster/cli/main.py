@@ -8,7 +8,9 @@ import sys
 
 from cluster.cli import perf, status
 from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
-from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages, serve_repository
+from cluster.cli.serve import (
+    choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages, limit_idle_clients, serve_repository,
+)
 from cluster.repository.examples import EXAMPLE
 
 
@@ -49,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="how long a request may wait in its model replica (queue and execution) before "
                                 "it answers 503; a longer batch fails the replica's health check and Serve "
                                 "replaces it (default 300; a model's execution_timeout_s parameter overrides)")
+    serve_cmd.add_argument("--client-timeout-s", type=positive(int), default=60,
+                           help="HAProxy cuts off a client that sends nothing for this long, mid-request too "
+                                "(default 60; Serve's own default is an hour)")
     serve_cmd.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="poll",
                            help="poll (default): served models follow new versions and configs in the repository, "
                                 "and the repository API may not load or unload; none: nothing changes after start; "
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve" and not args.address:
         keep_local_ray_on_loopback()
         limit_grpc_messages(args.max_request_bytes)
+        limit_idle_clients(args.client_timeout_s)
         args.ingress = choose_ingress(args.ingress)
     if args.command == "serve":
         return serve_repository(args)

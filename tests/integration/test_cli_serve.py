@@ -11,9 +11,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -319,11 +321,16 @@ def test_a_group_signal_stops_everything_and_a_second_serve_starts(ric, home, da
     assert ric.process.returncode == 0, ric.output[-3000:]
     assert not [p for p in below if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not (home / ".ric" / "serve.json").exists()
-    again = start_ric(home, "--dashboard-port", str(dashboard_port), http_port=ric.http_port,
-                      grpc_port=ric.grpc_port)
+    again = start_ric(home, "--dashboard-port", str(dashboard_port), "--client-timeout-s", "2",
+                      http_port=ric.http_port, grpc_port=ric.grpc_port)
     try:
         again.wait_serving()
         assert requests.get(f"{again.url}/v2/health/ready", timeout=30).ok
+        # a client that stops mid-headers is cut off after --client-timeout-s (HAProxy answers 408)
+        with socket.create_connection(("127.0.0.1", again.http_port), timeout=30) as slow:
+            slow.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            started = time.monotonic()
+            assert slow.recv(64).startswith(b"HTTP/1.1 408") and time.monotonic() - started < 15
     finally:
         again.stop_group()
     assert again.process.returncode == 0, again.output[-3000:]
