@@ -30,6 +30,9 @@ PROTOCOL_PARAMETERS = {"binary_data_output"}
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
+#: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model
+#: with no replica able to answer would otherwise hold the caller, and a fan-out every caller).
+CALL_TIMEOUT_S = 30.0
 NOT_LOADED = "not loaded"
 ON_DEMAND = "scaled to zero when idle: a request starts a replica"
 
@@ -100,7 +103,9 @@ class DataPlane:
         """Strict readiness, as Triton's default: ready when every model in the repository is."""
         if self.failed:
             return False
-        return all(await asyncio.gather(*(h.ready.remote() for h in self._awake().values())))
+        answers = await asyncio.gather(*(bounded(h.ready.remote(), name) for name, h in self._awake().items()),
+                                       return_exceptions=True)
+        return all(not isinstance(answer, BaseException) and bool(answer) for answer in answers)
 
     def _loaded(self) -> dict[str, Any]:
         """The models' handles less the unloaded models' (which may have no replica to answer)."""
@@ -120,7 +125,7 @@ class DataPlane:
         return await self.handle(model).infer_versioned.remote(inputs, outputs, version, own or None)
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
-        metadata = await self.handle(model).metadata.remote()
+        metadata = await bounded(self.handle(model).metadata.remote(), model)
         versions = metadata["versions"]
         if not versions:
             raise unavailable(f"model '{model}' is not ready")
@@ -129,11 +134,15 @@ class DataPlane:
         return metadata
 
     async def model_config(self, model: str) -> dict[str, Any]:
-        return await self.handle(model).model_config.remote()
+        return await bounded(self.handle(model).model_config.remote(), model)
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        rows = [row for rows in await asyncio.gather(*(h.index.remote() for h in self._awake().values()))
-                for row in rows]
+        awake = self._awake()
+        answers = await asyncio.gather(*(bounded(h.index.remote(), name) for name, h in awake.items()),
+                                       return_exceptions=True)
+        rows = [row for name, answer in zip(awake, answers)
+                for row in (answer if isinstance(answer, list) else
+                            [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": str(answer)}])]
         rows += [{"name": m, "version": "", "state": "READY", "reason": ON_DEMAND}
                  for m in sorted(self.on_demand & self._loaded().keys())]
         rows += [{"name": m, "version": "", "state": "UNAVAILABLE", "reason": UNLOADED} for m in sorted(self.unloaded)]
@@ -149,7 +158,7 @@ class DataPlane:
         if model:
             self.handle(model)
         names = [model] if model else sorted(self._awake())
-        metadata = await asyncio.gather(*(self.models[name].metadata.remote() for name in names))
+        metadata = await asyncio.gather(*(bounded(self.models[name].metadata.remote(), name) for name in names))
         versions: dict[str, list[int] | None] = {}
         if not model:
             versions.update({name: None for name in self.on_demand & self._loaded().keys()})  # as reported
@@ -197,6 +206,15 @@ class DataPlane:
         if self.generation < generation:
             return False
         return not loaded or await self.models[model].followed.remote() >= generation
+
+
+async def bounded(call, model: str, timeout_s: float | None = None):
+    """A model call that answers within ``timeout_s`` (default CALL_TIMEOUT_S), else UNAVAILABLE."""
+    timeout_s = CALL_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except asyncio.TimeoutError:
+        raise unavailable(f"model '{model}' did not answer within {timeout_s:g} s") from None
 
 
 def uploaded_files(model: str, parameters: dict) -> dict[str, bytes]:
