@@ -205,6 +205,8 @@ class ModelService(ServedModel):
     def __del__(self):
         if getattr(self, "_follower", None) is not None:
             self._follower.cancel()
+        if getattr(self, "_reporter", None) is not None:
+            self._reporter.stop()
         self.runner.unload()
         self._executor.shutdown(wait=False)
         self._loader.shutdown(wait=False)

@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 
 #: How soon after a request a replica reports its statistics to the collector.
 REPORT_DELAY_S = 0.5
+#: How often a replica reports even when idle, so a restarted collector has every live replica's totals
+#: back within this long, and one that stops reporting is known to be gone.
+HEARTBEAT_S = 10.0
 
 _STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 #: Upper bounds of the latency buckets of successful requests, in ns: 100 us to ~145 s, each 1.5x the last
@@ -141,7 +144,7 @@ class StatisticsReporter:
     """Sends a replica's cumulative statistics to the collector shortly after it serves, once per burst.
 
     Reports are whole snapshots, so one that is lost or repeated changes nothing; a failed report is
-    logged and never disturbs serving.
+    logged and never disturbs serving. From its first request on, a heartbeat repeats the report while the replica is idle.
     """
 
     def __init__(self, collector: Any, model: str, replica: str,
@@ -149,13 +152,27 @@ class StatisticsReporter:
         self._collector = collector  # a handle of the application's StatisticsCollector, or None
         self._model, self._replica, self._snapshot = model, replica, snapshot
         self._scheduled = False
+        self._heartbeat: asyncio.Task | None = None
         #: Requests in the replica now (waiting for a batch or running), sent with every report. A report
         #: follows the end of every burst, so the last one of a burst says how many were left.
         self.in_flight = 0
 
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await self._report()
+
+    def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+
     def schedule(self) -> None:
+        """Report shortly; from the first request on, also every HEARTBEAT_S (a replica that never served
+        has nothing to report)."""
         if self._collector is None or self._scheduled:
             return
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         self._scheduled = True
         asyncio.get_running_loop().call_later(REPORT_DELAY_S, lambda: asyncio.ensure_future(self._report()))
 

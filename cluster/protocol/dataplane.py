@@ -103,8 +103,8 @@ class DataPlane:
         """Strict readiness, as Triton's default: ready when every model in the repository is."""
         if self.failed:
             return False
-        answers = await asyncio.gather(*(bounded(h.ready.remote(), name) for name, h in self._awake().items()),
-                                       return_exceptions=True)
+        calls = (bounded(h.ready.remote(), f"model '{name}'") for name, h in self._awake().items())
+        answers = await asyncio.gather(*calls, return_exceptions=True)
         return all(not isinstance(answer, BaseException) and bool(answer) for answer in answers)
 
     def _loaded(self) -> dict[str, Any]:
@@ -125,7 +125,7 @@ class DataPlane:
         return await self.handle(model).infer_versioned.remote(inputs, outputs, version, own or None)
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
-        metadata = await bounded(self.handle(model).metadata.remote(), model)
+        metadata = await bounded(self.handle(model).metadata.remote(), f"model '{model}'")
         versions = metadata["versions"]
         if not versions:
             raise unavailable(f"model '{model}' is not ready")
@@ -134,12 +134,12 @@ class DataPlane:
         return metadata
 
     async def model_config(self, model: str) -> dict[str, Any]:
-        return await bounded(self.handle(model).model_config.remote(), model)
+        return await bounded(self.handle(model).model_config.remote(), f"model '{model}'")
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         awake = self._awake()
-        answers = await asyncio.gather(*(bounded(h.index.remote(), name) for name, h in awake.items()),
-                                       return_exceptions=True)
+        calls = (bounded(h.index.remote(), f"model '{name}'") for name, h in awake.items())
+        answers = await asyncio.gather(*calls, return_exceptions=True)
         rows = [row for name, answer in zip(awake, answers)
                 for row in (answer if isinstance(answer, list) else
                             [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": str(answer)}])]
@@ -158,7 +158,8 @@ class DataPlane:
         if model:
             self.handle(model)
         names = [model] if model else sorted(self._awake())
-        metadata = await asyncio.gather(*(bounded(self.models[name].metadata.remote(), name) for name in names))
+        metadata = await asyncio.gather(*(bounded(self.models[name].metadata.remote(), f"model '{name}'")
+                                          for name in names))
         versions: dict[str, list[int] | None] = {}
         if not model:
             versions.update({name: None for name in self.on_demand & self._loaded().keys()})  # as reported
@@ -169,7 +170,8 @@ class DataPlane:
                 versions[name] = [int(version)]
             else:
                 versions[name] = [int(v) for v in meta["versions"]]
-        return {"model_stats": await self.collector.model_stats.remote(versions)}
+        return {"model_stats": await bounded(self.collector.model_stats.remote(versions),
+                                               "the statistics collector")}
 
     async def set_loaded(self, model: str, loaded: bool, parameters: dict | None = None) -> None:
         """Triton's repository load / unload, on every replica; returns once this plane and the model's
@@ -208,13 +210,14 @@ class DataPlane:
         return not loaded or await self.models[model].followed.remote() >= generation
 
 
-async def bounded(call, model: str, timeout_s: float | None = None):
-    """A model call that answers within ``timeout_s`` (default CALL_TIMEOUT_S), else UNAVAILABLE."""
+async def bounded(call, what: str, timeout_s: float | None = None):
+    """A call (to ``what``: "model 'm'") that answers within ``timeout_s`` (default CALL_TIMEOUT_S), else
+    UNAVAILABLE."""
     timeout_s = CALL_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         return await asyncio.wait_for(call, timeout_s)
     except asyncio.TimeoutError:
-        raise unavailable(f"model '{model}' did not answer within {timeout_s:g} s") from None
+        raise unavailable(f"{what} did not answer within {timeout_s:g} s") from None
 
 
 def uploaded_files(model: str, parameters: dict) -> dict[str, bytes]:

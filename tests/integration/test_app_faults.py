@@ -2,7 +2,8 @@
 replica was lost, retry), never 500 or a hang; Serve starts another replica and later requests succeed. A
 backend that hangs answers 503 after its execution timeout and fails its replica's health check, so Serve
 replaces the replica; the other models answer meanwhile. Many large JSON bodies at once answer 503 past the
-ingress's in-flight memory limit (413 for one that could never fit) while small requests are served.
+ingress's in-flight memory limit (413 for one that could never fit) while small requests are served. A
+killed statistics collector is replaced and has the live replicas' totals back within a heartbeat.
 Colocation is on, as in ric serve: the ONNX model runs inside the ingress too, while Python models keep to
 their own deployments, so a Python model that takes its process down leaves HTTP and gRPC answering."""
 
@@ -152,3 +153,24 @@ def test_large_json_bodies_past_the_memory_limit_answer_503_and_small_requests_a
     assert small_codes and set(small_codes) == {200}, small_codes
     print(f"30 large JSON bodies at once: {codes.count(200)} answered, {codes.count(503)} refused (503); "
           f"{len(small_codes)} small requests meanwhile, all answered")
+
+
+def test_a_restarted_statistics_collector_has_the_live_replicas_totals_back_within_a_heartbeat(server):
+    from cluster.names import STATISTICS_NAME
+    from deployments.statistics import HEARTBEAT_S
+
+    url = f"{server.http}/v2/models/mlp/stats"
+
+    def successes() -> int:
+        return sum(row["inference_stats"]["success"]["count"] for row in requests.get(url, timeout=30).json()["model_stats"])
+
+    for _ in range(5):
+        assert requests.post(f"{server.http}/v2/models/mlp/infer", data=mlp_body(1), timeout=30).status_code == 200
+    wait_for(lambda: successes() >= 5, timeout_s=30, what="the requests in the statistics")
+    before = successes()
+    (actor,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{STATISTICS_NAME}#" in a["name"]]
+    ray.kill(ray.get_actor(actor, namespace="serve"), no_restart=True)
+    started = time.monotonic()
+    wait_for(lambda: successes() >= before, timeout_s=3 * HEARTBEAT_S + 60,
+             what=lambda: f"the totals back after the collector's restart: {before} before")
+    print(f"statistics back {time.monotonic() - started:.1f} s after the collector was killed")
