@@ -52,6 +52,11 @@ class AppArgs(BaseModel):
                     "at ~24x the body); a request that does not fit beside the others answers 503, one that "
                     "never fits 413.",
     )
+    max_uploaded_bytes: int = Field(
+        default=256 * 2**20, gt=0,
+        description="Bytes the files of models uploaded with repository loads may hold in all (kept once in "
+                    "Ray's key-value store); a load past it answers 413.",
+    )
     max_ongoing_requests: int = Field(
         default=64, gt=0, description="Requests a model replica works on at once; bounds how full batches get."
     )

@@ -36,9 +36,9 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.repository import model_apps
 from cluster.repository.paths import check_model_name
-from cluster.repository.uploaded import UploadedModel
+from cluster.repository.uploaded import UploadedModel, delete_files
 from deployments.config import ConfigError, ModelConfig, parse_yaml
-from deployments.errors import InferenceError, invalid, not_found, unavailable, without_paths
+from deployments.errors import ErrorCode, InferenceError, invalid, not_found, unavailable, without_paths
 from ensembles.graph import check_graph, is_ensemble, scheduling
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class ModelStoreSync:
         self.errors: dict[str, str] = {}
         self.unloaded: set[str] = set()  # built models unloaded through the repository API
         self.added: dict[str, str] = {}  # model loaded later -> its own application
+        self.uploads: dict[str, dict[str, tuple[str, int]]] = {}  # uploaded model -> path -> (digest, size)
         self.repository: list[str] = []  # every model in the store, as last listed
         self._changed = asyncio.Condition()
         self._control = asyncio.Lock()  # one load or unload at a time
@@ -136,12 +137,15 @@ class ModelStoreSync:
             if model in self.built or model in self.added:
                 self.overrides[model] = parse_yaml(json.dumps(config), f"the saved config of '{model}'", model)
         self.unloaded |= set(state.get("unloaded", [])) & self.built
+        self.uploads = {model: {path: tuple(entry) for path, entry in files.items()}
+                        for model, files in state.get("uploads", {}).items() if model in self.added}
         logger.info("restored the repository API's changes: overrides %s, unloaded %s",
                     sorted(self.overrides), sorted(self.unloaded))
 
     async def _save(self) -> None:
         """Keep what users changed through the repository API where a restarted replica finds it."""
-        state = {"overrides": {m: c.to_dict() for m, c in self.overrides.items()}, "unloaded": sorted(self.unloaded)}
+        state = {"overrides": {m: c.to_dict() for m, c in self.overrides.items()}, "unloaded": sorted(self.unloaded),
+                 "uploads": self.uploads}
         await asyncio.to_thread(internal_kv._internal_kv_put, self._state_key(), json.dumps(state), True,
                                 namespace=STATE_NAMESPACE)
 
@@ -337,8 +341,16 @@ class ModelStoreSync:
             raise invalid(f"model '{model}' is served by the application itself; a load with files needs a model "
                           "it was not built with")
         source = UploadedModel(model, config, files)
+        held = sum(size for name, files_ in self.uploads.items() if name != model for _, size in files_.values())
+        limit = self.args.max_uploaded_bytes
+        if held + source.total_bytes > limit:
+            raise InferenceError(ErrorCode.TOO_LARGE, f"the files of '{model}' ({source.total_bytes} bytes) do not "
+                                                      f"fit beside the other uploaded models ({held} bytes) in the "
+                                                      f"limit of {limit} (max_uploaded_bytes)")
         if model in self.added:
             await self._delete(model)
+        await asyncio.to_thread(source.publish)
+        self.uploads[model] = {path: (source.digests[path], source.sizes[path]) for path in source.digests}
         return await self._start(model, model_apps.model_application(config, source, self.args, self.statistics,
                                                                      None))
 
@@ -416,6 +428,10 @@ class ModelStoreSync:
     def _forget(self, model: str) -> None:
         for state in (self.configs, self.overrides, self.desired, self.errors, self.ensemble_steps):
             state.pop(model, None)
+        files = self.uploads.pop(model, {})
+        if files:  # an uploaded model's files go too, but those another upload holds
+            kept = {digest for other in self.uploads.values() for digest, _ in other.values()}
+            delete_files({digest for digest, _ in files.values()} - kept)
 
     def status(self) -> dict[str, Any]:
         return {"generation": self.generation, "errors": dict(self.errors), "unloaded": sorted(self.unloaded),

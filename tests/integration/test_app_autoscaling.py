@@ -118,15 +118,19 @@ def test_a_load_ramp_grows_the_model_and_idle_time_shrinks_it(server):
     print(f"scale-up {grown:.1f} s, scale-down {time.monotonic() - idle:.1f} s, {load.ok} answers, 0 failed")
 
 
-def test_a_model_at_zero_replicas_sleeps_until_a_request_wakes_it(server):
-    wait_for(lambda: running("sleepy") == 0, timeout_s=60, what="sleepy to start at zero replicas")
+def assert_readiness_index_and_statistics_leave_it_asleep(server, model: str, app: str = APP_NAME) -> None:
     assert requests.get(f"{server.http}/v2/health/ready", timeout=30).status_code == 200
     index = requests.post(f"{server.http}/v2/repository/index", json={}, timeout=30).json()
-    assert {"name": "sleepy", "version": "", "state": "READY",
+    assert {"name": model, "version": "", "state": "READY",
             "reason": "scaled to zero when idle: a request starts a replica"} in index
     assert requests.get(f"{server.http}/v2/models/stats", timeout=30).ok
     time.sleep(2)  # long enough for a stray call to have started a replica
-    assert running("sleepy") == 0
+    assert running(model, app) == 0
+
+
+def test_a_model_at_zero_replicas_sleeps_until_a_request_wakes_it(server):
+    wait_for(lambda: running("sleepy") == 0, timeout_s=60, what="sleepy to start at zero replicas")
+    assert_readiness_index_and_statistics_leave_it_asleep(server, "sleepy")
     response = requests.post(f"{server.http}/v2/models/sleepy/infer", json=BODY, timeout=120)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == [2.0]
@@ -142,12 +146,6 @@ def test_a_model_loaded_later_that_scales_to_zero_also_sleeps(server, root):
     assert response.status_code == 200, response.text
     app = model_app_name(APP_NAME, "drowsy")
     wait_for(lambda: running("drowsy", app) == 0, timeout_s=120, what="drowsy to scale down to zero")
-    assert requests.get(f"{server.http}/v2/health/ready", timeout=30).status_code == 200
-    index = requests.post(f"{server.http}/v2/repository/index", json={}, timeout=30).json()
-    assert {"name": "drowsy", "version": "", "state": "READY",
-            "reason": "scaled to zero when idle: a request starts a replica"} in index
-    assert requests.get(f"{server.http}/v2/models/stats", timeout=30).ok
-    time.sleep(2)  # long enough for a stray call to have started a replica
-    assert running("drowsy", app) == 0
+    assert_readiness_index_and_statistics_leave_it_asleep(server, "drowsy", app)
     response = requests.post(f"{server.http}/v2/models/drowsy/infer", json=BODY, timeout=120)
     assert response.status_code == 200, response.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -218,8 +220,10 @@ def test_an_uploaded_model_writes_each_version_once_and_serves_from_it(tmp_path,
     folder = uploaded.fetch("sent", 2)
     assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"] and uploaded.fetch("sent", 2) == folder
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert len(pickle.dumps(uploaded)) < 2048  # replicas get digests; the files stay out of their arguments
     again = UploadedModel("sent", uploaded.config("sent"), {**files, "2/model.onnx": onnx_mlp(seed=3)})
     assert again.fingerprint("sent", 2) != uploaded.fingerprint("sent", 2) and again.fetch("sent", 2) != folder
+    assert not folder.exists()  # the earlier upload's folder is evicted from the node's cache
     runner = ModelRunner(uploaded.config("sent"), uploaded)
     runner.load()
     assert sorted(runner.backends) == [2]  # the default policy: the latest version

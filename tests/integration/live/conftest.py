@@ -21,6 +21,8 @@ from tests.integration.conftest import serve_repository
 CONFIG = ('platform: "onnxruntime_onnx" max_batch_size: 8 dynamic_batching { max_queue_delay_microseconds: 1000 } '
           'instance_group [ { count: 2 } ]')
 X = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+#: What models uploaded with loads may hold in all, here: a few small MLPs.
+MAX_UPLOADED_BYTES = 1 << 20
 BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": X.ravel().tolist()}]}
 
 
@@ -28,7 +30,8 @@ BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "dat
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("live")
     write_model(root, "live", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
-    with serve_repository(root, poll_interval_s=0.5, model_control_mode="explicit") as endpoints:
+    with serve_repository(root, poll_interval_s=0.5, model_control_mode="explicit",
+                          max_uploaded_bytes=MAX_UPLOADED_BYTES) as endpoints:
         yield root, endpoints
 
 

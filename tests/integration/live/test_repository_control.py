@@ -16,7 +16,7 @@ from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
 from tests.integration.conftest import settled, wait_for
 from tests.integration.live.conftest import (
-    BODY, call_until_stopped, cpus_free, expected, land_version, serves_max_batch_size,
+    BODY, MAX_UPLOADED_BYTES, call_until_stopped, cpus_free, expected, land_version, serves_max_batch_size,
 )
 
 
@@ -250,10 +250,25 @@ def test_a_load_with_files_serves_the_model_from_them(served):
         client.load_model("sent", config=config, files={"file:1/model.onnx": b"not a model"})
     assert f"{APP_NAME}-model-sent" not in serve.status().applications  # the failed load replaced it: nothing kept
     client.load_model("sent", config=config, files={"file:1/model.onnx": onnx_mlp(seed=11)})
+    assert len(uploaded_files_kept()) == 1  # kept once, by content, in Ray's key-value store
+    # uploaded models share a quota (this module's: MAX_UPLOADED_BYTES)
+    big = {"file:1/model.onnx": onnx_mlp(seed=13), "file:1/padding.bin": bytes(MAX_UPLOADED_BYTES)}
+    with pytest.raises(InferenceServerException, match="do not fit beside the other uploaded models") as info:
+        client.load_model("other", config=config.replace('"sent"', '"other"'), files=big)
+    assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     client.unload_model("sent")
     assert f"{APP_NAME}-model-sent" not in serve.status().applications
+    assert uploaded_files_kept() == []  # an unloaded upload's files are deleted
     response = requests.post(url, json=BODY, timeout=30)
     assert response.status_code == 404 and "unknown model 'sent'" in response.json()["error"]
+
+
+def uploaded_files_kept() -> list[bytes]:
+    from ray.experimental import internal_kv
+
+    from cluster.repository.uploaded import KV_NAMESPACE, KV_PREFIX
+
+    return internal_kv._internal_kv_list(KV_PREFIX, namespace=KV_NAMESPACE)
 
 
 def test_models_loaded_later_and_config_overrides_survive_a_sync_restart_and_go_with_the_application(served):
