@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 import urllib.request
@@ -37,6 +38,19 @@ def limit_idle_clients(seconds: int) -> None:
     os.environ.setdefault("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", str(seconds))
 
 
+def private_haproxy_files() -> str | None:
+    """Keep HAProxy's config, admin socket (which Serve makes world-writable) and state in a folder only this
+    user can enter, one per ``ric serve``, instead of Serve's shared ``/tmp/haproxy-serve``; read by the local
+    Ray's processes when they start. The folder, or None when the user chose the paths."""
+    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
+        return None
+    folder = tempfile.mkdtemp(prefix="ric-haproxy-")  # mode 0700
+    for name, file in [("CONFIG_FILE_LOC", "haproxy.cfg"), ("SOCKET_PATH", "admin.sock"), ("SERVER_STATE_BASE", ""),
+                       ("SERVER_STATE_FILE", "server-state"), ("METRICS_SOCKET_PATH", "metrics.sock")]:
+        os.environ[f"RAY_SERVE_HAPROXY_{name}"] = os.path.join(folder, file) if file else folder
+    return folder
+
+
 def choose_ingress(wanted: str) -> str:
     """Set up Serve's fastest ingress for a local Ray; read by Ray when it is first imported.
 
@@ -50,6 +64,7 @@ def choose_ingress(wanted: str) -> str:
     if wanted == "haproxy":
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        private_haproxy_files()
     return wanted
 
 
@@ -300,4 +315,7 @@ def stop(args: argparse.Namespace) -> None:
             ray.shutdown()
         return
     left = stop_descendants()
+    folder = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
+    if os.path.basename(folder).startswith("ric-haproxy-"):
+        shutil.rmtree(folder, ignore_errors=True)
     print(f"ric: stopped in {time.monotonic() - started:.1f} s ({len(left)} processes)", flush=True)

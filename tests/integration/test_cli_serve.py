@@ -265,7 +265,7 @@ def is_loopback(address: str) -> bool:
     return address in ("127.0.0.1", "::1") or address.startswith("::ffff:127.")
 
 
-def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewhere(ric):
+def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewhere_and_haproxy_files_are_private(ric):
     """ric serve --host 127.0.0.1 (the default): the HTTP and gRPC ports, the dashboard and Ray's own
     daemons listen on loopback only. What listens on every interface is what Serve hard-codes, as the
     README's configuration reference lists: HAProxy's stats and metrics pages, each Serve replica's
@@ -279,6 +279,13 @@ def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewher
                   lambda a, p, n: n.startswith(("ray::ServeReplica", "ray::ProxyActor"))]
     unexpected = {entry for entry in public if not any(rule(*entry) for rule in documented)}
     assert not unexpected, unexpected
+    # HAProxy's config and its admin socket (world-writable, as Serve makes it) sit in a folder only this
+    # user may enter, not in Serve's shared /tmp/haproxy-serve
+    (haproxy,) = [p for p in psutil.Process(ric.process.pid).children(recursive=True) if p.name() == "haproxy"]
+    config = Path(haproxy.cmdline()[haproxy.cmdline().index("-f") + 1])
+    private = next((folder for folder in config.parents if folder.name.startswith("ric-haproxy-")), None)
+    assert private is not None and private.stat().st_mode & 0o777 == 0o700, config
+    assert list(private.glob("**/admin.sock")), sorted(private.rglob("*"))
 
 
 def test_ric_status_says_what_is_pending_and_why(ric, home):
