@@ -81,8 +81,11 @@ class DynamicBatcher:
     """
 
     def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], max_rows: int, max_delay_s: float,
-                 rows: Callable[[Any], int] = lambda item: item.rows):
-        self._run, self._rows = run, rows
+                 rows: Callable[[Any], int] = lambda item: item.rows,
+                 expired: Callable[[Any], Exception | None] = lambda item: None):
+        """``expired(item)``: the error of a request that must not run any more (its queue timeout passed,
+        Triton's queue policy), checked as the request leaves the queue; None to run it."""
+        self._run, self._rows, self._expired = run, rows, expired
         self.max_rows, self.max_delay_s = max_rows, max_delay_s
         self._queue: deque[tuple[Any, asyncio.Future, float]] = deque()
         self._queued_rows = 0
@@ -111,6 +114,8 @@ class DynamicBatcher:
                 except asyncio.TimeoutError:
                     break
             batch = self._take()
+            if not batch:  # every request taken had expired
+                continue
             try:
                 results = await self._run([item for item, _ in batch])
             except Exception as exc:  # the batch fails, the batcher goes on
@@ -126,7 +131,12 @@ class DynamicBatcher:
             if batch and rows + size > self.max_rows:
                 break
             item, future, _ = self._queue.popleft()
+            self._queued_rows -= size
+            error = self._expired(item)
+            if error is not None:
+                if not future.done():
+                    future.set_result(error)
+                continue
             batch.append((item, future))
             rows += size
-        self._queued_rows -= rows
         return batch

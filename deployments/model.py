@@ -54,6 +54,21 @@ def max_queued(config: ModelConfig, limits: ServingLimits) -> int:
     return (policy.max_queue_size if policy and policy.max_queue_size else 0) or limits.max_queued_requests
 
 
+def queue_deadline_ns(config: ModelConfig, arrived_ns: int, parameters: dict | None) -> int | None:
+    """When a request must leave the queue by, under Triton's queue policy: its ``default_timeout_microseconds``
+    (or the request's ``timeout`` parameter, in microseconds, where ``allow_timeout_override``) with the
+    REJECT action; None to wait on (no timeout, or DELAY: ric's queue has no priorities to delay behind)."""
+    policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
+    if policy is None or policy.timeout_action != "REJECT":
+        return None
+    timeout_us = policy.default_timeout_microseconds
+    requested = (parameters or {}).get("timeout")
+    if policy.allow_timeout_override and isinstance(requested, int) and not isinstance(requested, bool) \
+            and requested > 0:
+        timeout_us = requested
+    return arrived_ns + timeout_us * 1000 if timeout_us > 0 else None
+
+
 def batch_limits(config: ModelConfig) -> tuple[int, float]:
     """Rows per batch and the longest wait for one, from the config's dynamic_batching.
 
@@ -94,7 +109,7 @@ class ModelService(ServedModel):
         if not (self.runner.ready and self.runner.config.dynamic_batching is not None):
             self._batcher = None
         elif self._batcher is None:
-            self._batcher = DynamicBatcher(self._run_batch, *batch_limits(self.runner.config))
+            self._batcher = DynamicBatcher(self._run_batch, *batch_limits(self.runner.config), expired=self._expired)
         else:
             self._batcher.max_rows, self._batcher.max_delay_s = batch_limits(self.runner.config)
 
@@ -131,6 +146,7 @@ class ModelService(ServedModel):
         self._reporter.in_flight += 1
         try:
             pending = self.runner.prepare(inputs, outputs, version, parameters)
+            pending.deadline_ns = queue_deadline_ns(self.runner.config, pending.arrived_ns, parameters)
             timeout = self.execution_timeout_s()
             try:
                 if self._batcher is not None:
@@ -163,6 +179,16 @@ class ModelService(ServedModel):
             return self.runner.execute(pending)
         finally:
             self._running_since = None
+
+    def _expired(self, pending: Pending) -> Exception | None:
+        """A queued request whose queue timeout passed does not run: it answers UNAVAILABLE and gives its
+        version back (the batcher asks as the request leaves the queue)."""
+        if pending.deadline_ns is None or time.perf_counter_ns() <= pending.deadline_ns:
+            return None
+        self.runner.release([pending])
+        waited_us = (time.perf_counter_ns() - pending.arrived_ns) // 1000
+        return unavailable(f"model '{self.runner.name}': request timeout expired after {waited_us} us in the queue "
+                           "(default_queue_policy)")
 
     def execution_timeout_s(self) -> float:
         return float(self.runner.config.parameter("execution_timeout_s") or self._limits.execution_timeout_s)

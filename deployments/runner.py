@@ -57,6 +57,8 @@ class Pending:
     arrived_ns: int
     queued_ns: int
     parameters: dict | None = None
+    #: perf_counter_ns after which the request may no longer start (Triton's queue policy, REJECT).
+    deadline_ns: int | None = None
 
 
 class ModelRunner:
@@ -235,6 +237,10 @@ class ModelRunner:
             self._record(stats, [pending[i] for i in group], [results[i] for i in group], start, computed)
         self._release([p.backend for p in pending])
         return results
+
+    def release(self, pending: list[Pending]) -> None:
+        """These checked requests will not run (their queue timeout passed): give their versions back."""
+        self._release([p.backend for p in pending])
 
     def _release(self, backends: list[Backend]) -> None:
         """The requests on these backends are done; unload those retired and no longer in use."""

@@ -3,7 +3,8 @@ replica was lost, retry), never 500 or a hang; Serve starts another replica and 
 backend that hangs answers 503 after its execution timeout and fails its replica's health check, so Serve
 replaces the replica; the other models answer meanwhile. Many large JSON bodies at once answer 503 past the
 ingress's in-flight memory limit (413 for one that could never fit) while small requests are served. A
-killed statistics collector is replaced and has the live replicas' totals back within a heartbeat.
+killed statistics collector is replaced and has the live replicas' totals back within a heartbeat. Requests
+past their queue policy's timeout are rejected.
 Colocation is on, as in ric serve: the ONNX model runs inside the ingress too, while Python models keep to
 their own deployments, so a Python model that takes its process down leaves HTTP and gRPC answering."""
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import ray
@@ -60,6 +62,10 @@ def server(tmp_path_factory):
     write_model(root, "crash", "backend: python\ninput: [{name: X, data_type: TYPE_FP32, dims: [1]}]\n"
                 "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n", {"1/model.py": CRASH},
                 config_name="config.yaml")
+    write_model(root, "queued", "backend: python\nmax_batch_size: 1\n"
+                "input: [{name: X, data_type: TYPE_FP32, dims: [1]}]\noutput: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n"
+                "dynamic_batching: {default_queue_policy: {default_timeout_microseconds: 300000}}\n",
+                {"1/model.py": SLOW}, config_name="config.yaml")
     write_model(root, "mlp", 'platform: "onnxruntime_onnx" max_batch_size: 0 '
                 'input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ -1, 64 ] } ] '
                 'output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ -1, 10 ] } ]', {"1/model.onnx": onnx_mlp()})
@@ -174,3 +180,17 @@ def test_a_restarted_statistics_collector_has_the_live_replicas_totals_back_with
     wait_for(lambda: successes() >= before, timeout_s=3 * HEARTBEAT_S + 60,
              what=lambda: f"the totals back after the collector's restart: {before} before")
     print(f"statistics back {time.monotonic() - started:.1f} s after the collector was killed")
+
+
+def test_requests_past_their_queue_timeout_are_rejected_and_the_first_answers(server):
+    """Triton's queue policy: a request still waiting after default_timeout_microseconds (0.3 s here, behind
+    1.5 s batches of one) answers 503 "request timeout expired" and never runs."""
+    body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: requests.post(f"{server.http}/v2/models/queued/infer", json=body,
+                                                          timeout=60), range(4)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes[0] == 200 and 503 in codes, [r.text for r in responses]
+    expired = [r.json()["error"] for r in responses if r.status_code == 503]
+    assert all("request timeout expired" in error for error in expired), expired
+    assert requests.post(f"{server.http}/v2/models/queued/infer", json=body, timeout=60).status_code == 200

@@ -92,3 +92,21 @@ def test_a_failing_batch_fails_only_its_requests_and_the_batcher_goes_on():
     bad, good = asyncio.run(scenario())
     assert all(isinstance(result, ValueError) for result in bad)
     assert good == "y!"
+
+
+def test_requests_expired_in_the_queue_answer_their_error_and_do_not_run():
+    async def scenario():
+        model = Model()
+        batcher = DynamicBatcher(model.run, max_rows=1, max_delay_s=0.0,
+                                 expired=lambda item: TimeoutError(item.name) if item.name.startswith("late") else None)
+        first = asyncio.ensure_future(batcher.submit(Item("first")))
+        await settle()  # "first" runs; the others queue behind it
+        rest = [asyncio.ensure_future(batcher.submit(Item(name))) for name in ("late1", "next", "late2")]
+        await settle()
+        model.release.set()
+        return await first, await asyncio.gather(*rest), model.batches
+
+    first, rest, batches = asyncio.run(scenario())
+    assert first == "first!" and rest[1] == "next!"
+    assert isinstance(rest[0], TimeoutError) and isinstance(rest[2], TimeoutError)
+    assert batches == [["first"], ["next"]]

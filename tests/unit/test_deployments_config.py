@@ -250,3 +250,18 @@ def test_model_names_are_matched_in_full(name):
 def test_a_model_file_in_a_subfolder_of_the_version_is_allowed():
     assert parse_pbtxt('default_model_filename: "model.savedmodel/saved_model.pb"', "m/config.pbtxt", "m") \
         .default_model_filename == "model.savedmodel/saved_model.pb"
+
+
+@pytest.mark.parametrize("policy, parameters, expected_us", [
+    ("", None, None),
+    ("default_queue_policy { default_timeout_microseconds: 2000 }", None, 2000),
+    ("default_queue_policy { default_timeout_microseconds: 2000 }", {"timeout": 50}, 2000),
+    ("default_queue_policy { default_timeout_microseconds: 2000 allow_timeout_override: true }", {"timeout": 50}, 50),
+    ("default_queue_policy { default_timeout_microseconds: 2000 timeout_action: DELAY }", None, None),
+])
+def test_the_queue_policy_sets_a_queue_deadline(policy, parameters, expected_us):
+    from deployments.model import queue_deadline_ns
+
+    config = parse_pbtxt(f"max_batch_size: 4 dynamic_batching {{ {policy} }}", "m/config.pbtxt", "m")
+    deadline = queue_deadline_ns(config, 1_000_000, parameters)
+    assert deadline == (None if expected_us is None else 1_000_000 + expected_us * 1000)
