@@ -10,11 +10,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.request
+from pathlib import Path
 
 from cluster.cli import placement
 from cluster.cli.arguments import reasons
@@ -40,15 +43,54 @@ def limit_idle_clients(seconds: int) -> None:
 
 def private_haproxy_files() -> str | None:
     """Keep HAProxy's config, admin socket (which Serve makes world-writable) and state in a folder only this
-    user can enter, one per ``ric serve``, instead of Serve's shared ``/tmp/haproxy-serve``; read by the local
-    Ray's processes when they start. The folder, or None when the user chose the paths."""
+    user can enter, one per ``ric serve``, instead of Serve's shared ``/tmp/haproxy-serve``, and give its
+    stats and exporter ports of their own; read by the local Ray's processes when they start. The folder,
+    or None when the user chose the paths."""
     if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
         return None
     folder = tempfile.mkdtemp(prefix="ric-haproxy-")  # mode 0700
     for name, file in [("CONFIG_FILE_LOC", "haproxy.cfg"), ("SOCKET_PATH", "admin.sock"), ("SERVER_STATE_BASE", ""),
                        ("SERVER_STATE_FILE", "server-state"), ("METRICS_SOCKET_PATH", "metrics.sock")]:
         os.environ[f"RAY_SERVE_HAPROXY_{name}"] = os.path.join(folder, file) if file else folder
+    # Serve's fixed stats and exporter ports (8404, 9101) would make a second ric serve on the machine fail.
+    for name in ("STATS_PORT", "METRICS_PORT"):
+        os.environ.setdefault(f"RAY_SERVE_HAPROXY_{name}", str(free_port()))
     return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+#: What HAProxy answers when it cannot pass a request on (no ingress replica up, a replica timing out):
+#: ric's JSON error with 503 (retry), where Serve writes a plain-text 500.
+_UNAVAILABLE_BODY = json.dumps({"error": "no ingress replica could take the request; retry"}).encode()
+UNAVAILABLE_PAGE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Cache-Control: no-cache\r\nConnection: close\r\n"
+                    b"Content-Length: " + str(len(_UNAVAILABLE_BODY)).encode() + b"\r\n\r\n" + _UNAVAILABLE_BODY)
+#: How often the error page in HAProxy's folder is checked.
+ERROR_PAGE_CHECK_S = 0.5
+
+
+def keep_haproxy_errors_unavailable(folder: str) -> None:
+    """Serve's HAProxy manager writes HAProxy's error page (``500.http``, used for 502, 503 and 504) into
+    ``folder`` when it starts; replace it with UNAVAILABLE_PAGE, again whenever Serve rewrites it. HAProxy
+    reads the page when Serve (re)starts it, which it does whenever the ingress replicas change."""
+    def watch() -> None:
+        while True:
+            for page in Path(folder).rglob("500.http"):
+                try:
+                    if page.read_bytes() != UNAVAILABLE_PAGE:
+                        staged = page.with_name(".500.http.ric")
+                        staged.write_bytes(UNAVAILABLE_PAGE)
+                        os.replace(staged, page)
+                except OSError:
+                    pass
+            time.sleep(ERROR_PAGE_CHECK_S)
+
+    threading.Thread(target=watch, name="ric-haproxy-error-page", daemon=True).start()
 
 
 def choose_ingress(wanted: str) -> str:
@@ -64,7 +106,9 @@ def choose_ingress(wanted: str) -> str:
     if wanted == "haproxy":
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-        private_haproxy_files()
+        folder = private_haproxy_files()
+        if folder is not None:
+            keep_haproxy_errors_unavailable(folder)
     return wanted
 
 
