@@ -12,11 +12,15 @@ A model the application was built with is scaled to zero replicas on unload and 
 Serve's external scaler API (the application needs ``external_scaler_enabled``), so its resources are
 freed too.
 
-The functions that talk to the Serve controller block; the sync deployment calls them on a thread.
+The functions that talk to the Serve controller block; the sync deployment calls them on a thread. The
+``async`` ones wait (boundedly) for Serve to get there, calling the others on a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 import ray
@@ -30,12 +34,16 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.names import model_app_name
 from deployments.config import ModelConfig
-from deployments.errors import InferenceError, invalid
+from deployments.errors import InferenceError, invalid, unavailable
 from deployments.model import Model, max_queued
 from ensembles.ensemble import Ensemble
 
+logger = logging.getLogger(__name__)
+
 #: How often a deployment's progress is read while a load waits for it.
 STATUS_INTERVAL_S = 0.5
+#: How long a load waits for a model's own application to start, and an unload for it to go.
+DEPLOY_TIMEOUT_S = 120.0
 
 
 #: Serve's default health check period, shortened for models with a shorter execution timeout.
@@ -129,3 +137,39 @@ def load_failure(model: str, index: list[dict[str, str]]) -> InferenceError:
     """The error of a load after which no version of the model is ready, from the model's index rows."""
     reasons = "; ".join(f"version {row['version']}: {row['reason']}" for row in index)
     return invalid(f"failed to load '{model}': {reasons or 'no version in the repository'}")
+
+
+async def scale_and_wait(app: str, deployment: str, count: int) -> bool:
+    """Set a built model's replica count and wait (boundedly) for it; False when the application does not
+    allow it (deployed without ``external_scaler_enabled``: the replicas stay, holding no model)."""
+    if not await asyncio.to_thread(scale, app, deployment, count):
+        logger.info("model '%s' keeps its replicas: the application has no external_scaler_enabled", deployment)
+        return False
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if (await asyncio.to_thread(replicas, app)).get(deployment) == (count, count):
+            break
+        await asyncio.sleep(STATUS_INTERVAL_S)
+    return True
+
+
+async def until_serving(app: str, model: str) -> None:
+    """Wait until a model's own application runs with a version ready; raise why it does not."""
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    while (status := await asyncio.to_thread(state, app))[0] != "RUNNING":
+        if status[0] == "DEPLOY_FAILED":
+            raise unavailable(f"model '{model}' failed to deploy: {status[1]}")
+        if time.monotonic() > deadline:
+            raise unavailable(f"model '{model}' did not start within {DEPLOY_TIMEOUT_S:.0f} s: {status[1]}")
+        await asyncio.sleep(STATUS_INTERVAL_S)
+    handle = serve.get_deployment_handle(model, app_name=app)
+    if not await handle.ready.remote():
+        raise load_failure(model, await handle.index.remote())
+
+
+async def delete_and_wait(app: str) -> None:
+    """Delete an application and wait (boundedly) until it is gone."""
+    await asyncio.to_thread(delete, app)
+    deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+    while (await asyncio.to_thread(state, app))[0] != "NOT_STARTED" and time.monotonic() < deadline:
+        await asyncio.sleep(STATUS_INTERVAL_S)

@@ -30,15 +30,15 @@ import time
 from typing import Any
 
 from ray import serve
-from ray.experimental import internal_kv
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from cluster.repository import model_apps
 from cluster.repository.paths import check_model_name
-from cluster.repository.uploaded import UploadedModel, delete_files
+from cluster.repository.control_state import SavedState, Uploads
+from cluster.repository.uploaded import UploadedModel
 from deployments.config import ConfigError, ModelConfig, parse_yaml
-from deployments.errors import ErrorCode, InferenceError, invalid, not_found, unavailable, without_paths
+from deployments.errors import InferenceError, invalid, not_found, unavailable, without_paths
 from ensembles.graph import check_graph, is_ensemble, scheduling
 
 logger = logging.getLogger(__name__)
@@ -46,13 +46,6 @@ logger = logging.getLogger(__name__)
 #: How long a replica's ``watch`` call waits for a change before it returns and asks again. Short, because
 #: a sync replica that stops waits for its open watches before its ``__del__`` runs.
 WATCH_TIMEOUT_S = 5.0
-#: How long a load waits for a model's own application to start, and an unload for it to go.
-DEPLOY_TIMEOUT_S = 120.0
-#: Where the sync keeps what users changed through the repository API: Ray's cluster-wide key-value store
-#: (the GCS), so a replica restarted on any node finds it. Ray's internal KV is private API (Serve keeps its
-#: own checkpoints there too); there is no public one.
-STATE_NAMESPACE = "ric"
-STATE_KEY_PREFIX = "sync-state:"
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
@@ -80,12 +73,13 @@ class ModelStoreSync:
         self.errors: dict[str, str] = {}
         self.unloaded: set[str] = set()  # built models unloaded through the repository API
         self.added: dict[str, str] = {}  # model loaded later -> its own application
-        self.uploads: dict[str, dict[str, tuple[str, int]]] = {}  # uploaded model -> path -> (digest, size)
+        self.uploads = Uploads(args.max_uploaded_bytes)  # the files of models loaded from files
         self.repository: list[str] = []  # every model in the store, as last listed
         self._changed = asyncio.Condition()
         self._control = asyncio.Lock()  # one load or unload at a time
         context = serve.get_replica_context()
         self.app = context.app_name
+        self.saved = SavedState(self.app)  # what users changed through the repository API, for a restart
         self.handle = serve.get_deployment_handle(context.deployment, context.app_name)
         await self._adopt()
         await self._adopt_scaled_down()
@@ -123,31 +117,26 @@ class ModelStoreSync:
                             and getattr(self.config(m), "autoscaling", None) is None}
         self.unloaded |= self.scaled_down
 
-    def _state_key(self) -> str:
-        return f"{STATE_KEY_PREFIX}{self.app}"
-
     async def _restore(self) -> None:
         """Take back what users changed through the repository API before this replica started: configs given
-        with a load, and built models unloaded (those kept at zero replicas are known from Serve already)."""
-        raw = await asyncio.to_thread(internal_kv._internal_kv_get, self._state_key(), namespace=STATE_NAMESPACE)
-        if not raw:
+        with a load, built models unloaded (those kept at zero replicas are known from Serve already), and
+        the uploaded models' files."""
+        state = await asyncio.to_thread(self.saved.read)
+        if not state:
             return
-        state = json.loads(raw)
         for model, config in state.get("overrides", {}).items():
             if model in self.built or model in self.added:
                 self.overrides[model] = parse_yaml(json.dumps(config), f"the saved config of '{model}'", model)
         self.unloaded |= set(state.get("unloaded", [])) & self.built
-        self.uploads = {model: {path: tuple(entry) for path, entry in files.items()}
-                        for model, files in state.get("uploads", {}).items() if model in self.added}
+        self.uploads.restore(state.get("uploads", {}), set(self.added))
         logger.info("restored the repository API's changes: overrides %s, unloaded %s",
                     sorted(self.overrides), sorted(self.unloaded))
 
     async def _save(self) -> None:
         """Keep what users changed through the repository API where a restarted replica finds it."""
         state = {"overrides": {m: c.to_dict() for m, c in self.overrides.items()}, "unloaded": sorted(self.unloaded),
-                 "uploads": self.uploads}
-        await asyncio.to_thread(internal_kv._internal_kv_put, self._state_key(), json.dumps(state), True,
-                                namespace=STATE_NAMESPACE)
+                 "uploads": self.uploads.files}
+        await asyncio.to_thread(self.saved.write, state)
 
     def config(self, model: str) -> ModelConfig | None:
         """The config a model is served with: the one given with its last load, else the store's."""
@@ -278,7 +267,7 @@ class ModelStoreSync:
         await self.poll()
         generation = await self._raise_generation()
         if model in self.scaled_down:
-            await self._rescale(model, self.config(model).replicas())
+            await model_apps.scale_and_wait(self.app, model, self.config(model).replicas())
             self.scaled_down.discard(model)
         return generation
 
@@ -288,21 +277,8 @@ class ModelStoreSync:
             return
         if getattr(self.config(model), "autoscaling", None) is not None:
             return  # its autoscaler owns the count: idle, it shrinks to min_replicas by itself
-        if await self._rescale(model, 0):
+        if await model_apps.scale_and_wait(self.app, model, 0):
             self.scaled_down.add(model)
-
-    async def _rescale(self, model: str, count: int) -> bool:
-        """Set a built model's replica count and wait (boundedly) for it; False when the application does not
-        allow it (deployed without ``external_scaler_enabled``: the replicas stay, holding no model)."""
-        if not await asyncio.to_thread(model_apps.scale, self.app, model, count):
-            logger.info("model '%s' keeps its replicas: the application has no external_scaler_enabled", model)
-            return False
-        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if (await asyncio.to_thread(model_apps.replicas, self.app)).get(model) == (count, count):
-                break
-            await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
-        return True
 
     def _set_override(self, model: str, config: ModelConfig | None) -> None:
         if config is None:
@@ -341,16 +317,11 @@ class ModelStoreSync:
             raise invalid(f"model '{model}' is served by the application itself; a load with files needs a model "
                           "it was not built with")
         source = UploadedModel(model, config, files)
-        held = sum(size for name, files_ in self.uploads.items() if name != model for _, size in files_.values())
-        limit = self.args.max_uploaded_bytes
-        if held + source.total_bytes > limit:
-            raise InferenceError(ErrorCode.TOO_LARGE, f"the files of '{model}' ({source.total_bytes} bytes) do not "
-                                                      f"fit beside the other uploaded models ({held} bytes) in the "
-                                                      f"limit of {limit} (max_uploaded_bytes)")
+        self.uploads.check_room(model, source)
         if model in self.added:
             await self._delete(model)
         await asyncio.to_thread(source.publish)
-        self.uploads[model] = {path: (source.digests[path], source.sizes[path]) for path in source.digests}
+        self.uploads.add(model, source)
         return await self._start(model, model_apps.model_application(config, source, self.args, self.statistics,
                                                                      None))
 
@@ -359,10 +330,10 @@ class ModelStoreSync:
         serve (leaving nothing behind, as Triton keeps nothing of a failed load)."""
         app = await asyncio.to_thread(model_apps.deploy, self.app, model, application)
         try:
-            await self._until_serving(model, app)
+            await model_apps.until_serving(app, model)
         except InferenceError:
             self._forget(model)
-            await self._delete_app(app)
+            await model_apps.delete_and_wait(app)
             raise
         self.added[model] = app
         logger.info("model '%s' loaded as application '%s'", model, app)
@@ -381,7 +352,7 @@ class ModelStoreSync:
                 self.unloaded.discard(step)
                 generation = await self._raise_generation()
                 if step in self.scaled_down:
-                    await self._rescale(step, self.configs[step].replicas())
+                    await model_apps.scale_and_wait(self.app, step, self.configs[step].replicas())
                     self.scaled_down.discard(step)
                 await self._until_followed(step, generation)
             elif step not in own and step not in self.added:
@@ -391,47 +362,23 @@ class ModelStoreSync:
     async def _until_followed(self, model: str, generation: int) -> None:
         """Wait (boundedly) until a model of the application itself has followed ``generation``."""
         handle = serve.get_deployment_handle(model, app_name=self.app)
-        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        deadline = time.monotonic() + model_apps.DEPLOY_TIMEOUT_S
         while await handle.followed.remote() < generation and time.monotonic() < deadline:
             await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
-
-    async def _until_serving(self, model: str, app: str) -> None:
-        """Wait until a model's own application runs with a version ready; raise why it does not."""
-        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-        while (status := await asyncio.to_thread(model_apps.state, app))[0] != "RUNNING":
-            if status[0] == "DEPLOY_FAILED":
-                raise unavailable(f"model '{model}' failed to deploy: {status[1]}")
-            if time.monotonic() > deadline:
-                raise unavailable(f"model '{model}' did not start within {DEPLOY_TIMEOUT_S:.0f} s: {status[1]}")
-            await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
-        handle = serve.get_deployment_handle(model, app_name=app)
-        if not await handle.ready.remote():
-            raise model_apps.load_failure(model, await handle.index.remote())
 
     async def _delete(self, model: str) -> int:
         """Delete a model's own application; returns once it is gone (its Ray resources are free)."""
         app = self.added.pop(model)
         self._forget(model)
         generation = await self._raise_generation()  # the Ingress replicas stop routing to it first
-        await self._delete_app(app)
+        await model_apps.delete_and_wait(app)
         logger.info("model '%s' unloaded: application '%s' deleted", model, app)
         return generation
-
-    @staticmethod
-    async def _delete_app(app: str) -> None:
-        """Delete an application and wait (boundedly) until it is gone."""
-        await asyncio.to_thread(model_apps.delete, app)
-        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-        while (await asyncio.to_thread(model_apps.state, app))[0] != "NOT_STARTED" and time.monotonic() < deadline:
-            await asyncio.sleep(model_apps.STATUS_INTERVAL_S)
 
     def _forget(self, model: str) -> None:
         for state in (self.configs, self.overrides, self.desired, self.errors, self.ensemble_steps):
             state.pop(model, None)
-        files = self.uploads.pop(model, {})
-        if files:  # an uploaded model's files go too, but those another upload holds
-            kept = {digest for other in self.uploads.values() for digest, _ in other.values()}
-            delete_files({digest for digest, _ in files.values()} - kept)
+        self.uploads.forget(model)  # an uploaded model's files go too, but those another upload holds
 
     def status(self) -> dict[str, Any]:
         return {"generation": self.generation, "errors": dict(self.errors), "unloaded": sorted(self.unloaded),
@@ -447,6 +394,6 @@ class ModelStoreSync:
             if (await asyncio.to_thread(model_apps.state, self.app))[0] == "DELETING":
                 for app in getattr(self, "added", {}).values():
                     await asyncio.to_thread(model_apps.delete, app)
-                await asyncio.to_thread(internal_kv._internal_kv_del, self._state_key(), namespace=STATE_NAMESPACE)
+                await asyncio.to_thread(self.saved.delete)
         except Exception as exc:
             logger.warning("could not delete the models' applications %s: %r", sorted(self.added.values()), exc)
