@@ -17,6 +17,7 @@ from ray.serve import Application
 
 from cluster.names import INGRESS_NAME, RESERVED_NAMES, STATISTICS_NAME, SYNC_NAME
 from cluster.repository.examples import EXAMPLE, example_repository
+from cluster.protocol.dataplane import SERVER_NAME
 from cluster.protocol.ingress import Ingress, IngressOptions
 from cluster.protocol.restrictions import Restriction, check_unique
 from cluster.repository.model_apps import deployment_options
@@ -45,6 +46,10 @@ class AppArgs(BaseModel):
         description=f"Model repository: a folder, s3://bucket/prefix, or '{EXAMPLE}' (the generated example).",
     )
     models: list[str] | None = Field(default=None, description="Serve only these models (default: all).")
+    server_name: str = Field(
+        default=SERVER_NAME, min_length=1,
+        description="The server's name in /v2 metadata (Triton's clients check for 'triton').",
+    )
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest request body accepted (413 above).")
     max_inflight_bytes: int = Field(
         default=1 << 30, gt=0,
@@ -276,7 +281,8 @@ def build(args: AppArgs) -> Application:
     }
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)
     on_demand = frozenset(name for name, config in configs.items() if config.scales_to_zero)
-    options = IngressOptions(version=package_version(), max_request_bytes=args.max_request_bytes,
+    options = IngressOptions(version=package_version(), server_name=args.server_name,
+                             max_request_bytes=args.max_request_bytes,
                              on_demand=on_demand, model_control_mode=args.model_control_mode,
                              restricted_apis=tuple(args.restricted_apis),
                              serving_limits=args.serving_limits(), max_inflight_bytes=args.max_inflight_bytes)

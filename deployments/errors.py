@@ -104,3 +104,20 @@ def not_found(message: str) -> InferenceError:
 
 def unavailable(message: str) -> InferenceError:
     return InferenceError(ErrorCode.UNAVAILABLE, message)
+
+
+# Triton's words for a model or version a request cannot reach (clients match their start); ours follow.
+def unknown_model(model: str, version: int | str | None = None, detail: str = "") -> InferenceError:
+    """No such model (or version): NOT_FOUND, "Request for unknown model: 'm' [version v] is not found"."""
+    named = f" version {version}" if version not in (None, "") else ""
+    return not_found(f"Request for unknown model: '{model}'{named} is not found" + (f"; {detail}" if detail else ""))
+
+
+def no_available_versions(model: str, reason: str) -> InferenceError:
+    """A known model with nothing loaded: UNAVAILABLE, Triton's "... has no available versions"."""
+    return unavailable(f"Request for unknown model: '{model}' has no available versions: {reason}")
+
+
+def version_not_ready(model: str, version: int | str, reason: str) -> InferenceError:
+    """A known version that is loading, failed or retiring: UNAVAILABLE, Triton's "... is not at ready state"."""
+    return unavailable(f"Request for unknown model: '{model}' version {version} is not at ready state: {reason}")

@@ -19,7 +19,8 @@ from deployments import batching
 from deployments.backends import Backend, Tensors, backend_class, resolve_backend
 from deployments.config import ModelConfig
 from deployments.dtypes import config_to_v2, numpy_dtype
-from deployments.errors import ErrorCode, InferenceError, not_found, unavailable, without_paths
+from deployments.errors import (ErrorCode, InferenceError, no_available_versions, unknown_model,
+                                version_not_ready, without_paths)
 from deployments.statistics import VersionStatistics
 from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
 
@@ -170,18 +171,18 @@ class ModelRunner:
         loaded ones)."""
         backends = self.backends if backends is None else backends
         if not backends:
-            raise unavailable(f"model '{self.name}' is not ready: {self.reason}")
+            raise no_available_versions(self.name, self.reason)
         if version in (None, ""):
             return max(backends)
         try:
             number = int(version)
         except (TypeError, ValueError):
-            raise not_found(f"model '{self.name}' has no version '{version}'") from None
+            raise unknown_model(self.name, version) from None
         if number not in backends:
             state = self.states.get(number)
             if state is not None:
-                raise unavailable(f"model '{self.name}' version {number} is not ready: {state.reason}")
-            raise not_found(f"model '{self.name}' has no version {number}; it serves {sorted(backends)}")
+                raise version_not_ready(self.name, number, state.reason)
+            raise unknown_model(self.name, number, f"it serves {sorted(backends)}")
         return number
 
     def prepare(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,

@@ -141,10 +141,12 @@ def merged(reports: list[VersionStatistics]) -> VersionStatistics:
 
 
 class StatisticsReporter:
-    """Sends a replica's cumulative statistics to the collector shortly after it serves, once per burst.
+    """Sends a replica's cumulative statistics to the collector shortly after it serves, once per burst,
+    and whenever the collector asks for them.
 
     Reports are whole snapshots, so one that is lost or repeated changes nothing; a failed report is
-    logged and never disturbs serving. From its first request on, a heartbeat repeats the report while the replica is idle.
+    logged and never disturbs serving. From its start (or first request) on, the reporter waits on the
+    collector between reports (a long poll that a statistics request ends, and at most HEARTBEAT_S long).
     """
 
     def __init__(self, collector: Any, model: str, replica: str,
@@ -153,26 +155,38 @@ class StatisticsReporter:
         self._model, self._replica, self._snapshot = model, replica, snapshot
         self._scheduled = False
         self._heartbeat: asyncio.Task | None = None
+        try:  # with a collector and a running loop, wait on the collector from the start
+            self._start(asyncio.get_running_loop())
+        except RuntimeError:
+            pass  # no loop yet: from the first request on
         #: Requests in the replica now (waiting for a batch or running), sent with every report. A report
         #: follows the end of every burst, so the last one of a burst says how many were left.
         self.in_flight = 0
 
     async def _beat(self) -> None:
+        """Report whenever the collector asks (a statistics request wants current counts), and at least
+        every HEARTBEAT_S."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self._collector.next_report.remote(self._model, self._replica, HEARTBEAT_S)
+            except Exception as exc:  # the collector restarting: report at the heartbeat's pace meanwhile
+                logger.warning("model '%s': waiting on the statistics collector failed: %r", self._model, exc)
+                await asyncio.sleep(HEARTBEAT_S)
             await self._report()
 
     def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
 
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._collector is not None and self._heartbeat is None:
+            self._heartbeat = loop.create_task(self._beat())
+
     def schedule(self) -> None:
-        """Report shortly; from the first request on, also every HEARTBEAT_S (a replica that never served
-        has nothing to report)."""
+        """Report shortly (and wait on the collector from now on, if not already)."""
         if self._collector is None or self._scheduled:
             return
-        if self._heartbeat is None:
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        self._start(asyncio.get_running_loop())
         self._scheduled = True
         asyncio.get_running_loop().call_later(REPORT_DELAY_S, lambda: asyncio.ensure_future(self._report()))
 

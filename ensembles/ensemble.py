@@ -22,7 +22,7 @@ from ray import serve
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig
 from deployments.dtypes import numpy_dtype
-from deployments.errors import InferenceError, not_found, unavailable
+from deployments.errors import InferenceError, unavailable, unknown_model
 from deployments.served import ServedModel
 from deployments.statistics import StatisticsReporter, VersionStatistics
 from deployments.validation import validate_inputs, validate_outputs
@@ -85,7 +85,7 @@ class Ensemble(ServedModel):
         if not await self._checked():
             raise unavailable(f"ensemble '{self.config.name}' is not ready: {self.reason}")
         if version not in (None, "", ENSEMBLE_VERSION, str(ENSEMBLE_VERSION)):
-            raise not_found(f"ensemble '{self.config.name}' has no version '{version}'; it serves [1]")
+            raise unknown_model(self.config.name, version, "an ensemble serves version 1")
         rows = validate_inputs(self.config, inputs)
         wanted = validate_outputs(self.config, outputs) or [t.name for t in self.config.output]
         self._reporter.in_flight += 1

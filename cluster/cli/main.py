@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--client-timeout-s", type=positive(int), default=60,
                            help="HAProxy cuts off a client that sends nothing for this long, mid-request too "
                                 "(default 60; Serve's own default is an hour)")
+    serve_cmd.add_argument("--server-name", default="triton",
+                           help="the server's name in /v2 metadata (default triton: Triton's own clients check it)")
     serve_cmd.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="poll",
                            help="poll (default): served models follow new versions and configs in the repository, "
                                 "and the repository API may not load or unload; none: nothing changes after start; "

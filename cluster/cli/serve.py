@@ -286,7 +286,7 @@ def serve_repository(args: argparse.Namespace) -> int:
                            colocate=args.colocate, colocate_python=args.colocate_python,
                            replica_num_cpus=args.replica_num_cpus,
                            ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode,
-                           restricted_apis=args.restricted_api)
+                           restricted_apis=args.restricted_api, server_name=args.server_name)
     except ValueError as exc:  # arguments that only conflict together, e.g. one API group restricted twice
         print(f"ric serve: {reasons(exc)}", file=sys.stderr, flush=True)
         return 2

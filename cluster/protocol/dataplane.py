@@ -21,10 +21,11 @@ from cluster.repository.model_apps import load_failure
 from cluster.repository.paths import check_file_path, check_model_name
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig, parse_yaml
-from deployments.errors import invalid, not_found, unavailable
+from deployments.errors import invalid, no_available_versions, unavailable, unknown_model
 from deployments.model import UNLOADED
 
-SERVER_NAME = "ray-inference-cluster"
+#: The name /v2 metadata gives by default: Triton's, which Triton's own clients check for.
+SERVER_NAME = "triton"
 #: Request parameters the protocol itself uses; the rest reach the model.
 PROTOCOL_PARAMETERS = {"binary_data_output"}
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
@@ -53,7 +54,7 @@ class DataPlane:
         self.repository: list[str] = []  # every model in the store, as the sync last listed it
         self.unloaded: set[str] = set()  # built models unloaded through the repository API (maybe no replicas)
         self.generation = 0  # the sync's last generation this plane has followed
-        self.version = options.version
+        self.version, self.name = options.version, options.server_name
         self.control_mode = options.model_control_mode
         self.collector = statistics  # handle of the StatisticsCollector
         self.sync = sync  # handle of the ModelStoreSync
@@ -66,16 +67,16 @@ class DataPlane:
         """The model's handle; unknown models are NOT_FOUND, models that failed to configure or are not
         loaded UNAVAILABLE."""
         if model in self.failed:
-            raise unavailable(f"model '{model}' is not available: {self.failed[model]}")
+            raise no_available_versions(model, self.failed[model])
         if model in self.unloaded:
-            raise unavailable(f"model '{model}' is {UNLOADED}")
+            raise no_available_versions(model, f"it is {UNLOADED}")
         try:
             return self.models[model]
         except KeyError:
             if model in self.repository:
-                raise unavailable(f"model '{model}' is {NOT_LOADED}; POST /v2/repository/models/{model}/load "
-                                  "loads it") from None
-            raise not_found(f"unknown model '{model}'") from None
+                raise no_available_versions(model, f"it is {NOT_LOADED}; POST /v2/repository/models/{model}/load "
+                                                   "loads it") from None
+            raise unknown_model(model) from None
 
     async def follow_models(self) -> None:
         """Keep the models loaded later and the repository listing as the sync deployment has them."""
@@ -97,7 +98,7 @@ class DataPlane:
             self.generation = generation
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS}
+        return {"name": self.name, "version": self.version, "extensions": EXTENSIONS}
 
     async def server_ready(self) -> bool:
         """Strict readiness, as Triton's default: ready when every model in the repository is."""
@@ -128,9 +129,9 @@ class DataPlane:
         metadata = await bounded(self.handle(model).metadata.remote(), f"model '{model}'")
         versions = metadata["versions"]
         if not versions:
-            raise unavailable(f"model '{model}' is not ready")
+            raise no_available_versions(model, "no version is ready")
         if version and version not in versions:
-            raise not_found(f"model '{model}' has no ready version '{version}'; it serves {versions}")
+            raise unknown_model(model, version, f"it serves {versions}")
         return metadata
 
     async def model_config(self, model: str) -> dict[str, Any]:
@@ -166,7 +167,7 @@ class DataPlane:
         for name, meta in zip(names, metadata):
             if version:
                 if version not in meta["versions"]:
-                    raise not_found(f"model '{name}' has no ready version '{version}'; it serves {meta['versions']}")
+                    raise unknown_model(name, version, f"it serves {meta['versions']}")
                 versions[name] = [int(version)]
             else:
                 versions[name] = [int(v) for v in meta["versions"]]

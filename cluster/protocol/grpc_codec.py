@@ -36,6 +36,11 @@ def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest
     if not request.inputs:
         raise invalid("request must have at least one input")
     raw = request.raw_input_contents
+    if raw:
+        for tensor in request.inputs:
+            if tensor.HasField("contents"):  # Triton's words, which its clients check
+                raise invalid(f"contents field must not be specified when using raw_input_contents for "
+                              f"'{tensor.name}' for model '{request.model_name}'")
     if raw and len(raw) != len(request.inputs):
         raise invalid(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
     inputs: Tensors = {}

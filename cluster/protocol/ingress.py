@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from cluster.protocol import codec, compression
 from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
-from cluster.protocol.dataplane import DataPlane
+from cluster.protocol.dataplane import SERVER_NAME, DataPlane
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
 from deployments.config import ModelConfig
@@ -39,6 +39,8 @@ class IngressOptions:
 
     version: str
     max_request_bytes: int
+    #: The name /v2 metadata gives (AppArgs.server_name).
+    server_name: str = SERVER_NAME
     #: Models that scale to zero replicas when idle: readiness, index and statistics leave them asleep.
     on_demand: frozenset[str] = frozenset()
     #: Triton's model control mode: only ``explicit`` lets the repository API load and unload models.

@@ -38,7 +38,7 @@ from cluster.repository.paths import check_model_name
 from cluster.repository.control_state import SavedState, Uploads
 from cluster.repository.uploaded import UploadedModel
 from deployments.config import ConfigError, ModelConfig, parse_yaml
-from deployments.errors import InferenceError, invalid, not_found, unavailable, without_paths
+from deployments.errors import InferenceError, invalid, unavailable, unknown_model, without_paths
 from ensembles.graph import check_graph, is_ensemble, scheduling
 
 logger = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class ModelStoreSync:
             if model in self.built:
                 return await self._unload_built(model)
             if model not in self.repository:
-                raise not_found(f"unknown model '{model}'")
+                raise unknown_model(model)
             return self.generation  # not loaded: nothing to do, as Triton
         if files:
             return await self._deploy_uploaded(model, config, files)
@@ -291,7 +291,7 @@ class ModelStoreSync:
         An ensemble's step models that are not loaded are loaded first, as Triton does."""
         check_model_name(model)
         if model not in await self._read_store(self.store.models):
-            raise not_found(f"unknown model '{model}': it is not in the repository")
+            raise unknown_model(model, detail="it is not in the repository")
         try:
             stored = await self._read_store(self.store.config, model)
         except ConfigError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cluster.cli.status import render, window_numbers
@@ -58,9 +60,42 @@ def test_the_table_names_models_nodes_autoscaling_and_pending():
 def test_the_collector_sums_what_each_replica_last_said_it_held():
     from cluster.protocol.statistics import StatisticsCollector
 
-    collector = StatisticsCollector.func_or_class()
-    collector.report("m", "r1", {1: stats_with([1.0])}, 2)
-    collector.report("m", "r2", {1: stats_with([2.0, 3.0])}, 3)
-    collector.report("m", "r1", {1: stats_with([1.0, 1.0])}, 0)  # r1's newer report replaces its older one
-    assert collector.in_flight() == {"m": 3}
-    assert collector.merged()["m"][1].success.count == 4
+    async def scenario():
+        collector = StatisticsCollector.func_or_class()
+        await collector.report("m", "r1", {1: stats_with([1.0])}, 2)
+        await collector.report("m", "r2", {1: stats_with([2.0, 3.0])}, 3)
+        await collector.report("m", "r1", {1: stats_with([1.0, 1.0])}, 0)  # r1's newer report replaces its older
+        assert await collector.in_flight() == {"m": 3}
+        assert (await collector.merged())["m"][1].success.count == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_statistics_request_wakes_the_waiting_replicas_and_counts_their_reports():
+    """Replicas long-poll the collector between reports; a statistics request ends their polls and waits
+    for the reports it asked for, so its counts are those of this moment, not of the last heartbeat."""
+    from cluster.protocol.statistics import StatisticsCollector
+
+    async def replica(collector, name: str, served: list[float]):
+        while True:  # as StatisticsReporter._beat: wait to be asked (or the heartbeat), then report
+            await collector.next_report("m", name, 60.0)
+            await collector.report("m", name, {1: stats_with(served)})
+
+    async def scenario():
+        collector = StatisticsCollector.func_or_class()
+        served = {"r1": [], "r2": []}
+        replicas = [asyncio.ensure_future(replica(collector, name, s)) for name, s in served.items()]
+        await asyncio.sleep(0.01)
+        served["r1"] += [1.0, 2.0]  # served after their last report, long before a heartbeat
+        served["r2"] += [3.0]
+        (row,) = await asyncio.wait_for(collector.model_stats({"m": [1]}), 5)
+        assert row["inference_stats"]["success"]["count"] == 3
+        served["r2"] += [1.0]
+        (row,) = await asyncio.wait_for(collector.model_stats({"m": [1]}), 5)
+        assert row["inference_stats"]["success"]["count"] == 4
+        other = await asyncio.wait_for(collector.model_stats({"other": None}), 5)  # asks no replica of m
+        assert other == []
+        for task in replicas:
+            task.cancel()
+
+    asyncio.run(scenario())

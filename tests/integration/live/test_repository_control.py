@@ -40,7 +40,7 @@ def test_unload_and_load_through_the_repository_api(live):
              what=lambda: f"the replicas' CPUs reserved again: {free} then {cpus_free()}")
     wait_for(lambda: requests.post(f"{server}/v2/models/live/infer", json=BODY, timeout=30).status_code == 200,
              timeout_s=60, what="live to serve again")
-    for action, status, message in [("load", 404, "unknown model 'nope'"), ("frobnicate", 404, "no route")]:
+    for action, status, message in [("load", 404, "Request for unknown model: 'nope' is not found"), ("frobnicate", 404, "no route")]:
         response = requests.post(f"{server}/v2/repository/models/nope/{action}", timeout=30)
         assert response.status_code == status and message in response.json()["error"]
 
@@ -156,7 +156,7 @@ def test_a_new_model_that_cannot_load_is_refused_with_its_reason_and_nothing_is_
         wait_for(lambda: {"corrupt", "misspelt"} <= {m.name for m in client.get_model_repository_index().models},
                  timeout_s=30, what="both models listed")
         for model, message in [("corrupt", "failed to load 'corrupt': version 1"), ("misspelt", "max_batch_sise"),
-                               ("../live", "invalid model name"), ("nope", "unknown model 'nope'")]:
+                               ("../live", "invalid model name"), ("nope", "Request for unknown model: 'nope' is not found")]:
             with pytest.raises(InferenceServerException, match=message) as caught:
                 client.load_model(model)
             assert caught.value.status() in ("StatusCode.INVALID_ARGUMENT", "StatusCode.NOT_FOUND"), caught.value
@@ -260,7 +260,7 @@ def test_a_load_with_files_serves_the_model_from_them(served):
     assert f"{APP_NAME}-model-sent" not in serve.status().applications
     assert uploaded_files_kept() == []  # an unloaded upload's files are deleted
     response = requests.post(url, json=BODY, timeout=30)
-    assert response.status_code == 404 and "unknown model 'sent'" in response.json()["error"]
+    assert response.status_code == 404 and "Request for unknown model: 'sent' is not found" in response.json()["error"]
 
 
 def uploaded_files_kept() -> list[bytes]:

@@ -49,4 +49,4 @@ def test_errors_are_counted_and_reported(server, endpoints, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode != 0
-    assert "unknown model 'no_such_model'" in done.stderr
+    assert "Request for unknown model: 'no_such_model' is not found" in done.stderr

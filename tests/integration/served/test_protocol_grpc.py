@@ -62,7 +62,7 @@ def test_every_datatype_round_trips(client):
 def test_server_and_model_rpcs(client):
     assert client.is_server_live()
     assert not client.is_server_ready()  # strict: the repository holds two broken models
-    assert client.get_server_metadata().name == "ray-inference-cluster"
+    assert client.get_server_metadata().name == "triton"
     assert client.is_model_ready("simple") and client.is_model_ready("simple", "1")
     assert not client.is_model_ready("broken_model")
     metadata = client.get_model_metadata("simple", as_json=True)
@@ -82,9 +82,9 @@ def test_server_and_model_rpcs(client):
          "StatusCode.INVALID_ARGUMENT", "datatype FP32"),
         ("simple", {"INPUT0": np.zeros((1, 15), np.int32), "INPUT1": np.zeros((1, 15), np.int32)},
          "StatusCode.INVALID_ARGUMENT", "expects [-1, 16]"),
-        ("nope", {"INPUT0": np.zeros((1, 16), np.int32)}, "StatusCode.NOT_FOUND", "unknown model 'nope'"),
-        ("broken_model", {"INPUT0": np.zeros((1, 64), np.float32)}, "StatusCode.UNAVAILABLE", "not ready"),
-        ("broken_config", {"INPUT0": np.zeros((1, 64), np.float32)}, "StatusCode.UNAVAILABLE", "not available"),
+        ("nope", {"INPUT0": np.zeros((1, 16), np.int32)}, "StatusCode.NOT_FOUND", "Request for unknown model: 'nope' is not found"),
+        ("broken_model", {"INPUT0": np.zeros((1, 64), np.float32)}, "StatusCode.UNAVAILABLE", "has no available versions"),
+        ("broken_config", {"INPUT0": np.zeros((1, 64), np.float32)}, "StatusCode.UNAVAILABLE", "has no available versions"),
         ("flaky", {"X": np.array([[-1]], np.int64)}, "StatusCode.INTERNAL", "version 1 failed: ValueError"),
     ],
 )
@@ -112,6 +112,8 @@ def raw_request(**overrides) -> service_pb2.ModelInferRequest:
         (lambda r: r.raw_input_contents.__setitem__(0, b"\x09\x00\x00\x00abc"), "runs past the data"),
         (lambda r: r.raw_input_contents.__setitem__(0, b"\x03\x00"), "cannot hold 1 BYTES elements"),
         (lambda r: r.raw_input_contents.append(b"x"), "2 raw_input_contents for 1 inputs"),
+        (lambda r: r.inputs[0].contents.bytes_contents.append(b"abc"),  # Triton's words, which its clients check
+         "contents field must not be specified when using raw_input_contents for 'TEXT' for model 'text_stats'"),
         (lambda r: r.inputs[0].__setattr__("datatype", "TEXT"), "unknown datatype 'TEXT'"),
         (lambda r: r.inputs[0].shape.__setitem__(0, -4), "negative dimension"),
         (lambda r: r.inputs[0].shape.extend([2**40]), "cannot hold 1099511627776 BYTES elements"),

@@ -67,7 +67,7 @@ def test_tritonclient_defaults_binary_in_and_out(client):
 def test_server_and_model_metadata_through_tritonclient(client):
     assert client.is_server_live()
     assert not client.is_server_ready()  # strict readiness: two broken models are in the repository
-    assert client.get_server_metadata()["name"] == "ray-inference-cluster"
+    assert client.get_server_metadata()["name"] == "triton"
     assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "1")
     assert not client.is_model_ready("broken_model") and not client.is_model_ready("nope")
     metadata = client.get_model_metadata("simple")
@@ -90,7 +90,7 @@ def test_broken_models_are_reported_and_the_rest_serve(client, server, repositor
     for model in ("broken_config", "broken_model"):
         response = requests.post(f"{server}/v2/models/{model}/infer", json=body, timeout=30)
         assert response.status_code == 503
-        assert f"model '{model}' is not" in response.json()["error"]
+        assert f"Request for unknown model: '{model}' has no available versions" in response.json()["error"]
     assert requests.get(f"{server}/v2/health/ready", timeout=30).status_code == 503
     assert requests.get(f"{server}/v2/health/live", timeout=30).status_code == 200
 
@@ -128,7 +128,7 @@ def bad_requests():
         ("simple", json.dumps({"inputs": [dict(two_inputs[0], shape=[1, 17])]}), 400, "needs 17 elements"),
         ("simple", b"", 400, "body is empty"),
         ("simple", b" " * (MAX_REQUEST_BYTES + 1), 413, "exceeds the limit"),
-        ("nope", json.dumps(simple_body()), 404, "unknown model 'nope'"),
+        ("nope", json.dumps(simple_body()), 404, "Request for unknown model: 'nope' is not found"),
     ]
 
 
