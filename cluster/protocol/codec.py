@@ -24,6 +24,38 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 Tensors = dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class SharedSlice:
+    """Where a request's input or output lives: ``byte_size`` bytes at ``offset`` within region ``region``."""
+
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class SharedInput:
+    """An input to read from shared memory once the region is resolved."""
+
+    datatype: str
+    shape: tuple[int, ...]
+    where: SharedSlice
+
+
+def shared_slice(parameters: dict[str, Any], what: str) -> SharedSlice | None:
+    """The shared memory parameters of an input or output (None when it names no region)."""
+    region = parameters.get("shared_memory_region")
+    if region is None:
+        return None
+    if not isinstance(region, str) or not region:
+        raise invalid(f"{what}: 'shared_memory_region' must be a region name")
+    size, offset = parameters.get("shared_memory_byte_size"), parameters.get("shared_memory_offset", 0)
+    for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise invalid(f"{what}: '{key}' must be a non-negative integer")
+    return SharedSlice(region, size, offset)
+
+
 @dataclass
 class InferRequest:
     """A decoded inference request."""
@@ -34,6 +66,9 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     binary_outputs: set[str] = field(default_factory=set)
     binary_by_default: bool = False
+    #: Inputs to read from system shared memory, and outputs to write there (not in the response body).
+    shared_inputs: dict[str, SharedInput] = field(default_factory=dict)
+    shared_outputs: dict[str, SharedSlice] = field(default_factory=dict)
 
     def wants_binary(self, output: str) -> bool:
         return output in self.binary_outputs or (self.binary_by_default and self.outputs is None)
@@ -60,6 +95,7 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise invalid("request must have a non-empty 'inputs' list")
     inputs: Tensors = {}
+    shared_inputs: dict[str, SharedInput] = {}
     offset = 0
     for i, raw in enumerate(raw_inputs):
         if not isinstance(raw, dict):
@@ -67,9 +103,14 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise invalid(f"inputs[{i}] needs a string 'name'")
-        if name in inputs:
+        if name in inputs or name in shared_inputs:
             raise invalid(f"input '{name}' is given twice")
-        size = _parameters(raw, f"input '{name}'").get("binary_data_size")
+        parameters = _parameters(raw, f"input '{name}'")
+        where = _one_source(raw, parameters, name)
+        if where is not None:
+            shared_inputs[name] = shared_input(name, raw.get("datatype"), decode_shape(raw.get("shape"), name), where)
+            continue
+        size = parameters.get("binary_data_size")
         if size is None:
             inputs[name] = decode_tensor(raw, name)
             continue
@@ -82,7 +123,7 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         offset += size
     if offset != len(binary):
         raise invalid(f"{len(binary) - offset} bytes of binary data belong to no input")
-    outputs, binary_outputs = None, set()
+    outputs, binary_outputs, shared_outputs = None, set(), {}
     if "outputs" in message:
         raw_outputs = message["outputs"]
         if not isinstance(raw_outputs, list) or not all(
@@ -90,13 +131,42 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         ):
             raise invalid("'outputs' must be a list of objects with a string 'name'")
         outputs = [o["name"] for o in raw_outputs]
-        binary_outputs = {o["name"] for o in raw_outputs if _parameters(o, f"output '{o['name']}'").get("binary_data")}
+        for o in raw_outputs:
+            parameters = _parameters(o, f"output '{o['name']}'")
+            where = shared_slice(parameters, f"output '{o['name']}'")
+            if where is not None:
+                if parameters.get("binary_data"):
+                    raise invalid("Output can't set both 'shared_memory_region' and 'binary_data'")
+                shared_outputs[o["name"]] = where
+            elif parameters.get("binary_data"):
+                binary_outputs.add(o["name"])
     request_id = message.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid("'id' must be a string")
     parameters = _parameters(message, "request")
     return InferRequest(inputs, outputs, request_id, parameters, binary_outputs,
-                        bool(parameters.get("binary_data_output", False)))
+                        bool(parameters.get("binary_data_output", False)), shared_inputs, shared_outputs)
+
+
+def _one_source(raw: dict[str, Any], parameters: dict[str, Any], name: str) -> SharedSlice | None:
+    """Triton's rule: an input sets exactly one of data, binary_data_size and shared_memory_region. Returns
+    its shared memory slice, if that is its source."""
+    where = shared_slice(parameters, f"input '{name}'")
+    sources = [field for field, given in (("'data'", "data" in raw),
+                                          ("'binary_data_size'", "binary_data_size" in parameters),
+                                          ("'shared_memory_region'", where is not None)) if given]
+    if len(sources) > 1:
+        raise invalid("Input must set only one of the following fields: 'data', 'binary_data_size' in "
+                      f"'parameters', 'shared_memory_region' in 'parameters'. But set {' '.join(sources)}")
+    return where
+
+
+def shared_input(name: str, datatype: Any, shape: tuple[int, ...], where: SharedSlice) -> SharedInput:
+    try:
+        numpy_dtype(datatype)
+    except ValueError as exc:
+        raise invalid(f"input '{name}': {exc}") from None
+    return SharedInput(datatype, shape, where)
 
 
 def _parameters(raw: dict[str, Any], what: str) -> dict[str, Any]:
@@ -208,7 +278,9 @@ def encode_infer_response(
         message["id"] = request.id
     encoded, chunks = [], []
     for name, array in outputs.items():
-        if request is not None and request.wants_binary(name):
+        if request is not None and name in request.shared_outputs:  # written to shared memory, as Triton
+            encoded.append({"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape)})
+        elif request is not None and request.wants_binary(name):
             raw = encode_raw(array)
             chunks.append(raw)
             encoded.append({"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape),

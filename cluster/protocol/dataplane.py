@@ -17,6 +17,8 @@ from typing import Any
 
 from ray import serve
 
+from cluster.protocol.codec import InferRequest
+from cluster.protocol.shared_memory import SharedMemory
 from cluster.repository.model_apps import load_failure
 from cluster.repository.paths import check_file_path, check_model_name
 from deployments.backends import Tensors
@@ -28,7 +30,8 @@ from deployments.model import UNLOADED
 SERVER_NAME = "triton"
 #: Request parameters the protocol itself uses; the rest reach the model.
 PROTOCOL_PARAMETERS = {"binary_data_output"}
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository",
+              "system_shared_memory"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 #: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model
@@ -44,9 +47,10 @@ class DataPlane:
     """Server and model operations over the model deployments' handles."""
 
     def __init__(self, models: dict[str, Any], failed: dict[str, str], options: Any, statistics: Any,
-                 sync: Any = None):
+                 sync: Any = None, shared_memory: SharedMemory | None = None):
         """``options``: the Ingress's IngressOptions (server version, models that scale to zero, the model
-        control mode)."""
+        control mode); ``shared_memory``: the replica's system shared memory regions (None: none offered)."""
+        self.shared_memory = shared_memory
         self.built, self.built_failed = dict(models), dict(failed)
         self.models = dict(models)  # the built ones and those loaded later
         self.failed = dict(failed)
@@ -125,7 +129,23 @@ class DataPlane:
         own = {k: v for k, v in (parameters or {}).items() if k not in PROTOCOL_PARAMETERS}
         return await self.handle(model).infer_versioned.remote(inputs, outputs, version, own or None)
 
+    async def infer_request(self, model: str, version: str | None, request: InferRequest) -> tuple[int, Tensors]:
+        """Run a decoded request (either transport's), reading its inputs from and writing its outputs to
+        system shared memory where it names regions."""
+        check_version(version)
+        inputs = request.inputs
+        if request.shared_inputs or request.shared_outputs:
+            if self.shared_memory is None:
+                raise invalid("this server offers no system shared memory")
+            if request.shared_inputs:
+                inputs = {**inputs, **await self.shared_memory.read_inputs(request.shared_inputs)}
+        answered, outputs = await self.infer(model, version, inputs, request.outputs, request.parameters)
+        if request.shared_outputs:
+            await self.shared_memory.write_outputs(outputs, request.shared_outputs)
+        return answered, outputs
+
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        check_version(version)
         metadata = await bounded(self.handle(model).metadata.remote(), f"model '{model}'")
         versions = metadata["versions"]
         if not versions:
@@ -156,6 +176,7 @@ class DataPlane:
 
     async def statistics(self, model: str | None = None, version: str | None = None) -> dict[str, Any]:
         """Triton's statistics for one model (one version) or all, summed over every replica."""
+        check_version(version)
         if model:
             self.handle(model)
         names = [model] if model else sorted(self._awake())
@@ -245,3 +266,9 @@ def override_config(model: str, config: Any) -> ModelConfig:
         return parse_yaml(text, f"the config parameter of the load of '{model}'", model)
     except ConfigError as exc:
         raise invalid(str(exc)) from None
+
+
+def check_version(version: str | None) -> None:
+    """A version a request names must be a number (Triton's words, which its clients check)."""
+    if version and not (version.isascii() and version.isdigit()):
+        raise invalid(f"failed to get model version from specified version string '{version}'")

@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
-from cluster.protocol.codec import InferRequest, decode_shape
+from cluster.protocol.codec import InferRequest, SharedInput, decode_shape, shared_input, shared_slice
 from cluster.protocol.raw_tensors import decode_raw, encode_raw
 from deployments.backends import Tensors
 from deployments.dtypes import numpy_dtype, v2_datatype
@@ -36,29 +36,46 @@ def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest
     if not request.inputs:
         raise invalid("request must have at least one input")
     raw = request.raw_input_contents
-    if raw:
-        for tensor in request.inputs:
-            if tensor.HasField("contents"):  # Triton's words, which its clients check
-                raise invalid(f"contents field must not be specified when using raw_input_contents for "
-                              f"'{tensor.name}' for model '{request.model_name}'")
-    if raw and len(raw) != len(request.inputs):
-        raise invalid(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
+    shared = {tensor.name: shared_slice(_parameters(tensor.parameters), f"input '{tensor.name}'")
+              for tensor in request.inputs}
+    for tensor in request.inputs:  # Triton's words, which its clients check
+        if shared[tensor.name] is not None and tensor.HasField("contents"):
+            raise invalid(f"unexpected 'content' provided when using shared memory for input tensor "
+                          f"'{tensor.name}' for model '{request.model_name}'")
+        if raw and tensor.HasField("contents"):
+            raise invalid(f"contents field must not be specified when using raw_input_contents for "
+                          f"'{tensor.name}' for model '{request.model_name}'")
+    in_message = [tensor for tensor in request.inputs if shared[tensor.name] is None]
+    if raw and len(raw) != len(in_message):
+        raise invalid(f"{len(raw)} raw_input_contents for {len(in_message)} inputs not in shared memory; "
+                      "send one per input")
     inputs: Tensors = {}
+    shared_inputs: dict[str, SharedInput] = {}
+    raw_contents = iter(raw)
     for i, tensor in enumerate(request.inputs):
         name = tensor.name
         if not name:
             raise invalid(f"inputs[{i}] needs a name")
-        if name in inputs:
+        if name in inputs or name in shared_inputs:
             raise invalid(f"input '{name}' is given twice")
         shape = decode_shape(list(tensor.shape), name)
-        if raw:
-            inputs[name] = decode_raw(name, tensor.datatype, shape, raw[i])
+        if shared[name] is not None:
+            shared_inputs[name] = shared_input(name, tensor.datatype, shape, shared[name])
+        elif raw:
+            inputs[name] = decode_raw(name, tensor.datatype, shape, next(raw_contents))
         else:
             inputs[name] = _decode_contents(name, tensor, shape)
     outputs = [output.name for output in request.outputs] or None
-    parameters = {key: getattr(value, value.WhichOneof("parameter_choice"))
-                  for key, value in request.parameters.items() if value.WhichOneof("parameter_choice")}
-    return InferRequest(inputs, outputs, request.id or None, parameters)
+    shared_outputs = {output.name: where for output in request.outputs
+                      if (where := shared_slice(_parameters(output.parameters), f"output '{output.name}'"))}
+    return InferRequest(inputs, outputs, request.id or None, _parameters(request.parameters),
+                        shared_inputs=shared_inputs, shared_outputs=shared_outputs)
+
+
+def _parameters(parameters) -> dict[str, Any]:
+    """A map of InferParameter messages as plain values."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice"))
+            for key, value in parameters.items() if value.WhichOneof("parameter_choice")}
 
 
 def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInputTensor, shape) -> np.ndarray:
@@ -85,12 +102,14 @@ def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInput
 
 
 def encode_infer_response(
-    model: str, version: int | str, outputs: Tensors, request_id: str | None
+    model: str, version: int | str, outputs: Tensors, request: InferRequest
 ) -> service_pb2.ModelInferResponse:
-    response = service_pb2.ModelInferResponse(model_name=model, model_version=str(version), id=request_id or "")
+    """The response; outputs written to shared memory get an empty raw_output_contents entry (as Triton:
+    one entry per output, so clients find each by its index)."""
+    response = service_pb2.ModelInferResponse(model_name=model, model_version=str(version), id=request.id or "")
     for name, array in outputs.items():
         response.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
-        response.raw_output_contents.append(encode_raw(array))
+        response.raw_output_contents.append(b"" if name in request.shared_outputs else encode_raw(array))
     return response
 
 

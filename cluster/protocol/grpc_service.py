@@ -18,7 +18,8 @@ from cluster.protocol import grpc_codec
 from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
 from cluster.protocol.dataplane import DataPlane
 from cluster.protocol.restrictions import ApiGroup, Restrictions
-from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError
+from cluster.protocol.shared_memory import NO_CUDA
+from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError, invalid, not_found
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +122,44 @@ class GrpcInferenceService:
         size = self._check_size(request)
         with self.budget.reserve(needed_bytes(size, binary=True)):
             decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request)
-            version, outputs = await self.plane.infer(
-                request.model_name, request.model_version or None, decoded.inputs, decoded.outputs, decoded.parameters)
-            return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded.id)
+            version, outputs = await self.plane.infer_request(request.model_name, request.model_version or None,
+                                                              decoded)
+            return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded)
+
+    @rpc("shared-memory")
+    async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest
+                                       ) -> pb.SystemSharedMemoryStatusResponse:
+        regions = await self.plane.shared_memory.status(request.name or None)
+        return grpc_codec.to_message({"regions": {r["name"]: r for r in regions}}, pb.SystemSharedMemoryStatusResponse)
+
+    @rpc("shared-memory")
+    async def SystemSharedMemoryRegister(self, request: pb.SystemSharedMemoryRegisterRequest
+                                         ) -> pb.SystemSharedMemoryRegisterResponse:
+        await self.plane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @rpc("shared-memory")
+    async def SystemSharedMemoryUnregister(self, request: pb.SystemSharedMemoryUnregisterRequest
+                                           ) -> pb.SystemSharedMemoryUnregisterResponse:
+        await self.plane.shared_memory.unregister(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @rpc("shared-memory")
+    async def CudaSharedMemoryStatus(self, request: pb.CudaSharedMemoryStatusRequest
+                                     ) -> pb.CudaSharedMemoryStatusResponse:
+        if request.name:
+            raise not_found(f"Unable to find cuda shared memory region: '{request.name}'")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @rpc("shared-memory")
+    async def CudaSharedMemoryRegister(self, request: pb.CudaSharedMemoryRegisterRequest
+                                       ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise invalid(NO_CUDA)
+
+    @rpc("shared-memory")
+    async def CudaSharedMemoryUnregister(self, request: pb.CudaSharedMemoryUnregisterRequest
+                                         ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     @rpc("statistics")
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:

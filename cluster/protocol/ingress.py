@@ -12,6 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
 from cluster.protocol.dataplane import SERVER_NAME, DataPlane
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
+from cluster.protocol.shared_memory import NO_CUDA, SharedMemory
 from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
 from deployments.model import ModelService, ServingLimits
@@ -86,7 +88,8 @@ class Ingress(GrpcInferenceService):
         self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits)
                           for config, source in (colocated or {}).values()]
         local = {service.runner.name: LocalHandle(service) for service in self.colocated}
-        self.plane = DataPlane({**models, **local}, failed, options, statistics, sync)
+        shared_memory = SharedMemory(serve.get_replica_context().app_name, ray.get_runtime_context().get_node_id())
+        self.plane = DataPlane({**models, **local}, failed, options, statistics, sync, shared_memory)
         self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None
         self.max_request_bytes = options.max_request_bytes
         self.restrictions = Restrictions(list(options.restricted_apis))
@@ -131,11 +134,47 @@ class Ingress(GrpcInferenceService):
                     return empty_response()
                 case ["models", "stats"], "GET":
                     return json_response(await self.plane.statistics())
+                case ["systemsharedmemory", *rest], _:
+                    return await self._system_shared_memory(request, rest)
+                case ["cudasharedmemory", *rest], _:
+                    return self._cuda_shared_memory(request, rest)
                 case ["models", model, "versions", version, *rest], _:
                     return await self._model_route(request, model, version, rest)
                 case ["models", model, *rest], _:
                     return await self._model_route(request, model, None, rest)
         raise not_found(f"no route {method} {request.url.path}")
+
+    async def _system_shared_memory(self, request: Request, rest: list[str]) -> Response:
+        regions = self.plane.shared_memory
+        match rest, request.method:
+            case ["status"], "GET":
+                return json_response(await regions.status())
+            case ["region", name, "status"], "GET":
+                return json_response(await regions.status(name))
+            case ["region", name, "register"], "POST":
+                body = codec.decode_json_object(await self._read_body(request))
+                await regions.register(name, body.get("key"), body.get("offset", 0), body.get("byte_size"))
+                return empty_response()
+            case ["unregister"], "POST":
+                await regions.unregister()
+                return empty_response()
+            case ["region", name, "unregister"], "POST":
+                await regions.unregister(name)
+                return empty_response()
+        raise not_found(f"no route {request.method} {request.url.path}")
+
+    def _cuda_shared_memory(self, request: Request, rest: list[str]) -> Response:
+        """No CUDA shared memory: no regions to list or unregister, and registering one is refused."""
+        match rest, request.method:
+            case ["status"], "GET":
+                return json_response([])
+            case ["region", name, "status"], "GET":
+                raise not_found(f"Unable to find cuda shared memory region: '{name}'")
+            case (["unregister"] | ["region", _, "unregister"]), "POST":
+                return empty_response()
+            case ["region", _, "register"], "POST":
+                raise invalid(NO_CUDA)
+        raise not_found(f"no route {request.method} {request.url.path}")
 
     async def _model_route(self, request: Request, model: str, version: str | None, rest: list[str]) -> Response:
         match rest, request.method:
@@ -147,8 +186,7 @@ class Ingress(GrpcInferenceService):
                                                   request.headers.get("content-encoding"), self.max_request_bytes)
                     held.resize(needed_bytes(len(body), header is not None))
                     decoded = await off_loop_if_large(len(body), codec.decode_infer_request, body, header)
-                    answered, outputs = await self.plane.infer(model, version, decoded.inputs, decoded.outputs,
-                                                               decoded.parameters)
+                    answered, outputs = await self.plane.infer_request(model, version, decoded)
                     size = sum(getattr(array, "nbytes", 0) for array in outputs.values())
                     content, header_length = await off_loop_if_large(size, codec.encode_infer_response, model,
                                                                      answered, outputs, decoded)

@@ -118,6 +118,14 @@ def readme_handle_snippet() -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
+def readme_grpc_snippets(grpc_port: int) -> str:
+    """The README's gRPC section's Python blocks (a client, then shared memory), as written but the port."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### 2. gRPC"):readme.index("### 3. From another Ray job")]
+    blocks = [part.split("```", 1)[0] for part in section.split("```python\n")[1:]]
+    return "\n".join(blocks).replace("127.0.0.1:8001", f"127.0.0.1:{grpc_port}")
+
+
 def assert_simple_answer(output: str) -> None:
     assert "'OUTPUT0': array([[ 0,  2,  4,  6,  8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]]" in output, output
     assert "'OUTPUT1': array([[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]" in output, output
@@ -136,6 +144,14 @@ def test_ric_serve_shows_progress_and_serves_http_and_grpc(ric):
     x = grpcclient.InferInput("INPUT__0", [1, 4], "FP32")
     x.set_data_from_numpy(np.ones((1, 4), np.float32))
     assert client.infer("linear_torch", [x]).as_numpy("OUTPUT__0").shape == (1, 2)
+
+
+def test_readme_grpc_and_shared_memory_snippets_in_a_clean_shell(ric, home):
+    done = subprocess.run([sys.executable, "-c", readme_grpc_snippets(ric.grpc_port)], env=clean_env(home),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[[16 18 20 22 24 26 28 30 32 34 36 38 40 42 44 46]]" in done.stdout, done.stdout
+    assert not Path("/dev/shm/in").exists()
 
 
 def test_readme_handle_snippet_in_a_clean_shell(ric, home):
