@@ -146,10 +146,14 @@ class AppArgs(BaseModel):
         Python models unless colocate_python (their code may crash or wedge the process, which would take
         HTTP and gRPC down for every model), and not models that autoscale while the ingress does not
         (copies at a fixed count would take the HTTP/gRPC load away from the replicas the model's autoscaler
-        counts) or that scale to zero (copies would keep them loaded)."""
+        counts) or that scale to zero (copies would keep them loaded), nor models with Triton's sequence
+        batcher (every request of a sequence must reach the one replica that holds it, which only the
+        model's own deployment, through its sequence router, guarantees)."""
         if not self.colocate or config.gpus_per_replica():
             return False
         if config.backend_name == "python" and not self.colocate_python:
+            return False
+        if config.sequence_batching is not None:  # its sequences live in replicas the sequence router picks
             return False
         return config.autoscaling is None or (self.ingress_autoscaling is not None and not config.scales_to_zero)
 

@@ -108,6 +108,52 @@ class DynamicBatching(_Mirror):
     default_queue_policy: QueuePolicy | None = None
 
 
+class SequenceControl(_Mirror):
+    """How one control tensor carries one signal (Triton's ``ModelSequenceBatching.Control``)."""
+
+    kind: Literal["CONTROL_SEQUENCE_START", "CONTROL_SEQUENCE_READY", "CONTROL_SEQUENCE_END",
+                  "CONTROL_SEQUENCE_CORRID"] = "CONTROL_SEQUENCE_START"
+    int32_false_true: list[int] = Field(default_factory=list)
+    fp32_false_true: list[float] = Field(default_factory=list)
+    bool_false_true: list[bool] = Field(default_factory=list)
+    data_type: str = Field(default="", description="CORRID's tensor type: TYPE_UINT64, TYPE_INT64 or TYPE_STRING.")
+
+
+class ControlInput(_Mirror):
+    name: str
+    control: list[SequenceControl] = Field(default_factory=list)
+
+
+class SequenceStrategy(_Mirror):
+    """``direct`` or ``oldest``: both batch the next requests of different sequences (one per sequence)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    preferred_batch_size: list[int] = Field(default_factory=list)
+
+
+class SequenceBatching(_Mirror):
+    """Triton's sequence batcher: every request of a sequence (one correlation id) reaches the same replica
+    and runs in order, with control tensors telling the model where a sequence starts and ends."""
+
+    model_config = ConfigDict(extra="allow")
+
+    direct: SequenceStrategy | None = None
+    oldest: SequenceStrategy | None = None
+    max_sequence_idle_microseconds: int = Field(
+        default=0, ge=0, description="A sequence idle this long is released (0: Triton's default, 1 s).")
+    control_input: list[ControlInput] = Field(default_factory=list)
+
+    @property
+    def idle_s(self) -> float:
+        return (self.max_sequence_idle_microseconds or 1_000_000) / 1e6
+
+    @property
+    def strategy(self) -> SequenceStrategy:
+        return self.oldest or self.direct or SequenceStrategy()
+
+
 class InstanceGroup(_Mirror):
     model_config = ConfigDict(extra="allow")
 
@@ -204,6 +250,7 @@ class ModelConfig(BaseModel):
     input: list[InputConfig] = Field(default_factory=list)
     output: list[TensorConfig] = Field(default_factory=list)
     dynamic_batching: DynamicBatching | None = None
+    sequence_batching: SequenceBatching | None = None
     instance_group: list[InstanceGroup] = Field(default_factory=list)
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     default_model_filename: str = Field(default="", description="The model file in each version folder.")
@@ -283,6 +330,8 @@ class ModelConfig(BaseModel):
                 if tensor.reshape is not None and -1 not in tensor.dims and -1 not in tensor.reshape.shape:
                     if _count(tensor.dims) != _count(tensor.reshape.shape):
                         raise ConfigError(source, f"{kind}[{i}].reshape", "reshape must keep the element count")
+        if self.sequence_batching is not None:
+            self._check_sequence_batching(source)
         if self.dynamic_batching is not None:
             if not self.batching:
                 raise ConfigError(source, "dynamic_batching", "needs max_batch_size > 0")
@@ -292,6 +341,29 @@ class ModelConfig(BaseModel):
                         source, "dynamic_batching.preferred_batch_size",
                         f"{size} is not within 1..max_batch_size ({self.max_batch_size})",
                     )
+
+
+    def _check_sequence_batching(self, source: str) -> None:
+        sequence = self.sequence_batching  # (the proto refuses it beside dynamic_batching: one scheduler)
+        for field in ("state", "iterative_sequence"):  # parsed by protobuf, not served yet: refused by name
+            if sequence.model_extra.get(field):
+                raise ConfigError(source, f"sequence_batching.{field}", "is not supported by this server yet")
+        inputs = {tensor.name for tensor in self.input}
+        for i, control in enumerate(sequence.control_input):
+            where = f"sequence_batching.control_input[{i}]"
+            if control.name in inputs:
+                raise ConfigError(source, f"{where}.name", f"{control.name!r} is also a model input")
+            if len(control.control) != 1:
+                raise ConfigError(source, f"{where}.control", "needs exactly one control")
+            (one,) = control.control
+            if one.kind == "CONTROL_SEQUENCE_CORRID":
+                if one.data_type not in ("TYPE_UINT64", "TYPE_INT64", "TYPE_UINT32", "TYPE_INT32", "TYPE_STRING"):
+                    raise ConfigError(source, f"{where}.control[0].data_type",
+                                      "CORRID needs TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32 or TYPE_STRING")
+            elif sum(bool(values) for values in (one.int32_false_true, one.fp32_false_true, one.bool_false_true)) != 1 \
+                    or len(one.int32_false_true or one.fp32_false_true or one.bool_false_true) != 2:
+                raise ConfigError(source, f"{where}.control[0]", "needs one of int32_false_true, fp32_false_true "
+                                  "or bool_false_true with two values (false, true)")
 
 
 def _autoscaling(parameters: dict[str, Any], yaml_form: Any, source: str) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from deployments.batching import DynamicBatcher
 from deployments.config import ModelConfig
 from deployments.errors import unavailable
 from deployments.runner import ModelRunner, Pending, VersionSource
+from deployments.sequences import Sequences, model_parameters, sequence_step
 from deployments.served import ServedModel
 from deployments.statistics import StatisticsReporter
 
@@ -69,12 +70,18 @@ def queue_deadline_ns(config: ModelConfig, arrived_ns: int, parameters: dict | N
     return arrived_ns + timeout_us * 1000 if timeout_us > 0 else None
 
 
-def batch_limits(config: ModelConfig) -> tuple[int, float]:
-    """Rows per batch and the longest wait for one, from the config's dynamic_batching.
+def batch_limits(config: ModelConfig) -> tuple[int, float] | None:
+    """Rows per batch and the longest wait for one, from the config's dynamic_batching or its sequence
+    batcher's strategy (which batches the next requests of different sequences); None: no batching.
 
     With preferred sizes, batches are cut at the largest one, as Triton aims for preferred sizes.
     """
-    batching = config.dynamic_batching
+    if config.dynamic_batching is not None:
+        batching = config.dynamic_batching
+    elif config.sequence_batching is not None and config.batching:
+        batching = config.sequence_batching.strategy
+    else:
+        return None
     size = max(batching.preferred_batch_size, default=config.max_batch_size)
     return size, batching.max_queue_delay_microseconds / 1e6
 
@@ -98,6 +105,7 @@ class ModelService(ServedModel):
         replica = serve.get_replica_context().replica_id.unique_id
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
         self._batcher: DynamicBatcher | None = None
+        self._sequences: Sequences | None = None
         self._configure_batching()
         self._limits = limits
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
@@ -106,12 +114,18 @@ class ModelService(ServedModel):
 
     def _configure_batching(self) -> None:
         """Batch per the config of the versions now loaded (a version update may change it)."""
-        if not (self.runner.ready and self.runner.config.dynamic_batching is not None):
+        config = self.runner.config
+        limits = batch_limits(config) if self.runner.ready else None
+        if limits is None:
             self._batcher = None
         elif self._batcher is None:
-            self._batcher = DynamicBatcher(self._run_batch, *batch_limits(self.runner.config), expired=self._expired)
+            self._batcher = DynamicBatcher(self._run_batch, *limits, expired=self._expired)
         else:
-            self._batcher.max_rows, self._batcher.max_delay_s = batch_limits(self.runner.config)
+            self._batcher.max_rows, self._batcher.max_delay_s = limits
+        if config.sequence_batching is None:
+            self._sequences = None
+        elif self._sequences is None or self._sequences.batching != config.sequence_batching:
+            self._sequences = Sequences(config)  # a new sequence config: the sequences held start over
 
     async def _follow(self, sync: Any) -> None:
         """Apply the versions and config the sync deployment pushes: load beside, warm up, swap, unload the
@@ -145,23 +159,37 @@ class ModelService(ServedModel):
                               "limit; retry later")
         self._reporter.in_flight += 1
         try:
-            pending = self.runner.prepare(inputs, outputs, version, parameters)
-            pending.deadline_ns = queue_deadline_ns(self.runner.config, pending.arrived_ns, parameters)
-            timeout = self.execution_timeout_s()
-            try:
-                if self._batcher is not None:
-                    result = await asyncio.wait_for(self._batcher.submit(pending), timeout)
-                else:
-                    (result,) = await asyncio.wait_for(self._run_batch([pending]), timeout)
-            except asyncio.TimeoutError:
-                raise unavailable(f"model '{self.runner.name}' did not answer within {timeout:g} s "
-                                  "(execution_timeout_s); retry later") from None
+            if self._sequences is None:
+                pending, result = await self._run(inputs, outputs, version, parameters)
+            else:  # the request waits for its turn in its sequence, then runs with its control tensors
+                sequences, step = self._sequences, sequence_step(self.runner.name, parameters)
+                async with sequences.turn(step):
+                    pending, result = await self._run(inputs, outputs, version, model_parameters(parameters),
+                                                      lambda rows: sequences.controls(step, rows))
         finally:
             self._reporter.in_flight -= 1
             self._reporter.schedule()
         if isinstance(result, Exception):
             raise result
         return pending.version, result
+
+    async def _run(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
+                   parameters: dict | None, controls=None) -> tuple[Pending, Tensors | Exception]:
+        """Check a request, batch and run it; ``controls(rows)``: a sequence request's control tensors, added
+        after the check (they are not the model's declared inputs)."""
+        pending = self.runner.prepare(inputs, outputs, version, parameters)
+        if controls is not None:
+            pending.inputs = {**pending.inputs, **controls(pending.rows)}
+        pending.deadline_ns = queue_deadline_ns(self.runner.config, pending.arrived_ns, parameters)
+        timeout = self.execution_timeout_s()
+        try:
+            if self._batcher is not None:
+                return pending, await asyncio.wait_for(self._batcher.submit(pending), timeout)
+            (result,) = await asyncio.wait_for(self._run_batch([pending]), timeout)
+            return pending, result
+        except asyncio.TimeoutError:
+            raise unavailable(f"model '{self.runner.name}' did not answer within {timeout:g} s "
+                              "(execution_timeout_s); retry later") from None
 
     async def _snapshot(self):
         # Copied on the executor thread, which is the one that updates the statistics.

@@ -29,6 +29,7 @@ from ray.serve import Application
 # Serve's external scaler API has no Python wrapper, only the dashboard's REST route, which calls the
 # controller with these; ``scale`` and ``replicas`` call it the same way.
 from ray.serve._private.common import DeploymentID
+from ray.serve.config import RequestRouterConfig
 from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
@@ -36,6 +37,7 @@ from cluster.names import model_app_name
 from deployments.config import ModelConfig
 from deployments.errors import InferenceError, invalid, unavailable
 from deployments.model import Model, max_queued
+from deployments.sequence_router import ROUTER_CLASS
 from ensembles.ensemble import Ensemble
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ def deployment_options(config: ModelConfig, args: Any) -> dict:
     else:
         options["num_replicas"] = config.replicas()
     options["max_queued_requests"] = max_queued(config, args.serving_limits())
+    if config.sequence_batching is not None:  # each sequence's requests to the replica that holds it
+        options["request_router_config"] = RequestRouterConfig(request_router_class=ROUTER_CLASS)
     return options
 
 

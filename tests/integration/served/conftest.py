@@ -38,6 +38,60 @@ class TritonPythonModel:
         return responses
 """
 
+# Triton's sequence batcher: a running sum per sequence, reset by START; answers which process served it
+# and the correlation id it was given (CORRID as a string, so integer and string ids both reach it).
+ACCUMULATE = """
+import os
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.sums = {}
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            get = lambda name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            corrid = get("CORRID")[0, 0]
+            if get("START")[0, 0]:
+                self.sums[corrid] = 0
+            self.sums[corrid] += int(get("X").sum())
+            rows = get("X").shape[0]
+            tensors = [pb_utils.Tensor("SUM", np.full((rows, 1), self.sums[corrid], np.int64)),
+                       pb_utils.Tensor("PID", np.full((rows, 1), os.getpid(), np.int64)),
+                       pb_utils.Tensor("ENDED", get("END").astype(np.bool_)),
+                       pb_utils.Tensor("ID", np.full((rows, 1), corrid, dtype=object))]
+            if get("END")[0, 0]:
+                del self.sums[corrid]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+"""
+
+ACCUMULATE_CONFIG = """
+backend: "python"
+max_batch_size: 4
+instance_group [ { count: 2 } ]
+sequence_batching {
+  max_sequence_idle_microseconds: 1500000
+  oldest { max_queue_delay_microseconds: 1000 }
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END fp32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY bool_false_true: [ false, true ] } ] },
+    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_STRING } ] }
+  ]
+}
+input [ { name: "X" data_type: TYPE_INT64 dims: [ 1 ] } ]
+output [
+  { name: "SUM" data_type: TYPE_INT64 dims: [ 1 ] },
+  { name: "PID" data_type: TYPE_INT64 dims: [ 1 ] },
+  { name: "ENDED" data_type: TYPE_BOOL dims: [ 1 ] },
+  { name: "ID" data_type: TYPE_STRING dims: [ 1 ] }
+]
+"""
+
 ECHO = """
 def infer(inputs):
     return {name.replace("IN_", "OUT_"): array for name, array in inputs.items()}
@@ -102,6 +156,7 @@ def repository(tmp_path_factory):
                 'input [ { name: "X", data_type: TYPE_INT64, dims: [1] } ] '
                 'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]', {"1/model.py": FLAKY})
     write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
+    write_model(root, "accumulate", ACCUMULATE_CONFIG, {"1/model.py": ACCUMULATE})
     write_model(root, "params", 'backend: "python" max_batch_size: 8 '
                 'input [ { name: "X", data_type: TYPE_INT32, dims: [ 1 ] } ] '
                 'output [ { name: "PARAMS", data_type: TYPE_STRING, dims: [ 1 ] } ]', {"1/model.py": PARAMS})
@@ -114,7 +169,7 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def endpoints(repository):
-    # 18 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
+    # 20 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
     # the CPU models, so HTTP and gRPC run them in the Ingress replica and handles reach their deployments;
     # tests/integration/live serves without colocation.
     with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True) as endpoints:

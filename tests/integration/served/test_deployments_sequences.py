@@ -1,0 +1,118 @@
+"""Triton's sequence batcher over HTTP, gRPC and handles: every request of a sequence reaches the one replica
+that holds it, in order, with its control tensors; sequences spread over replicas; a sequence the replica
+does not hold (never started, idle too long, its replica lost) answers a clear error, never a fresh state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.integration.conftest import wait_for
+
+MODULES = {"http": httpclient, "grpc": grpcclient}
+
+
+@pytest.fixture(params=["http", "grpc"])
+def transport(request, endpoints):
+    module = MODULES[request.param]
+    client = (httpclient.InferenceServerClient(endpoints.http.removeprefix("http://")) if request.param == "http"
+              else grpcclient.InferenceServerClient(endpoints.grpc))
+    return module, client
+
+
+def step(module, client, correlation_id, value: int, start=False, end=False, rows=1):
+    x = module.InferInput("X", [rows, 1], "INT64")
+    x.set_data_from_numpy(np.full((rows, 1), value, np.int64))
+    result = client.infer("accumulate", [x], sequence_id=correlation_id, sequence_start=start, sequence_end=end)
+    return {name: result.as_numpy(name) for name in ("SUM", "PID", "ENDED", "ID")}
+
+
+def test_interleaved_sequences_each_keep_their_replica_and_order(transport):
+    module, client = transport
+    ids = [1000 + i for i in range(8)] + [f"seq-{i}" for i in range(8)]  # integer and string correlation ids
+    sums = {cid: 0 for cid in ids}
+    pids: dict = {}
+    for turn in range(4):  # round-robin over the sequences: each request's neighbours belong to others
+        for n, cid in enumerate(ids):
+            value = n + 10 * turn
+            sums[cid] += value
+            got = step(module, client, cid, value, start=turn == 0, end=turn == 3)
+            assert got["SUM"][0, 0] == sums[cid], (cid, turn)
+            assert bool(got["ENDED"][0, 0]) == (turn == 3)
+            assert got["ID"][0, 0] == str(cid).encode()
+            pids.setdefault(cid, set()).add(int(got["PID"][0, 0]))
+    assert all(len(p) == 1 for p in pids.values()), pids  # one replica per sequence
+    assert len(set().union(*pids.values())) == 2  # 16 sequences over both replicas
+
+
+def test_a_batch_of_rows_in_one_sequence_request(transport):
+    module, client = transport
+    got = step(module, client, 77, 3, start=True, rows=4)
+    assert got["SUM"].tolist() == [[12]] * 4
+    assert step(module, client, 77, 1, end=True, rows=2)["SUM"].tolist() == [[14]] * 2
+
+
+def test_requests_outside_a_held_sequence_get_triton_errors(transport):
+    module, client = transport
+    with pytest.raises(InferenceServerException, match="inference request for sequence 4242 to model 'accumulate' "
+                                                       "must specify the START flag on the first request"):
+        step(module, client, 4242, 1)
+    x = module.InferInput("X", [1, 1], "INT64")
+    x.set_data_from_numpy(np.ones((1, 1), np.int64))
+    with pytest.raises(InferenceServerException, match="must specify a non-zero or non-empty correlation ID"):
+        client.infer("accumulate", [x])
+    step(module, client, 4243, 1, start=True, end=True)
+    with pytest.raises(InferenceServerException, match="it ended"):
+        step(module, client, 4243, 1)
+
+
+def test_an_idle_sequence_is_released(transport):
+    module, client = transport
+    step(module, client, "idle", 5, start=True)
+    time.sleep(2.0)  # max_sequence_idle_microseconds is 1.5 s
+    with pytest.raises(InferenceServerException, match="idle for more than 1.5 s"):
+        step(module, client, "idle", 1)
+
+
+def test_sequences_through_handles_reach_the_same_replica():
+    """A Ray job's handle routes by the sequence too (the router runs in the caller)."""
+    from ray import serve
+
+    from cluster.names import APP_NAME
+
+    handle = serve.get_deployment_handle("accumulate", app_name=APP_NAME)
+    total, pids = 0, set()
+    for turn in range(5):
+        x = np.full((1, 1), turn, np.int64)
+        parameters = {"sequence_id": "handle-seq", "sequence_start": turn == 0, "sequence_end": turn == 4}
+        _, outputs = handle.infer_versioned.remote({"X": x}, None, None, parameters).result(timeout_s=30)
+        total += turn
+        assert outputs["SUM"][0, 0] == total
+        pids.add(int(outputs["PID"][0, 0]))
+    assert len(pids) == 1
+
+
+def test_a_lost_replica_fails_its_sequences_clearly_and_new_ones_start(server):
+    """Killing the replica that holds a sequence: its next request is refused (no silent restart from an
+    empty state), and new sequences run on the replicas Serve has then."""
+    def post(cid, value, start=False):
+        body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT64", "data": [value]}],
+                "parameters": {"sequence_id": cid, "sequence_start": start}}
+        return requests.post(f"{server}/v2/models/accumulate/infer", json=body, timeout=60)
+
+    started = post(9001, 5, start=True)
+    assert started.status_code == 200
+    pid = next(o for o in started.json()["outputs"] if o["name"] == "PID")["data"][0]
+    os.kill(pid, signal.SIGKILL)
+    after = post(9001, 1)
+    assert after.status_code in (400, 503), after.text
+    assert "START" in after.json()["error"] or "lost" in after.json()["error"], after.text
+    wait_for(lambda: post(9002, 1, start=True).status_code == 200, timeout_s=120, what="a new sequence to start")
