@@ -180,6 +180,8 @@ def read_configs(store) -> tuple[dict[str, ModelConfig], dict[str, str]]:
             logger.warning("model '%s' is not served: %s", name, exc)
             failed[name] = without_paths(str(exc))
             continue
+        for field in config.ignored():
+            logger.warning("model '%s' is served without %s", name, field)
         configs[name] = config
     return configs, failed
 

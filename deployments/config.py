@@ -235,6 +235,25 @@ class ModelParameter(_Mirror):
     string_value: str = ""
 
 
+#: Fields the server cannot serve as Triton would: a config that sets them is refused, naming the field.
+REFUSED = {
+    "batch_input": "is not supported by this server (the backend would miss the inputs it describes)",
+    "batch_output": "is not supported by this server (the client would miss the outputs it describes)",
+    "model_repository_agents": "is not supported by this server (no repository agents run)",
+}
+#: Fields the server serves without: the model runs, and each is named in a warning at load.
+IGNORED = {
+    "model_metrics": "no Prometheus metrics yet",
+    "metric_tags": "no Prometheus metrics yet",
+    "model_operations": "not applied",
+}
+IGNORED_BATCHING = {
+    "priority_levels": "one queue: every request has the same priority",
+    "default_priority_level": "one queue: every request has the same priority",
+    "priority_queue_policy": "one queue: the default_queue_policy applies to every request",
+}
+
+
 class ModelConfig(BaseModel):
     """A model's configuration, field for field as Triton's ``ModelConfig`` message.
 
@@ -297,6 +316,18 @@ class ModelConfig(BaseModel):
             return 0.0
         return gpu_groups[0].gpu_fraction or float(self.parameter("gpu_fraction") or 1.0)
 
+    def ignored(self) -> list[str]:
+        """The fields this config sets that the server does not act on (served without them; said at load)."""
+        extra = self.model_extra or {}
+        found = [f"{name}: {why}" for name, why in IGNORED.items() if extra.get(name)]
+        if (extra.get("response_cache") or {}).get("enable"):
+            found.append("response_cache: no response cache; every request runs the model")
+        if self.dynamic_batching is not None:
+            batching_extra = self.dynamic_batching.model_extra or {}
+            found += [f"dynamic_batching.{name}: {why}" for name, why in IGNORED_BATCHING.items()
+                      if batching_extra.get(name)]
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         """Triton's JSON form of the config (``GET /v2/models/<m>/config``)."""
         data = self.model_dump(mode="json", exclude_none=True)
@@ -332,6 +363,13 @@ class ModelConfig(BaseModel):
                         raise ConfigError(source, f"{kind}[{i}].reshape", "reshape must keep the element count")
         if self.sequence_batching is not None:
             self._check_sequence_batching(source)
+        extra = self.model_extra or {}
+        for field, why in REFUSED.items():
+            if extra.get(field):
+                raise ConfigError(source, field, why)
+        if (extra.get("model_transaction_policy") or {}).get("decoupled"):
+            raise ConfigError(source, "model_transaction_policy.decoupled",
+                              "decoupled (streaming) models are not supported by this server yet")
         if self.dynamic_batching is not None:
             if not self.batching:
                 raise ConfigError(source, "dynamic_batching", "needs max_batch_size > 0")

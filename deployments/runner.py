@@ -21,6 +21,7 @@ from deployments.config import ModelConfig
 from deployments.dtypes import config_to_v2, numpy_dtype
 from deployments.errors import (ErrorCode, InferenceError, no_available_versions, unknown_model,
                                 version_not_ready, without_paths)
+from deployments.sequences import WARMUP_SEQUENCE, Sequences, Step
 from deployments.statistics import VersionStatistics
 from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
 
@@ -89,7 +90,10 @@ class ModelRunner:
         except Exception as exc:  # the store could not be listed
             self.reason = f"cannot list versions: {exc}"
             return
-        self.update(self.base_config.version_policy.select(available), warm_up=False)
+        # As Triton: the config's model_warmup samples run before the first load reports ready (live updates
+        # always warm up, with one request of zeros where no samples are configured).
+        configured = bool((self.base_config.model_extra or {}).get("model_warmup"))
+        self.update(self.base_config.version_policy.select(available), warm_up=configured)
 
     def update(self, selected: list[int], warm_up: bool = True, config: ModelConfig | None = None) -> None:
         """Serve exactly ``selected``: load (and warm up) new versions beside the served ones, swap them in
@@ -143,8 +147,12 @@ class ModelRunner:
         """Run the config's ``model_warmup`` samples, or else one request of zeros in the configured shape,
         before a version takes traffic; a failure keeps the version out."""
         for inputs, count in warmup_requests(backend.config):
+            inputs = to_backend_shapes(backend.config, inputs)
+            if backend.config.sequence_batching is not None:  # a sequence of one request, as the model expects
+                rows = next(iter(inputs.values())).shape[0] if backend.config.batching else 1
+                inputs.update(Sequences(backend.config).controls(Step(WARMUP_SEQUENCE, True, True), rows))
             for _ in range(count):
-                (result,) = backend.execute([to_backend_shapes(backend.config, inputs)])
+                (result,) = backend.execute([inputs])
                 if isinstance(result, Exception):
                     raise result
 

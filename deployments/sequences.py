@@ -30,6 +30,8 @@ from deployments.errors import invalid
 SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 #: Released sequences remembered, to say why their next request fails.
 REMEMBERED = 10_000
+#: The correlation id of a warm-up request (a sequence of one: START and END), a number every CORRID type holds.
+WARMUP_SEQUENCE = 1
 
 
 @dataclass

@@ -297,6 +297,8 @@ class ModelStoreSync:
         except ConfigError as exc:
             raise invalid(f"model '{model}' cannot be loaded: {exc}") from None
         served = config or stored
+        for field in served.ignored():
+            logger.warning("model '%s' is served without %s", model, field)
         if is_ensemble(served):
             steps = await self._load_steps(served)
             self.ensemble_steps[model] = set(steps)

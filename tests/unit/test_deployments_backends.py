@@ -294,6 +294,49 @@ def test_warm_up_requests_follow_model_warmup_or_the_configured_shape():
     assert inputs["X"].shape == (2, 3) and inputs["X"].dtype == np.float32 and count == 3
 
 
+COUNTING = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.calls = 0
+
+    def execute(self, requests):
+        self.calls += 1
+        responses = []
+        for request in requests:
+            start = pb_utils.get_input_tensor_by_name(request, "START")
+            if start is None:  # a sequence model: every request carries its control tensors
+                raise ValueError("no START control tensor")
+            rows = pb_utils.get_input_tensor_by_name(request, "X").as_numpy().shape[0]
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("CALLS", np.full((rows, 1), self.calls))]))
+        return responses
+"""
+
+COUNTING_CONFIG = """backend: "python" max_batch_size: 4
+sequence_batching { control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START
+                    int32_false_true: [ 0, 1 ] } ] } ] }
+input [ { name: "X", data_type: TYPE_FP32, dims: [ 3 ] } ]
+output [ { name: "CALLS", data_type: TYPE_INT64, dims: [ 1 ] } ]
+"""
+
+
+def test_model_warmup_runs_at_first_load_and_sequence_models_warm_up_with_their_controls(tmp_path):
+    """As Triton: configured warm-up samples run before the first load is ready (3 here); a live update
+    warms up too, and a sequence model's warm-up request carries its control tensors."""
+    warmup = ('model_warmup [ { name: "w" batch_size: 2 count: 3 inputs { key: "X" value: '
+              '{ data_type: TYPE_FP32 dims: [ 3 ] zero_data: true } } } ]')
+    write_model(tmp_path, "counting", COUNTING_CONFIG + warmup, {"1/model.py": COUNTING, "2/model.py": COUNTING})
+    model = runner(tmp_path, "counting")
+    assert sorted(model.backends) == [2]
+    assert model.backends[2].execute([{"X": np.zeros((1, 3), np.float32), "START": np.ones((1, 1), np.int32)}],
+                                     [{}])[0]["CALLS"][0, 0] == 4
+    model.update([1, 2])
+    assert model.states[1].state == "READY", model.states[1].reason
+
+
 def test_client_messages_lose_absolute_paths_and_length():
     text = "Load model from /home/me/.cache/ric/m/1/model.onnx failed: /usr/lib/x.so: bad, see ./rel/path"
     assert without_paths(text) == "Load model from .../1/model.onnx failed: .../lib/x.so: bad, see ./rel/path"

@@ -185,6 +185,30 @@ def test_complete_config_checks(changes, field):
     assert info.value.field == field
 
 
+@pytest.mark.parametrize("text, field", [
+    ('batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "N" data_type: TYPE_INT32 } ]', "batch_input"),
+    ('batch_output [ { target_name: "Y" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "X" } ]', "batch_output"),
+    ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
+    ('model_repository_agents { agents [ { name: "checksum" } ] }', "model_repository_agents"),
+])
+def test_config_fields_we_cannot_serve_are_refused_by_name(text, field):
+    config = parse_pbtxt(f'name: "m" platform: "onnxruntime_onnx" max_batch_size: 2 {text} '
+                         'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ] '
+                         'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]', "m/config.pbtxt")
+    with pytest.raises(ConfigError) as info:
+        config.check("m/config.pbtxt")
+    assert info.value.field == field
+
+
+def test_config_fields_served_without_are_named():
+    config = parse_pbtxt('name: "m" max_batch_size: 2 response_cache { enable: true } '
+                         'dynamic_batching { priority_levels: 2 default_priority_level: 1 } '
+                         'model_transaction_policy { decoupled: false }', "m/config.pbtxt")
+    assert [field.split(":")[0] for field in config.ignored()] == [
+        "response_cache", "dynamic_batching.priority_levels", "dynamic_batching.default_priority_level"]
+    assert parse_pbtxt('name: "m" response_cache { enable: false }', "m/config.pbtxt").ignored() == []
+
+
 @pytest.mark.parametrize(
     "policy, expected",
     [({}, [5]), ({"latest": {"num_versions": 2}}, [3, 5]), ({"all": {}}, [1, 3, 5]), ({"specific": {"versions": [3, 4]}}, [3])],
