@@ -36,7 +36,7 @@ def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest
     if not request.inputs:
         raise invalid("request must have at least one input")
     raw = request.raw_input_contents
-    shared = {tensor.name: shared_slice(_parameters(tensor.parameters), f"input '{tensor.name}'")
+    shared = {tensor.name: shared_slice(plain_parameters(tensor.parameters), f"input '{tensor.name}'")
               for tensor in request.inputs}
     for tensor in request.inputs:  # Triton's words, which its clients check
         if shared[tensor.name] is not None and tensor.HasField("contents"):
@@ -67,12 +67,12 @@ def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest
             inputs[name] = _decode_contents(name, tensor, shape)
     outputs = [output.name for output in request.outputs] or None
     shared_outputs = {output.name: where for output in request.outputs
-                      if (where := shared_slice(_parameters(output.parameters), f"output '{output.name}'"))}
-    return InferRequest(inputs, outputs, request.id or None, _parameters(request.parameters),
+                      if (where := shared_slice(plain_parameters(output.parameters), f"output '{output.name}'"))}
+    return InferRequest(inputs, outputs, request.id or None, plain_parameters(request.parameters),
                         shared_inputs=shared_inputs, shared_outputs=shared_outputs)
 
 
-def _parameters(parameters) -> dict[str, Any]:
+def plain_parameters(parameters) -> dict[str, Any]:
     """A map of InferParameter messages as plain values."""
     return {key: getattr(value, value.WhichOneof("parameter_choice"))
             for key, value in parameters.items() if value.WhichOneof("parameter_choice")}

@@ -7,6 +7,7 @@ the one error table.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -20,6 +21,7 @@ from cluster.protocol.dataplane import DataPlane
 from cluster.protocol.restrictions import ApiGroup, Restrictions
 from cluster.protocol.shared_memory import NO_CUDA
 from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError, invalid, not_found
+from deployments.sequences import sequence_key
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,54 @@ class GrpcInferenceService:
 
     @rpc("inference")
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(self, request_stream, grpc_context):
+        """Triton's bidirectional stream: each request in it answers one response (or an error message in
+        the stream, which goes on), in the order they finish; requests of one sequence run one after the
+        other, in the order sent, the rest at once."""
+        try:
+            self.restrictions.check_grpc("inference", dict(grpc_context.invocation_metadata()))
+        except InferenceError as error:
+            grpc_context.set_code(grpc.StatusCode[GRPC_STATUS[error.code]])
+            grpc_context.set_details(error.message)
+            return
+        answers: asyncio.Queue = asyncio.Queue()
+
+        async def answer(request: pb.ModelInferRequest, after: asyncio.Task | None) -> None:
+            if after is not None:
+                await asyncio.wait([after])
+            try:
+                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except Exception as exc:
+                error = InferenceError.from_exception(exc)
+                if error.code == ErrorCode.INTERNAL:
+                    logger.warning("gRPC ModelStreamInfer request failed: %r", exc)
+                response = pb.ModelStreamInferResponse(error_message=error.message, infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id))
+            await answers.put(response)
+
+        async def read() -> None:
+            running, last_of_sequence = [], {}
+            try:
+                async for request in request_stream:
+                    sequence = sequence_key(grpc_codec.plain_parameters(request.parameters))
+                    task = asyncio.ensure_future(answer(request, last_of_sequence.get(sequence)))
+                    if sequence is not None:
+                        last_of_sequence[sequence] = task
+                    running.append(task)
+                await asyncio.gather(*running)
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         self.plane.handle(request.model_name)  # unknown or failed models answer before decoding
         size = self._check_size(request)
         with self.budget.reserve(needed_bytes(size, binary=True)):

@@ -5,6 +5,7 @@ does not hold (never started, idle too long, its replica lost) answers a clear e
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import time
 
@@ -98,6 +99,37 @@ def test_sequences_through_handles_reach_the_same_replica():
         assert outputs["SUM"][0, 0] == total
         pids.add(int(outputs["PID"][0, 0]))
     assert len(pids) == 1
+
+
+def test_sequences_over_one_grpc_stream_keep_their_order(endpoints):
+    """tritonclient's stream (ModelStreamInfer): requests of several sequences sent at once without waiting;
+    each sequence's requests run in the order sent, every one is answered, an error goes on the stream."""
+    answers: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(endpoints.grpc)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        ids, expected = ["stream-a", 5005, "stream-c"], {}
+        for turn in range(4):
+            for cid in ids:
+                x = grpcclient.InferInput("X", [1, 1], "INT64")
+                x.set_data_from_numpy(np.full((1, 1), turn + 1, np.int64))
+                client.async_stream_infer("accumulate", [x], request_id=f"{cid}/{turn}", sequence_id=cid,
+                                          sequence_start=turn == 0, sequence_end=turn == 3)
+                expected[f"{cid}/{turn}"] = sum(range(1, turn + 2))
+        x = grpcclient.InferInput("X", [1, 1], "INT64")
+        x.set_data_from_numpy(np.ones((1, 1), np.int64))
+        client.async_stream_infer("nope", [x], request_id="bad")
+        got, errors = {}, []
+        for _ in range(len(expected) + 1):
+            result, error = answers.get(timeout=60)
+            if error is not None:
+                errors.append(error.message())
+            else:
+                got[result.get_response().id] = int(result.as_numpy("SUM")[0, 0])
+        assert got == expected
+        assert errors == ["Request for unknown model: 'nope' is not found"]
+    finally:
+        client.stop_stream()
 
 
 def test_a_lost_replica_fails_its_sequences_clearly_and_new_ones_start(server):
