@@ -3,6 +3,8 @@
     from cluster.client import connect
     simple = connect().model("simple")
     simple.infer({"INPUT0": x, "INPUT1": x})          # dict of numpy arrays -> dict of numpy arrays
+    for outputs in connect().model("text_generator").stream({"TEXT": ...}):   # a decoupled model's responses
+        ...
 
 A local ``ric serve`` keeps its Ray on 127.0.0.1 and Ray turns token authentication on for it, so a plain
 ``ray.init(address=...)`` from another shell would look for its node at the machine's other address and
@@ -21,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import numpy as np
 
@@ -165,7 +168,9 @@ class Client:
 
 
 class ModelClient:
-    """One model: ``infer`` (blocking) and ``infer_async``, a dict of numpy arrays in and out.
+    """One model: ``infer`` (blocking) and ``infer_async``, a dict of numpy arrays in and out; ``stream``
+    and ``stream_async`` iterate over every response (a decoupled model's zero or more, another's one).
+    ``parameters`` are the request's (e.g. a sequence's ``sequence_id``, ``sequence_start``, ``sequence_end``).
 
     A bad request raises ``deployments.errors.InferenceError`` with the message HTTP clients get.
     ``handle`` is the plain Serve ``DeploymentHandle`` for everything else.
@@ -176,15 +181,50 @@ class ModelClient:
         self.handle = handle
         self._loop = loop
 
-    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
-              version: int | None = None, timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version), self._loop)
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: int | None = None,
+              timeout_s: float | None = None, parameters: dict | None = None) -> dict[str, np.ndarray]:
+        future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version, parameters), self._loop)
         return future.result(timeout_s)
 
     async def infer_async(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
-                          version: int | None = None) -> dict[str, np.ndarray]:
-        future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version), self._loop)
+                          version: int | None = None, parameters: dict | None = None) -> dict[str, np.ndarray]:
+        future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version, parameters), self._loop)
         return await asyncio.wrap_future(future)
 
-    async def _call(self, inputs, outputs, version):
-        return await self.handle.infer.remote(inputs, outputs, version)
+    async def _call(self, inputs, outputs, version, parameters):
+        return await self.handle.infer.remote(inputs, outputs, version, parameters)
+
+    def stream(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: int | None = None,
+               parameters: dict | None = None, timeout_s: float | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Each response as it comes; ``timeout_s`` bounds the wait for each."""
+        answers: queue.Queue = queue.Queue()
+        asyncio.run_coroutine_threadsafe(self._pump(answers.put, inputs, outputs, version, parameters), self._loop)
+        while (answer := answers.get(timeout=timeout_s)) is not _END:
+            if isinstance(answer, BaseException):
+                raise answer
+            yield answer
+
+    async def stream_async(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+                           version: int | None = None, parameters: dict | None = None
+                           ) -> AsyncIterator[dict[str, np.ndarray]]:
+        loop, answers = asyncio.get_running_loop(), asyncio.Queue()
+        put = lambda answer: loop.call_soon_threadsafe(answers.put_nowait, answer)  # noqa: E731
+        asyncio.run_coroutine_threadsafe(self._pump(put, inputs, outputs, version, parameters), self._loop)
+        while (answer := await answers.get()) is not _END:
+            if isinstance(answer, BaseException):
+                raise answer
+            yield answer
+
+    async def _pump(self, put: Callable[[Any], None], inputs, outputs, version, parameters) -> None:
+        """Run on the client's loop: hand each response (or the error) to ``put``, then the end."""
+        try:
+            async for _, answer in self.handle.options(stream=True).infer_stream.remote(inputs, outputs, version,
+                                                                                       parameters):
+                put(answer)
+        except BaseException as exc:
+            put(exc)
+        finally:
+            put(_END)
+
+
+_END = object()  # the end of a stream of responses

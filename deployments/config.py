@@ -297,6 +297,11 @@ class ModelConfig(BaseModel):
     def batching(self) -> bool:
         return self.max_batch_size > 0
 
+    @property
+    def decoupled(self) -> bool:
+        """A model that answers a request with zero, one or many responses (Triton's transaction policy)."""
+        return bool(((self.model_extra or {}).get("model_transaction_policy") or {}).get("decoupled"))
+
     def replicas(self) -> int:
         """Serve replicas to start with: the instance counts added up (one instance when no group is given),
         or the autoscaling minimum."""
@@ -367,9 +372,9 @@ class ModelConfig(BaseModel):
         for field, why in REFUSED.items():
             if extra.get(field):
                 raise ConfigError(source, field, why)
-        if (extra.get("model_transaction_policy") or {}).get("decoupled"):
+        if self.decoupled and (self.backend_name != "python" or self.sequence_batching is not None):
             raise ConfigError(source, "model_transaction_policy.decoupled",
-                              "decoupled (streaming) models are not supported by this server yet")
+                              "decoupled models must be Python-backend models without sequence_batching here")
         if self.dynamic_batching is not None:
             if not self.batching:
                 raise ConfigError(source, "dynamic_batching", "needs max_batch_size > 0")

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, AsyncIterator
 
 import ray
 from ray import serve
@@ -24,7 +24,7 @@ from ray import serve
 from deployments.backends import Tensors
 from deployments.batching import DynamicBatcher
 from deployments.config import ModelConfig
-from deployments.errors import unavailable
+from deployments.errors import invalid, unavailable
 from deployments.runner import ModelRunner, Pending, VersionSource
 from deployments.sequences import Sequences, model_parameters, sequence_step
 from deployments.served import ServedModel
@@ -154,6 +154,9 @@ class ModelService(ServedModel):
         parameters: dict | None = None,
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (for the protocol's model_version)."""
+        if self.runner.config.decoupled:
+            raise invalid(f"model '{self.runner.name}' is decoupled (it answers a request with any number of "
+                          "responses): use gRPC ModelStreamInfer, HTTP generate_stream or a handle's stream")
         if self._reporter.in_flight >= self.queue_limit():
             raise unavailable(f"model '{self.runner.name}' holds {self._reporter.in_flight} requests, its queue "
                               "limit; retry later")
@@ -172,6 +175,51 @@ class ModelService(ServedModel):
         if isinstance(result, Exception):
             raise result
         return pending.version, result
+
+    async def infer_stream(
+        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
+        parameters: dict | None = None,
+    ) -> AsyncIterator[tuple[int, Tensors]]:
+        """Every response to one request, as (version, outputs): a decoupled model's zero or more, as the
+        model sends them; any other model's one. An error response raises, after the responses before it."""
+        if not self.runner.config.decoupled:
+            yield await self.infer_versioned(inputs, outputs, version, parameters)
+            return
+        if self._reporter.in_flight >= self.queue_limit():
+            raise unavailable(f"model '{self.runner.name}' holds {self._reporter.in_flight} requests, its queue "
+                              "limit; retry later")
+        loop = asyncio.get_running_loop()
+        responses: asyncio.Queue = asyncio.Queue()
+        self._reporter.in_flight += 1
+        try:
+            pending = self.runner.prepare(inputs, outputs, version, parameters)
+            emit = lambda out, final: loop.call_soon_threadsafe(responses.put_nowait, (out, final))  # noqa: E731
+            # Shielded: a client that goes away leaves the model to finish (its responses are dropped).
+            asyncio.shield(loop.run_in_executor(self._executor, self._execute_stream, pending, emit))
+            timeout = self.execution_timeout_s()
+            deadline = loop.time() + timeout
+            while True:
+                try:
+                    out, final = await asyncio.wait_for(responses.get(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    raise unavailable(f"model '{self.runner.name}' did not finish its responses within "
+                                      f"{timeout:g} s (execution_timeout_s)") from None
+                if isinstance(out, Exception):
+                    raise out
+                if out is not None:
+                    yield pending.version, out
+                if final:
+                    return
+        finally:
+            self._reporter.in_flight -= 1
+            self._reporter.schedule()
+
+    def _execute_stream(self, pending: Pending, emit) -> None:
+        self._running_since = time.monotonic()
+        try:
+            self.runner.execute_stream(pending, emit)
+        finally:
+            self._running_since = None
 
     async def _run(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
                    parameters: dict | None, controls=None) -> tuple[Pending, Tensors | Exception]:

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -152,7 +152,13 @@ class ModelRunner:
                 rows = next(iter(inputs.values())).shape[0] if backend.config.batching else 1
                 inputs.update(Sequences(backend.config).controls(Step(WARMUP_SEQUENCE, True, True), rows))
             for _ in range(count):
-                (result,) = backend.execute([inputs])
+                if backend.config.decoupled:  # its responses go nowhere; an error response fails the warm-up
+                    errors = []
+                    backend.stream(inputs, {}, lambda out, final: errors.append(out) if isinstance(out, Exception)
+                                   else None)
+                    (result,) = errors[:1] or [None]
+                else:
+                    (result,) = backend.execute([inputs])
                 if isinstance(result, Exception):
                     raise result
 
@@ -246,6 +252,34 @@ class ModelRunner:
             self._record(stats, [pending[i] for i in group], [results[i] for i in group], start, computed)
         self._release([p.backend for p in pending])
         return results
+
+    def execute_stream(self, pending: Pending, emit: Callable[[Tensors | Exception | None, bool], None]) -> None:
+        """Run one checked request of a decoupled model: ``emit(outputs, final)`` per response, its outputs
+        in the client's shapes, those asked for; the request counts once in the statistics, for the time
+        until the model returned (a failure emits the error as the final response)."""
+        backend, version = pending.backend, pending.version
+        failed: list[Exception] = []
+
+        def each(outputs: Tensors | Exception | None, final: bool) -> None:
+            if isinstance(outputs, dict):
+                outputs = from_backend_shapes(backend.config, outputs)
+                if pending.outputs is not None:
+                    outputs = {name: outputs[name] for name in pending.outputs if name in outputs}
+            elif isinstance(outputs, Exception):
+                failed.append(outputs)
+            emit(outputs, final)
+
+        start = time.perf_counter_ns()
+        try:
+            backend.stream(pending.inputs, pending.parameters or {}, each)
+        except Exception as exc:
+            logger.exception("model '%s' version %d failed", self.name, version)
+            each(InferenceError(ErrorCode.INTERNAL, f"model '{self.name}' version {version} failed: "
+                                f"{type(exc).__name__} (the server log has the details)"), True)
+        finally:
+            self._record(self.stats[version], [pending], [failed[0] if failed else None], start,
+                         time.perf_counter_ns())
+            self._release([backend])
 
     def release(self, pending: list[Pending]) -> None:
         """These checked requests will not run (their queue timeout passed): give their versions back."""

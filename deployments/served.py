@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import AsyncIterator
 
 from deployments.backends import Tensors
 
@@ -30,6 +31,14 @@ class ServedModel:
         """Like ``infer``, also returning the version that answered (the protocol's model_version)."""
         raise NotImplementedError
 
+    async def infer_stream(
+        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
+        parameters: dict | None = None,
+    ) -> AsyncIterator[tuple[int, Tensors]]:
+        """Every response to one request, as (version, outputs): here the one ``infer_versioned`` gives; a
+        decoupled model's zero or more. Called through a handle with ``.options(stream=True)``."""
+        yield await self.infer_versioned(inputs, outputs, version, parameters)
+
     def followed(self) -> float:
         """The sync generation this copy has applied: every one, for a model that does not follow the sync."""
         return math.inf
@@ -42,6 +51,10 @@ class LocalHandle:
     def __init__(self, served: ServedModel):
         self._served = served
 
+    def options(self, **_) -> "LocalHandle":
+        """As a DeploymentHandle's (``stream=True`` for generator methods): nothing to set in-process."""
+        return self
+
     def __getattr__(self, method: str) -> "_LocalMethod":
         return _LocalMethod(getattr(self._served, method))
 
@@ -50,6 +63,11 @@ class _LocalMethod:
     def __init__(self, method):
         self._method = method
 
-    async def remote(self, *args, **kwargs):
+    def remote(self, *args, **kwargs):
+        """An awaitable of the result, or for a generator method the async iterator of its items."""
         result = self._method(*args, **kwargs)
-        return await result if inspect.isawaitable(result) else result
+        return result if inspect.isasyncgen(result) else _awaited(result)
+
+
+async def _awaited(result):
+    return await result if inspect.isawaitable(result) else result

@@ -296,3 +296,42 @@ def encode_infer_response(
 
 def encode_json(message: Any) -> bytes:
     return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_generate_request(body: bytes, inputs: list[dict[str, Any]], batching: bool) -> InferRequest:
+    """Triton's generate extension: a JSON object whose fields named after model inputs (``inputs``: the
+    model metadata's, with ``datatype``) become tensors, one row when the model batches; ``parameters`` and
+    the other fields become request parameters, ``id`` the request id."""
+    message = decode_json_object(body)
+    datatypes = {tensor["name"]: tensor["datatype"] for tensor in inputs}
+    request_id = message.pop("id", None)
+    if request_id is not None and not isinstance(request_id, str):
+        raise invalid("'id' must be a string")
+    parameters = dict(_parameters(message, "request"))
+    message.pop("parameters", None)
+    tensors: Tensors = {}
+    for name, value in message.items():
+        if name not in datatypes:
+            parameters[name] = value
+            continue
+        shape = list(np.shape(value)) or [1]
+        raw = {"name": name, "datatype": datatypes[name], "shape": ([1] if batching else []) + shape,
+               "data": value if isinstance(value, list) else [value]}
+        tensors[name] = decode_tensor(raw, name)
+    return InferRequest(tensors, None, request_id, parameters)
+
+
+def encode_generate_response(model_name: str, model_version: int | str, outputs: Tensors,
+                             request: InferRequest, batching: bool) -> dict[str, Any]:
+    """One generate response: each output by name, a single element as a plain value (text for BYTES),
+    more as a list, without the batch row."""
+    message: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request.id is not None:
+        message["id"] = request.id
+    for name, array in outputs.items():
+        if batching and array.ndim and array.shape[0] == 1:
+            array = array[0]
+        flat = encode_tensor(name, array)["data"]
+        values = flat.tolist() if isinstance(flat, np.ndarray) else flat
+        message[name] = values[0] if len(values) == 1 else np.asarray(values, dtype=object).reshape(array.shape).tolist()
+    return message

@@ -13,7 +13,7 @@ import binascii
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 from ray import serve
 
@@ -29,7 +29,7 @@ from deployments.model import UNLOADED
 #: The name /v2 metadata gives by default: Triton's, which Triton's own clients check for.
 SERVER_NAME = "triton"
 #: Request parameters the protocol itself uses; the rest reach the model.
-PROTOCOL_PARAMETERS = {"binary_data_output"}
+PROTOCOL_PARAMETERS = {"binary_data_output", "triton_enable_empty_final_response"}
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository",
               "system_shared_memory"]
 #: How long a load or unload waits for the model's replicas to follow.
@@ -126,23 +126,39 @@ class DataPlane:
     ) -> tuple[int, Tensors]:
         """Run a request on a model; returns the version that answered and the outputs. The request's
         parameters (less the protocol's own) go with it."""
-        own = {k: v for k, v in (parameters or {}).items() if k not in PROTOCOL_PARAMETERS}
-        return await self.handle(model).infer_versioned.remote(inputs, outputs, version, own or None)
+        return await self.handle(model).infer_versioned.remote(inputs, outputs, version, passed_parameters(parameters))
 
     async def infer_request(self, model: str, version: str | None, request: InferRequest) -> tuple[int, Tensors]:
         """Run a decoded request (either transport's), reading its inputs from and writing its outputs to
         system shared memory where it names regions."""
         check_version(version)
-        inputs = request.inputs
-        if request.shared_inputs or request.shared_outputs:
-            if self.shared_memory is None:
-                raise invalid("this server offers no system shared memory")
-            if request.shared_inputs:
-                inputs = {**inputs, **await self.shared_memory.read_inputs(request.shared_inputs)}
+        inputs = await self._inputs(request)
         answered, outputs = await self.infer(model, version, inputs, request.outputs, request.parameters)
         if request.shared_outputs:
             await self.shared_memory.write_outputs(outputs, request.shared_outputs)
         return answered, outputs
+
+    async def _inputs(self, request: InferRequest) -> Tensors:
+        """The request's inputs, those in shared memory read."""
+        if not (request.shared_inputs or request.shared_outputs):
+            return request.inputs
+        if self.shared_memory is None:
+            raise invalid("this server offers no system shared memory")
+        return {**request.inputs, **await self.shared_memory.read_inputs(request.shared_inputs)}
+
+    async def stream_request(self, model: str, version: str | None, request: InferRequest
+                             ) -> AsyncIterator[tuple[int, Tensors]]:
+        """Every response to a decoded request, as (version, outputs): a decoupled model's zero or more,
+        any other's one (gRPC ModelStreamInfer, HTTP generate). Inputs may come from shared memory; outputs
+        travel in each response."""
+        check_version(version)
+        if request.shared_outputs:
+            raise invalid("a streamed request's outputs travel in its responses, not in shared memory")
+        inputs = await self._inputs(request)
+        handle = self.handle(model).options(stream=True)
+        async for answered, outputs in handle.infer_stream.remote(inputs, request.outputs, version,
+                                                                  passed_parameters(request.parameters)):
+            yield answered, outputs
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
         check_version(version)
@@ -272,3 +288,9 @@ def check_version(version: str | None) -> None:
     """A version a request names must be a number (Triton's words, which its clients check)."""
     if version and not (version.isascii() and version.isdigit()):
         raise invalid(f"failed to get model version from specified version string '{version}'")
+
+
+def passed_parameters(parameters: dict | None) -> dict | None:
+    """The request's parameters less the protocol's own (the rest reach the model)."""
+    own = {k: v for k, v in (parameters or {}).items() if k not in PROTOCOL_PARAMETERS}
+    return own or None

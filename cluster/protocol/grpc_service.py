@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import AsyncIterator
 
 import grpc
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
@@ -123,9 +124,11 @@ class GrpcInferenceService:
         return await self._infer(request)
 
     async def ModelStreamInfer(self, request_stream, grpc_context):
-        """Triton's bidirectional stream: each request in it answers one response (or an error message in
-        the stream, which goes on), in the order they finish; requests of one sequence run one after the
-        other, in the order sent, the rest at once."""
+        """Triton's bidirectional stream: each request in it answers its responses (one; a decoupled model's
+        any number) or an error message in the stream, which goes on, in the order they come; requests of one
+        sequence run one after the other, in the order sent, the rest at once. With the request parameter
+        ``triton_enable_empty_final_response`` each request ends with an empty response whose
+        ``triton_final_response`` parameter is true (false on the others), as Triton."""
         try:
             self.restrictions.check_grpc("inference", dict(grpc_context.invocation_metadata()))
         except InferenceError as error:
@@ -137,15 +140,23 @@ class GrpcInferenceService:
         async def answer(request: pb.ModelInferRequest, after: asyncio.Task | None) -> None:
             if after is not None:
                 await asyncio.wait([after])
+            flag_final = bool(grpc_codec.plain_parameters(request.parameters).get("triton_enable_empty_final_response"))
+            bare = lambda: pb.ModelInferResponse(  # noqa: E731
+                model_name=request.model_name, model_version=request.model_version, id=request.id)
             try:
-                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+                async for response in self._stream(request):
+                    if flag_final:
+                        response.parameters["triton_final_response"].bool_param = False
+                    await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+                if flag_final:
+                    final = bare()
+                    final.parameters["triton_final_response"].bool_param = True
+                    await answers.put(pb.ModelStreamInferResponse(infer_response=final))
             except Exception as exc:
                 error = InferenceError.from_exception(exc)
                 if error.code == ErrorCode.INTERNAL:
                     logger.warning("gRPC ModelStreamInfer request failed: %r", exc)
-                response = pb.ModelStreamInferResponse(error_message=error.message, infer_response=pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id))
-            await answers.put(response)
+                await answers.put(pb.ModelStreamInferResponse(error_message=error.message, infer_response=bare()))
 
         async def read() -> None:
             running, last_of_sequence = [], {}
@@ -175,6 +186,16 @@ class GrpcInferenceService:
             version, outputs = await self.plane.infer_request(request.model_name, request.model_version or None,
                                                               decoded)
             return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded)
+
+    async def _stream(self, request: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse]:
+        """A request's responses: a decoupled model's any number, any other model's one."""
+        self.plane.handle(request.model_name)
+        size = self._check_size(request)
+        with self.budget.reserve(needed_bytes(size, binary=True)):
+            decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request)
+            async for version, outputs in self.plane.stream_request(request.model_name, request.model_version or None,
+                                                                    decoded):
+                yield grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded)
 
     @rpc("shared-memory")
     async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest

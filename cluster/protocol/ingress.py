@@ -16,7 +16,7 @@ import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from cluster.protocol import codec, compression
 from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
@@ -196,6 +196,8 @@ class Ingress(GrpcInferenceService):
                     headers["Content-Encoding"] = encoding
                 media_type = JSON if header_length is None else "application/octet-stream"
                 return Response(content, media_type=media_type, headers=headers)
+            case [("generate" | "generate_stream") as kind], "POST":
+                return await self._generate(request, model, version, stream=kind == "generate_stream")
             case [], "GET":
                 return json_response(await self.plane.model_metadata(model, version))
             case ["ready"], "GET":
@@ -206,6 +208,37 @@ class Ingress(GrpcInferenceService):
             case ["stats"], "GET":
                 return json_response(await self.plane.statistics(model, version))
         raise not_found(f"no route {request.method} {request.url.path}")
+
+    async def _generate(self, request: Request, model: str, version: str | None, stream: bool) -> Response:
+        """Triton's generate extension: ``generate`` answers the one response as JSON; ``generate_stream``
+        sends every response as a server-sent event (``data: {...}``), an error after the first as an event
+        with ``error``."""
+        metadata = await self.plane.model_metadata(model, version)
+        batching = bool(metadata["inputs"]) and metadata["inputs"][0]["shape"][:1] == [-1]
+        body = await self._read_body(request)
+        decoded = await off_loop_if_large(len(body), codec.decode_generate_request, body, metadata["inputs"], batching)
+        responses = self.plane.stream_request(model, version, decoded)
+        encode = lambda answered, outputs: codec.encode_generate_response(  # noqa: E731
+            model, answered, outputs, decoded, batching)
+        if not stream:
+            answers = [encode(*answer) async for answer in responses]
+            if len(answers) != 1:
+                raise invalid(f"model '{model}' sent {len(answers)} responses; /generate takes exactly one "
+                              "(use /generate_stream)")
+            return json_response(answers[0])
+        first = await anext(responses, None)  # errors before the first response answer with their status
+
+        async def events():
+            if first is None:
+                return
+            yield b"data: " + codec.encode_json(encode(*first)) + b"\n\n"
+            try:
+                async for answer in responses:
+                    yield b"data: " + codec.encode_json(encode(*answer)) + b"\n\n"
+            except Exception as exc:
+                yield b"data: " + codec.encode_json({"error": InferenceError.from_exception(exc).message}) + b"\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream; charset=utf-8")
 
     async def _read_body(self, request: Request, allow_empty: bool = False) -> bytes:
         """The body, refused (413) past ``max_request_bytes`` before more of it is read."""

@@ -64,6 +64,10 @@ class Backend(ABC):
     def unload(self) -> None:
         """Free the model's memory."""
 
+    def stream(self, inputs: Tensors, parameters: dict, emit) -> None:
+        """One request of a decoupled model (zero or more responses); only the Python backend has them."""
+        raise NotImplementedError(f"the {self.name} backend has no decoupled models")
+
     def execute(self, requests: list[Tensors], parameters: list[dict] | None = None) -> list[Tensors | Exception]:
         """Run requests that share a batch signature, one result (or error) per request.
 

@@ -4,6 +4,10 @@
   ``finalize()``; ``execute`` gets the list of requests of a batch and returns one response each.
 - The plain form: a function ``infer(inputs)`` taking and returning a dict of numpy arrays (one merged
   batch), with an optional ``initialize(args)`` and ``finalize()``.
+
+A decoupled model (``model_transaction_policy { decoupled: true }``) answers each request with zero, one
+or many responses: in Triton's form through ``request.get_response_sender()`` (``execute`` returns None),
+in the plain form ``infer(inputs)`` is a generator of output dicts.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from typing import Callable
 
 from deployments.backends import Backend, Tensors
 from deployments.backends import triton_python_backend_utils as pb_utils
@@ -69,6 +74,23 @@ class PythonBackend(Backend):
         if len(responses) != len(requests):
             raise RuntimeError(f"execute() returned {len(responses)} responses for {len(requests)} requests")
         return [self._result(response) for response in responses]
+
+    def stream(self, inputs: Tensors, parameters: dict, emit: Callable[[Tensors | Exception | None, bool], None]) -> None:
+        """Run one request of a decoupled model: ``emit(outputs, final)`` for each response it sends (outputs
+        None: the final flag alone; an exception: an error response). Returns when ``execute`` (or the
+        generator) does; a Triton model may still send afterwards, from a thread of its own."""
+        if self._infer is not None:
+            for outputs in self._infer(inputs):
+                emit({t.name: outputs[t.name] for t in self.config.output if t.name in outputs}, False)
+            emit(None, True)
+            return
+        sender = pb_utils.InferenceResponseSender(
+            lambda response, final: emit(None if response is None else self._result(response), final))
+        request = pb_utils.InferenceRequest([pb_utils.Tensor(n, a) for n, a in inputs.items()],
+                                            [tensor.name for tensor in self.config.output], parameters=parameters,
+                                            sender=sender)
+        if self._model.execute([request]) is not None:
+            raise RuntimeError("a decoupled model's execute() returns None: it answers through the response sender")
 
     @staticmethod
     def _result(response: pb_utils.InferenceResponse) -> Tensors | InferenceError:

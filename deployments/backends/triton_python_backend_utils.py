@@ -7,7 +7,7 @@ module importable under that name, so their ``model.py`` files load unchanged.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -42,13 +42,46 @@ class Tensor:
         return list(self._array.shape)
 
 
+#: The flag of a decoupled model's last send: the request is complete (with or without a response).
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+
+class InferenceResponseSender:
+    """A decoupled model's way to answer a request with zero, one or many responses, from any thread;
+    ``send(flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL)`` (with or without a last response) completes it."""
+
+    def __init__(self, emit: Callable[["InferenceResponse | None", bool], None]):
+        self._emit = emit
+        self._closed = False
+
+    def send(self, response: "InferenceResponse | None" = None, flags: int = 0) -> None:
+        if self._closed:
+            raise TritonModelException("the response sender is closed: the final flag was sent already")
+        final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._closed = final
+        self._emit(response, final)
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
 class InferenceRequest:
     def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
-                 parameters: dict | None = None):
+                 parameters: dict | None = None, sender: InferenceResponseSender | None = None):
         self._inputs = inputs
         self._requested = requested_output_names
         self._id = request_id
         self._parameters = parameters or {}
+        self._sender = sender
+
+    def get_response_sender(self) -> InferenceResponseSender:
+        if self._sender is None:
+            raise TritonModelException("get_response_sender() is for decoupled models "
+                                       "(model_transaction_policy { decoupled: true })")
+        return self._sender
+
+    def is_cancelled(self) -> bool:
+        return False
 
     def inputs(self) -> list[Tensor]:
         return self._inputs

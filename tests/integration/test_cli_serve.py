@@ -133,7 +133,8 @@ def assert_simple_answer(output: str) -> None:
 
 def test_ric_serve_shows_progress_and_serves_http_and_grpc(ric):
     assert re.search(r"ric: \d+/\d+ deployments ready", ric.output)
-    assert "ric: 6 models ready: detect_classify, detector, linear_torch, mlp, simple, text_stats" in ric.output
+    assert ("ric: 7 models ready: detect_classify, detector, linear_torch, mlp, simple, text_generator, text_stats"
+            in ric.output)
     assert f"ric: serving example at {ric.url}/v2 and gRPC 127.0.0.1:{ric.grpc_port}" in ric.output
     assert "ingress: haproxy" in ric.output
     assert requests.get(f"{ric.url}/v2/health/ready", timeout=30).ok
@@ -151,6 +152,7 @@ def test_readme_grpc_and_shared_memory_snippets_in_a_clean_shell(ric, home):
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[[16 18 20 22 24 26 28 30 32 34 36 38 40 42 44 46]]" in done.stdout, done.stdout
+    assert done.stdout.count("[b'") == 8, done.stdout  # text_generator's eight tokens, one response each
     assert not Path("/dev/shm/in").exists()
 
 

@@ -337,6 +337,78 @@ def test_model_warmup_runs_at_first_load_and_sequence_models_warm_up_with_their_
     assert model.states[1].state == "READY", model.states[1].reason
 
 
+SENDER = """
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            n = int(pb_utils.get_input_tensor_by_name(request, "N").as_numpy()[0])
+            if n < 0:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("negative")),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+
+            def later():  # Triton models may answer from a thread of their own, after execute returns
+                for i in range(n):
+                    sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.array([i], np.int32))]))
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            threading.Thread(target=later).start()
+        return None
+"""
+
+GENERATOR = """
+import numpy as np
+
+
+def infer(inputs):
+    for i in range(int(inputs["N"][0])):
+        yield {"Y": np.array([i * 10], np.int32), "IGNORED": np.zeros(1)}
+"""
+
+DECOUPLED = ('backend: "python" model_transaction_policy { decoupled: true } '
+             'input [ { name: "N", data_type: TYPE_INT32, dims: [ 1 ] } ] '
+             'output [ { name: "Y", data_type: TYPE_INT32, dims: [ 1 ] } ]')
+
+
+@pytest.mark.parametrize("source, expected", [(SENDER, [0, 1, 2]), (GENERATOR, [0, 10, 20])])
+def test_decoupled_python_models_stream_their_responses(tmp_path, source, expected):
+    import threading
+
+    write_model(tmp_path, "streamer", DECOUPLED, {"1/model.py": source})
+    model = runner(tmp_path, "streamer")
+    answers, done = [], threading.Event()
+
+    def emit(outputs, final):
+        answers.append(outputs)
+        if final:
+            done.set()
+
+    model.execute_stream(model.prepare({"N": np.array([3], np.int32)}), emit)
+    assert done.wait(10)
+    assert [int(a["Y"][0]) for a in answers if a is not None] == expected
+    assert all(set(a) == {"Y"} for a in answers if a is not None)
+    assert model.stats[1].success.count == 1 and model.stats[1].execution_count == 1
+    if source is SENDER:  # an error response, then nothing more
+        failed = []
+        model.execute_stream(model.prepare({"N": np.array([-1], np.int32)}), lambda out, final: failed.append(out))
+        assert isinstance(failed[0], InferenceError) and failed[0].message == "negative"
+
+
+def test_decoupled_models_need_the_python_backend(tmp_path):
+    from deployments.config import parse_pbtxt
+
+    config = parse_pbtxt('platform: "onnxruntime_onnx" model_transaction_policy { decoupled: true } '
+                         'input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ] '
+                         'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 1 ] } ]', "m", "m")
+    with pytest.raises(ConfigError, match="Python-backend"):
+        config.check("m")
+
+
 def test_client_messages_lose_absolute_paths_and_length():
     text = "Load model from /home/me/.cache/ric/m/1/model.onnx failed: /usr/lib/x.so: bad, see ./rel/path"
     assert without_paths(text) == "Load model from .../1/model.onnx failed: .../lib/x.so: bad, see ./rel/path"

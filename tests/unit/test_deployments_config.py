@@ -188,7 +188,7 @@ def test_complete_config_checks(changes, field):
 @pytest.mark.parametrize("text, field", [
     ('batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "N" data_type: TYPE_INT32 } ]', "batch_input"),
     ('batch_output [ { target_name: "Y" kind: BATCH_SCATTER_WITH_INPUT_SHAPE source_input: "X" } ]', "batch_output"),
-    ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),
+    ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled"),  # not Python
     ('model_repository_agents { agents [ { name: "checksum" } ] }', "model_repository_agents"),
 ])
 def test_config_fields_we_cannot_serve_are_refused_by_name(text, field):

@@ -239,3 +239,21 @@ def test_random_raw_tensors_decode_or_fail_cleanly(datatype, shape, data):
         assert exc.code == ErrorCode.INVALID_ARGUMENT
     else:
         assert list(request.inputs["x"].shape) == shape
+
+
+def test_generate_requests_map_fields_to_inputs_or_parameters_and_back():
+    from cluster.protocol.codec import decode_generate_request, encode_generate_response
+
+    inputs = [{"name": "TEXT", "datatype": "BYTES"}, {"name": "IDS", "datatype": "INT32"}]
+    request = decode_generate_request(
+        json.dumps({"id": "9", "TEXT": "hi", "IDS": [1, 2, 3], "temperature": 0.5,
+                    "parameters": {"stream": True}}).encode(), inputs, batching=True)
+    assert request.id == "9" and request.parameters == {"stream": True, "temperature": 0.5}
+    assert request.inputs["TEXT"].tolist() == [[b"hi"]] and request.inputs["IDS"].tolist() == [[1, 2, 3]]
+    unbatched = decode_generate_request(b'{"TEXT": "hi"}', inputs, batching=False)
+    assert unbatched.inputs["TEXT"].shape == (1,)
+    message = encode_generate_response("m", 2, {"TOKEN": np.array([[b"yes"]], dtype=object),
+                                                 "SCORES": np.array([[0.5, 1.5]], np.float32)}, request, batching=True)
+    assert message == {"model_name": "m", "model_version": "2", "id": "9", "TOKEN": "yes", "SCORES": [0.5, 1.5]}
+    with pytest.raises(InferenceError, match="data does not fit datatype INT32"):
+        decode_generate_request(b'{"IDS": ["x"]}', inputs, batching=True)

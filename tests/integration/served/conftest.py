@@ -92,6 +92,26 @@ output [
 ]
 """
 
+# A decoupled model in the plain form: a generator of responses, one per step, failing at step FAIL_AT.
+COUNTDOWN = """
+import numpy as np
+
+
+def infer(inputs):
+    start = int(inputs["N"][0])
+    for step in range(start, 0, -1):
+        if step == int(inputs["FAIL_AT"][0]):
+            raise ValueError("countdown broke")
+        yield {"STEP": np.array([step], np.int32)}
+"""
+
+COUNTDOWN_CONFIG = """
+backend: "python"
+model_transaction_policy { decoupled: true }
+input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] }, { name: "FAIL_AT" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "STEP" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
 ECHO = """
 def infer(inputs):
     return {name.replace("IN_", "OUT_"): array for name, array in inputs.items()}
@@ -157,6 +177,7 @@ def repository(tmp_path_factory):
                 'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]', {"1/model.py": FLAKY})
     write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
     write_model(root, "accumulate", ACCUMULATE_CONFIG, {"1/model.py": ACCUMULATE})
+    write_model(root, "countdown", COUNTDOWN_CONFIG, {"1/model.py": COUNTDOWN})
     write_model(root, "params", 'backend: "python" max_batch_size: 8 '
                 'input [ { name: "X", data_type: TYPE_INT32, dims: [ 1 ] } ] '
                 'output [ { name: "PARAMS", data_type: TYPE_STRING, dims: [ 1 ] } ]', {"1/model.py": PARAMS})
@@ -169,7 +190,7 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def endpoints(repository):
-    # 20 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
+    # 22 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
     # the CPU models, so HTTP and gRPC run them in the Ingress replica and handles reach their deployments;
     # tests/integration/live serves without colocation.
     with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True) as endpoints:
