@@ -145,6 +145,11 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, name="ric-client", daemon=True)
         self._thread.start()
 
+    def close(self) -> None:
+        """Stop the client's event loop thread (its handles stop with it)."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
     def models(self) -> dict[str, str]:
         """Every model and ensemble deployment the application serves, with the Serve application holding it."""
         from ray import serve

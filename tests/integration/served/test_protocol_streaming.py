@@ -130,14 +130,17 @@ def test_handles_stream_responses():
     from cluster.names import APP_NAME
 
     client = Client(APP_NAME)
-    model = ModelClient("text_generator", serve.get_deployment_handle("text_generator", app_name=APP_NAME),
-                        client._loop)
-    tokens = [out["TOKEN"][0] for out in model.stream(PROMPT, timeout_s=60)]
-    assert len(tokens) == 5
+    try:
+        model = ModelClient("text_generator", serve.get_deployment_handle("text_generator", app_name=APP_NAME),
+                            client._loop)
+        tokens = [out["TOKEN"][0] for out in model.stream(PROMPT, timeout_s=60)]
+        assert len(tokens) == 5
 
-    async def collect():
-        return [out["TOKEN"][0] async for out in model.stream_async(PROMPT)]
+        async def collect():
+            return [out["TOKEN"][0] async for out in model.stream_async(PROMPT)]
 
-    assert asyncio.run(asyncio.wait_for(collect(), 60)) == tokens
-    with pytest.raises(Exception, match="is decoupled"):
-        model.infer(PROMPT, timeout_s=60)
+        assert asyncio.run(asyncio.wait_for(collect(), 60)) == tokens
+        with pytest.raises(Exception, match="is decoupled"):
+            model.infer(PROMPT, timeout_s=60)
+    finally:
+        client.close()
