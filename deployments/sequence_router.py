@@ -16,7 +16,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
-from ray.serve.request_router import PendingRequest, RunningReplica
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from deployments.sequences import sequence_key
 
@@ -40,6 +40,11 @@ def rendezvous(correlation_id: int | str, replica_ids: list[str]) -> str:
 
 
 class SequenceRouter(PowerOfTwoChoicesRequestRouter):
+    # The power-of-two router's FIFO matching hands a replica found for one request to the oldest waiting
+    # request, which may belong to another sequence (measured: 16 concurrent sequences over 4 replicas broke
+    # within seconds); match exactly the request the replica was chosen for, as Serve's base router does.
+    _fulfill_next_pending_request = RequestRouter._fulfill_next_pending_request
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._placed: OrderedDict[int | str, str] = OrderedDict()  # sequence -> replica unique id

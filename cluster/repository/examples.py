@@ -69,6 +69,17 @@ def onnx_add_sub(size: int = 16) -> bytes:
     return _serialize(helper.make_model(graph))
 
 
+def onnx_identity(elements: int) -> bytes:
+    """An FP32 Identity over ``[batch, elements]`` (``INPUT0`` -> ``OUTPUT0``): the server's cost of moving
+    a tensor, with no compute."""
+    from onnx import TensorProto, helper
+
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", elements])  # noqa: E731
+    graph = helper.make_graph([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])], "identity",
+                              [io("INPUT0")], [io("OUTPUT0")])
+    return _serialize(helper.make_model(graph))
+
+
 def _serialize(model) -> bytes:
     from onnx import checker
 

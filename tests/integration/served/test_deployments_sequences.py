@@ -4,6 +4,7 @@ does not hold (never started, idle too long, its replica lost) answers a clear e
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -130,6 +131,34 @@ def test_sequences_over_one_grpc_stream_keep_their_order(endpoints):
         assert errors == ["Request for unknown model: 'nope' is not found"]
     finally:
         client.stop_stream()
+
+
+def test_many_sequences_at_once_each_reach_their_replica(endpoints):
+    """16 sequences in flight together (each waits for its answer before its next request): the router
+    must give each request the replica chosen for it, not the oldest waiting request's (Serve's FIFO
+    matching did, and broke sequences within seconds)."""
+    import tritonclient.grpc.aio as grpcaio
+
+    async def run():
+        client = grpcaio.InferenceServerClient(endpoints.grpc)
+
+        async def sequence(cid: int) -> list[int]:
+            sums = []
+            for step in range(6):
+                x = grpcclient.InferInput("X", [1, 1], "INT64")
+                x.set_data_from_numpy(np.full((1, 1), step, np.int64))
+                result = await client.infer("accumulate", [x], sequence_id=cid, sequence_start=step == 0,
+                                            sequence_end=step == 5)
+                sums.append(int(result.as_numpy("SUM")[0, 0]))
+            return sums
+
+        try:
+            return await asyncio.gather(*(sequence(7000 + n) for n in range(16)))
+        finally:
+            await client.close()
+
+    for _ in range(3):
+        assert asyncio.run(asyncio.wait_for(run(), 120)) == [[0, 1, 3, 6, 10, 15]] * 16
 
 
 def test_a_lost_replica_fails_its_sequences_clearly_and_new_ones_start(server):
