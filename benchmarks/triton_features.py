@@ -4,8 +4,8 @@ system shared memory vs binary HTTP on a 4 MB tensor.
 Serves a generated repository on a local Ray (127.0.0.1, free ports; the ingress colocates CPU models, as
 `ric serve` does) and drives it with stock tritonclient and aiohttp:
   sequences:  16 concurrent sequences of 8 requests over gRPC against a sequence model (a Python model
-              whose request takes 5 ms of sleep, standing for a model that leaves the CPU to others), with
-              1 and 4 replicas; sequences/s
+              whose every request takes 20 ms of sleep, standing for a model that leaves the CPU to others,
+              such as one waiting on a GPU), with 1 and 4 replicas; sequences/s
   streaming:  text_generator (example, 32 tokens) over gRPC ModelStreamInfer and HTTP generate_stream:
               time to the first response and per further response, against one unary /infer of a
               one-token request (the floor of one response)
@@ -45,9 +45,9 @@ class TritonPythonModel:
         self.sums = {}
 
     def execute(self, requests):
-        time.sleep(0.005)
         responses = []
         for request in requests:
+            time.sleep(0.02)
             get = lambda name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
             corrid = int(get("CORRID")[0, 0])
             self.sums[corrid] = (0 if get("START")[0, 0] else self.sums.get(corrid, 0)) + int(get("X").sum())
@@ -259,11 +259,11 @@ def main() -> None:
                       name="ric", route_prefix="/")
             http_url, grpc_url = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
             one, four = (sequences_per_s(grpc_url, f"sequence_{n}", args.seconds) for n in (1, 4))
-            lines += ["| sequences (16 at once, 8 requests each, 5 ms per request) | sequences/s |", "|---|---|",
+            lines += ["| sequences (16 at once, 8 requests each, 20 ms per request) | sequences/s |", "|---|---|",
                       f"| 1 replica | {one:.1f} |", f"| 4 replicas | {four:.1f} ({four / one:.2f}x) |", ""]
             lines += ["| streaming, text_generator | first response (ms, median) | each further response (ms) |",
                       "|---|---|---|"]
-            lines += [f"| {path} | {first:.2f} | {each:.2f} |"
+            lines += [f"| {path} | {first:.2f} | {'-' if each != each else f'{each:.2f}'} |"
                       for path, (first, each) in streaming(grpc_url, http_url, args.rounds).items()]
             rates = shared_memory_vs_binary(http_url, args.seconds)
             lines += ["", "| 4 MB in, 4 MB out, identity, c=1 | req/s | MB/s (in + out) |", "|---|---|---|"]
