@@ -12,6 +12,8 @@ Serves a generated repository on a local Ray (127.0.0.1, free ports; the ingress
   shm:        an ONNX Identity over [1, 1048576] FP32 (4 MB in, 4 MB out) at concurrency 1: binary HTTP vs
               inputs and outputs in system shared memory (the client writes the input and reads the
               output through its regions each time)
+  cache:      an ONNX MLP 1024-2048-2048-1000, the same request again and again, binary HTTP, c=1: with
+              response_cache (every request after the first a hit) vs without; median latency
 Prints a Markdown table; `--out FILE` also writes it.
 
     python benchmarks/triton_features.py --seconds 5
@@ -87,13 +89,17 @@ def write_model(root: Path, name: str, config: str, files: dict[str, str | bytes
 
 
 def repository(root: Path) -> Path:
-    from cluster.repository.examples import EXAMPLE_ROOT, onnx_identity
+    from cluster.repository.examples import EXAMPLE_ROOT, onnx_identity, onnx_mlp
 
     for replicas in (1, 4):
         write_model(root, f"sequence_{replicas}", SEQUENCE_CONFIG.format(replicas=replicas),
                     {"1/model.py": SEQUENCE_MODEL})
     write_model(root, "identity", 'platform: "onnxruntime_onnx" max_batch_size: 1',
                 {"1/model.onnx": onnx_identity(IDENTITY_ELEMENTS)})
+    mlp = onnx_mlp((1024, 2048, 2048, 1000))
+    write_model(root, "mlp", 'platform: "onnxruntime_onnx" max_batch_size: 8', {"1/model.onnx": mlp})
+    write_model(root, "mlp_cached", 'platform: "onnxruntime_onnx" max_batch_size: 8 response_cache { enable: true }',
+                {"1/model.onnx": mlp})
     generator = EXAMPLE_ROOT / "text_generator"
     write_model(root, "text_generator", (generator / "config.pbtxt").read_text(),
                 {"1/model.py": (generator / "1" / "model.py").read_text()})
@@ -234,6 +240,25 @@ def shared_memory_vs_binary(http_url: str, seconds: float) -> dict[str, float]:
         shm.destroy_shared_memory_region(out_region)
 
 
+def cache_hit_vs_model_call(http_url: str, requests: int) -> dict[str, float]:
+    """Median latency (ms) of the same request, answered by the model or from the response cache."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(http_url.removeprefix("http://"))
+    x = httpclient.InferInput("INPUT0", [1, 1024], "FP32")
+    x.set_data_from_numpy(np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32), binary_data=True)
+    medians = {}
+    for model, label in (("mlp", "model call"), ("mlp_cached", "response cache hit")):
+        client.infer(model, [x])  # the first (a miss, for the cached model)
+        times = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            client.infer(model, [x])
+            times.append((time.perf_counter() - start) * 1000)
+        medians[label] = statistics.median(times)
+    return medians
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -271,6 +296,10 @@ def main() -> None:
                       for path, rate in rates.items()]
             lines.append(f"\nshared memory / binary HTTP: "
                          f"{rates['system shared memory (HTTP)'] / rates['binary HTTP']:.2f}x")
+            cache = cache_hit_vs_model_call(http_url, 200)
+            lines += ["", "| MLP 1024-2048-2048-1000, same request, binary HTTP, c=1 | median ms |", "|---|---|"]
+            lines += [f"| {label} | {ms:.2f} |" for label, ms in cache.items()]
+            lines.append(f"\ncache hit / model call: {cache['response cache hit'] / cache['model call']:.2f}x")
         finally:
             serve.shutdown()
             ray.shutdown()

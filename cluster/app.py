@@ -62,6 +62,11 @@ class AppArgs(BaseModel):
         description="Bytes the files of models uploaded with repository loads may hold in all (kept once in "
                     "Ray's key-value store); a load past it answers 413.",
     )
+    response_cache_bytes: int = Field(
+        default=ServingLimits.response_cache_bytes, ge=0,
+        description="Bytes each copy of a model with response_cache { enable: true } may keep in answers "
+                    "(least recently used evicted first).",
+    )
     max_ongoing_requests: int = Field(
         default=64, gt=0, description="Requests a model replica works on at once; bounds how full batches get."
     )
@@ -132,7 +137,8 @@ class AppArgs(BaseModel):
 
     def serving_limits(self) -> ServingLimits:
         return ServingLimits(execution_timeout_s=self.execution_timeout_s, max_queued_requests=self.max_queued_requests,
-                             max_ongoing_requests=self.max_ongoing_requests)
+                             max_ongoing_requests=self.max_ongoing_requests,
+                             response_cache_bytes=self.response_cache_bytes)
 
     def polls(self) -> bool:
         """Whether the sync reads the store for new versions and configs while serving."""

@@ -298,6 +298,13 @@ class ModelConfig(BaseModel):
         return self.max_batch_size > 0
 
     @property
+    def caches_responses(self) -> bool:
+        """``response_cache { enable: true }`` on a model whose answer follows from its request alone (not
+        a sequence's, not a decoupled model's stream)."""
+        enabled = bool(((self.model_extra or {}).get("response_cache") or {}).get("enable"))
+        return enabled and not self.decoupled and self.sequence_batching is None
+
+    @property
     def decoupled(self) -> bool:
         """A model that answers a request with zero, one or many responses (Triton's transaction policy)."""
         return bool(((self.model_extra or {}).get("model_transaction_policy") or {}).get("decoupled"))
@@ -325,8 +332,8 @@ class ModelConfig(BaseModel):
         """The fields this config sets that the server does not act on (served without them; said at load)."""
         extra = self.model_extra or {}
         found = [f"{name}: {why}" for name, why in IGNORED.items() if extra.get(name)]
-        if (extra.get("response_cache") or {}).get("enable"):
-            found.append("response_cache: no response cache; every request runs the model")
+        if (extra.get("response_cache") or {}).get("enable") and not self.caches_responses:
+            found.append("response_cache: a sequence's or a decoupled model's answers are not cached")
         if self.dynamic_batching is not None:
             batching_extra = self.dynamic_batching.model_extra or {}
             found += [f"dynamic_batching.{name}: {why}" for name, why in IGNORED_BATCHING.items()

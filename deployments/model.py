@@ -26,9 +26,10 @@ from deployments.batching import DynamicBatcher
 from deployments.config import ModelConfig
 from deployments.errors import invalid, unavailable
 from deployments.runner import ModelRunner, Pending, VersionSource
+from deployments.response_cache import ResponseCache, request_key
 from deployments.sequences import Sequences, model_parameters, sequence_step
 from deployments.served import ServedModel
-from deployments.statistics import StatisticsReporter
+from deployments.statistics import StatisticsReporter, VersionStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class ServingLimits:
     max_queued_requests: int = 1024
     #: Requests a model replica works on at once (Serve's max_ongoing_requests).
     max_ongoing_requests: int = 64
+    #: Bytes the response cache of each copy of a model with ``response_cache { enable: true }`` may hold.
+    response_cache_bytes: int = 64 * 2**20
 
 
 def max_queued(config: ModelConfig, limits: ServingLimits) -> int:
@@ -106,8 +109,10 @@ class ModelService(ServedModel):
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
         self._batcher: DynamicBatcher | None = None
         self._sequences: Sequences | None = None
-        self._configure_batching()
+        self._cache: ResponseCache | None = None
+        self._cached: dict[int, VersionStatistics] = {}  # the cache's counts per version (event loop only)
         self._limits = limits
+        self._configure_batching()
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied
         self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
@@ -122,6 +127,12 @@ class ModelService(ServedModel):
             self._batcher = DynamicBatcher(self._run_batch, *limits, expired=self._expired)
         else:
             self._batcher.max_rows, self._batcher.max_delay_s = limits
+        if not config.caches_responses:
+            self._cache = None
+        elif self._cache is None:
+            self._cache = ResponseCache(self._limits.response_cache_bytes)
+        else:
+            self._cache.clear()  # the versions or the config changed: earlier answers may no longer hold
         if config.sequence_batching is None:
             self._sequences = None
         elif self._sequences is None or self._sequences.batching != config.sequence_batching:
@@ -160,6 +171,12 @@ class ModelService(ServedModel):
         if self._reporter.in_flight >= self.queue_limit():
             raise unavailable(f"model '{self.runner.name}' holds {self._reporter.in_flight} requests, its queue "
                               "limit; retry later")
+        if self._cache is not None:
+            return await self._infer_cached(inputs, outputs, version, parameters)
+        return await self._infer(inputs, outputs, version, parameters)
+
+    async def _infer(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
+                     parameters: dict | None) -> tuple[int, Tensors]:
         self._reporter.in_flight += 1
         try:
             if self._sequences is None:
@@ -175,6 +192,30 @@ class ModelService(ServedModel):
         if isinstance(result, Exception):
             raise result
         return pending.version, result
+
+    async def _infer_cached(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
+                            parameters: dict | None) -> tuple[int, Tensors]:
+        """Answer from the response cache, or run the request and keep its answer."""
+        started = time.perf_counter_ns()
+        number = self.runner.version_for(version)
+        key = request_key(number, inputs, outputs, parameters)
+        counts = self._cached.setdefault(number, VersionStatistics())
+        answer = self._cache.get(key)
+        if answer is not None:
+            took = time.perf_counter_ns() - started
+            counts.cache_hit.add(took)
+            counts.record_request(took)
+            counts.inference_count += next(iter(inputs.values())).shape[0] if self.runner.config.batching else 1
+            self._reporter.schedule()
+            return number, answer
+        looked_up = time.perf_counter_ns() - started
+        cache = self._cache  # (a version update meanwhile replaces its contents, not the object)
+        answered, result = await self._infer(inputs, outputs, number, parameters)
+        inserted = time.perf_counter_ns()
+        if cache is self._cache and answered == number:
+            cache.put(key, result)
+        counts.cache_miss.add(looked_up + time.perf_counter_ns() - inserted)
+        return answered, result
 
     async def infer_stream(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
@@ -240,8 +281,12 @@ class ModelService(ServedModel):
                               "(execution_timeout_s); retry later") from None
 
     async def _snapshot(self):
-        # Copied on the executor thread, which is the one that updates the statistics.
-        return await asyncio.get_running_loop().run_in_executor(self._executor, copy.deepcopy, self.runner.stats)
+        # Copied on the executor thread, which is the one that updates the statistics; the response cache's
+        # counts (kept on the event loop) added to the copy.
+        stats = await asyncio.get_running_loop().run_in_executor(self._executor, copy.deepcopy, self.runner.stats)
+        for version, counts in self._cached.items():
+            stats.setdefault(version, VersionStatistics()).merge(counts)
+        return stats
 
     async def _run_batch(self, pending: list[Pending]) -> list[Tensors | Exception]:
         # Shielded: a caller that gives up while its request waits for the executor must not cancel the

@@ -2,7 +2,8 @@
 
 Each request adds to ``success`` or ``fail`` (its whole time in the replica), ``queue`` (waiting for a
 batch), ``compute_input`` (checking and merging inputs), ``compute_infer`` (the backend call its batch made)
-and ``compute_output`` (splitting outputs); ``batch_stats`` counts executions by batch size.
+and ``compute_output`` (splitting outputs); ``batch_stats`` counts executions by batch size. With the
+response cache, ``cache_hit`` and ``cache_miss`` count the lookups (a hit is a success that never ran).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ REPORT_DELAY_S = 0.5
 #: back within this long, and one that stops reporting is known to be gone.
 HEARTBEAT_S = 10.0
 
-_STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+_STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 #: Upper bounds of the latency buckets of successful requests, in ns: 100 us to ~145 s, each 1.5x the last
 #: (a percentile read from them is off by less than half a bucket). The last bucket has no upper bound.
 LATENCY_BOUNDS_NS = tuple(int(100_000 * 1.5**i) for i in range(36))
@@ -64,6 +65,8 @@ class VersionStatistics:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)  # answered from the response cache: the lookup
+    cache_miss: Duration = field(default_factory=Duration)  # not in the cache: the lookup and the insert
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
     #: Successful requests per latency bucket (``LATENCY_BOUNDS_NS``); not part of Triton's statistics.
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_NS) + 1))
@@ -103,7 +106,6 @@ class VersionStatistics:
         """Triton's JSON form (``GET /v2/models/<m>/stats``); the gRPC message has the same fields."""
         duration = lambda d: {"count": d.count, "ns": d.ns}  # noqa: E731
         stats = {stage: duration(getattr(self, stage)) for stage in _STAGES}
-        stats["cache_hit"] = stats["cache_miss"] = {"count": 0, "ns": 0}
         return {
             "name": name,
             "version": str(version),

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="largest request body (HTTP 413 above) and gRPC message either way "
                                 "(RESOURCE_EXHAUSTED above; the local Ray's gRPC proxy refuses it unread), "
                                 "default 64 MiB")
+    serve_cmd.add_argument("--response-cache-bytes", type=non_negative(int), default=64 * 2**20,
+                           help="bytes each copy of a model with response_cache { enable: true } keeps in answers "
+                                "(default 64 MiB; least recently used evicted first)")
     serve_cmd.add_argument("--execution-timeout-s", type=positive(float), default=300.0,
                            help="how long a request may wait in its model replica (queue and execution) before "
                                 "it answers 503; a longer batch fails the replica's health check and Serve "

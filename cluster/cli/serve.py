@@ -283,6 +283,7 @@ def serve_repository(args: argparse.Namespace) -> int:
     try:
         app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
                            max_request_bytes=args.max_request_bytes, execution_timeout_s=args.execution_timeout_s,
+                           response_cache_bytes=args.response_cache_bytes,
                            colocate=args.colocate, colocate_python=args.colocate_python,
                            replica_num_cpus=args.replica_num_cpus,
                            ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode,

@@ -203,10 +203,14 @@ def test_config_fields_we_cannot_serve_are_refused_by_name(text, field):
 def test_config_fields_served_without_are_named():
     config = parse_pbtxt('name: "m" max_batch_size: 2 response_cache { enable: true } '
                          'dynamic_batching { priority_levels: 2 default_priority_level: 1 } '
-                         'model_transaction_policy { decoupled: false }', "m/config.pbtxt")
+                         'model_transaction_policy { decoupled: false } metric_tags { key: "a" value: "b" }',
+                         "m/config.pbtxt")
+    assert config.caches_responses
     assert [field.split(":")[0] for field in config.ignored()] == [
-        "response_cache", "dynamic_batching.priority_levels", "dynamic_batching.default_priority_level"]
-    assert parse_pbtxt('name: "m" response_cache { enable: false }', "m/config.pbtxt").ignored() == []
+        "metric_tags", "dynamic_batching.priority_levels", "dynamic_batching.default_priority_level"]
+    streaming = parse_pbtxt('name: "m" backend: "python" response_cache { enable: true } '
+                            'model_transaction_policy { decoupled: true }', "m/config.pbtxt")
+    assert not streaming.caches_responses and [f.split(":")[0] for f in streaming.ignored()] == ["response_cache"]
 
 
 @pytest.mark.parametrize(

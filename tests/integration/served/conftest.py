@@ -112,6 +112,19 @@ input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] }, { name: "FAIL_AT" data_
 output [ { name: "STEP" data_type: TYPE_INT32 dims: [ 1 ] } ]
 """
 
+# Counts the times it ran: an answer from the response cache repeats the count it was first given.
+CACHED = """
+import numpy as np
+
+calls = 0
+
+
+def infer(inputs):
+    global calls
+    calls += 1
+    return {"CALLS": np.full((inputs["X"].shape[0], 1), calls, np.int64)}
+"""
+
 ECHO = """
 def infer(inputs):
     return {name.replace("IN_", "OUT_"): array for name, array in inputs.items()}
@@ -178,6 +191,9 @@ def repository(tmp_path_factory):
     write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
     write_model(root, "accumulate", ACCUMULATE_CONFIG, {"1/model.py": ACCUMULATE})
     write_model(root, "countdown", COUNTDOWN_CONFIG, {"1/model.py": COUNTDOWN})
+    write_model(root, "cached", 'backend: "python" max_batch_size: 4 response_cache { enable: true } '
+                'input [ { name: "X", data_type: TYPE_FP32, dims: [ 2 ] } ] '
+                'output [ { name: "CALLS", data_type: TYPE_INT64, dims: [ 1 ] } ]', {"1/model.py": CACHED})
     write_model(root, "params", 'backend: "python" max_batch_size: 8 '
                 'input [ { name: "X", data_type: TYPE_INT32, dims: [ 1 ] } ] '
                 'output [ { name: "PARAMS", data_type: TYPE_STRING, dims: [ 1 ] } ]', {"1/model.py": PARAMS})
@@ -190,7 +206,7 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def endpoints(repository):
-    # 22 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
+    # 23 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
     # the CPU models, so HTTP and gRPC run them in the Ingress replica and handles reach their deployments;
     # tests/integration/live serves without colocation.
     with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True) as endpoints:

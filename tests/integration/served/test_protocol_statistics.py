@@ -79,3 +79,30 @@ def test_http_requests_run_in_the_ingress_copy_of_a_colocated_model(server):
         assert requests.post(f"{server}/v2/models/simple/infer", json=body, timeout=30).status_code == 200
     assert summed_count() == summed + 5
     assert own_count() == own
+
+
+def test_the_response_cache_answers_repeated_requests_and_counts_hits(server, endpoints):
+    """``response_cache { enable: true }``: the same request again is answered without running the model
+    (its call count repeats), over HTTP and gRPC alike; Triton's cache_hit / cache_miss count it."""
+    def calls(x: float) -> int:
+        body = {"inputs": [{"name": "X", "shape": [1, 2], "datatype": "FP32", "data": [x, x]}]}
+        response = requests.post(f"{server}/v2/models/cached/infer", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()["outputs"][0]["data"][0]
+
+    def stats() -> dict:
+        (row,) = requests.get(f"{server}/v2/models/cached/stats", timeout=30).json()["model_stats"]
+        return row
+
+    before = stats()
+    first = calls(1.0)
+    assert calls(1.0) == first  # from the cache
+    assert calls(2.0) == first + 1  # another request runs the model
+    x = grpcclient.InferInput("X", [1, 2], "FP32")
+    x.set_data_from_numpy(np.full((1, 2), 2.0, np.float32))
+    assert grpcclient.InferenceServerClient(endpoints.grpc).infer("cached", [x]).as_numpy("CALLS")[0, 0] == first + 1
+    after = stats()
+    counts = {k: after["inference_stats"][k]["count"] - before["inference_stats"][k]["count"]
+              for k in ("cache_hit", "cache_miss", "success")}
+    assert counts == {"cache_hit": 2, "cache_miss": 2, "success": 4}
+    assert after["execution_count"] - before["execution_count"] == 2
