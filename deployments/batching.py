@@ -82,10 +82,12 @@ class DynamicBatcher:
 
     def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], max_rows: int, max_delay_s: float,
                  rows: Callable[[Any], int] = lambda item: item.rows,
-                 expired: Callable[[Any], Exception | None] = lambda item: None):
+                 expired: Callable[[Any], Exception | None] = lambda item: None,
+                 priority: Callable[[Any], int] = lambda item: 0):
         """``expired(item)``: the error of a request that must not run any more (its queue timeout passed,
-        Triton's queue policy), checked as the request leaves the queue; None to run it."""
-        self._run, self._rows, self._expired = run, rows, expired
+        Triton's queue policy), checked as the request leaves the queue; None to run it. ``priority(item)``:
+        its level, lower first (Triton's priority levels); equal levels leave in arrival order."""
+        self._run, self._rows, self._expired, self._priority = run, rows, expired, priority
         self.max_rows, self.max_delay_s = max_rows, max_delay_s
         self._queue: deque[tuple[Any, asyncio.Future, float]] = deque()
         self._queued_rows = 0
@@ -126,6 +128,11 @@ class DynamicBatcher:
 
     def _take(self) -> list[tuple[Any, asyncio.Future]]:
         batch, rows = [], 0
+        levels = [self._priority(entry[0]) for entry in self._queue]
+        if any(level != levels[0] for level in levels):  # highest level first, arrival order within one
+            entries = list(self._queue)
+            order = sorted(range(len(entries)), key=lambda i: (levels[i], entries[i][2]))
+            self._queue = deque(entries[i] for i in order)
         while self._queue:
             size = self._rows(self._queue[0][0])
             if batch and rows + size > self.max_rows:

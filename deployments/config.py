@@ -106,6 +106,24 @@ class DynamicBatching(_Mirror):
     max_queue_delay_microseconds: int = Field(default=0, ge=0, description="Longest wait to fill a batch.")
     preserve_ordering: bool = False
     default_queue_policy: QueuePolicy | None = None
+    priority_levels: int = Field(default=0, ge=0, description="Priority levels, 1 the highest; 0: one level.")
+    default_priority_level: int = Field(default=0, ge=0, description="The level of requests that name none.")
+    priority_queue_policy: dict[int, QueuePolicy] = Field(default_factory=dict, description="Per level.")
+
+    def priority(self, requested: Any) -> int:
+        """The level a request's ``priority`` parameter puts it at (0 or absent: the default level); 0 when
+        the model has no levels. Raises ValueError outside 1..priority_levels."""
+        if not self.priority_levels:
+            return 0
+        if requested in (None, 0):
+            return self.default_priority_level or self.priority_levels
+        if isinstance(requested, bool) or not isinstance(requested, int) or not 0 < requested <= self.priority_levels:
+            raise ValueError(f"priority {requested!r} is not a level in 1..{self.priority_levels}")
+        return requested
+
+    def queue_policy(self, level: int) -> QueuePolicy | None:
+        """The queue policy of a priority level: its own, else the default one."""
+        return self.priority_queue_policy.get(level) or self.default_queue_policy
 
 
 class SequenceControl(_Mirror):
@@ -247,11 +265,6 @@ IGNORED = {
     "metric_tags": "no Prometheus metrics yet",
     "model_operations": "not applied",
 }
-IGNORED_BATCHING = {
-    "priority_levels": "one queue: every request has the same priority",
-    "default_priority_level": "one queue: every request has the same priority",
-    "priority_queue_policy": "one queue: the default_queue_policy applies to every request",
-}
 
 
 class ModelConfig(BaseModel):
@@ -334,10 +347,10 @@ class ModelConfig(BaseModel):
         found = [f"{name}: {why}" for name, why in IGNORED.items() if extra.get(name)]
         if (extra.get("response_cache") or {}).get("enable") and not self.caches_responses:
             found.append("response_cache: a sequence's or a decoupled model's answers are not cached")
-        if self.dynamic_batching is not None:
-            batching_extra = self.dynamic_batching.model_extra or {}
-            found += [f"dynamic_batching.{name}: {why}" for name, why in IGNORED_BATCHING.items()
-                      if batching_extra.get(name)]
+        if self.dynamic_batching is not None and any(
+                policy.max_queue_size for policy in self.dynamic_batching.priority_queue_policy.values()):
+            found.append("dynamic_batching.priority_queue_policy.max_queue_size: one queue limit for all levels "
+                         "(default_queue_policy.max_queue_size, or the application's)")
         return found
 
     def to_dict(self) -> dict[str, Any]:
@@ -385,6 +398,11 @@ class ModelConfig(BaseModel):
         if self.dynamic_batching is not None:
             if not self.batching:
                 raise ConfigError(source, "dynamic_batching", "needs max_batch_size > 0")
+            levels = self.dynamic_batching.priority_levels
+            if self.dynamic_batching.default_priority_level > levels or any(
+                    not 0 < level <= levels for level in self.dynamic_batching.priority_queue_policy):
+                raise ConfigError(source, "dynamic_batching.priority_levels",
+                                  f"default_priority_level and priority_queue_policy levels must be within 1..{levels}")
             for size in self.dynamic_batching.preferred_batch_size:
                 if not 0 < size <= self.max_batch_size:
                     raise ConfigError(

@@ -58,19 +58,20 @@ def max_queued(config: ModelConfig, limits: ServingLimits) -> int:
     return (policy.max_queue_size if policy and policy.max_queue_size else 0) or limits.max_queued_requests
 
 
-def queue_deadline_ns(config: ModelConfig, arrived_ns: int, parameters: dict | None) -> int | None:
-    """When a request must leave the queue by, under Triton's queue policy: its ``default_timeout_microseconds``
-    (or the request's ``timeout`` parameter, in microseconds, where ``allow_timeout_override``) with the
-    REJECT action; None to wait on (no timeout, or DELAY: ric's queue has no priorities to delay behind)."""
-    policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
-    if policy is None or policy.timeout_action != "REJECT":
+def queue_timeout_ns(config: ModelConfig, arrived_ns: int, parameters: dict | None, level: int = 0
+                     ) -> tuple[str, int] | None:
+    """Triton's queue policy for a request at priority ``level``: its action (REJECT or DELAY) and when its
+    ``default_timeout_microseconds`` (or its own ``timeout`` parameter, in microseconds, where
+    ``allow_timeout_override``) runs out; None when it may wait without end."""
+    policy = config.dynamic_batching and config.dynamic_batching.queue_policy(level)
+    if policy is None:
         return None
     timeout_us = policy.default_timeout_microseconds
     requested = (parameters or {}).get("timeout")
     if policy.allow_timeout_override and isinstance(requested, int) and not isinstance(requested, bool) \
             and requested > 0:
         timeout_us = requested
-    return arrived_ns + timeout_us * 1000 if timeout_us > 0 else None
+    return (policy.timeout_action, arrived_ns + timeout_us * 1000) if timeout_us > 0 else None
 
 
 def batch_limits(config: ModelConfig) -> tuple[int, float] | None:
@@ -124,7 +125,7 @@ class ModelService(ServedModel):
         if limits is None:
             self._batcher = None
         elif self._batcher is None:
-            self._batcher = DynamicBatcher(self._run_batch, *limits, expired=self._expired)
+            self._batcher = DynamicBatcher(self._run_batch, *limits, expired=self._expired, priority=self._priority)
         else:
             self._batcher.max_rows, self._batcher.max_delay_s = limits
         if not config.caches_responses:
@@ -269,7 +270,19 @@ class ModelService(ServedModel):
         pending = self.runner.prepare(inputs, outputs, version, parameters)
         if controls is not None:
             pending.inputs = {**pending.inputs, **controls(pending.rows)}
-        pending.deadline_ns = queue_deadline_ns(self.runner.config, pending.arrived_ns, parameters)
+        batching = self.runner.config.dynamic_batching
+        try:
+            pending.priority = batching.priority((parameters or {}).get("priority")) if batching else 0
+        except ValueError as exc:
+            self.runner.release([pending])
+            raise invalid(f"model '{self.runner.name}': {exc}") from None
+        timeout = queue_timeout_ns(self.runner.config, pending.arrived_ns, parameters, pending.priority)
+        if timeout is not None:
+            action, at_ns = timeout
+            if action == "REJECT":
+                pending.deadline_ns = at_ns
+            else:  # DELAY: past its timeout the request waits behind every level
+                pending.delay_after_ns = at_ns
         timeout = self.execution_timeout_s()
         try:
             if self._batcher is not None:
@@ -300,6 +313,12 @@ class ModelService(ServedModel):
             return self.runner.execute(pending)
         finally:
             self._running_since = None
+
+    def _priority(self, pending: Pending) -> int:
+        """A queued request's level (1 first; 0 for models without levels), past a DELAY timeout the last."""
+        if pending.delay_after_ns is not None and time.perf_counter_ns() > pending.delay_after_ns:
+            return (self.runner.config.dynamic_batching.priority_levels or 0) + 1
+        return pending.priority
 
     def _expired(self, pending: Pending) -> Exception | None:
         """A queued request whose queue timeout passed does not run: it answers UNAVAILABLE and gives its

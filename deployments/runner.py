@@ -61,6 +61,10 @@ class Pending:
     parameters: dict | None = None
     #: perf_counter_ns after which the request may no longer start (Triton's queue policy, REJECT).
     deadline_ns: int | None = None
+    #: perf_counter_ns after which the request waits behind every priority level (queue policy, DELAY).
+    delay_after_ns: int | None = None
+    #: Its priority level (1 the highest; 0 for a model without levels).
+    priority: int = 0
 
 
 class ModelRunner:

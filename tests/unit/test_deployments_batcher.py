@@ -110,3 +110,21 @@ def test_requests_expired_in_the_queue_answer_their_error_and_do_not_run():
     assert first == "first!" and rest[1] == "next!"
     assert isinstance(rest[0], TimeoutError) and isinstance(rest[2], TimeoutError)
     assert batches == [["first"], ["next"]]
+
+
+def test_higher_priority_requests_leave_the_queue_first():
+    """Triton's priority levels: level 1 before 2 before 3, arrival order within a level; a request past its
+    DELAY timeout is put last (its priority function says so)."""
+    async def scenario():
+        model = Model()
+        levels = {"first": 1, "low1": 3, "mid": 2, "high": 1, "low2": 3, "delayed": 4}  # 4: past its delay
+        batcher = DynamicBatcher(model.run, max_rows=2, max_delay_s=0.0, priority=lambda item: levels[item.name])
+        first = asyncio.ensure_future(batcher.submit(Item("first")))
+        await settle()  # "first" runs; the others queue behind it
+        rest = [asyncio.ensure_future(batcher.submit(Item(name))) for name in ("delayed", "low1", "mid", "high", "low2")]
+        await settle()
+        model.release.set()
+        await asyncio.gather(first, *rest)
+        return model.batches
+
+    assert asyncio.run(scenario()) == [["first"], ["high", "mid"], ["low1", "low2"], ["delayed"]]

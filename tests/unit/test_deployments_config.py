@@ -202,12 +202,13 @@ def test_config_fields_we_cannot_serve_are_refused_by_name(text, field):
 
 def test_config_fields_served_without_are_named():
     config = parse_pbtxt('name: "m" max_batch_size: 2 response_cache { enable: true } '
-                         'dynamic_batching { priority_levels: 2 default_priority_level: 1 } '
+                         'dynamic_batching { priority_levels: 2 priority_queue_policy { key: 1 value: { '
+                         'max_queue_size: 5 } } } '
                          'model_transaction_policy { decoupled: false } metric_tags { key: "a" value: "b" }',
                          "m/config.pbtxt")
     assert config.caches_responses
     assert [field.split(":")[0] for field in config.ignored()] == [
-        "metric_tags", "dynamic_batching.priority_levels", "dynamic_batching.default_priority_level"]
+        "metric_tags", "dynamic_batching.priority_queue_policy.max_queue_size"]
     streaming = parse_pbtxt('name: "m" backend: "python" response_cache { enable: true } '
                             'model_transaction_policy { decoupled: true }', "m/config.pbtxt")
     assert not streaming.caches_responses and [f.split(":")[0] for f in streaming.ignored()] == ["response_cache"]
@@ -280,16 +281,37 @@ def test_a_model_file_in_a_subfolder_of_the_version_is_allowed():
         .default_model_filename == "model.savedmodel/saved_model.pb"
 
 
-@pytest.mark.parametrize("policy, parameters, expected_us", [
-    ("", None, None),
-    ("default_queue_policy { default_timeout_microseconds: 2000 }", None, 2000),
-    ("default_queue_policy { default_timeout_microseconds: 2000 }", {"timeout": 50}, 2000),
-    ("default_queue_policy { default_timeout_microseconds: 2000 allow_timeout_override: true }", {"timeout": 50}, 50),
-    ("default_queue_policy { default_timeout_microseconds: 2000 timeout_action: DELAY }", None, None),
+LEVELS = ("priority_levels: 3 default_priority_level: 2 priority_queue_policy { key: 1 value: { "
+          "default_timeout_microseconds: 700 } } ")
+
+
+@pytest.mark.parametrize("policy, parameters, level, expected", [
+    ("", None, 0, None),
+    ("default_queue_policy { default_timeout_microseconds: 2000 }", None, 0, ("REJECT", 2000)),
+    ("default_queue_policy { default_timeout_microseconds: 2000 }", {"timeout": 50}, 0, ("REJECT", 2000)),
+    ("default_queue_policy { default_timeout_microseconds: 2000 allow_timeout_override: true }", {"timeout": 50}, 0,
+     ("REJECT", 50)),
+    ("default_queue_policy { default_timeout_microseconds: 2000 timeout_action: DELAY }", None, 0, ("DELAY", 2000)),
+    (LEVELS + "default_queue_policy { default_timeout_microseconds: 2000 }", None, 1, ("REJECT", 700)),
+    (LEVELS + "default_queue_policy { default_timeout_microseconds: 2000 }", None, 3, ("REJECT", 2000)),
 ])
-def test_the_queue_policy_sets_a_queue_deadline(policy, parameters, expected_us):
-    from deployments.model import queue_deadline_ns
+def test_the_queue_policy_of_each_level_sets_its_timeout(policy, parameters, level, expected):
+    from deployments.model import queue_timeout_ns
 
     config = parse_pbtxt(f"max_batch_size: 4 dynamic_batching {{ {policy} }}", "m/config.pbtxt", "m")
-    deadline = queue_deadline_ns(config, 1_000_000, parameters)
-    assert deadline == (None if expected_us is None else 1_000_000 + expected_us * 1000)
+    timeout = queue_timeout_ns(config, 1_000_000, parameters, level)
+    assert timeout == (None if expected is None else (expected[0], 1_000_000 + expected[1] * 1000))
+
+
+def test_priority_levels_place_requests():
+    config = parse_pbtxt(f"max_batch_size: 4 dynamic_batching {{ {LEVELS} }}", "m/config.pbtxt", "m")
+    batching = config.dynamic_batching
+    assert [batching.priority(p) for p in (None, 0, 1, 3)] == [2, 2, 1, 3]
+    for bad in (4, -1, "1", True):
+        with pytest.raises(ValueError, match="not a level in 1..3"):
+            batching.priority(bad)
+    assert parse_pbtxt("max_batch_size: 4 dynamic_batching { }", "m/config.pbtxt", "m").dynamic_batching.priority(7) == 0
+    with pytest.raises(ConfigError, match="within 1..3"):
+        parse_pbtxt('name: "m" max_batch_size: 4 dynamic_batching { priority_levels: 3 default_priority_level: 4 } '
+                    'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ] '
+                    'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]', "m/config.pbtxt").check("m")

@@ -125,6 +125,21 @@ def infer(inputs):
     return {"CALLS": np.full((inputs["X"].shape[0], 1), calls, np.int64)}
 """
 
+# Runs one request at a time, slowly, and says in which order it ran them.
+ORDERED = """
+import time
+import numpy as np
+
+ran = 0
+
+
+def infer(inputs):
+    global ran
+    time.sleep(0.3)
+    ran += 1
+    return {"ORDER": np.full((inputs["X"].shape[0], 1), ran, np.int64)}
+"""
+
 ECHO = """
 def infer(inputs):
     return {name.replace("IN_", "OUT_"): array for name, array in inputs.items()}
@@ -191,6 +206,10 @@ def repository(tmp_path_factory):
     write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
     write_model(root, "accumulate", ACCUMULATE_CONFIG, {"1/model.py": ACCUMULATE})
     write_model(root, "countdown", COUNTDOWN_CONFIG, {"1/model.py": COUNTDOWN})
+    write_model(root, "prioritized", 'backend: "python" max_batch_size: 1 '
+                'dynamic_batching { priority_levels: 2 default_priority_level: 2 } '
+                'input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ] '
+                'output [ { name: "ORDER", data_type: TYPE_INT64, dims: [ 1 ] } ]', {"1/model.py": ORDERED})
     write_model(root, "cached", 'backend: "python" max_batch_size: 4 response_cache { enable: true } '
                 'input [ { name: "X", data_type: TYPE_FP32, dims: [ 2 ] } ] '
                 'output [ { name: "CALLS", data_type: TYPE_INT64, dims: [ 1 ] } ]', {"1/model.py": CACHED})
@@ -206,7 +225,7 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def endpoints(repository):
-    # 23 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
+    # 24 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
     # the CPU models, so HTTP and gRPC run them in the Ingress replica and handles reach their deployments;
     # tests/integration/live serves without colocation.
     with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True) as endpoints:
