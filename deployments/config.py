@@ -151,6 +151,23 @@ class SequenceStrategy(_Mirror):
     preferred_batch_size: list[int] = Field(default_factory=list)
 
 
+class SequenceState(_Mirror):
+    """Implicit state: the model reads ``input_name`` and writes ``output_name``; the server keeps it per
+    sequence between requests (zeros at the start, or ``initial_state``'s zero_data)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input_name: str
+    output_name: str
+    data_type: str
+    dims: list[int] = Field(default_factory=list, description="Without the batch dim; -1 starts empty.")
+    initial_state: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def datatype(self) -> str:
+        return config_to_v2(self.data_type)
+
+
 class SequenceBatching(_Mirror):
     """Triton's sequence batcher: every request of a sequence (one correlation id) reaches the same replica
     and runs in order, with control tensors telling the model where a sequence starts and ends."""
@@ -162,6 +179,7 @@ class SequenceBatching(_Mirror):
     max_sequence_idle_microseconds: int = Field(
         default=0, ge=0, description="A sequence idle this long is released (0: Triton's default, 1 s).")
     control_input: list[ControlInput] = Field(default_factory=list)
+    state: list[SequenceState] = Field(default_factory=list)
 
     @property
     def idle_s(self) -> float:
@@ -413,10 +431,20 @@ class ModelConfig(BaseModel):
 
     def _check_sequence_batching(self, source: str) -> None:
         sequence = self.sequence_batching  # (the proto refuses it beside dynamic_batching: one scheduler)
-        for field in ("state", "iterative_sequence"):  # parsed by protobuf, not served yet: refused by name
-            if sequence.model_extra.get(field):
-                raise ConfigError(source, f"sequence_batching.{field}", "is not supported by this server yet")
+        if sequence.model_extra.get("iterative_sequence"):  # parsed by protobuf, not served: refused by name
+            raise ConfigError(source, "sequence_batching.iterative_sequence", "is not supported by this server yet")
         inputs = {tensor.name for tensor in self.input}
+        outputs = {tensor.name for tensor in self.output}
+        for i, state in enumerate(sequence.state):
+            where = f"sequence_batching.state[{i}]"
+            if state.input_name in inputs or state.output_name in outputs:
+                raise ConfigError(source, where, "its input_name and output_name must not be model inputs or outputs")
+            try:
+                state.datatype
+            except ValueError as exc:
+                raise ConfigError(source, f"{where}.data_type", str(exc)) from None
+            if any("data_file" in initial for initial in state.initial_state):
+                raise ConfigError(source, f"{where}.initial_state", "data_file is not supported; use zero_data")
         for i, control in enumerate(sequence.control_input):
             where = f"sequence_batching.control_input[{i}]"
             if control.name in inputs:

@@ -184,9 +184,12 @@ class ModelService(ServedModel):
                 pending, result = await self._run(inputs, outputs, version, parameters)
             else:  # the request waits for its turn in its sequence, then runs with its control tensors
                 sequences, step = self._sequences, sequence_step(self.runner.name, parameters)
-                async with sequences.turn(step):
+                async with sequences.turn(step) as sequence:
                     pending, result = await self._run(inputs, outputs, version, model_parameters(parameters),
-                                                      lambda rows: sequences.controls(step, rows))
+                                                      lambda rows: sequences.controls(step, rows, sequence),
+                                                      sequences.state_outputs)
+                    if not isinstance(result, Exception):
+                        result = sequences.keep_state(sequence, result)
         finally:
             self._reporter.in_flight -= 1
             self._reporter.schedule()
@@ -264,12 +267,16 @@ class ModelService(ServedModel):
             self._running_since = None
 
     async def _run(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
-                   parameters: dict | None, controls=None) -> tuple[Pending, Tensors | Exception]:
-        """Check a request, batch and run it; ``controls(rows)``: a sequence request's control tensors, added
-        after the check (they are not the model's declared inputs)."""
+                   parameters: dict | None, controls=None, state_outputs: list[str] = ()
+                   ) -> tuple[Pending, Tensors | Exception]:
+        """Check a request, batch and run it; ``controls(rows)``: a sequence request's control tensors and
+        state, added after the check (they are not the model's declared inputs), and ``state_outputs`` the
+        state it writes, kept beside the outputs asked for."""
         pending = self.runner.prepare(inputs, outputs, version, parameters)
         if controls is not None:
             pending.inputs = {**pending.inputs, **controls(pending.rows)}
+        if pending.outputs is not None and state_outputs:
+            pending.outputs = [*pending.outputs, *state_outputs]
         batching = self.runner.config.dynamic_batching
         try:
             pending.priority = batching.priority((parameters or {}).get("priority")) if batching else 0

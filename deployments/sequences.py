@@ -6,7 +6,8 @@ A request names its sequence with the ``sequence_id`` parameter (a non-zero inte
 Triton's correlation id) and marks its first and last request with ``sequence_start`` / ``sequence_end``.
 Requests of one sequence run one at a time, in the order they arrived (a batch never holds two of one
 sequence, so batches mix sequences); each gets the control tensors its config declares (START, END, READY,
-CORRID) beside its inputs. A sequence idle for ``max_sequence_idle_microseconds`` is released; a request
+CORRID) beside its inputs, and the implicit state (``state``): the state the sequence's last request
+wrote, or zeros at its start, as the state input; the state output is kept, not answered. A sequence idle for ``max_sequence_idle_microseconds`` is released; a request
 for a sequence this replica does not hold (never started, ended, released, or held by a replica that was
 lost) answers a clear error rather than starting from a silently empty state.
 """
@@ -39,6 +40,7 @@ class Sequence:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
     busy: int = 0  # requests of this sequence in the replica (waiting for their turn or running)
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # implicit state, by state input name
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class Sequences:
             self._released.popitem(last=False)
 
     @asynccontextmanager
-    async def turn(self, step: Step) -> AsyncIterator[None]:
+    async def turn(self, step: Step) -> AsyncIterator[Sequence]:
         """Wait for this request's turn in its sequence (the ones before it, in arrival order, done)."""
         self.release_idle()
         sequence = self._held.get(step.correlation_id)
@@ -111,17 +113,38 @@ class Sequences:
         sequence.busy += 1
         try:
             async with sequence.lock:
-                yield
+                if step.start:
+                    sequence.state = {}
+                yield sequence
         finally:
             sequence.busy -= 1
             sequence.last_used = self._clock()
             if step.end and self._held.get(step.correlation_id) is sequence:
                 self._release(step.correlation_id, "it ended")
 
-    def controls(self, step: Step, rows: int) -> dict[str, np.ndarray]:
-        """The control tensors of one request: ``[rows, 1]`` for a batching model, ``[1]`` otherwise."""
+    @property
+    def state_outputs(self) -> list[str]:
+        return [state.output_name for state in self.batching.state]
+
+    def keep_state(self, sequence: Sequence, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Keep the state outputs for the sequence's next request; the rest is the answer."""
+        for state in self.batching.state:
+            if state.output_name not in outputs:
+                raise invalid(f"model '{self.model}' did not write its state output '{state.output_name}'")
+            sequence.state[state.input_name] = outputs[state.output_name]
+        return {name: array for name, array in outputs.items() if name not in self.state_outputs}
+
+    def controls(self, step: Step, rows: int, sequence: Sequence | None = None) -> dict[str, np.ndarray]:
+        """The control tensors of one request (``[rows, 1]`` for a batching model, ``[1]`` otherwise) and its
+        state inputs (the sequence's, else the initial state)."""
         shape = (rows, 1) if self.batched else (1,)
         tensors = {}
+        for state in self.batching.state:
+            held = sequence.state.get(state.input_name) if sequence is not None else None
+            if held is None:
+                dims = [max(d, 0) for d in state.dims]
+                held = np.zeros(([rows] if self.batched else []) + dims, numpy_dtype(state.datatype))
+            tensors[state.input_name] = held
         for control_input in self.batching.control_input:
             (control,) = control_input.control
             if control.kind == "CONTROL_SEQUENCE_CORRID":

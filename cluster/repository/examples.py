@@ -80,6 +80,24 @@ def onnx_identity(elements: int) -> bytes:
     return _serialize(helper.make_model(graph))
 
 
+def onnx_accumulator() -> bytes:
+    """A stateful sequence model for Triton's implicit state: ``OUTPUT = INPUT + (STATE_IN unless START)``,
+    written to ``STATE_OUT`` too (FP32 ``[batch, 1]``; ``START`` INT32)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    io = lambda name, kind=TensorProto.FLOAT: helper.make_tensor_value_info(name, kind, ["batch", 1])  # noqa: E731
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["START"], ["start"], to=TensorProto.FLOAT),
+         helper.make_node("Sub", ["one", "start"], ["keep"]),
+         helper.make_node("Mul", ["STATE_IN", "keep"], ["previous"]),
+         helper.make_node("Add", ["previous", "INPUT"], ["OUTPUT"]),
+         helper.make_node("Identity", ["OUTPUT"], ["STATE_OUT"])],
+        "accumulator", [io("INPUT"), io("START", TensorProto.INT32), io("STATE_IN")], [io("OUTPUT"), io("STATE_OUT")],
+        initializer=[numpy_helper.from_array(np.ones(1, np.float32), "one")],
+    )
+    return _serialize(helper.make_model(graph))
+
+
 def _serialize(model) -> bytes:
     from onnx import checker
 

@@ -50,7 +50,8 @@ class OnnxBackend(Backend):
             str(self.model_path), options, providers=self._providers(ort.get_available_providers())
         )
         self.config = complete_config(self.config, self.session, str(self.model_path))
-        self._output_names = [tensor.name for tensor in self.config.output]
+        states = self.config.sequence_batching.state if self.config.sequence_batching else []
+        self._output_names = [tensor.name for tensor in self.config.output] + [state.output_name for state in states]
         self._string_inputs = [t.name for t in self.config.input if t.datatype == "BYTES"]
         self._string_outputs = [t.name for t in self.config.output if t.datatype == "BYTES"]
 

@@ -103,8 +103,11 @@ def test_a_sequence_request_must_name_its_sequence(parameters, message):
 
 @pytest.mark.parametrize("batching, field", [
     (f"dynamic_batching {{ }} sequence_batching {{ {CONTROLS} }}", ""),  # the proto's oneof: one scheduler
-    ('sequence_batching { state [ { input_name: "S" output_name: "T" data_type: TYPE_FP32 dims: [ 1 ] } ] }',
-     "sequence_batching.state"),
+    ('sequence_batching { state [ { input_name: "X" output_name: "T" data_type: TYPE_FP32 dims: [ 1 ] } ] }',
+     "sequence_batching.state[0]"),
+    ('sequence_batching { state [ { input_name: "S" output_name: "T" data_type: TYPE_FP32 dims: [ 1 ] '
+     'initial_state [ { data_type: TYPE_FP32 dims: [ 1 ] data_file: "s.bin" name: "s" } ] } ] }',
+     "sequence_batching.state[0].initial_state"),
     ("sequence_batching { iterative_sequence: true }", "sequence_batching.iterative_sequence"),
     ('sequence_batching { control_input [ { name: "X" control [ { kind: CONTROL_SEQUENCE_START '
      'int32_false_true: [ 0, 1 ] } ] } ] }', "sequence_batching.control_input[0].name"),
@@ -134,3 +137,48 @@ def test_rendezvous_is_stable_and_spreads_sequences():
     assert min(counts) > 60, counts  # ~100 each
     moved = sum(rendezvous(cid, replicas + ["r-e"]) != chosen[cid] for cid in range(400))
     assert moved < 150  # a fifth replica takes about a fifth, the rest stay
+
+
+STATEFUL = """
+name: "acc" platform: "onnxruntime_onnx" max_batch_size: 4
+sequence_batching {
+  control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] } ]
+  state [ { input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+}
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+"""
+
+
+def test_implicit_state_follows_each_sequence_through_an_onnx_model(tmp_path):
+    """The state the model wrote for a sequence is its next request's state input; START begins from
+    zeros; the state output never reaches the answer; sequences keep their own."""
+    from cluster.repository.examples import onnx_accumulator
+    from cluster.repository.local_store import LocalStore
+    from deployments.runner import ModelRunner
+    from tests.conftest import write_model
+
+    write_model(tmp_path, "acc", STATEFUL, {"1/model.onnx": onnx_accumulator()})
+    store = LocalStore(tmp_path)
+    runner = ModelRunner(store.config("acc"), store)
+    runner.load()
+    assert runner.ready, runner.reason
+    sequences = Sequences(runner.config)
+
+    async def send(cid, value, start=False, outputs=None):
+        step = Step(cid, start, False)
+        async with sequences.turn(step) as sequence:
+            pending = runner.prepare({"INPUT": np.full((1, 1), value, np.float32)}, outputs)
+            pending.inputs = {**pending.inputs, **sequences.controls(step, pending.rows, sequence)}
+            if pending.outputs is not None:
+                pending.outputs = [*pending.outputs, *sequences.state_outputs]
+            (result,) = runner.execute([pending])
+            return sequences.keep_state(sequence, result)
+
+    async def scenario():
+        answers = [await send(1, 2.0, start=True), await send(2, 10.0, start=True), await send(1, 3.0),
+                   await send(2, 1.0, outputs=["OUTPUT"]), await send(1, 5.0), await send(1, 7.0, start=True)]
+        assert all(set(answer) == {"OUTPUT"} for answer in answers)
+        return [float(answer["OUTPUT"][0, 0]) for answer in answers]
+
+    assert asyncio.run(scenario()) == [2.0, 10.0, 5.0, 11.0, 10.0, 7.0]

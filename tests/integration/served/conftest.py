@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from cluster.repository.examples import onnx_mlp
+from cluster.repository.examples import onnx_accumulator, onnx_mlp
 from cluster.repository.local_store import LocalStore
 from deployments.runner import ModelRunner
 from tests.conftest import copy_example_repository, write_model
@@ -206,6 +206,11 @@ def repository(tmp_path_factory):
     write_model(root, "echo", echo_config(), {"1/model.py": ECHO})
     write_model(root, "accumulate", ACCUMULATE_CONFIG, {"1/model.py": ACCUMULATE})
     write_model(root, "countdown", COUNTDOWN_CONFIG, {"1/model.py": COUNTDOWN})
+    write_model(root, "stateful", 'platform: "onnxruntime_onnx" max_batch_size: 4 sequence_batching { '
+                'control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] '
+                '} ] } ] state [ { input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 '
+                'dims: [ 1 ] } ] } input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ 1 ] } ] '
+                'output [ { name: "OUTPUT" data_type: TYPE_FP32 dims: [ 1 ] } ]', {"1/model.onnx": onnx_accumulator()})
     write_model(root, "prioritized", 'backend: "python" max_batch_size: 1 '
                 'dynamic_batching { priority_levels: 2 default_priority_level: 2 } '
                 'input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ] '
@@ -225,7 +230,7 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def endpoints(repository):
-    # 24 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
+    # 25 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
     # the CPU models, so HTTP and gRPC run them in the Ingress replica and handles reach their deployments;
     # tests/integration/live serves without colocation.
     with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True) as endpoints:

@@ -177,3 +177,19 @@ def test_a_lost_replica_fails_its_sequences_clearly_and_new_ones_start(server):
     assert after.status_code in (400, 503), after.text
     assert "START" in after.json()["error"] or "lost" in after.json()["error"], after.text
     wait_for(lambda: post(9002, 1, start=True).status_code == 200, timeout_s=120, what="a new sequence to start")
+
+
+def test_implicit_state_is_kept_per_sequence(server):
+    """An ONNX model with Triton's implicit state: each request reads what the sequence's last one wrote;
+    the state output is not answered."""
+    def post(cid, value, start=False):
+        body = {"inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [value]}],
+                "parameters": {"sequence_id": cid, "sequence_start": start}}
+        response = requests.post(f"{server}/v2/models/stateful/infer", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        (output,) = response.json()["outputs"]
+        assert output["name"] == "OUTPUT"
+        return output["data"][0]
+
+    assert [post("s1", 2, start=True), post("s2", 10, start=True), post("s1", 3), post("s2", 1), post("s1", 4),
+            post("s1", 1, start=True)] == [2, 10, 5, 11, 9, 1]
