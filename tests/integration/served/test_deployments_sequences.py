@@ -104,12 +104,14 @@ def test_sequences_through_handles_reach_the_same_replica():
 
 def test_sequences_over_one_grpc_stream_keep_their_order(endpoints):
     """tritonclient's stream (ModelStreamInfer): requests of several sequences sent at once without waiting;
-    each sequence's requests run in the order sent, every one is answered, an error goes on the stream."""
+    each sequence's requests run in the order sent, every one is answered, an error goes on the stream.
+    (Every call the ingress makes for one stream shares its request id: the router must still give each
+    its own replica, and not spin on one it cannot place.)"""
     answers: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(endpoints.grpc)
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
-        ids, expected = ["stream-a", 5005, "stream-c"], {}
+        ids, expected = ["stream-a", 5005, "stream-c", 5006, 5007, "stream-f", 5008, "stream-h"], {}
         for turn in range(4):
             for cid in ids:
                 x = grpcclient.InferInput("X", [1, 1], "INT64")
