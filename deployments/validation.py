@@ -30,8 +30,8 @@ def validate_inputs(config: ModelConfig, inputs: Tensors) -> int:
     expected = {tensor.name: tensor for tensor in config.input}
     for name in inputs:
         if name not in expected:
-            raise invalid(
-                f"unexpected input '{name}' for model '{config.name}'; it takes {sorted(expected)}"
+            raise invalid(  # Triton's words, then ours
+                f"unexpected inference input '{name}' for model '{config.name}'; it takes {sorted(expected)}"
             )
     rows: int | None = None
     for tensor in config.input:
@@ -60,22 +60,29 @@ def _checked_array(config: ModelConfig, tensor: TensorConfig, array: object) -> 
         raise invalid(f"input '{tensor.name}': {exc}") from None
     if datatype != tensor.datatype:
         raise invalid(
-            f"input '{tensor.name}' has datatype {datatype}, model '{config.name}' expects {tensor.datatype}"
+            f"inference input '{tensor.name}' data-type is '{datatype}', but model '{config.name}' expects "
+            f"'{tensor.datatype}'"
         )
     shape = array.shape
     if config.batching:
         if len(shape) == 0 or not 1 <= shape[0] <= config.max_batch_size:
             raise invalid(
-                f"input '{tensor.name}' with shape {list(shape)}: the batch size (first dim) must be "
-                f"between 1 and max_batch_size {config.max_batch_size} of model '{config.name}'"
+                f"inference request batch-size must be <= {config.max_batch_size} for '{config.name}': input "
+                f"'{tensor.name}' has shape {list(shape)}, whose first dim is the batch size (1 or more)"
             )
         shape = shape[1:]
     if not shape_matches(shape, tensor.dims):
         expected = ([-1] if config.batching else []) + tensor.dims
         raise invalid(
-            f"input '{tensor.name}' has shape {list(array.shape)}, model '{config.name}' expects {expected}"
+            f"unexpected shape for input '{tensor.name}' for model '{config.name}'. Expected "
+            f"{_dims(expected)}, got {_dims(array.shape)}"
         )
     return array
+
+
+def _dims(dims) -> str:
+    """A shape as Triton writes it: [-1,16]."""
+    return "[" + ",".join(str(d) for d in dims) + "]"
 
 
 def _as_bytes(item: object) -> bytes:

@@ -57,12 +57,12 @@ def test_string_arrays_become_bytes_objects():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"z": np.zeros((2, 1), np.float32)}, "unexpected input 'z' for model 'm'"),
+        ({"z": np.zeros((2, 1), np.float32)}, "unexpected inference input 'z' for model 'm'"),
         ({"a": None}, "input 'a' must be a numpy array, got NoneType"),
-        ({"a": np.zeros((2, 5, 3), np.float64)}, "input 'a' has datatype FP64, model 'm' expects FP32"),
-        ({"a": np.zeros((2, 5, 4), np.float32)}, "input 'a' has shape [2, 5, 4], model 'm' expects [-1, -1, 3]"),
-        ({"a": np.zeros((5, 5, 3), np.float32)}, "must be between 1 and max_batch_size 4"),
-        ({"a": np.zeros((0, 5, 3), np.float32)}, "must be between 1 and max_batch_size 4"),
+        ({"a": np.zeros((2, 5, 3), np.float64)}, "inference input 'a' data-type is 'FP64', but model 'm' expects 'FP32'"),
+        ({"a": np.zeros((2, 5, 4), np.float32)}, "unexpected shape for input 'a' for model 'm'. Expected [-1,-1,3], got [2,5,4]"),
+        ({"a": np.zeros((5, 5, 3), np.float32)}, "inference request batch-size must be <= 4 for 'm'"),
+        ({"a": np.zeros((0, 5, 3), np.float32)}, "inference request batch-size must be <= 4 for 'm'"),
         ({"a": np.float32(1.0)}, "must be a numpy array"),
         ({"c": np.zeros((3, 2), np.int32)}, "input 'c' has batch size 3, other inputs have 2"),
         ({"a": np.zeros((2, 5, 3), np.complex64)}, "complex64 has no v2 datatype"),

@@ -237,6 +237,16 @@ def endpoints(repository):
         yield endpoints
 
 
+@pytest.fixture(params=["http", "grpc"])
+def transport(request, endpoints):
+    """(tritonclient module, a client of it): the test runs once over each transport."""
+    import tritonclient.grpc as grpcclient
+
+    if request.param == "http":
+        return httpclient, httpclient.InferenceServerClient(endpoints.http.removeprefix("http://"))
+    return grpcclient, grpcclient.InferenceServerClient(endpoints.grpc)
+
+
 @pytest.fixture(scope="package")
 def server(endpoints):
     return endpoints.http

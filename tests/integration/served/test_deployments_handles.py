@@ -20,7 +20,7 @@ def test_handle_call_numpy_in_numpy_out(server):
     x = np.arange(16, dtype=np.int32).reshape(1, 16)
     result = handle.infer.remote({"INPUT0": x, "INPUT1": x}).result()
     np.testing.assert_array_equal(result["OUTPUT0"], 2 * x)
-    with pytest.raises(InferenceError, match="has datatype FP64"):
+    with pytest.raises(InferenceError, match="data-type is 'FP64'"):
         handle.infer.remote({"INPUT0": x.astype(np.float64), "INPUT1": x}).result()
 
 

@@ -14,20 +14,9 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import wait_for
-
-MODULES = {"http": httpclient, "grpc": grpcclient}
-
-
-@pytest.fixture(params=["http", "grpc"])
-def transport(request, endpoints):
-    module = MODULES[request.param]
-    client = (httpclient.InferenceServerClient(endpoints.http.removeprefix("http://")) if request.param == "http"
-              else grpcclient.InferenceServerClient(endpoints.grpc))
-    return module, client
 
 
 def step(module, client, correlation_id, value: int, start=False, end=False, rows=1):

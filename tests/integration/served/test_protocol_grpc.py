@@ -79,9 +79,9 @@ def test_server_and_model_rpcs(client):
     "model, inputs, status, message",
     [
         ("simple", {"INPUT0": np.zeros((1, 16), np.float32), "INPUT1": np.zeros((1, 16), np.int32)},
-         "StatusCode.INVALID_ARGUMENT", "datatype FP32"),
+         "StatusCode.INVALID_ARGUMENT", "data-type is 'FP32', but model 'simple' expects 'INT32'"),
         ("simple", {"INPUT0": np.zeros((1, 15), np.int32), "INPUT1": np.zeros((1, 15), np.int32)},
-         "StatusCode.INVALID_ARGUMENT", "expects [-1, 16]"),
+         "StatusCode.INVALID_ARGUMENT", "Expected [-1,16]"),
         ("nope", {"INPUT0": np.zeros((1, 16), np.int32)}, "StatusCode.NOT_FOUND", "Request for unknown model: 'nope' is not found"),
         ("broken_model", {"INPUT0": np.zeros((1, 64), np.float32)}, "StatusCode.UNAVAILABLE", "has no available versions"),
         ("broken_config", {"INPUT0": np.zeros((1, 64), np.float32)}, "StatusCode.UNAVAILABLE", "has no available versions"),

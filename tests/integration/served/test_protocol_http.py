@@ -119,11 +119,13 @@ def bad_requests():
     two_inputs = simple_body()["inputs"]
     return [
         ("simple", b"{not json", 400, "malformed JSON"),
-        ("simple", json.dumps({"inputs": [dict(two_inputs[0], datatype="FP32"), two_inputs[1]]}), 400, "datatype FP32"),
-        ("simple", json.dumps({"inputs": [dict(two_inputs[0], shape=[2, 8]), two_inputs[1]]}), 400, "expects [-1, 16]"),
-        ("simple", json.dumps({"inputs": [dict(two_inputs[0], name="INPUT9"), two_inputs[1]]}), 400, "unexpected input 'INPUT9'"),
+        ("simple", json.dumps({"inputs": [dict(two_inputs[0], datatype="FP32"), two_inputs[1]]}), 400, "data-type is 'FP32'"),
+        ("simple", json.dumps({"inputs": [dict(two_inputs[0], shape=[2, 8]), two_inputs[1]]}), 400,
+         "unexpected shape for input 'INPUT0' for model 'simple'. Expected [-1,16], got [2,8]"),
+        ("simple", json.dumps({"inputs": [dict(two_inputs[0], name="INPUT9"), two_inputs[1]]}), 400,
+         "unexpected inference input 'INPUT9' for model 'simple'"),
         ("simple", json.dumps({"inputs": two_inputs[:1]}), 400, "missing input 'INPUT1'"),
-        ("simple", json.dumps(simple_body(rows=9)), 400, "max_batch_size 8"),
+        ("simple", json.dumps(simple_body(rows=9)), 400, "batch-size must be <= 8"),
         ("simple", json.dumps(simple_body(outputs=[{"name": "OUTPUT7"}])), 400, "unknown output 'OUTPUT7'"),
         ("simple", json.dumps({"inputs": [dict(two_inputs[0], shape=[1, 17])]}), 400, "needs 17 elements"),
         ("simple", b"", 400, "body is empty"),

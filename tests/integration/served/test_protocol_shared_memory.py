@@ -16,17 +16,12 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor, 
 
 from tests.integration.served.conftest import CASES, reference
 
-MODULES = {"http": httpclient, "grpc": grpcclient}
-
-
-@pytest.fixture(params=["http", "grpc"])
-def transport(request, endpoints):
-    """(client module, client); every region is unregistered after each test."""
-    module = MODULES[request.param]
-    client = (httpclient.InferenceServerClient(endpoints.http.removeprefix("http://")) if request.param == "http"
-              else grpcclient.InferenceServerClient(endpoints.grpc))
+@pytest.fixture(autouse=True)
+def no_regions(endpoints):
+    """Every region is unregistered before and after each test."""
+    client = httpclient.InferenceServerClient(endpoints.http.removeprefix("http://"))
     client.unregister_system_shared_memory()
-    yield module, client
+    yield
     client.unregister_system_shared_memory()
 
 
