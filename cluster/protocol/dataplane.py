@@ -30,8 +30,9 @@ from deployments.model import UNLOADED
 SERVER_NAME = "triton"
 #: Request parameters the protocol itself uses; the rest reach the model.
 PROTOCOL_PARAMETERS = {"binary_data_output", "triton_enable_empty_final_response"}
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository",
-              "system_shared_memory"]
+#: Triton's extension names for what this server serves (clients may check them).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "system_shared_memory",
+              "sequence", "schedule_policy", "parameters"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 #: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model

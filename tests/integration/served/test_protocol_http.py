@@ -68,6 +68,7 @@ def test_server_and_model_metadata_through_tritonclient(client):
     assert client.is_server_live()
     assert not client.is_server_ready()  # strict readiness: two broken models are in the repository
     assert client.get_server_metadata()["name"] == "triton"
+    assert {"system_shared_memory", "sequence", "schedule_policy"} <= set(client.get_server_metadata()["extensions"])
     assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "1")
     assert not client.is_model_ready("broken_model") and not client.is_model_ready("nope")
     metadata = client.get_model_metadata("simple")
