@@ -1,5 +1,6 @@
 """Several Ray nodes on one machine (ray.cluster_utils.Cluster): replicas of one model on different nodes
-both take up a version that lands in the store."""
+both take up a version that lands in the store; a sequence model's replicas on two nodes each keep their
+sequences."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from ray import serve
 from cluster.names import APP_NAME
 from cluster.repository.examples import onnx_mlp
 from tests.conftest import write_model
-from tests.cluster.conftest import serve_on_nodes
+from tests.cluster.conftest import replica_nodes, serve_on_nodes
 from tests.integration.conftest import wait_for
+from tests.integration.served.conftest import ACCUMULATE, ACCUMULATE_CONFIG
 
 # 1.5 CPUs per replica on nodes of 2 CPUs: the two replicas cannot share a node.
 CONFIG = ('platform: "onnxruntime_onnx" instance_group [ { count: 2 } ] '
@@ -25,7 +27,11 @@ CONFIG = ('platform: "onnxruntime_onnx" instance_group [ { count: 2 } ] '
 def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
     write_model(root, "spread", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
-    with serve_on_nodes(root, head_cpus=2, worker_cpus=[2], poll_interval_s=0.5):
+    # 0.4 CPUs per replica where "spread" leaves 0.5 on each node: one replica per node.
+    write_model(root, "sequences", ACCUMULATE_CONFIG + 'parameters { key: "num_cpus" value { string_value: "0.4" } }',
+                {"1/model.py": ACCUMULATE})
+    # The ingress reserves no CPU here, so each node keeps 0.5 beside its "spread" replica.
+    with serve_on_nodes(root, head_cpus=2, worker_cpus=[2], poll_interval_s=0.5, replica_num_cpus=0):
         yield root
 
 
@@ -50,3 +56,22 @@ def test_a_new_version_reaches_replicas_on_every_node(repository):
         return len(seen) >= 40 and set(seen[-40:]) == {2}
 
     wait_for(everywhere, timeout_s=90, what=lambda: f"version 2 on both nodes; last {seen[-10:]}")
+
+
+def test_sequences_stay_on_their_replica_across_nodes(repository):
+    """Interleaved sequences through a handle (its router runs here, on the driver): every request of a
+    sequence reaches the one replica holding it, whichever node that is; both nodes' replicas hold some."""
+    assert len(replica_nodes("sequences")) == 2
+    handle = serve.get_deployment_handle("sequences", app_name=APP_NAME)
+    sums, pids = {}, {}
+    for turn in range(3):
+        for cid in range(100, 116):
+            parameters = {"sequence_id": cid, "sequence_start": turn == 0, "sequence_end": turn == 2}
+            _, out = handle.infer_versioned.remote({"X": np.full((1, 1), cid, np.int64)}, None, None,
+                                                   parameters).result(timeout_s=60)
+            sums[cid] = sums.get(cid, 0) + cid
+            assert out["SUM"][0, 0] == sums[cid]
+            pids.setdefault(cid, set()).add(int(out["PID"][0, 0]))
+    assert all(len(p) == 1 for p in pids.values()), pids
+    assert len(set().union(*pids.values())) == 2
+
