@@ -314,7 +314,10 @@ def decode_generate_request(body: bytes, inputs: list[dict[str, Any]], batching:
         if name not in datatypes:
             parameters[name] = value
             continue
-        shape = list(np.shape(value)) or [1]
+        try:
+            shape = list(np.shape(value)) or [1]
+        except ValueError:  # nested lists of different lengths
+            raise invalid(f"input '{name}': nested lists must be of equal lengths (a tensor)") from None
         raw = {"name": name, "datatype": datatypes[name], "shape": ([1] if batching else []) + shape,
                "data": value if isinstance(value, list) else [value]}
         tensors[name] = decode_tensor(raw, name)

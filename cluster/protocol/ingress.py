@@ -215,8 +215,11 @@ class Ingress(GrpcInferenceService):
         with ``error``."""
         metadata = await self.plane.model_metadata(model, version)
         batching = bool(metadata["inputs"]) and metadata["inputs"][0]["shape"][:1] == [-1]
-        body = await self._read_body(request)
-        decoded = await off_loop_if_large(len(body), codec.decode_generate_request, body, metadata["inputs"], batching)
+        with self.budget.reserve(needed_bytes(declared_length(request) or 0, False)) as held:
+            body = await self._read_body(request)
+            held.resize(needed_bytes(len(body), False))
+            decoded = await off_loop_if_large(len(body), codec.decode_generate_request, body, metadata["inputs"],
+                                              batching)
         responses = self.plane.stream_request(model, version, decoded)
         encode = lambda answered, outputs: codec.encode_generate_response(  # noqa: E731
             model, answered, outputs, decoded, batching)

@@ -257,3 +257,5 @@ def test_generate_requests_map_fields_to_inputs_or_parameters_and_back():
     assert message == {"model_name": "m", "model_version": "2", "id": "9", "TOKEN": "yes", "SCORES": [0.5, 1.5]}
     with pytest.raises(InferenceError, match="data does not fit datatype INT32"):
         decode_generate_request(b'{"IDS": ["x"]}', inputs, batching=True)
+    with pytest.raises(InferenceError, match="nested lists must be of equal lengths"):
+        decode_generate_request(b'{"IDS": [[1], [1, 2]]}', inputs, batching=True)
