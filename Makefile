@@ -17,6 +17,7 @@ install: $(BIN)/python
 	bash benchmarks/install_perf_analyzer.sh
 
 test: install
+	bash tests/install_prometheus.sh
 	$(BIN)/python -m pytest
 
 serve: install

@@ -10,7 +10,6 @@ requests meanwhile.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import Any, AsyncIterator
 import ray
 from ray import serve
 
+from deployments import log_settings
 from deployments.backends import Tensors
 from deployments.batching import DynamicBatcher
 from deployments.config import ModelConfig
@@ -107,7 +107,8 @@ class ModelService(ServedModel):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
         replica = serve.get_replica_context().replica_id.unique_id
-        self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
+        self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot,
+                                            ray.util.get_node_ip_address())
         self._batcher: DynamicBatcher | None = None
         self._sequences: Sequences | None = None
         self._cache: ResponseCache | None = None
@@ -117,6 +118,7 @@ class ModelService(ServedModel):
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied
         self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
+        log_settings.follow(statistics)
 
     def _configure_batching(self) -> None:
         """Batch per the config of the versions now loaded (a version update may change it)."""
@@ -169,12 +171,21 @@ class ModelService(ServedModel):
         if self.runner.config.decoupled:
             raise invalid(f"model '{self.runner.name}' is decoupled (it answers a request with any number of "
                           "responses): use gRPC ModelStreamInfer, HTTP generate_stream or a handle's stream")
-        if self._reporter.in_flight >= self.queue_limit():
-            raise unavailable(f"model '{self.runner.name}' holds {self._reporter.in_flight} requests, its queue "
-                              "limit; retry later")
+        self._refuse_when_full(version)
         if self._cache is not None:
             return await self._infer_cached(inputs, outputs, version, parameters)
         return await self._infer(inputs, outputs, version, parameters)
+
+    def _refuse_when_full(self, version: int | str | None) -> None:
+        """Over the queue limit a request answers UNAVAILABLE at once, counted as rejected (Triton's full
+        queue)."""
+        if self._reporter.in_flight < self.queue_limit():
+            return
+        number = self.runner.version_for(version)
+        self.runner.stats.setdefault(number, VersionStatistics()).record_request(0, ok=False, reason="REJECTED")
+        self._reporter.schedule()
+        raise unavailable(f"model '{self.runner.name}' holds {self._reporter.in_flight} requests, its queue "
+                          "limit; retry later")
 
     async def _infer(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
                      parameters: dict | None) -> tuple[int, Tensors]:
@@ -230,9 +241,7 @@ class ModelService(ServedModel):
         if not self.runner.config.decoupled:
             yield await self.infer_versioned(inputs, outputs, version, parameters)
             return
-        if self._reporter.in_flight >= self.queue_limit():
-            raise unavailable(f"model '{self.runner.name}' holds {self._reporter.in_flight} requests, its queue "
-                              "limit; retry later")
+        self._refuse_when_full(version)
         loop = asyncio.get_running_loop()
         responses: asyncio.Queue = asyncio.Queue()
         self._reporter.in_flight += 1
@@ -281,7 +290,7 @@ class ModelService(ServedModel):
         try:
             pending.priority = batching.priority((parameters or {}).get("priority")) if batching else 0
         except ValueError as exc:
-            self.runner.release([pending])
+            self.runner.release([pending], "OTHER")
             raise invalid(f"model '{self.runner.name}': {exc}") from None
         timeout = queue_timeout_ns(self.runner.config, pending.arrived_ns, parameters, pending.priority)
         if timeout is not None:
@@ -303,7 +312,7 @@ class ModelService(ServedModel):
     async def _snapshot(self):
         # Copied on the executor thread, which is the one that updates the statistics; the response cache's
         # counts (kept on the event loop) added to the copy.
-        stats = await asyncio.get_running_loop().run_in_executor(self._executor, copy.deepcopy, self.runner.stats)
+        stats = await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.statistics_snapshot)
         for version, counts in self._cached.items():
             stats.setdefault(version, VersionStatistics()).merge(counts)
         return stats
@@ -332,7 +341,7 @@ class ModelService(ServedModel):
         version back (the batcher asks as the request leaves the queue)."""
         if pending.deadline_ns is None or time.perf_counter_ns() <= pending.deadline_ns:
             return None
-        self.runner.release([pending])
+        self.runner.release([pending], "REJECTED")
         waited_us = (time.perf_counter_ns() - pending.arrived_ns) // 1000
         return unavailable(f"model '{self.runner.name}': request timeout expired after {waited_us} us in the queue "
                            "(default_queue_policy)")

@@ -6,6 +6,7 @@ and unit tests use a ModelRunner directly as the in-process baseline.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -80,6 +81,7 @@ class ModelRunner:
         self.stats: dict[int, VersionStatistics] = {}
         self.reason = ""
         self._in_flight: dict[int, int] = {}  # id(backend) -> requests prepared and not yet executed
+        self._running: dict[int, int] = {}  # version -> requests in the backend call now (executor thread)
         self._retired: list[Backend] = []  # swapped out, unloaded once nothing in flight uses them
         self._lock = threading.Lock()
 
@@ -220,7 +222,7 @@ class ModelRunner:
             backend_inputs = to_backend_shapes(config, inputs)
         except InferenceError:
             self._release([backend])
-            self.stats[number].record_request(time.perf_counter_ns() - arrived, ok=False)
+            self.stats[number].record_request(time.perf_counter_ns() - arrived, ok=False, reason="OTHER")
             raise
         return Pending(number, backend, backend_inputs, requested, rows, arrived, time.perf_counter_ns(),
                        parameters)
@@ -231,6 +233,8 @@ class ModelRunner:
         A failing backend call fails only the requests in it, each with an error naming the model.
         """
         results: list[Tensors | InferenceError] = [None] * len(pending)  # type: ignore[list-item]
+        for p in pending:
+            self._running[p.version] = self._running.get(p.version, 0) + 1
         max_rows = self.config.max_batch_size or 1
         keys = [(p.version, batching.signature(p.inputs)) for p in pending]
         for group in batching.plan_batches(keys, [p.rows for p in pending], max_rows):
@@ -255,6 +259,7 @@ class ModelRunner:
                 results[i] = output if wanted is None else {name: output[name] for name in wanted}
             self._record(stats, [pending[i] for i in group], [results[i] for i in group], start, computed)
         self._release([p.backend for p in pending])
+        self._running.clear()
         return results
 
     def execute_stream(self, pending: Pending, emit: Callable[[Tensors | Exception | None, bool], None]) -> None:
@@ -274,6 +279,7 @@ class ModelRunner:
             emit(outputs, final)
 
         start = time.perf_counter_ns()
+        self._running[version] = 1
         try:
             backend.stream(pending.inputs, pending.parameters or {}, each)
         except Exception as exc:
@@ -284,10 +290,25 @@ class ModelRunner:
             self._record(self.stats[version], [pending], [failed[0] if failed else None], start,
                          time.perf_counter_ns())
             self._release([backend])
+            self._running.clear()
 
-    def release(self, pending: list[Pending]) -> None:
-        """These checked requests will not run (their queue timeout passed): give their versions back."""
+    def release(self, pending: list[Pending], reason: str) -> None:
+        """These checked requests will not run (their queue timeout passed, ``reason`` REJECTED; or a bad
+        parameter, OTHER): count them as failed and give their versions back."""
+        now = time.perf_counter_ns()
+        for request in pending:
+            self.stats[request.version].record_request(now - request.arrived_ns, ok=False, reason=reason)
         self._release([p.backend for p in pending])
+
+    def statistics_snapshot(self) -> dict[int, VersionStatistics]:
+        """A copy of the statistics per version, each with the requests now waiting for a backend call
+        (checked, not yet running). Call on the thread that executes batches (no batch runs meanwhile)."""
+        snapshot = copy.deepcopy(self.stats)
+        with self._lock:
+            for version, backend in self.backends.items():
+                waiting = self._in_flight.get(id(backend), 0) - self._running.get(version, 0)
+                snapshot.setdefault(version, VersionStatistics()).pending = max(0, waiting)
+        return snapshot
 
     def _release(self, backends: list[Backend]) -> None:
         """The requests on these backends are done; unload those retired and no longer in use."""

@@ -4,6 +4,8 @@ Each request adds to ``success`` or ``fail`` (its whole time in the replica), ``
 batch), ``compute_input`` (checking and merging inputs), ``compute_infer`` (the backend call its batch made)
 and ``compute_output`` (splitting outputs); ``batch_stats`` counts executions by batch size. With the
 response cache, ``cache_hit`` and ``cache_miss`` count the lookups (a hit is a success that never ran).
+Failures are also counted by Triton's metric reasons (``FAILURE_REASONS``), and a snapshot carries how many
+requests wait for the backend (``pending``), for the Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from deployments import host_usage
+
 logger = logging.getLogger(__name__)
 
 #: How soon after a request a replica reports its statistics to the collector.
@@ -25,6 +29,9 @@ REPORT_DELAY_S = 0.5
 HEARTBEAT_S = 10.0
 
 _STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
+#: Triton's ``reason`` label of ``nv_inference_request_failure``: a queue timeout or a full queue, a request
+#: the client cancelled, a failing backend call, anything else (a request that fails its checks).
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 #: Upper bounds of the latency buckets of successful requests, in ns: 100 us to ~145 s, each 1.5x the last
 #: (a percentile read from them is off by less than half a bucket). The last bucket has no upper bound.
 LATENCY_BOUNDS_NS = tuple(int(100_000 * 1.5**i) for i in range(36))
@@ -70,11 +77,17 @@ class VersionStatistics:
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
     #: Successful requests per latency bucket (``LATENCY_BOUNDS_NS``); not part of Triton's statistics.
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_NS) + 1))
+    #: Failed requests by reason (FAILURE_REASONS); their sum is ``fail.count``.
+    failures: dict[str, int] = field(default_factory=dict)
+    #: Requests checked and waiting for a backend call when the snapshot was taken (a gauge, not a count).
+    pending: int = 0
 
-    def record_request(self, ns: int, ok: bool = True) -> None:
-        """One request's whole time in the replica: success (with its latency bucket) or failure."""
+    def record_request(self, ns: int, ok: bool = True, reason: str = "BACKEND") -> None:
+        """One request's whole time in the replica: success (with its latency bucket) or failure (with its
+        reason, one of FAILURE_REASONS)."""
         if not ok:
             self.fail.add(ns)
+            self.failures[reason] = self.failures.get(reason, 0) + 1
             return
         self.success.add(ns)
         self.latency[bisect.bisect_left(LATENCY_BOUNDS_NS, ns)] += 1
@@ -97,6 +110,9 @@ class VersionStatistics:
         for stage in _STAGES:
             getattr(self, stage).merge(getattr(other, stage))
         self.latency = [a + b for a, b in zip(self.latency, other.latency)]
+        for reason, count in other.failures.items():
+            self.failures[reason] = self.failures.get(reason, 0) + count
+        self.pending += other.pending
         for size, theirs in other.batches.items():
             ours = self.batches.setdefault(size, BatchStatistics())
             for part in fields(BatchStatistics):
@@ -152,9 +168,10 @@ class StatisticsReporter:
     """
 
     def __init__(self, collector: Any, model: str, replica: str,
-                 snapshot: Callable[[], Awaitable[dict[int, VersionStatistics]]]):
+                 snapshot: Callable[[], Awaitable[dict[int, VersionStatistics]]], node: str = ""):
+        """``node`` names the replica's node in the host metrics sent with every report (its IP address)."""
         self._collector = collector  # a handle of the application's StatisticsCollector, or None
-        self._model, self._replica, self._snapshot = model, replica, snapshot
+        self._model, self._replica, self._snapshot, self._node = model, replica, snapshot, node
         self._scheduled = False
         self._heartbeat: asyncio.Task | None = None
         try:  # with a collector and a running loop, wait on the collector from the start
@@ -195,6 +212,7 @@ class StatisticsReporter:
     async def _report(self) -> None:
         self._scheduled = False
         try:
-            await self._collector.report.remote(self._model, self._replica, await self._snapshot(), self.in_flight)
+            await self._collector.report.remote(self._model, self._replica, await self._snapshot(), self.in_flight,
+                                                host_usage.sample(self._node))
         except Exception as exc:
             logger.warning("model '%s': statistics report failed: %r", self._model, exc)

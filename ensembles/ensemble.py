@@ -17,8 +17,10 @@ import time
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 
+from deployments import log_settings
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig
 from deployments.dtypes import numpy_dtype
@@ -35,7 +37,7 @@ ENSEMBLE_VERSION = 1
 class Ensemble(ServedModel):
     """Serves one ensemble like a model: ``infer``, metadata, config, readiness and statistics."""
 
-    def __init__(self, config: ModelConfig, steps: dict[str, Any], statistics: Any = None):
+    async def __init__(self, config: ModelConfig, steps: dict[str, Any], statistics: Any = None):
         self.config = config
         self.source = f"{config.name}/config"
         self.steps: list[EnsembleStep] = check_graph(config, self.source, set(steps))
@@ -44,8 +46,10 @@ class Ensemble(ServedModel):
         self.reason = "step models not checked yet"
         self.stats = VersionStatistics()
         replica = serve.get_replica_context().replica_id.unique_id
-        self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot)
+        self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot,
+                                            ray.util.get_node_ip_address())
         self._check_lock = asyncio.Lock()
+        log_settings.follow(statistics)
 
     async def _snapshot(self) -> dict[int, VersionStatistics]:
         return {ENSEMBLE_VERSION: copy.deepcopy(self.stats)}
@@ -92,7 +96,7 @@ class Ensemble(ServedModel):
         try:
             tensors = await self._run_graph(dict(inputs), parameters)
         except InferenceError:
-            self.stats.record_request(time.perf_counter_ns() - start, ok=False)
+            self.stats.record_request(time.perf_counter_ns() - start, ok=False, reason="OTHER")  # as Triton's ensembles
             raise
         finally:
             self._reporter.in_flight -= 1

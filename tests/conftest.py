@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -41,3 +42,10 @@ def write_model(root: Path, name: str, config: str, files: dict[str, bytes | str
 @pytest.fixture(scope="session")
 def example_root() -> Path:
     return example_repository()
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL query of configs/grafana/ric.json (panels and variables)."""
+    dashboard = json.loads((REPO_ROOT / "configs" / "grafana" / "ric.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return queries + [variable["query"]["query"] for variable in dashboard["templating"]["list"]]

@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
     serve_cmd.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_cmd.add_argument("--metrics-port", type=non_negative(int), default=8002,
+                           help="Prometheus metrics port, Triton's nv_* metrics of the whole application at "
+                                "/metrics (default 8002; 0: none)")
     serve_cmd.add_argument("--models", help="comma-separated models to serve (default: all)")
     serve_cmd.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     serve_cmd.add_argument("--num-cpus", type=non_negative(float), help="CPUs of the local Ray (default: this machine's)")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cluster.cli import placement
 from cluster.cli.arguments import reasons
+from cluster.cli.metrics_server import MetricsServer
 from cluster.client import ServerRecord, remove_record, write_record
 from cluster.names import APP_NAME
 
@@ -291,6 +292,12 @@ def serve_repository(args: argparse.Namespace) -> int:
     except ValueError as exc:  # arguments that only conflict together, e.g. one API group restricted twice
         print(f"ric serve: {reasons(exc)}", file=sys.stderr, flush=True)
         return 2
+    try:  # bound first: a busy port fails at once
+        metrics = MetricsServer(args.host, args.metrics_port) if args.metrics_port else None
+    except OSError as exc:
+        print(f"ric serve: cannot listen on {args.host}:{args.metrics_port} for metrics ({exc.strerror}); "
+              "choose another --metrics-port, or 0 for none", file=sys.stderr, flush=True)
+        return 2
     become_subreaper()
     code = 1
     try:
@@ -311,6 +318,9 @@ def serve_repository(args: argparse.Namespace) -> int:
         print(f"ric: serving {app_args.repository} at {base}/v2 and gRPC {args.host}:{args.grpc_port} "
               f"(health: {base}/v2/health/ready, index: POST {base}/v2/repository/index; ingress: "
               f"{args.ingress})", flush=True)
+        if metrics is not None:
+            metrics.start(APP_NAME)
+            print(f"ric: Prometheus metrics at http://{args.host}:{args.metrics_port}/metrics", flush=True)
         print("ric: from another Ray job or shell on this machine: from cluster.client import connect; "
               "connect().model(\"<model>\").infer({...})", flush=True)
         if args.dashboard and not args.address:

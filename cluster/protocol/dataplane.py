@@ -32,7 +32,7 @@ SERVER_NAME = "triton"
 PROTOCOL_PARAMETERS = {"binary_data_output", "triton_enable_empty_final_response"}
 #: Triton's extension names for what this server serves (clients may check them).
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "system_shared_memory",
-              "sequence", "schedule_policy", "parameters"]
+              "sequence", "schedule_policy", "parameters", "logging"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 #: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model
@@ -133,10 +133,16 @@ class DataPlane:
         """Run a decoded request (either transport's), reading its inputs from and writing its outputs to
         system shared memory where it names regions."""
         check_version(version)
-        inputs = await self._inputs(request)
-        answered, outputs = await self.infer(model, version, inputs, request.outputs, request.parameters)
-        if request.shared_outputs:
-            await self.shared_memory.write_outputs(outputs, request.shared_outputs)
+        started = time.perf_counter()
+        try:
+            inputs = await self._inputs(request)
+            answered, outputs = await self.infer(model, version, inputs, request.outputs, request.parameters)
+            if request.shared_outputs:
+                await self.shared_memory.write_outputs(outputs, request.shared_outputs)
+        except Exception as exc:
+            log_request(request, model, version, started, exc)
+            raise
+        log_request(request, model, answered, started)
         return answered, outputs
 
     async def _inputs(self, request: InferRequest) -> Tensors:
@@ -212,6 +218,10 @@ class DataPlane:
         return {"model_stats": await bounded(self.collector.model_stats.remote(versions),
                                                "the statistics collector")}
 
+    async def log_settings(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Triton's logging extension: the application's log settings, after ``changes``."""
+        return await bounded(self.collector.log_settings.remote(changes), "the statistics collector")
+
     async def set_loaded(self, model: str, loaded: bool, parameters: dict | None = None) -> None:
         """Triton's repository load / unload, on every replica; returns once this plane and the model's
         replica it asks have followed. A model the application was not built with is deployed as its own
@@ -247,6 +257,17 @@ class DataPlane:
         if self.generation < generation:
             return False
         return not loaded or await self.models[model].followed.remote() >= generation
+
+
+def log_request(request: InferRequest, model: str, version, started: float, error: Exception | None = None) -> None:
+    """At log_verbose_level >= 1 (DEBUG), one line per inference request: the client's request id and
+    Serve's, the model and version, the outcome and the time in this replica."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    outcome = "ok" if error is None else f"failed: {error}"
+    logger.debug("inference request id=%s serve_request_id=%s model=%s version=%s %s in %.3f ms",
+                 request.id or "-", serve.context._get_serve_request_context().request_id or "-", model,
+                 version or "-", outcome, (time.perf_counter() - started) * 1000)
 
 
 async def bounded(call, what: str, timeout_s: float | None = None):

@@ -237,6 +237,17 @@ class GrpcInferenceService:
         stats = await self.plane.statistics(request.name or None, request.version or None)
         return grpc_codec.to_message(stats, pb.ModelStatisticsResponse)
 
+    @rpc("logging")
+    async def LogSettings(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
+        changes = {name: getattr(value, value.WhichOneof("parameter_choice"))
+                   for name, value in request.settings.items() if value.WhichOneof("parameter_choice")}
+        settings = await self.plane.log_settings(changes)
+        response = pb.LogSettingsResponse()
+        for name, value in settings.items():
+            kind = "bool_param" if isinstance(value, bool) else "uint32_param" if isinstance(value, int) else "string_param"
+            setattr(response.settings[name], kind, value)
+        return response
+
     @rpc("model-repository")
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
         self._check_size(request)  # a load may carry model files

@@ -18,12 +18,13 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from cluster.protocol import codec, compression
+from cluster.protocol import codec, compression, metrics
 from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
-from cluster.protocol.dataplane import SERVER_NAME, DataPlane
+from cluster.protocol.dataplane import SERVER_NAME, DataPlane, bounded
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
 from cluster.protocol.shared_memory import NO_CUDA, SharedMemory
+from deployments import log_settings
 from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
 from deployments.model import ModelService, ServingLimits
@@ -85,6 +86,7 @@ class Ingress(GrpcInferenceService):
         """``colocated`` models are also served inside this replica: HTTP and gRPC requests for them skip
         the hop to their deployment, whose replicas still serve handles and ensembles."""
         register_message_modules()
+        log_settings.follow(statistics)
         self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits)
                           for config, source in (colocated or {}).values()]
         local = {service.runner.name: LocalHandle(service) for service in self.colocated}
@@ -134,6 +136,11 @@ class Ingress(GrpcInferenceService):
                     return empty_response()
                 case ["models", "stats"], "GET":
                     return json_response(await self.plane.statistics())
+                case ["logging"], "GET":
+                    return json_response(await self.plane.log_settings())
+                case ["logging"], "POST":
+                    changes = codec.decode_json_object(await self._read_body(request))
+                    return json_response(await self.plane.log_settings(changes))
                 case ["systemsharedmemory", *rest], _:
                     return await self._system_shared_memory(request, rest)
                 case ["cudasharedmemory", *rest], _:
@@ -142,6 +149,9 @@ class Ingress(GrpcInferenceService):
                     return await self._model_route(request, model, version, rest)
                 case ["models", model, *rest], _:
                     return await self._model_route(request, model, None, rest)
+        if parts == ["metrics"] and method == "GET":  # Triton's metrics (its :8002/metrics), the whole cluster
+            text = await bounded(self.plane.collector.prometheus.remote(), "the statistics collector")
+            return Response(text, media_type=metrics.CONTENT_TYPE)
         raise not_found(f"no route {method} {request.url.path}")
 
     async def _system_shared_memory(self, request: Request, rest: list[str]) -> Response:

@@ -9,16 +9,31 @@ replicas of its models and waits up to ``FRESH_TIMEOUT_S`` for their reports. A 
 its counts: they are history; its requests in flight stop counting once it has missed three heartbeats.
 A restarted collector has every live replica's totals back within a heartbeat; the history of replicas
 that went away before it restarted is lost (it keeps no state of its own).
+
+The same sums are Triton's Prometheus metrics (``prometheus``, ``cluster/protocol/metrics.py``), with each
+node's latest host sample (CPU, memory, GPUs) that the reports carry; the collector also copies them into
+Ray's metrics every ``PUBLISH_S`` (``cluster/protocol/ray_metrics.py``).
+
+It also keeps the application's log settings (Triton's logging extension, ``deployments/log_settings.py``):
+every replica process watches them (a long poll) and applies a change at once; they are saved in Ray's
+key-value store, so a restarted collector keeps what a client set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from typing import Any
 
 from ray import serve
 
+from cluster.protocol import metrics
+from cluster.repository.control_state import LOG_SETTINGS_PREFIX, SavedState
+from cluster.protocol.ray_metrics import PUBLISH_S, RayMetrics
+from deployments.log_settings import DEFAULTS as LOG_DEFAULTS, updated as updated_log_settings
+from deployments.host_usage import HostUsage
 from deployments.statistics import HEARTBEAT_S, VersionStatistics, merged
 
 #: A replica that has not reported for this long is gone: its requests in flight no longer count.
@@ -30,6 +45,8 @@ FRESH_TIMEOUT_S = 1.0
 MAX_ONGOING = 100_000
 
 Replica = tuple[str, str]  # (model, replica id)
+
+logger = logging.getLogger(__name__)
 
 
 # Every method is async: they run on the replica's event loop, never on Serve's thread pool, so the
@@ -44,10 +61,22 @@ class StatisticsCollector:
         self._waiting: dict[Replica, asyncio.Future] = {}  # replicas in next_report: set to ask for a report
         self._between: dict[Replica, float] = {}  # replicas reporting between two polls -> when they left one
         self._asked: dict[Replica, asyncio.Future] = {}  # replicas asked, until their report comes
+        self._hosts: dict[str, tuple[HostUsage, float]] = {}  # node -> (latest sample, when reported)
+        self._publisher: asyncio.Task | None = None  # copies the metrics into Ray's, from the first report
+        self._saved: SavedState | None = None  # the log settings' record, read when first asked for
+        self._settings_read: asyncio.Future | None = None
+        self._log_settings = dict(LOG_DEFAULTS)
+        self._settings_generation = 0
+        self._settings_changed = asyncio.Event()
 
-    async def report(self, model: str, replica: str, stats: dict[int, VersionStatistics], in_flight: int = 0) -> None:
+    async def report(self, model: str, replica: str, stats: dict[int, VersionStatistics], in_flight: int = 0,
+                     host: HostUsage | None = None) -> None:
         self._reports[(model, replica)] = stats
         self._in_flight[(model, replica)] = (in_flight, time.monotonic())
+        if host is not None:
+            self._hosts[host.node] = (host, time.monotonic())
+        if self._publisher is None:
+            self._publisher = asyncio.get_running_loop().create_task(self._publish())
         asked = self._asked.pop((model, replica), None)
         if asked is not None and not asked.done():
             asked.set_result(None)
@@ -85,20 +114,85 @@ class StatisticsCollector:
 
     async def in_flight(self) -> dict[str, int]:
         """Requests each model's live replicas held (waiting for a batch or running) when they last reported."""
+        return self._live_totals(lambda count: count)
+
+    def _live_totals(self, value) -> dict[str, int]:
+        """Per model, the sum of ``value(in_flight)`` over its live replicas (forgetting those gone)."""
         now, totals = time.monotonic(), {}
         for (model, replica), (count, reported) in list(self._in_flight.items()):
             if now - reported > GONE_AFTER_S:
                 del self._in_flight[(model, replica)]
                 continue
-            totals[model] = totals.get(model, 0) + count
+            totals[model] = totals.get(model, 0) + value(count)
         return totals
+
+    def _families(self) -> list[metrics.Family]:
+        now = time.monotonic()
+        for node, (_, reported) in list(self._hosts.items()):
+            if now - reported > GONE_AFTER_S:
+                del self._hosts[node]
+        replicas = self._live_totals(lambda _: 1)  # (first: it forgets the replicas gone)
+        return metrics.families(self._merged(), [host for host, _ in self._hosts.values()], replicas)
+
+    async def prometheus(self) -> bytes:
+        """Triton's metrics for the whole application, in Prometheus's text format (``/metrics``)."""
+        return metrics.exposition(self._families())
+
+    async def log_settings(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The log settings, after applying ``changes`` (checked first: a bad one changes nothing)."""
+        await self._read_settings()
+        if changes:
+            settings = updated_log_settings(self._log_settings, changes)
+            if settings != self._log_settings:
+                await asyncio.to_thread(self._saved.write, settings)
+                self._log_settings = settings
+                self._settings_generation += 1
+                self._settings_changed.set()
+                self._settings_changed = asyncio.Event()
+        return dict(self._log_settings)
+
+    async def watch_settings(self, generation: int, timeout_s: float) -> tuple[int, dict[str, Any]]:
+        """A replica process's long poll: the settings once they differ from ``generation`` (at once for a
+        new watcher, or one that watched a collector before a restart), else after ``timeout_s``."""
+        await self._read_settings()
+        if generation == self._settings_generation:
+            try:
+                await asyncio.wait_for(self._settings_changed.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        return self._settings_generation, dict(self._log_settings)
+
+    async def _read_settings(self) -> None:
+        """The log settings a client set before this collector (re)started (read once; callers meanwhile
+        wait for it)."""
+        if self._saved is None:
+            self._saved = SavedState(serve.get_replica_context().app_name, LOG_SETTINGS_PREFIX)
+            self._settings_read = asyncio.ensure_future(self._load_settings())
+        await self._settings_read
+
+    async def _load_settings(self) -> None:
+        self._log_settings.update(await asyncio.to_thread(self._saved.read))
+
+    async def _publish(self) -> None:
+        ray_copies = RayMetrics()
+        while True:
+            try:
+                ray_copies.publish(self._families())
+            except Exception as exc:  # Ray's metrics are a copy: never let them stop the collector
+                logger.warning("publishing metrics to Ray failed: %r", exc)
+            await asyncio.sleep(PUBLISH_S)
 
     async def merged(self) -> dict[str, dict[int, VersionStatistics]]:
         """Every model's statistics per version, summed over its replicas (``ric status`` reads these)."""
+        return self._merged()
+
+    def _merged(self) -> dict[str, dict[int, VersionStatistics]]:
         found: dict[str, dict[int, list[VersionStatistics]]] = {}
-        for (model, _), stats in self._reports.items():
+        for key, stats in self._reports.items():
             for version, report in stats.items():
-                found.setdefault(model, {}).setdefault(version, []).append(report)
+                if report.pending and key not in self._in_flight:  # gone: its history counts, not its queue
+                    report = dataclasses.replace(report, pending=0)
+                found.setdefault(key[0], {}).setdefault(version, []).append(report)
         return {model: {v: merged(r) for v, r in versions.items()} for model, versions in found.items()}
 
     async def model_stats(self, versions: dict[str, list[int] | None]) -> list[dict[str, Any]]:

@@ -17,14 +17,17 @@ from deployments.errors import ErrorCode, InferenceError
 
 NAMESPACE = "ric"
 KEY_PREFIX = "sync-state:"
+#: The key prefix of an application's log settings (kept by the statistics collector).
+LOG_SETTINGS_PREFIX = "log-settings:"
 
 
 class SavedState:
-    """The record of one application's repository API changes (a JSON object) in Ray's key-value store.
-    Its calls block on the GCS: run them off the event loop."""
+    """The record of one application's repository API changes (a JSON object) in Ray's key-value store, or
+    of another state of the application's under another ``prefix``. Its calls block on the GCS: run them
+    off the event loop."""
 
-    def __init__(self, app: str):
-        self.key = f"{KEY_PREFIX}{app}"
+    def __init__(self, app: str, prefix: str = KEY_PREFIX):
+        self.key = f"{prefix}{app}"
 
     def read(self) -> dict[str, Any]:
         raw = internal_kv._internal_kv_get(self.key, namespace=NAMESPACE)

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from cluster.cli.serve import UNAVAILABLE_PAGE
 from cluster.names import APP_NAME, model_app_name
 from cluster.repository.examples import onnx_add_sub
-from tests.conftest import REPO_ROOT, write_model
+from tests.conftest import REPO_ROOT, dashboard_queries, write_model
 from tests.integration.conftest import free_port, wait_for
 
 BIN = Path(sys.executable).parent
@@ -45,6 +46,7 @@ class RicServe:
     process: subprocess.Popen
     http_port: int
     grpc_port: int
+    metrics_port: int
     lines: list[str] = field(default_factory=list)
 
     @property
@@ -78,12 +80,13 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def start_ric(home: Path, *args: str, http_port: int | None = None, grpc_port: int | None = None) -> RicServe:
-    http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
+    http_port, grpc_port, metrics_port = http_port or free_port(), grpc_port or free_port(), free_port()
     process = subprocess.Popen(
-        [str(BIN / "ric"), "serve", *args, "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+        [str(BIN / "ric"), "serve", *args, "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+         "--metrics-port", str(metrics_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(home), start_new_session=True,
     )
-    server = RicServe(process, http_port, grpc_port)
+    server = RicServe(process, http_port, grpc_port, metrics_port)
     threading.Thread(target=lambda: server.lines.extend(process.stdout), daemon=True).start()
     return server
 
@@ -268,6 +271,97 @@ def test_requests_over_the_limit_are_refused_before_they_are_read(ric):
     assert client.is_model_ready("simple")
 
 
+PROMETHEUS_CONFIG = """
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: ric
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+"""
+
+
+@pytest.fixture
+def prometheus(ric, tmp_path):
+    """A real Prometheus scraping ``ric serve``'s metrics port every second; yields its query function."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("no prometheus binary: `make install` installs Debian's prometheus package when it runs as "
+                    "root or with sudo")
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(port=ric.metrics_port))
+    log = (tmp_path / "prometheus.log").open("w")
+    process = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                               stdout=log, stderr=subprocess.STDOUT)
+
+    def query(expression: str, at: float | None = None) -> float | None:
+        params = {"query": expression, **({"time": f"{at:.3f}"} if at is not None else {})}
+        answer = requests.get(f"http://127.0.0.1:{port}/api/v1/query", params=params, timeout=30).json()
+        assert answer["status"] == "success", answer
+        result = answer["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    try:
+        wait_for(lambda: process.poll() is not None or _answers(port), timeout_s=60, what="Prometheus to start")
+        assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+        yield query
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/-/ready", timeout=5).ok
+    except requests.ConnectionError:
+        return False
+
+
+def test_prometheus_scrapes_metrics_that_match_the_load_and_the_statistics(ric, prometheus):
+    metrics = requests.get(f"http://127.0.0.1:{ric.metrics_port}/metrics", timeout=30)
+    assert metrics.ok and "# TYPE nv_inference_count counter" in metrics.text
+    assert requests.get(f"http://127.0.0.1:{ric.metrics_port}/other", timeout=30).status_code == 404
+    labels = '{model="simple",version="1"}'
+
+    def statistics() -> dict:
+        (row,) = requests.get(f"{ric.url}/v2/models/simple/versions/1/stats", timeout=30).json()["model_stats"]
+        return row
+
+    def scraped(count: int) -> bool:  # Prometheus holds a scrape taken after the count was reached
+        return prometheus(f"nv_inference_count{labels}") == count
+
+    before = statistics()["inference_count"]
+    wait_for(lambda: scraped(before), timeout_s=60, what="Prometheus to scrape the count before the load")
+    started, sent = time.time(), 200
+    body = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
+                       for n in ("INPUT0", "INPUT1")]}
+    with requests.Session() as session:
+        for _ in range(sent):
+            assert session.post(f"{ric.url}/v2/models/simple/infer", json=body, timeout=30).status_code == 200
+    stats = statistics()
+    assert stats["inference_count"] == before + sent
+    wait_for(lambda: scraped(before + sent), timeout_s=60, what="Prometheus to scrape the count after the load")
+    now = time.time()
+    window = int(now - started) + 3  # reaches back before the load
+    # (the scrape that held the count before the load was taken before it started)
+    assert prometheus(f"nv_inference_count{labels}", at=now) - prometheus(f"nv_inference_count{labels}",
+                                                                          at=started) == sent
+    # rate() and increase() extrapolate to the window's edges from the scrapes inside it (one a second)
+    rate = prometheus(f"rate(nv_inference_count{labels}[{window}s])", at=now)
+    assert 0.8 * sent <= rate * window <= 1.25 * sent, (rate, window)
+    inference = stats["inference_stats"]
+    for stage in ("queue", "compute_infer"):
+        assert prometheus(f"nv_inference_{stage}_duration_us{labels}") == pytest.approx(inference[stage]["ns"] / 1000)
+    assert prometheus(f'nv_inference_request_success{labels}') == inference["success"]["count"]
+    p99 = prometheus(f"histogram_quantile(0.99, rate(nv_inference_first_response_histogram_ms_bucket{labels}"
+                     f"[{window}s]))", at=now)
+    assert p99 is not None and p99 > 0
+    for query in dashboard_queries():  # the Grafana dashboard's queries are PromQL that Prometheus runs
+        prometheus(query.replace("$__rate_interval", "1m").replace("$model", ".*"))
+
+
 def listeners(pid: int) -> set[tuple[str, int, str]]:
     """(address, port, process name) of every listening TCP socket of a process and its descendants."""
     found = set()
@@ -377,7 +471,7 @@ def test_a_repository_that_cannot_fit_fails_at_once_naming_it(home, tmp_path):
     write_model(repository, "big_gpu", 'instance_group [ { count: 2, kind: KIND_GPU } ]\n'
                 'parameters { key: "gpu_fraction" value { string_value: "0.5" } }\n', {"1/model.onnx": onnx_add_sub()})
     done = subprocess.run([str(BIN / "ric"), "serve", str(repository), "--no-dashboard", "--http-port",
-                           str(free_port()), "--grpc-port", str(free_port())],
+                           str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", "0"],
                           env=clean_env(home), capture_output=True, text=True, timeout=180)
     assert done.returncode == 1, done.stdout[-3000:]
     assert "do not fit this Ray cluster" in done.stderr
