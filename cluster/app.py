@@ -21,7 +21,7 @@ from cluster.protocol.dataplane import SERVER_NAME
 from cluster.protocol.ingress import Ingress, IngressOptions
 from cluster.protocol.restrictions import Restriction, check_unique
 from cluster.repository.model_apps import deployment_options
-from cluster.protocol.statistics import StatisticsCollector
+from cluster.protocol.statistics import DEFAULT_TRACE_DIR, StatisticsCollector
 from cluster.repository.sync import ModelStoreSync
 from cluster.repository.stores import open_store
 from deployments.config import Autoscaling, ConfigError, ModelConfig
@@ -49,6 +49,11 @@ class AppArgs(BaseModel):
     server_name: str = Field(
         default=SERVER_NAME, min_length=1,
         description="The server's name in /v2 metadata (Triton's clients check for 'triton').",
+    )
+    trace_dir: str = Field(
+        default=DEFAULT_TRACE_DIR, min_length=1,
+        description="The folder, on the statistics collector's node, that trace files (Triton's trace_file "
+                    "setting) are written in; clients may name files in it, nowhere else.",
     )
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest request body accepted (413 above).")
     max_inflight_bytes: int = Field(
@@ -281,7 +286,7 @@ def build(args: AppArgs) -> Application:
     if isinstance(args, dict):
         args = AppArgs.model_validate(args)
     store, configs, failed = select_models(args)
-    statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind()
+    statistics = StatisticsCollector.options(name=STATISTICS_NAME).bind(args.trace_dir)
     plain = {name: config for name, config in configs.items() if not is_ensemble(config)}
     steps = frozenset(step.model_name for config in configs.values() if is_ensemble(config)
                       for step in scheduling(config, config.name).step)

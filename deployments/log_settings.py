@@ -1,7 +1,7 @@
 """Triton's logging extension: the log settings a client reads and changes at run time. No Ray here.
 
 The settings are kept by the statistics collector, one set per application, and every replica process
-(Ingress, model, ensemble) follows them (``cluster/protocol/settings.py``) and applies them to ric's
+(Ingress, model, ensemble) follows them (``deployments/settings_follower.py``) and applies them to ric's
 loggers (``cluster``, ``deployments``, ``ensembles``; Ray's and Serve's own keep theirs). Python's levels
 are thresholds where Triton's switches are independent: the lowest enabled kind sets the level
 (``log_verbose_level`` >= 1: DEBUG, which also logs every inference request with its ids).
@@ -9,7 +9,6 @@ are thresholds where Triton's switches are independent: the lowest enabled kind 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -21,8 +20,6 @@ DEFAULTS: dict[str, Any] = {"log_file": "", "log_info": True, "log_warning": Tru
 #: ric's loggers, whose level the settings set.
 LOGGERS = ("cluster", "deployments", "ensembles")
 _FORMATS = ("default",)
-
-logger = logging.getLogger(__name__)
 
 
 def updated(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -74,30 +71,3 @@ def log_through(component: str) -> None:
             ours.handlers = list(handlers)
             ours.propagate = False
 
-
-#: How long one watch of the settings waits for a change before asking again.
-WATCH_S = 30.0
-_following: set[int] = set()  # the event loops (one per replica process) that follow the settings
-
-
-def follow(collector: Any) -> None:
-    """Follow the application's log settings in this process (once, whichever of its services asks first):
-    ``collector`` is the handle of the StatisticsCollector, which keeps them; None follows nothing. Call it
-    with the replica's event loop running."""
-    loop = asyncio.get_running_loop()
-    if collector is None or id(loop) in _following:
-        return
-    _following.add(id(loop))
-    log_through("ray.serve")
-    loop.create_task(_follow(collector))
-
-
-async def _follow(collector: Any) -> None:
-    generation = -1
-    while True:
-        try:
-            generation, settings = await collector.watch_settings.remote(generation, WATCH_S)
-            apply(settings)
-        except Exception as exc:  # the collector restarting: keep the levels, ask again shortly
-            logger.warning("following the log settings failed: %r", exc)
-            await asyncio.sleep(1.0)

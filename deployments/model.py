@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 import ray
 from ray import serve
 
-from deployments import log_settings
+from deployments import settings_follower, tracing
 from deployments.backends import Tensors
 from deployments.batching import DynamicBatcher
 from deployments.config import ModelConfig
@@ -118,7 +118,8 @@ class ModelService(ServedModel):
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied
         self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
-        log_settings.follow(statistics)
+        settings_follower.follow(statistics)
+        self._tracer = tracing.tracer_for(statistics)
 
     def _configure_batching(self) -> None:
         """Batch per the config of the versions now loaded (a version update may change it)."""
@@ -165,16 +166,17 @@ class ModelService(ServedModel):
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> tuple[int, Tensors]:
-        """Like ``infer``, also returning the version that answered (for the protocol's model_version)."""
+        """Like ``infer``, also returning the version that answered (for the protocol's model_version).
+        A sampled request (``trace``) gets the spans of its stages here (a cache hit none)."""
         if self.runner.config.decoupled:
             raise invalid(f"model '{self.runner.name}' is decoupled (it answers a request with any number of "
                           "responses): use gRPC ModelStreamInfer, HTTP generate_stream or a handle's stream")
         self._refuse_when_full(version)
         if self._cache is not None:
-            return await self._infer_cached(inputs, outputs, version, parameters)
-        return await self._infer(inputs, outputs, version, parameters)
+            return await self._infer_cached(inputs, outputs, version, parameters, trace)
+        return await self._infer(inputs, outputs, version, parameters, trace)
 
     def _refuse_when_full(self, version: int | str | None) -> None:
         """Over the queue limit a request answers UNAVAILABLE at once, counted as rejected (Triton's full
@@ -188,7 +190,7 @@ class ModelService(ServedModel):
                           "limit; retry later")
 
     async def _infer(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
-                     parameters: dict | None) -> tuple[int, Tensors]:
+                     parameters: dict | None, trace: dict[str, str] | None = None) -> tuple[int, Tensors]:
         self._reporter.in_flight += 1
         try:
             if self._sequences is None:
@@ -204,12 +206,16 @@ class ModelService(ServedModel):
         finally:
             self._reporter.in_flight -= 1
             self._reporter.schedule()
+        if trace is not None and self._tracer is not None:
+            self._tracer.stages(trace, self.runner.name, pending.version, {
+                "arrived": pending.arrived_ns, "queued": pending.queued_ns, "started": pending.started_ns,
+                "computed": pending.computed_ns, "done": pending.done_ns})
         if isinstance(result, Exception):
             raise result
         return pending.version, result
 
     async def _infer_cached(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
-                            parameters: dict | None) -> tuple[int, Tensors]:
+                            parameters: dict | None, trace: dict[str, str] | None) -> tuple[int, Tensors]:
         """Answer from the response cache, or run the request and keep its answer."""
         started = time.perf_counter_ns()
         number = self.runner.version_for(version)
@@ -225,7 +231,7 @@ class ModelService(ServedModel):
             return number, answer
         looked_up = time.perf_counter_ns() - started
         cache = self._cache  # (a version update meanwhile replaces its contents, not the object)
-        answered, result = await self._infer(inputs, outputs, number, parameters)
+        answered, result = await self._infer(inputs, outputs, number, parameters, trace)
         inserted = time.perf_counter_ns()
         if cache is self._cache and answered == number:
             cache.put(key, result)
@@ -234,12 +240,13 @@ class ModelService(ServedModel):
 
     async def infer_stream(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> AsyncIterator[tuple[int, Tensors]]:
         """Every response to one request, as (version, outputs): a decoupled model's zero or more, as the
-        model sends them; any other model's one. An error response raises, after the responses before it."""
+        model sends them; any other model's one. An error response raises, after the responses before it.
+        (A decoupled model's request has no stage spans: only the ingress's span traces it.)"""
         if not self.runner.config.decoupled:
-            yield await self.infer_versioned(inputs, outputs, version, parameters)
+            yield await self.infer_versioned(inputs, outputs, version, parameters, trace)
             return
         self._refuse_when_full(version)
         loop = asyncio.get_running_loop()

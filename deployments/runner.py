@@ -66,6 +66,10 @@ class Pending:
     delay_after_ns: int | None = None
     #: Its priority level (1 the highest; 0 for a model without levels).
     priority: int = 0
+    #: perf_counter_ns when its backend call started, returned, and its outputs were split (for tracing).
+    started_ns: int = 0
+    computed_ns: int = 0
+    done_ns: int = 0
 
 
 class ModelRunner:
@@ -325,6 +329,7 @@ class ModelRunner:
         input_ns = sum(p.queued_ns - p.arrived_ns for p in group) // len(group)
         stats.record_execution(rows, len(group), input_ns, computed - start, (done - computed) // len(group))
         for request, result in zip(group, results):
+            request.started_ns, request.computed_ns, request.done_ns = start, computed, done
             stats.queue.add(start - request.queued_ns)
             stats.record_request(done - request.arrived_ns, ok=not isinstance(result, Exception))
             if not isinstance(result, Exception):

@@ -18,26 +18,27 @@ from deployments.backends import Tensors
 class ServedModel:
     async def infer(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> Tensors:
-        """Run one request: a dict of numpy arrays in, a dict of numpy arrays out."""
-        _, result = await self.infer_versioned(inputs, outputs, version, parameters)
+        """Run one request: a dict of numpy arrays in, a dict of numpy arrays out. ``trace``: the context of
+        a sampled request's span (deployments/tracing.py), whose trace this request's spans join."""
+        _, result = await self.infer_versioned(inputs, outputs, version, parameters, trace)
         return result
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (the protocol's model_version)."""
         raise NotImplementedError
 
     async def infer_stream(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> AsyncIterator[tuple[int, Tensors]]:
         """Every response to one request, as (version, outputs): here the one ``infer_versioned`` gives; a
         decoupled model's zero or more. Called through a handle with ``.options(stream=True)``."""
-        yield await self.infer_versioned(inputs, outputs, version, parameters)
+        yield await self.infer_versioned(inputs, outputs, version, parameters, trace)
 
     def followed(self) -> float:
         """The sync generation this copy has applied: every one, for a model that does not follow the sync."""

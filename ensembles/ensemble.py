@@ -20,7 +20,7 @@ import numpy as np
 import ray
 from ray import serve
 
-from deployments import log_settings
+from deployments import settings_follower, tracing
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig
 from deployments.dtypes import numpy_dtype
@@ -49,7 +49,8 @@ class Ensemble(ServedModel):
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot,
                                             ray.util.get_node_ip_address())
         self._check_lock = asyncio.Lock()
-        log_settings.follow(statistics)
+        settings_follower.follow(statistics)
+        self._tracer = tracing.tracer_for(statistics)
 
     async def _snapshot(self) -> dict[int, VersionStatistics]:
         return {ENSEMBLE_VERSION: copy.deepcopy(self.stats)}
@@ -82,9 +83,11 @@ class Ensemble(ServedModel):
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> tuple[int, Tensors]:
-        """Run the graph for one request; returns the ensemble version (1) and the requested outputs."""
+        """Run the graph for one request; returns the ensemble version (1) and the requested outputs. A
+        sampled request (``trace``) gets a span for the ensemble and one per step, the step models' own
+        spans below each step's."""
         start = time.perf_counter_ns()
         if not await self._checked():
             raise unavailable(f"ensemble '{self.config.name}' is not ready: {self.reason}")
@@ -93,14 +96,20 @@ class Ensemble(ServedModel):
         rows = validate_inputs(self.config, inputs)
         wanted = validate_outputs(self.config, outputs) or [t.name for t in self.config.output]
         self._reporter.in_flight += 1
+        span = None
+        if trace is not None and self._tracer is not None:
+            span = self._tracer.span(f"ensemble {self.config.name}", trace, tracing.epoch_ns(start),
+                                     model=self.config.name, version=ENSEMBLE_VERSION)
         try:
-            tensors = await self._run_graph(dict(inputs), parameters)
+            tensors = await self._run_graph(dict(inputs), parameters, span)
         except InferenceError:
             self.stats.record_request(time.perf_counter_ns() - start, ok=False, reason="OTHER")  # as Triton's ensembles
             raise
         finally:
             self._reporter.in_flight -= 1
             self._reporter.schedule()
+            if span is not None:
+                span.end()
         elapsed = time.perf_counter_ns() - start
         self.stats.record_request(elapsed)
         self.stats.compute_infer.add(elapsed)
@@ -109,14 +118,14 @@ class Ensemble(ServedModel):
         self.stats.last_inference = time.time_ns() // 1_000_000
         return ENSEMBLE_VERSION, {name: tensors[name] for name in wanted}
 
-    async def _run_graph(self, tensors: Tensors, parameters: dict | None) -> Tensors:
+    async def _run_graph(self, tensors: Tensors, parameters: dict | None, span=None) -> Tensors:
         pending = list(range(len(self.steps)))
         running: dict[asyncio.Task, int] = {}
         try:
             while pending or running:
                 for i in [i for i in pending if set(self.steps[i].input_map.values()) <= tensors.keys()]:
                     pending.remove(i)
-                    running[asyncio.ensure_future(self._run_step(i, tensors, parameters))] = i
+                    running[asyncio.ensure_future(self._run_step(i, tensors, parameters, span))] = i
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     i = running.pop(task)
@@ -128,7 +137,18 @@ class Ensemble(ServedModel):
                 task.cancel()
         return tensors
 
-    async def _run_step(self, i: int, tensors: Tensors, parameters: dict | None) -> Tensors:
+    async def _run_step(self, i: int, tensors: Tensors, parameters: dict | None, parent=None) -> Tensors:
+        step = self.steps[i]
+        if parent is None:
+            return await self._call_step(i, tensors, parameters, None)
+        span = self._tracer.span(f"step {i} {step.model_name}", parent, model=step.model_name, step=i)
+        try:
+            return await self._call_step(i, tensors, parameters, self._tracer.carried(span))
+        finally:
+            span.end()
+
+    async def _call_step(self, i: int, tensors: Tensors, parameters: dict | None,
+                         trace: dict[str, str] | None) -> Tensors:
         step = self.steps[i]
         model = self.step_configs[step.model_name]
         inputs = {model_input: tensors[tensor] for model_input, tensor in step.input_map.items()}
@@ -139,7 +159,9 @@ class Ensemble(ServedModel):
             if model.batching and any(a.ndim and a.shape[0] == 0 for a in inputs.values()):
                 return _empty_outputs(model, requested)
             chunks = _split_rows(inputs, model.max_batch_size) if model.batching else [inputs]
-            results = await asyncio.gather(*(handle.infer.remote(c, requested, version, parameters) for c in chunks))
+            extra = {"trace": trace} if trace is not None else {}
+            results = await asyncio.gather(*(handle.infer.remote(c, requested, version, parameters, **extra)
+                                             for c in chunks))
         except Exception as exc:
             error = InferenceError.from_exception(exc)
             raise InferenceError(error.code, f"ensemble '{self.config.name}' step {i} (model "

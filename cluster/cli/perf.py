@@ -38,9 +38,13 @@ class Measured:
     errors: int = 0
     seconds: float = 0.0
     first_error: str | None = None
+    measure_from: float = 0.0  # perf_counter when the measured window began
+    finished_s: list[float] = field(default_factory=list)  # when each request finished, from measure_from
 
     def record(self, started: float, ok: bool | str) -> None:
-        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        now = time.perf_counter()
+        self.latencies_ms.append((now - started) * 1000)
+        self.finished_s.append(now - self.measure_from)
         if ok is not True:
             self.errors += 1
             self.first_error = self.first_error or (ok if isinstance(ok, str) else "request failed")
@@ -63,6 +67,8 @@ class Cell:
     p99_ms: float
     first_error: str | None = None
     server: dict[str, float] | None = None
+    #: What the cell measured, request by request (for --plot; not printed or written).
+    measured: Measured | None = field(default=None, repr=False)
 
     @property
     def requests_per_s(self) -> float:
@@ -73,7 +79,8 @@ class Cell:
         return self.requests_per_s * self.batch
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "requests_per_s": self.requests_per_s, "inferences_per_s": self.inferences_per_s}
+        fields = {key: value for key, value in asdict(self).items() if key != "measured"}
+        return {**fields, "requests_per_s": self.requests_per_s, "inferences_per_s": self.inferences_per_s}
 
     def row(self) -> str:
         load = f"c={self.concurrency}" if self.concurrency is not None else f"rate={self.rate:g}/s"
@@ -92,14 +99,14 @@ def make_cell(label: str, protocol: str, measured: Measured, batch: int, concurr
     lat = np.array(measured.latencies_ms) if measured.latencies_ms else np.array([np.nan])
     p50, p90, p99 = (float(np.percentile(lat, q)) for q in (50, 90, 99))
     return Cell(label, protocol, concurrency, rate, batch, len(measured.latencies_ms), measured.errors,
-                measured.seconds, p50, p90, p99, measured.first_error, server)
+                measured.seconds, p50, p90, p99, measured.first_error, server, measured)
 
 
 async def closed_loop(call: Call, concurrency: int, seconds: float, warmup_s: float = 1.0) -> Measured:
     """``concurrency`` clients, each calling again when its last call returns; measured after a warm-up."""
-    measured = Measured(seconds=seconds)
     start = time.perf_counter()
     measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
+    measured = Measured(seconds=seconds, measure_from=measure_from)
 
     async def client():
         while (now := time.perf_counter()) < stop_at:
@@ -117,8 +124,8 @@ async def open_loop(call: Call, rate: float, seconds: float, warmup_s: float = 1
     Latency runs from each call's planned start. Calls left unanswered after the run (plus a grace of
     ``seconds``) are cancelled and counted as errors, so the loop always ends.
     """
-    measured = Measured(seconds=seconds)
     start = time.perf_counter()
+    measured = Measured(seconds=seconds, measure_from=start + warmup_s)
     total, warm = int(rate * (seconds + warmup_s)), int(rate * warmup_s)
     tasks: set[asyncio.Task] = set()
 
@@ -230,6 +237,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--address", help="Ray cluster to join for --protocol handle (default: the running "
                                           "ric serve's, as cluster.client.connect finds it)")
     parser.add_argument("--json", dest="json_path", help="also write the cells to this JSON file")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw throughput and p50/p99 latency over time, "
+                                                           "cell after cell, to this PNG (needs matplotlib)")
 
 
 async def run(args) -> list[Cell]:
@@ -275,4 +284,14 @@ def main(args) -> int:
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump([cell.to_dict() for cell in cells], f, indent=1)
+    if args.plot:
+        from cluster.cli import perf_plot
+
+        load = lambda cell: f"c={cell.concurrency}" if cell.concurrency else f"{cell.rate:g}/s"  # noqa: E731
+        try:
+            perf_plot.plot(args.plot, [(f"{cell.label} {load(cell)}", cell.measured.finished_s,
+                                        cell.measured.latencies_ms, cell.seconds) for cell in cells])
+        except RuntimeError as exc:
+            print(f"ric perf: {exc}", file=sys.stderr)
+            return 2
     return 1 if any(cell.errors for cell in cells) else 0

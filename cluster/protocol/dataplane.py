@@ -21,6 +21,7 @@ from cluster.protocol.codec import InferRequest
 from cluster.protocol.shared_memory import SharedMemory
 from cluster.repository.model_apps import load_failure
 from cluster.repository.paths import check_file_path, check_model_name
+from deployments import tracing
 from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, no_available_versions, unavailable, unknown_model
@@ -32,7 +33,7 @@ SERVER_NAME = "triton"
 PROTOCOL_PARAMETERS = {"binary_data_output", "triton_enable_empty_final_response"}
 #: Triton's extension names for what this server serves (clients may check them).
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "system_shared_memory",
-              "sequence", "schedule_policy", "parameters", "logging"]
+              "sequence", "schedule_policy", "parameters", "logging", "trace"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 #: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model
@@ -62,6 +63,7 @@ class DataPlane:
         self.version, self.name = options.version, options.server_name
         self.control_mode = options.model_control_mode
         self.collector = statistics  # handle of the StatisticsCollector
+        self.tracer = tracing.tracer_for(statistics)  # samples requests for tracing (None without a collector)
         self.sync = sync  # handle of the ModelStoreSync
         # Models that autoscale from zero: a call to one starts a replica, so the fan-outs below (readiness,
         # index, statistics) leave them out and report them ready to start on demand. Built ones are
@@ -123,27 +125,42 @@ class DataPlane:
 
     async def infer(
         self, model: str, version: str | None, inputs: Tensors, outputs: list[str] | None,
-        parameters: dict | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> tuple[int, Tensors]:
         """Run a request on a model; returns the version that answered and the outputs. The request's
-        parameters (less the protocol's own) go with it."""
-        return await self.handle(model).infer_versioned.remote(inputs, outputs, version, passed_parameters(parameters))
+        parameters (less the protocol's own) go with it; ``trace``: a sampled request's span context."""
+        extra = {"trace": trace} if trace is not None else {}
+        return await self.handle(model).infer_versioned.remote(inputs, outputs, version,
+                                                               passed_parameters(parameters), **extra)
 
     async def infer_request(self, model: str, version: str | None, request: InferRequest) -> tuple[int, Tensors]:
         """Run a decoded request (either transport's), reading its inputs from and writing its outputs to
         system shared memory where it names regions."""
         check_version(version)
         started = time.perf_counter()
+        span = self._sampled(model, version, request)
         try:
             inputs = await self._inputs(request)
-            answered, outputs = await self.infer(model, version, inputs, request.outputs, request.parameters)
+            answered, outputs = await self.infer(model, version, inputs, request.outputs, request.parameters,
+                                                 span and self.tracer.carried(span))
             if request.shared_outputs:
                 await self.shared_memory.write_outputs(outputs, request.shared_outputs)
         except Exception as exc:
             log_request(request, model, version, started, exc)
             raise
+        finally:
+            if span is not None:
+                span.end()
         log_request(request, model, answered, started)
         return answered, outputs
+
+    def _sampled(self, model: str, version: str | None, request: InferRequest):
+        """The root span of a request the trace settings sample (None for the others)."""
+        if self.tracer is None or not self.tracer.sample(model):
+            return None
+        return self.tracer.span(f"infer {model}", None, model=model, requested_version=version or None,
+                                request_id=request.id or None,
+                                serve_request_id=serve.context._get_serve_request_context().request_id or None)
 
     async def _inputs(self, request: InferRequest) -> Tensors:
         """The request's inputs, those in shared memory read."""
@@ -163,9 +180,22 @@ class DataPlane:
             raise invalid("a streamed request's outputs travel in its responses, not in shared memory")
         inputs = await self._inputs(request)
         handle = self.handle(model).options(stream=True)
-        async for answered, outputs in handle.infer_stream.remote(inputs, request.outputs, version,
-                                                                  passed_parameters(request.parameters)):
-            yield answered, outputs
+        span = self._sampled(model, version, request)
+        extra = {"trace": self.tracer.carried(span)} if span is not None else {}
+        try:
+            async for answered, outputs in handle.infer_stream.remote(inputs, request.outputs, version,
+                                                                      passed_parameters(request.parameters), **extra):
+                yield answered, outputs
+        finally:
+            if span is not None:
+                span.end()
+
+    async def trace_settings(self, model: str | None = None, changes: dict[str, Any] | None = None
+                             ) -> dict[str, Any]:
+        """Triton's trace extension: the settings for ``model`` (None: the global ones), after ``changes``."""
+        if model:
+            self.handle(model)  # an unknown model is NOT_FOUND
+        return await bounded(self.collector.trace_settings.remote(model, changes), "the statistics collector")
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
         check_version(version)

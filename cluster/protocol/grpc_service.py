@@ -248,6 +248,17 @@ class GrpcInferenceService:
             setattr(response.settings[name], kind, value)
         return response
 
+    @rpc("trace")
+    async def TraceSetting(self, request: pb.TraceSettingRequest) -> pb.TraceSettingResponse:
+        # A setting with no value clears it (a model's override, or a global one back to its default).
+        changes = {name: (list(value.value) if name == "trace_level" else value.value[0]) if value.value else None
+                   for name, value in request.settings.items()}
+        settings = await self.plane.trace_settings(request.model_name or None, changes)
+        response = pb.TraceSettingResponse()
+        for name, value in settings.items():
+            response.settings[name].value.extend(value if isinstance(value, list) else [value])
+        return response
+
     @rpc("model-repository")
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
         self._check_size(request)  # a load may carry model files

@@ -24,7 +24,7 @@ from cluster.protocol.dataplane import SERVER_NAME, DataPlane, bounded
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
 from cluster.protocol.shared_memory import NO_CUDA, SharedMemory
-from deployments import log_settings
+from deployments import settings_follower
 from deployments.config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
 from deployments.model import ModelService, ServingLimits
@@ -86,7 +86,7 @@ class Ingress(GrpcInferenceService):
         """``colocated`` models are also served inside this replica: HTTP and gRPC requests for them skip
         the hop to their deployment, whose replicas still serve handles and ensembles."""
         register_message_modules()
-        log_settings.follow(statistics)
+        settings_follower.follow(statistics)
         self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits)
                           for config, source in (colocated or {}).values()]
         local = {service.runner.name: LocalHandle(service) for service in self.colocated}
@@ -136,6 +136,8 @@ class Ingress(GrpcInferenceService):
                     return empty_response()
                 case ["models", "stats"], "GET":
                     return json_response(await self.plane.statistics())
+                case ["trace", "setting"], _:
+                    return await self._trace_setting(request, None)
                 case ["logging"], "GET":
                     return json_response(await self.plane.log_settings())
                 case ["logging"], "POST":
@@ -153,6 +155,15 @@ class Ingress(GrpcInferenceService):
             text = await bounded(self.plane.collector.prometheus.remote(), "the statistics collector")
             return Response(text, media_type=metrics.CONTENT_TYPE)
         raise not_found(f"no route {method} {request.url.path}")
+
+    async def _trace_setting(self, request: Request, model: str | None) -> Response:
+        """Triton's trace extension: GET the settings (global, or a model's), POST changes (null clears)."""
+        if request.method == "GET":
+            return json_response(await self.plane.trace_settings(model))
+        if request.method == "POST":
+            changes = codec.decode_json_object(await self._read_body(request))
+            return json_response(await self.plane.trace_settings(model, changes))
+        raise not_found(f"no route {request.method} {request.url.path}")
 
     async def _system_shared_memory(self, request: Request, rest: list[str]) -> Response:
         regions = self.plane.shared_memory
@@ -217,6 +228,8 @@ class Ingress(GrpcInferenceService):
                 return json_response(await self.plane.model_config(model))
             case ["stats"], "GET":
                 return json_response(await self.plane.statistics(model, version))
+            case ["trace", "setting"], _:
+                return await self._trace_setting(request, model)
         raise not_found(f"no route {request.method} {request.url.path}")
 
     async def _generate(self, request: Request, model: str, version: str | None, stream: bool) -> Response:

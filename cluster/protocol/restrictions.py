@@ -113,4 +113,5 @@ def http_api_group(parts: list[str], method: str) -> str | None:
 
 def _model_route_group(rest: list[str]) -> str | None:
     return {(): "metadata", ("ready",): "health", ("infer",): "inference", ("config",): "model-config",
-            ("stats",): "statistics", ("generate",): "inference", ("generate_stream",): "inference"}.get(tuple(rest))
+            ("stats",): "statistics", ("generate",): "inference", ("generate_stream",): "inference",
+            ("trace", "setting"): "trace"}.get(tuple(rest))

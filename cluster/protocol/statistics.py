@@ -14,9 +14,8 @@ The same sums are Triton's Prometheus metrics (``prometheus``, ``cluster/protoco
 node's latest host sample (CPU, memory, GPUs) that the reports carry; the collector also copies them into
 Ray's metrics every ``PUBLISH_S`` (``cluster/protocol/ray_metrics.py``).
 
-It also keeps the application's log settings (Triton's logging extension, ``deployments/log_settings.py``):
-every replica process watches them (a long poll) and applies a change at once; they are saved in Ray's
-key-value store, so a restarted collector keeps what a client set.
+It also keeps the application's log and trace settings and writes the spans of sampled requests
+(``cluster/protocol/app_settings.py``).
 """
 
 from __future__ import annotations
@@ -30,12 +29,13 @@ from typing import Any
 from ray import serve
 
 from cluster.protocol import metrics
-from cluster.repository.control_state import LOG_SETTINGS_PREFIX, SavedState
+from cluster.protocol.app_settings import AppSettings
 from cluster.protocol.ray_metrics import PUBLISH_S, RayMetrics
-from deployments.log_settings import DEFAULTS as LOG_DEFAULTS, updated as updated_log_settings
 from deployments.host_usage import HostUsage
 from deployments.statistics import HEARTBEAT_S, VersionStatistics, merged
 
+#: Where trace files go unless the application says otherwise (AppArgs.trace_dir).
+DEFAULT_TRACE_DIR = "/tmp/ric-traces"
 #: A replica that has not reported for this long is gone: its requests in flight no longer count.
 GONE_AFTER_S = 3 * HEARTBEAT_S
 #: How long a statistics request waits for the reports it asked for (a replica that does not answer in
@@ -55,7 +55,9 @@ logger = logging.getLogger(__name__)
 @serve.deployment(num_replicas=1, max_ongoing_requests=MAX_ONGOING, graceful_shutdown_timeout_s=1,
                   ray_actor_options={"num_cpus": 0})
 class StatisticsCollector:
-    def __init__(self):
+    def __init__(self, trace_dir: str = DEFAULT_TRACE_DIR):
+        """``trace_dir``: the folder trace files go to, on this replica's node."""
+        self._trace_dir = trace_dir
         self._reports: dict[Replica, dict[int, VersionStatistics]] = {}
         self._in_flight: dict[Replica, tuple[int, float]] = {}  # -> (requests, when reported)
         self._waiting: dict[Replica, asyncio.Future] = {}  # replicas in next_report: set to ask for a report
@@ -63,11 +65,7 @@ class StatisticsCollector:
         self._asked: dict[Replica, asyncio.Future] = {}  # replicas asked, until their report comes
         self._hosts: dict[str, tuple[HostUsage, float]] = {}  # node -> (latest sample, when reported)
         self._publisher: asyncio.Task | None = None  # copies the metrics into Ray's, from the first report
-        self._saved: SavedState | None = None  # the log settings' record, read when first asked for
-        self._settings_read: asyncio.Future | None = None
-        self._log_settings = dict(LOG_DEFAULTS)
-        self._settings_generation = 0
-        self._settings_changed = asyncio.Event()
+        self._settings: AppSettings | None = None  # made when first asked for (it reads Ray's KV store)
 
     async def report(self, model: str, replica: str, stats: dict[int, VersionStatistics], in_flight: int = 0,
                      host: HostUsage | None = None) -> None:
@@ -138,40 +136,26 @@ class StatisticsCollector:
         """Triton's metrics for the whole application, in Prometheus's text format (``/metrics``)."""
         return metrics.exposition(self._families())
 
+    # The application's log and trace settings, and the spans of sampled requests (app_settings.py).
     async def log_settings(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The log settings, after applying ``changes`` (checked first: a bad one changes nothing)."""
-        await self._read_settings()
-        if changes:
-            settings = updated_log_settings(self._log_settings, changes)
-            if settings != self._log_settings:
-                await asyncio.to_thread(self._saved.write, settings)
-                self._log_settings = settings
-                self._settings_generation += 1
-                self._settings_changed.set()
-                self._settings_changed = asyncio.Event()
-        return dict(self._log_settings)
+        return await self._app_settings().log_settings(changes)
+
+    async def trace_settings(self, model: str | None = None, changes: dict[str, Any] | None = None
+                             ) -> dict[str, Any]:
+        return await self._app_settings().trace_settings(model, changes)
 
     async def watch_settings(self, generation: int, timeout_s: float) -> tuple[int, dict[str, Any]]:
         """A replica process's long poll: the settings once they differ from ``generation`` (at once for a
         new watcher, or one that watched a collector before a restart), else after ``timeout_s``."""
-        await self._read_settings()
-        if generation == self._settings_generation:
-            try:
-                await asyncio.wait_for(self._settings_changed.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                pass
-        return self._settings_generation, dict(self._log_settings)
+        return await self._app_settings().watch(generation, timeout_s)
 
-    async def _read_settings(self) -> None:
-        """The log settings a client set before this collector (re)started (read once; callers meanwhile
-        wait for it)."""
-        if self._saved is None:
-            self._saved = SavedState(serve.get_replica_context().app_name, LOG_SETTINGS_PREFIX)
-            self._settings_read = asyncio.ensure_future(self._load_settings())
-        await self._settings_read
+    async def spans(self, rows: list[dict[str, Any]]) -> None:
+        await self._app_settings().spans(rows)
 
-    async def _load_settings(self) -> None:
-        self._log_settings.update(await asyncio.to_thread(self._saved.read))
+    def _app_settings(self) -> AppSettings:
+        if self._settings is None:
+            self._settings = AppSettings(serve.get_replica_context().app_name, self._trace_dir)
+        return self._settings
 
     async def _publish(self) -> None:
         ray_copies = RayMetrics()

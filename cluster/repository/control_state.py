@@ -17,8 +17,8 @@ from deployments.errors import ErrorCode, InferenceError
 
 NAMESPACE = "ric"
 KEY_PREFIX = "sync-state:"
-#: The key prefix of an application's log settings (kept by the statistics collector).
-LOG_SETTINGS_PREFIX = "log-settings:"
+#: The key prefix of an application's log and trace settings (kept by the statistics collector).
+SETTINGS_PREFIX = "settings:"
 
 
 class SavedState:

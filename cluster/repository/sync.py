@@ -35,7 +35,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.repository import model_apps
 from cluster.repository.paths import check_model_name
-from cluster.repository.control_state import LOG_SETTINGS_PREFIX, SavedState, Uploads
+from cluster.repository.control_state import SETTINGS_PREFIX, SavedState, Uploads
 from cluster.repository.uploaded import UploadedModel
 from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import InferenceError, invalid, unavailable, unknown_model, without_paths
@@ -397,6 +397,6 @@ class ModelStoreSync:
                 for app in getattr(self, "added", {}).values():
                     await asyncio.to_thread(model_apps.delete, app)
                 await asyncio.to_thread(self.saved.delete)
-                await asyncio.to_thread(SavedState(self.app, LOG_SETTINGS_PREFIX).delete)  # the collector's
+                await asyncio.to_thread(SavedState(self.app, SETTINGS_PREFIX).delete)  # the collector's
         except Exception as exc:
             logger.warning("could not delete the models' applications %s: %r", sorted(self.added.values()), exc)

@@ -334,6 +334,9 @@ def test_prometheus_scrapes_metrics_that_match_the_load_and_the_statistics(ric, 
 
     before = statistics()["inference_count"]
     wait_for(lambda: scraped(before), timeout_s=60, what="Prometheus to scrape the count before the load")
+    # five scrapes or more before the load, so that rate() below has samples across its whole window
+    wait_for(lambda: (prometheus(f"count_over_time(nv_inference_count{labels}[1m])") or 0) >= 5, timeout_s=60,
+             what="Prometheus to hold five scrapes")
     started, sent = time.time(), 200
     body = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}
                        for n in ("INPUT0", "INPUT1")]}
@@ -344,7 +347,7 @@ def test_prometheus_scrapes_metrics_that_match_the_load_and_the_statistics(ric, 
     assert stats["inference_count"] == before + sent
     wait_for(lambda: scraped(before + sent), timeout_s=60, what="Prometheus to scrape the count after the load")
     now = time.time()
-    window = int(now - started) + 3  # reaches back before the load
+    window = 20  # reaches back before the load
     # (the scrape that held the count before the load was taken before it started)
     assert prometheus(f"nv_inference_count{labels}", at=now) - prometheus(f"nv_inference_count{labels}",
                                                                           at=started) == sent
@@ -359,6 +362,9 @@ def test_prometheus_scrapes_metrics_that_match_the_load_and_the_statistics(ric, 
                      f"[{window}s]))", at=now)
     assert p99 is not None and p99 > 0
     for query in dashboard_queries():  # the Grafana dashboard's queries are PromQL that Prometheus runs
+        variable = re.fullmatch(r"label_values\((\w+), (\w+)\)", query)  # Grafana's, for its variables
+        if variable:
+            query = f"group by ({variable[2]}) ({variable[1]})"
         prometheus(query.replace("$__rate_interval", "1m").replace("$model", ".*"))
 
 

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -32,3 +33,13 @@ def test_an_unreachable_server_ends_the_run_with_a_clear_message():
     done = ric_perf("m", "--url", f"http://127.0.0.1:{port}", "--seconds", "1")
     assert done.returncode == 2
     assert "ric perf: cannot describe model 'm' over http-binary" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_plot_bins_requests_by_when_they_finished():
+    from cluster.cli.perf_plot import timeline
+
+    starts, rates, p50, p99 = timeline([0.05, 0.15, 0.16, 0.95], [1.0, 2.0, 4.0, 8.0], seconds=1.0)
+    assert list(starts) == pytest.approx([0.1 * i for i in range(10)])  # a tenth of a short cell
+    assert list(rates[:2]) == [10.0, 20.0] and rates[9] == 10.0 and rates[5] == 0
+    assert p50[1] == 3.0 and p99[0] == 1.0
+    assert np.isnan(p50[5])

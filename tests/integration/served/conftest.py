@@ -229,11 +229,17 @@ def repository(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def endpoints(repository):
+def trace_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("traces")
+
+
+@pytest.fixture(scope="package")
+def endpoints(repository, trace_dir):
     # 25 replicas at 0.25 logical CPUs each (the real work shares this machine's cores). The Ingress colocates
     # the CPU models, so HTTP and gRPC run them in the Ingress replica and handles reach their deployments;
     # tests/integration/live serves without colocation.
-    with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True) as endpoints:
+    with serve_repository(repository, num_cpus=8, max_request_bytes=MAX_REQUEST_BYTES, colocate=True,
+                          trace_dir=str(trace_dir)) as endpoints:
         yield endpoints
 
 

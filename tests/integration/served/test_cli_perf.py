@@ -36,11 +36,12 @@ def test_closed_loop_on_every_transport(server, endpoints, tmp_path):
     assert "req/s" in done.stdout and "p99" in done.stdout
 
 
-def test_open_loop_keeps_the_rate(server, endpoints, tmp_path):
-    done, (cell,) = run_perf(endpoints, tmp_path, "--rate", "40")
+def test_open_loop_keeps_the_rate_and_plots_it(server, endpoints, tmp_path):
+    done, (cell,) = run_perf(endpoints, tmp_path, "--rate", "40", "--plot", str(tmp_path / "over_time.png"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert cell["rate"] == 40 and cell["errors"] == 0
     assert 30 <= cell["requests"] <= 40  # one second at 40/s, every request answered
+    assert (tmp_path / "over_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_errors_are_counted_and_reported(server, endpoints, tmp_path):
