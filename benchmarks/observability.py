@@ -46,7 +46,8 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str, int]:
     http, grpc, metrics = free_port(), free_port(), free_port()
     ric = Path(sys.executable).parent / "ric"
     process = subprocess.Popen([str(ric), "serve", "--no-dashboard", "--http-port", str(http), "--grpc-port",
-                                str(grpc), "--metrics-port", str(metrics)], stdout=subprocess.PIPE,
+                                str(grpc), "--metrics-port", str(metrics), "--trace-dir", str(folder / "traces")],
+                               stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                env={**os.environ, "HOME": str(folder)})
     for line in process.stdout:
@@ -75,7 +76,7 @@ async def cell(url: str, seconds: float, concurrency: int) -> float:
         measured = await perf.closed_loop(client, concurrency, seconds)
     finally:
         await client.close()
-    return measured.requests_per_s()
+    return len(measured.latencies_ms) / measured.seconds
 
 
 def scraping(metrics_port: int, stop: threading.Event) -> None:

@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--metrics-port", type=non_negative(int), default=8002,
                            help="Prometheus metrics port, Triton's nv_* metrics of the whole application at "
                                 "/metrics (default 8002; 0: none)")
+    serve_cmd.add_argument("--trace-dir",
+                           help="folder for trace files (Triton's trace_file setting names a file in it; default "
+                                "/tmp/ric-traces)")
     serve_cmd.add_argument("--models", help="comma-separated models to serve (default: all)")
     serve_cmd.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     serve_cmd.add_argument("--num-cpus", type=non_negative(float), help="CPUs of the local Ray (default: this machine's)")
