@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from cluster.cli.arguments import non_negative, positive
-from cluster.cli.perf_clients import PROTOCOLS, fetch_metadata, make_client, output_names, request_tensors
+from cluster.cli.perf_clients import (PROTOCOLS, fetch_metadata, make_client, output_names, parse_shape,
+                                      request_tensors)
 #: Open loop: requests still unanswered beyond this many are counted as errors rather than started.
 MAX_OUTSTANDING = 4096
 
@@ -231,6 +232,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seconds", type=positive(float), default=3.0, help="measured seconds per cell (default 3)")
     parser.add_argument("--warmup", type=non_negative(float), default=1.0, help="unmeasured seconds before each cell (default 1)")
     parser.add_argument("--batch", type=positive(int), default=1, help="rows per request where the batch dim is -1")
+    parser.add_argument("--shape", action="append", default=[], metavar="[INPUT:]D1,D2,...",
+                        help="an input's dims after the batch dim (for -1 dims; no INPUT: every input); repeat "
+                             "per input, e.g. --shape 1048576")
+    parser.add_argument("--input-bytes", type=positive(int),
+                        help="make each input this many bytes through its one variable dim, e.g. 4194304")
     parser.add_argument("--application", default="ric", help="Serve application of the model (handles)")
     parser.add_argument("--grpc-application", help="gRPC 'application' metadata (Serve needs it when a cluster "
                                                    "runs several applications)")
@@ -250,7 +256,11 @@ async def run(args) -> list[Cell]:
                                             grpc_application)
         except Exception as exc:  # no server, unknown model, a peer without metadata: nothing to measure
             raise RuntimeError(f"cannot describe model '{args.model}' over {protocol}: {exc}") from None
-        tensors = request_tensors(metadata, args.batch)
+        try:
+            shapes = dict(parse_shape(text) for text in args.shape)
+            tensors = request_tensors(metadata, args.batch, shapes=shapes, input_bytes=args.input_bytes)
+        except ValueError as exc:
+            raise RuntimeError(f"model '{args.model}': {exc}") from None
         loads = [(None, args.rate)] if args.rate else [(c, None) for c in args.concurrency]
         client = make_client(protocol, args.model, tensors, output_names(metadata), args.url, args.grpc_url,
                              args.application, grpc_application, max(args.concurrency))

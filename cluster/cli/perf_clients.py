@@ -15,14 +15,27 @@ PROTOCOLS = ("http-json", "http-binary", "grpc", "handle")
 
 # -- request data ------------------------------------------------------------------------------------------
 
-def request_tensors(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for a model from its v2 metadata: a leading -1 becomes ``batch``, other -1 dims 1."""
+def request_tensors(metadata: dict[str, Any], batch: int = 1, seed: int = 0,
+                    shapes: dict[str | None, list[int]] | None = None, input_bytes: int | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Random inputs for a model from its v2 metadata: a leading -1 becomes ``batch``, other -1 dims 1, or
+    what ``shapes`` gives (an input's dims after the batch dim, by input name; None: for every input), or,
+    with ``input_bytes``, the one variable dim that makes each input that many bytes. A shape the model
+    does not take raises ValueError."""
     rng = np.random.default_rng(seed)
     tensors = {}
     for spec in metadata["inputs"]:
         dims = [int(d) for d in spec["shape"]]
-        shape = [batch if (i == 0 and d < 0) else (1 if d < 0 else d) for i, d in enumerate(dims)]
+        batched = bool(dims) and dims[0] < 0  # v2 metadata shows a batching model's batch dim as -1
         dtype = numpy_dtype(spec["datatype"])
+        given = (shapes or {}).get(spec["name"], (shapes or {}).get(None))
+        if given is not None:
+            inner = _given_shape(spec, dims[1:] if batched else dims, given)
+        elif input_bytes is not None:
+            inner = _shape_for_bytes(spec, dims[1:] if batched else dims, input_bytes, dtype)
+        else:
+            inner = [1 if d < 0 else d for d in (dims[1:] if batched else dims)]
+        shape = [batch, *inner] if batched else inner
         if spec["datatype"] == "BYTES":
             tensors[spec["name"]] = np.full(shape, b"x", dtype=object)
         elif np.issubdtype(dtype, np.floating):
@@ -30,6 +43,36 @@ def request_tensors(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> 
         else:
             tensors[spec["name"]] = rng.integers(0, 8, shape).astype(dtype)
     return tensors
+
+
+def _given_shape(spec: dict[str, Any], dims: list[int], given: list[int]) -> list[int]:
+    if len(given) != len(dims) or any(d >= 0 and d != g for d, g in zip(dims, given)):
+        raise ValueError(f"input '{spec['name']}' takes shape {dims} after the batch dimension (-1: any), not "
+                         f"{given}")
+    return list(given)
+
+
+def _shape_for_bytes(spec: dict[str, Any], dims: list[int], size: int, dtype) -> list[int]:
+    variable = [i for i, d in enumerate(dims) if d < 0]
+    if len(variable) != 1 or spec["datatype"] == "BYTES":
+        raise ValueError(f"--input-bytes needs inputs with one variable dimension and a fixed-size datatype; "
+                         f"'{spec['name']}' is {spec['datatype']} {dims} (use --shape)")
+    fixed = int(np.prod([d for d in dims if d >= 0])) * np.dtype(dtype).itemsize
+    shape = list(dims)
+    shape[variable[0]] = max(1, size // fixed)
+    return shape
+
+
+def parse_shape(text: str) -> tuple[str | None, list[int]]:
+    """``--shape`` ``[INPUT:]D1,D2,...``: an input's dims after the batch dimension (no name: every input)."""
+    name, _, dims = text.rpartition(":")
+    try:
+        parsed = [int(d) for d in dims.split(",")]
+    except ValueError:
+        raise ValueError(f"--shape takes [INPUT:]D1,D2,..., not {text!r}") from None
+    if not parsed or any(d < 1 for d in parsed):
+        raise ValueError(f"--shape takes dimensions of at least 1, not {text!r}")
+    return name or None, parsed
 
 
 def output_names(metadata: dict[str, Any]) -> list[str]:

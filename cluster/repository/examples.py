@@ -69,12 +69,13 @@ def onnx_add_sub(size: int = 16) -> bytes:
     return _serialize(helper.make_model(graph))
 
 
-def onnx_identity(elements: int) -> bytes:
-    """An FP32 Identity over ``[batch, elements]`` (``INPUT0`` -> ``OUTPUT0``): the server's cost of moving
-    a tensor, with no compute."""
+def onnx_identity(elements: int | None = None) -> bytes:
+    """An FP32 Identity over ``[batch, elements]`` (``INPUT0`` -> ``OUTPUT0``; any number of elements when
+    None): the server's cost of moving a tensor, with no compute."""
     from onnx import TensorProto, helper
 
-    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", elements])  # noqa: E731
+    width = elements or "elements"
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])  # noqa: E731
     graph = helper.make_graph([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])], "identity",
                               [io("INPUT0")], [io("OUTPUT0")])
     return _serialize(helper.make_model(graph))
@@ -129,6 +130,7 @@ def example_repository(root: Path = EXAMPLE_ROOT) -> Path:
     writers = {
         root / "mlp" / "1" / "model.onnx": onnx_mlp,
         root / "simple" / "1" / "model.onnx": onnx_add_sub,
+        root / "identity" / "1" / "model.onnx": onnx_identity,
         root / "linear_torch" / "1" / "model.pt": torchscript_linear,
     }
     for path, writer in writers.items():

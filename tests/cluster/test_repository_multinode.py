@@ -1,6 +1,6 @@
 """Several Ray nodes on one machine (ray.cluster_utils.Cluster): replicas of one model on different nodes
 both take up a version that lands in the store; a sequence model's replicas on two nodes each keep their
-sequences."""
+sequences; one scrape of the metrics sums the replicas of every node."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 import ray
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from cluster.names import APP_NAME
@@ -24,15 +26,21 @@ CONFIG = ('platform: "onnxruntime_onnx" instance_group [ { count: 2 } ] '
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory):
+def served(tmp_path_factory):
+    """The repository, served over two nodes; (its folder, the HTTP base URL)."""
     root = tmp_path_factory.mktemp("multinode")
     write_model(root, "spread", CONFIG, {"1/model.onnx": onnx_mlp(seed=1)})
     # 0.4 CPUs per replica where "spread" leaves 0.5 on each node: one replica per node.
     write_model(root, "sequences", ACCUMULATE_CONFIG + 'parameters { key: "num_cpus" value { string_value: "0.4" } }',
                 {"1/model.py": ACCUMULATE})
     # The ingress reserves no CPU here, so each node keeps 0.5 beside its "spread" replica.
-    with serve_on_nodes(root, head_cpus=2, worker_cpus=[2], poll_interval_s=0.5, replica_num_cpus=0):
-        yield root
+    with serve_on_nodes(root, head_cpus=2, worker_cpus=[2], poll_interval_s=0.5, replica_num_cpus=0) as (_, url):
+        yield root, url
+
+
+@pytest.fixture(scope="module")
+def repository(served):
+    return served[0]
 
 
 def test_a_new_version_reaches_replicas_on_every_node(repository):
@@ -75,3 +83,19 @@ def test_sequences_stay_on_their_replica_across_nodes(repository):
     assert all(len(p) == 1 for p in pids.values()), pids
     assert len(set().union(*pids.values())) == 2
 
+
+def test_one_scrape_sums_the_replicas_on_every_node(served):
+    """The ingress's /metrics is the whole application: the replicas of "spread" on both nodes, summed."""
+    _, url = served
+    handle = serve.get_deployment_handle("spread", app_name=APP_NAME)
+    for _ in range(20):
+        handle.infer_versioned.remote({"INPUT0": np.ones((1, 64), np.float32)}).result(timeout_s=60)
+    rows = requests.get(f"{url}/v2/models/spread/stats", timeout=30).json()["model_stats"]  # every replica reports
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    success = {labels: value for (name, labels), value in samples.items()
+               if name in ("nv_inference_request_success", "nv_inference_request_success_total")
+               and ("model", "spread") in labels}
+    assert sum(success.values()) == sum(row["inference_stats"]["success"]["count"] for row in rows) >= 20
+    assert samples[("ric_model_replicas", (("model", "spread"),))] == 2  # one replica on each node

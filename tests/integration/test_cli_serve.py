@@ -136,8 +136,8 @@ def assert_simple_answer(output: str) -> None:
 
 def test_ric_serve_shows_progress_and_serves_http_and_grpc(ric):
     assert re.search(r"ric: \d+/\d+ deployments ready", ric.output)
-    assert ("ric: 7 models ready: detect_classify, detector, linear_torch, mlp, simple, text_generator, text_stats"
-            in ric.output)
+    assert ("ric: 8 models ready: detect_classify, detector, identity, linear_torch, mlp, simple, text_generator, "
+            "text_stats" in ric.output)
     assert f"ric: serving example at {ric.url}/v2 and gRPC 127.0.0.1:{ric.grpc_port}" in ric.output
     assert "ingress: haproxy" in ric.output
     assert requests.get(f"{ric.url}/v2/health/ready", timeout=30).ok
@@ -201,8 +201,8 @@ except KeyError as exc:
     done = subprocess.run([sys.executable, "-c", code], env=clean_env(home), capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert ("MODELS ['detect_classify', 'detector', 'linear_torch', 'mlp', 'simple', 'text_generator', 'text_stats']"
-            in done.stdout)
+    assert ("MODELS ['detect_classify', 'detector', 'identity', 'linear_torch', 'mlp', 'simple', 'text_generator', "
+            "'text_stats']" in done.stdout)
     assert "ASYNC [[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]]" in done.stdout
     assert "ERROR" in done.stdout and "FP64" in done.stdout
     assert "serves no model 'nope'" in done.stdout
@@ -231,8 +231,8 @@ def test_ric_status_shows_replicas_and_the_load_it_measures(ric, home):
     simple = status["models"]["simple"]
     assert simple["status"] == "HEALTHY" and simple["replicas_by_node"] == {"127.0.0.1": 1}
     assert simple["versions"]["1"]["requests_per_s"] > 0 and simple["versions"]["1"]["p99_ms"] > 0
-    assert set(status["models"]) == {"detect_classify", "detector", "linear_torch", "mlp", "simple", "text_generator",
-                                     "text_stats"}
+    assert set(status["models"]) == {"detect_classify", "detector", "identity", "linear_torch", "mlp", "simple",
+                                     "text_generator", "text_stats"}
     text = subprocess.run([str(BIN / "ric"), "status", "--window", "0.5"], env=clean_env(home),
                           capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "IN FLIGHT" in text.stdout and "text_stats" in text.stdout, text.stderr[-2000:]

@@ -43,3 +43,24 @@ def test_the_plot_bins_requests_by_when_they_finished():
     assert list(rates[:2]) == [10.0, 20.0] and rates[9] == 10.0 and rates[5] == 0
     assert p50[1] == 3.0 and p99[0] == 1.0
     assert np.isnan(p50[5])
+
+
+IDENTITY = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, -1]}]}
+
+
+def test_shapes_and_sizes_come_from_the_command_line():
+    from cluster.cli.perf_clients import parse_shape, request_tensors
+
+    assert request_tensors(IDENTITY)["INPUT0"].shape == (1, 1)
+    assert request_tensors(IDENTITY, 2, shapes=dict([parse_shape("1048576")]))["INPUT0"].shape == (2, 1048576)
+    assert request_tensors(IDENTITY, shapes=dict([parse_shape("INPUT0:7")]))["INPUT0"].shape == (1, 7)
+    tensor = request_tensors(IDENTITY, input_bytes=4 << 20)["INPUT0"]
+    assert tensor.shape == (1, 1 << 20) and tensor.nbytes == 4 << 20
+    fixed = {"inputs": [{"name": "X", "datatype": "INT32", "shape": [-1, 16]}]}
+    with pytest.raises(ValueError, match=r"takes shape \[16\]"):
+        request_tensors(fixed, shapes={None: [8]})
+    with pytest.raises(ValueError, match="one variable dimension"):
+        request_tensors(fixed, input_bytes=64)
+    for bad in ("x", "0", "A:"):
+        with pytest.raises(ValueError, match="--shape takes"):
+            parse_shape(bad)

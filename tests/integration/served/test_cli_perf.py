@@ -12,10 +12,10 @@ import ray
 from cluster.names import APP_NAME
 
 
-def run_perf(endpoints, tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def run_perf(endpoints, tmp_path, *args: str, model: str = "simple") -> tuple[subprocess.CompletedProcess, list[dict]]:
     out = tmp_path / "cells.json"
     done = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "perf", "simple", "--url", endpoints.http, "--grpc-url", endpoints.grpc,
+        [sys.executable, "-m", "cluster.cli", "perf", model, "--url", endpoints.http, "--grpc-url", endpoints.grpc,
          "--seconds", "1", "--warmup", "0.3", "--json", str(out), *args],
         capture_output=True, text=True, timeout=240,
     )
@@ -42,6 +42,19 @@ def test_open_loop_keeps_the_rate_and_plots_it(server, endpoints, tmp_path):
     assert cell["rate"] == 40 and cell["errors"] == 0
     assert 30 <= cell["requests"] <= 40  # one second at 40/s, every request answered
     assert (tmp_path / "over_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tensor_sizes_from_the_command_line(server, endpoints, tmp_path):
+    """The example repository's identity model at a size of the user's (the served limit here is 1 MiB)."""
+    done, cells = run_perf(endpoints, tmp_path, "--input-bytes", str(512 << 10), "--protocol", "http-binary", "grpc",
+                           "--concurrency", "1", model="identity")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert [c["protocol"] for c in cells] == ["http-binary", "grpc"]
+    assert all(c["errors"] == 0 and c["requests"] > 0 for c in cells)
+    done, _ = run_perf(endpoints, tmp_path, "--shape", "16", model="simple")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done, _ = run_perf(endpoints, tmp_path, "--shape", "8", model="simple")
+    assert done.returncode == 2 and "input 'INPUT0' takes shape [16]" in done.stderr
 
 
 def test_errors_are_counted_and_reported(server, endpoints, tmp_path):

@@ -89,6 +89,6 @@ def test_ray_metrics_carry_copies_under_ray_names(server):
     def copied() -> bool:
         text = requests.get(url, timeout=30).text
         return any(line.startswith("ray_nv_inference_request_success{") and 'model="flaky"' in line
-                   for line in text.splitlines())
+                   for line in text.splitlines()) and "ray_serve_" in text  # Serve's own stay beside them
 
-    wait_for(copied, timeout_s=60, what="ray_nv_inference_request_success at Ray's metrics port")
+    wait_for(copied, timeout_s=60, what="ray_nv_inference_request_success and Serve's metrics at Ray's port")
