@@ -109,7 +109,7 @@ def encode_infer_response(
     response = service_pb2.ModelInferResponse(model_name=model, model_version=str(version), id=request.id or "")
     for name, array in outputs.items():
         response.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
-        response.raw_output_contents.append(b"" if name in request.shared_outputs else encode_raw(array))
+        response.raw_output_contents.append(b"" if name in request.shared_outputs else bytes(encode_raw(array)))
     return response
 
 

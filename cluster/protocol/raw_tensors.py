@@ -62,12 +62,14 @@ def _decode_bytes(name: str, count: int, buffer: memoryview | bytes) -> np.ndarr
     return array
 
 
-def encode_raw(array: np.ndarray) -> bytes:
-    """A tensor's raw bytes (BYTES elements length-prefixed)."""
+def encode_raw(array: np.ndarray) -> bytes | memoryview:
+    """A tensor's raw bytes (BYTES elements length-prefixed). A fixed-size tensor's are a byte view of the
+    array itself (copied only if it is not contiguous): whoever writes them out (a response body's join, a
+    shared memory region) makes the one copy; ``bytes()`` of it where a bytes object is needed."""
     if v2_datatype(array.dtype) == "BYTES":
         parts = []
         for item in array.reshape(-1):
             data = item.encode() if isinstance(item, str) else bytes(item)
             parts += [_LENGTH.pack(len(data)), data]
         return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
