@@ -31,11 +31,12 @@ CONTENTS_FIELD = {
 }
 
 
-def decode_infer_request(request: service_pb2.ModelInferRequest) -> InferRequest:
-    """Decode a ModelInferRequest's tensors, checking every size against the bytes received."""
+def decode_infer_request(request: service_pb2.ModelInferRequest, raw: list[bytes] | None = None) -> InferRequest:
+    """Decode a ModelInferRequest's tensors, checking every size against the bytes received; ``raw``: its
+    ``raw_input_contents`` when the caller has taken them out already."""
     if not request.inputs:
         raise invalid("request must have at least one input")
-    raw = request.raw_input_contents
+    raw = list(request.raw_input_contents) if raw is None else raw
     shared = {tensor.name: shared_slice(plain_parameters(tensor.parameters), f"input '{tensor.name}'")
               for tensor in request.inputs}
     for tensor in request.inputs:  # Triton's words, which its clients check

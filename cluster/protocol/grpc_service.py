@@ -110,10 +110,11 @@ class GrpcInferenceService:
         config = await self.plane.model_config(request.name)
         return grpc_codec.to_message({"config": config}, pb.ModelConfigResponse)
 
-    def _check_size(self, request) -> int:
-        """The message's size; over the limit it is refused (Serve's gRPC proxy refuses it unread when ``ric
-        serve`` set its limit; a proxy started otherwise has read it already)."""
-        size = request.ByteSize()
+    def _check_size(self, request, size: int | None = None) -> int:
+        """The message's size (``size`` when the caller knows it); over the limit it is refused (Serve's
+        gRPC proxy refuses it unread when ``ric serve`` set its limit; a proxy started otherwise has read
+        it already)."""
+        size = request.ByteSize() if size is None else size
         if size > self.max_request_bytes:
             raise InferenceError(ErrorCode.TOO_LARGE,
                                  f"request of {size} bytes exceeds the limit of {self.max_request_bytes}")
@@ -178,11 +179,19 @@ class GrpcInferenceService:
         finally:
             reader.cancel()
 
+    def _raw_and_size(self, request: pb.ModelInferRequest) -> tuple[list[bytes], int]:
+        """The request's raw tensors, each taken out of the message once (protobuf copies it into a bytes
+        object on every access), and the size to check and reserve: their bytes, or, without any, the
+        message's. (The message's ByteSize took 7 ms on 4 MB of raw contents, 10x serialising it.)"""
+        raw = list(request.raw_input_contents)
+        size = sum(map(len, raw)) + len(request.inputs) * 256 if raw else None
+        return raw, self._check_size(request, size)
+
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         self.plane.handle(request.model_name)  # unknown or failed models answer before decoding
-        size = self._check_size(request)
+        raw, size = self._raw_and_size(request)
         with self.budget.reserve(needed_bytes(size, binary=True)):
-            decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request)
+            decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request, raw)
             version, outputs = await self.plane.infer_request(request.model_name, request.model_version or None,
                                                               decoded)
             return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded)
@@ -190,9 +199,9 @@ class GrpcInferenceService:
     async def _stream(self, request: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse]:
         """A request's responses: a decoupled model's any number, any other model's one."""
         self.plane.handle(request.model_name)
-        size = self._check_size(request)
+        raw, size = self._raw_and_size(request)
         with self.budget.reserve(needed_bytes(size, binary=True)):
-            decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request)
+            decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request, raw)
             async for version, outputs in self.plane.stream_request(request.model_name, request.model_version or None,
                                                                     decoded):
                 yield grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded)
