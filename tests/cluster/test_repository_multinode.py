@@ -94,8 +94,10 @@ def test_one_scrape_sums_the_replicas_on_every_node(served):
     text = requests.get(f"{url}/metrics", timeout=30).text
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
-    success = {labels: value for (name, labels), value in samples.items()
+    success = {dict(labels)["version"]: value for (name, labels), value in samples.items()
                if name in ("nv_inference_request_success", "nv_inference_request_success_total")
                and ("model", "spread") in labels}
-    assert sum(success.values()) == sum(row["inference_stats"]["success"]["count"] for row in rows) >= 20
+    for row in rows:  # the versions served now (the metrics keep version 1's history too)
+        assert success[row["version"]] == row["inference_stats"]["success"]["count"], (row, success)
+    assert sum(row["inference_stats"]["success"]["count"] for row in rows) >= 20
     assert samples[("ric_model_replicas", (("model", "spread"),))] == 2  # one replica on each node
