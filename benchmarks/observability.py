@@ -42,7 +42,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen, str, int]:
+def start_server(folder: Path) -> tuple[subprocess.Popen, str, int, str]:
+    """`ric serve` on the example repository with HOME=``folder``: the process, the HTTP base URL, the
+    metrics port and the gRPC target."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     ric = Path(sys.executable).parent / "ric"
     process = subprocess.Popen([str(ric), "serve", "--no-dashboard", "--http-port", str(http), "--grpc-port",
@@ -54,7 +56,7 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str, int]:
         if line.startswith("ric: serving") or process.poll() is not None:
             break
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-    return process, f"http://127.0.0.1:{http}", metrics
+    return process, f"http://127.0.0.1:{http}", metrics, f"127.0.0.1:{grpc}"
 
 
 def set_tracing(url: str, rate: str | None) -> None:
@@ -94,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as folder:
-        process, url, metrics_port = start_server(Path(folder))
+        process, url, metrics_port, _ = start_server(Path(folder))
         try:
             asyncio.run(cell(url, 2.0, args.concurrency))  # warm up
             for _ in range(args.rounds):
