@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.observability import start_server  # noqa: E402
+from benchmarks.triton_features import calls_per_s  # noqa: E402
 
 SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)
 PATHS = ("http-binary", "grpc", "handle", "shared memory")
@@ -77,12 +78,7 @@ def shared_memory_rate(url: str, size: int, seconds: float) -> float:
         shm.get_contents_as_numpy(regions[1], np.float32, list(data.shape)).copy()
 
     try:
-        call()
-        count, deadline = 0, time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            call()
-            count += 1
-        return count / seconds
+        return calls_per_s(call, seconds)
     finally:
         client.unregister_system_shared_memory()
         for region in regions:

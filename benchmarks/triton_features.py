@@ -193,6 +193,16 @@ def streaming(grpc_url: str, http_url: str, rounds: int, tokens: int = 32) -> di
     return summary
 
 
+def calls_per_s(call, seconds: float) -> float:
+    """How many times a second ``call`` runs, one after another, after one unmeasured call."""
+    call()
+    count, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        call()
+        count += 1
+    return count / seconds
+
+
 def shared_memory_vs_binary(http_url: str, seconds: float) -> dict[str, float]:
     import tritonclient.http as httpclient
     import tritonclient.utils.shared_memory as shm
@@ -224,16 +234,8 @@ def shared_memory_vs_binary(http_url: str, seconds: float) -> dict[str, float]:
         client.infer("identity", [x], outputs=[y])
         assert shm.get_contents_as_numpy(out_region, np.float32, [1, IDENTITY_ELEMENTS])[0, 7] == data[0, 7]
 
-    def rate(call) -> float:
-        call()  # warm
-        count, deadline = 0, time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            call()
-            count += 1
-        return count / seconds
-
     try:
-        return {"binary HTTP": rate(binary), "system shared memory (HTTP)": rate(shared)}
+        return {"binary HTTP": calls_per_s(binary, seconds), "system shared memory (HTTP)": calls_per_s(shared, seconds)}
     finally:
         client.unregister_system_shared_memory()
         shm.destroy_shared_memory_region(in_region)
