@@ -296,7 +296,7 @@ LEVELS = ("priority_levels: 3 default_priority_level: 2 priority_queue_policy { 
     (LEVELS + "default_queue_policy { default_timeout_microseconds: 2000 }", None, 3, ("REJECT", 2000)),
 ])
 def test_the_queue_policy_of_each_level_sets_its_timeout(policy, parameters, level, expected):
-    from deployments.model import queue_timeout_ns
+    from deployments.scheduling import queue_timeout_ns
 
     config = parse_pbtxt(f"max_batch_size: 4 dynamic_batching {{ {policy} }}", "m/config.pbtxt", "m")
     timeout = queue_timeout_ns(config, 1_000_000, parameters, level)
