@@ -29,6 +29,14 @@ UNAVAILABLE_PAGE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: applicat
                     b"Content-Length: " + str(len(_UNAVAILABLE_BODY)).encode() + b"\r\n\r\n" + _UNAVAILABLE_BODY)
 #: HAProxy's ``timeout http-request`` unless ``ric serve --header-timeout-s`` says otherwise.
 HEADER_TIMEOUT_S = 10
+#: HAProxy's HTTP/2 settings (gRPC) in place of Serve's 16 KB buffers and frames, 64 KB windows and 100
+#: streams per backend connection. With Serve's, concurrent 16 MB gRPC requests through HAProxy 2.8 stalled
+#: (none answered in 60 s) in half the runs, and a 4 MB request took 48 ms; with one stream per backend
+#: connection none stalled, and larger buffers and windows take a 4 MB request in about half the time
+#: (docs/benchmarks.md, "gRPC through HAProxy"). HAProxy allocates buffers per active stream, not per idle
+#: connection.
+HTTP2_SETTINGS = {"TUNE_BUFSIZE": 256 << 10, "H2_MAX_FRAME_SIZE": 256 << 10, "H2_FE_INITIAL_WINDOW_SIZE": 1 << 20,
+                  "H2_BE_INITIAL_WINDOW_SIZE": 1 << 20, "H2_BE_MAX_CONCURRENT_STREAMS": 1}
 #: The launcher's copy of Serve's config, beside it.
 CONFIG_COPY_PREFIX = "ric-"
 
@@ -47,6 +55,12 @@ def limit_idle_clients(seconds: int) -> None:
     """HAProxy's ``timeout client``: a client that sends nothing for this long (mid-headers too) is cut off;
     Serve's default is an hour. Read when the local Ray starts HAProxy."""
     os.environ.setdefault("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", str(seconds))
+
+
+def tune_http2() -> None:
+    """HTTP2_SETTINGS, unless the user set them; read when the local Ray starts HAProxy."""
+    for name, value in HTTP2_SETTINGS.items():
+        os.environ.setdefault(f"RAY_SERVE_HAPROXY_{name}", str(value))
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ import traceback
 import urllib.request
 
 from cluster.cli import placement
-from cluster.cli.haproxy import HEADER_TIMEOUT_S, haproxy_binary, private_haproxy_files
+from cluster.cli.haproxy import HEADER_TIMEOUT_S, haproxy_binary, private_haproxy_files, tune_http2
 from cluster.cli.arguments import reasons
 from cluster.cli.metrics_server import MetricsServer
 from cluster.client import ServerRecord, remove_record, write_record
@@ -40,6 +40,7 @@ def choose_ingress(wanted: str, header_timeout_s: int = HEADER_TIMEOUT_S) -> str
     if wanted == "haproxy":
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        tune_http2()
         private_haproxy_files(header_timeout_s)
     return wanted
 

@@ -1,13 +1,21 @@
-"""Integration tier: one local Ray + Serve per test module, on 127.0.0.1, with the resources it needs."""
+"""Integration tier: one local Ray + Serve per test module, on 127.0.0.1, with the resources it needs; and
+``ric serve`` started as a user starts it (``start_ric``)."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import ray
 import requests
@@ -79,3 +87,59 @@ def settled(read: Callable[[], Any], pause_s: float = 1.0, attempts: int = 20) -
             return current
         last = current
     raise AssertionError("statistics kept changing")
+
+
+#: The venv's scripts (``ric``), which a user runs by path.
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class RicServe:
+    """A ``ric serve`` process with its output collected as it comes."""
+
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def wait_serving(self) -> None:
+        wait_for(lambda: "ric: serving" in self.output or self.process.poll() is not None, timeout_s=240,
+                 what="ric serve to say it is serving")
+        assert "ric: serving" in self.output, self.output[-3000:]
+
+    def stop_group(self) -> float:
+        """SIGTERM to the whole process group; wait (bounded) for ric serve to exit."""
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+        return float(re.search(r"ric: stopped in ([\d.]+) s", self.output).group(1))
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """What a new shell has: a PATH without the venv, a HOME; nothing of Ray's or the tests'."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), **extra}
+
+
+def start_ric(home: Path, *args: str, http_port: int | None = None, grpc_port: int | None = None) -> RicServe:
+    http_port, grpc_port, metrics_port = http_port or free_port(), grpc_port or free_port(), free_port()
+    process = subprocess.Popen(
+        [str(BIN / "ric"), "serve", *args, "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+         "--metrics-port", str(metrics_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(home), start_new_session=True,
+    )
+    server = RicServe(process, http_port, grpc_port, metrics_port)
+    threading.Thread(target=lambda: server.lines.extend(process.stdout), daemon=True).start()
+    return server

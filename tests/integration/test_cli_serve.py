@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import select
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,68 +23,14 @@ import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from cluster.cli.haproxy import CONFIG_COPY_PREFIX, HEADER_TIMEOUT_S, UNAVAILABLE_PAGE
 from cluster.names import APP_NAME, model_app_name
 from cluster.repository.examples import onnx_add_sub
 from tests.conftest import REPO_ROOT, dashboard_queries, write_model
-from tests.integration.conftest import free_port, wait_for
+from tests.integration.conftest import BIN, clean_env, free_port, start_ric, wait_for
 
-BIN = Path(sys.executable).parent
 #: The header the module's ric serve requires for the repository API (model loads run code).
 ADMIN = ("admin-key", "s3cret")
 MAX_REQUEST_BYTES = 4 << 20
-
-
-@dataclass
-class RicServe:
-    """A ``ric serve`` process with its output collected as it comes."""
-
-    process: subprocess.Popen
-    http_port: int
-    grpc_port: int
-    metrics_port: int
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def wait_serving(self) -> None:
-        wait_for(lambda: "ric: serving" in self.output or self.process.poll() is not None, timeout_s=240,
-                 what="ric serve to say it is serving")
-        assert "ric: serving" in self.output, self.output[-3000:]
-
-    def stop_group(self) -> float:
-        """SIGTERM to the whole process group; wait (bounded) for ric serve to exit."""
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            raise
-        return float(re.search(r"ric: stopped in ([\d.]+) s", self.output).group(1))
-
-
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """What a new shell has: a PATH without the venv, a HOME; nothing of Ray's or the tests'."""
-    return {"PATH": "/usr/bin:/bin", "HOME": str(home), **extra}
-
-
-def start_ric(home: Path, *args: str, http_port: int | None = None, grpc_port: int | None = None) -> RicServe:
-    http_port, grpc_port, metrics_port = http_port or free_port(), grpc_port or free_port(), free_port()
-    process = subprocess.Popen(
-        [str(BIN / "ric"), "serve", *args, "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-         "--metrics-port", str(metrics_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(home), start_new_session=True,
-    )
-    server = RicServe(process, http_port, grpc_port, metrics_port)
-    threading.Thread(target=lambda: server.lines.extend(process.stdout), daemon=True).start()
-    return server
 
 
 @pytest.fixture(scope="module")
@@ -369,54 +310,6 @@ def test_prometheus_scrapes_metrics_that_match_the_load_and_the_statistics(ric, 
         prometheus(query.replace("$__rate_interval", "1m").replace("$model", ".*"))
 
 
-def listeners(pid: int) -> set[tuple[str, int, str]]:
-    """(address, port, process name) of every listening TCP socket of a process and its descendants."""
-    found = set()
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            for conn in process.net_connections(kind="inet"):
-                if conn.status == psutil.CONN_LISTEN:
-                    found.add((conn.laddr.ip, conn.laddr.port, process.name()))
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def is_loopback(address: str) -> bool:
-    return address in ("127.0.0.1", "::1") or address.startswith("::ffff:127.")
-
-
-def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewhere_and_haproxy_files_are_private(ric):
-    """ric serve --host 127.0.0.1 (the default): the HTTP and gRPC ports, the dashboard and Ray's own
-    daemons listen on loopback only. What listens on every interface is what Serve hard-codes, as the
-    README's configuration reference lists: HAProxy's stats and metrics pages, each Serve replica's
-    internal gRPC server and the direct-ingress gRPC port, and Serve's gRPC proxy behind HAProxy."""
-    found = listeners(ric.process.pid)
-    public = {(address, port, name) for address, port, name in found if not is_loopback(address)}
-    ours = {port for address, port, _ in found if port in (ric.http_port, ric.grpc_port)}
-    assert ours == {ric.http_port, ric.grpc_port}, found
-    assert not {entry for entry in public if entry[1] in (ric.http_port, ric.grpc_port)}, public
-    documented = [lambda a, p, n: n == "haproxy" and p not in (ric.http_port, ric.grpc_port),
-                  lambda a, p, n: n.startswith(("ray::ServeReplica", "ray::ProxyActor"))]
-    unexpected = {entry for entry in public if not any(rule(*entry) for rule in documented)}
-    assert not unexpected, unexpected
-    # HAProxy's config and its admin socket (world-writable, as Serve makes it) sit in a folder only this
-    # user may enter, not in Serve's shared /tmp/haproxy-serve
-    (haproxy,) = [p for p in psutil.Process(ric.process.pid).children(recursive=True) if p.name() == "haproxy"]
-    config = Path(haproxy.cmdline()[haproxy.cmdline().index("-f") + 1])
-    private = next((folder for folder in config.parents if folder.name.startswith("ric-haproxy-")), None)
-    assert private is not None and private.stat().st_mode & 0o777 == 0o700, config
-    assert list(private.glob("**/admin.sock")), sorted(private.rglob("*"))
-    # HAProxy runs on ric's copy of Serve's config: its page for its own errors (no ingress replica could
-    # take a request; Serve's proxy usually takes them as HAProxy's backup) is ric's JSON 503, not Serve's
-    # plain-text 500, and a request's headers have a total time
-    assert config.name == CONFIG_COPY_PREFIX + "haproxy.cfg", config
-    pages = set(re.findall(r"(?m)^\s*errorfile 50[234] (\S+)$", config.read_text()))
-    assert len(pages) == 1 and Path(pages.pop()).read_bytes() == UNAVAILABLE_PAGE, config.read_text()
-    assert f"timeout http-request {HEADER_TIMEOUT_S}s" in config.read_text()
-
-
 def test_ric_status_says_what_is_pending_and_why(ric, home):
     """A model uploaded and loaded later that asks for a GPU this Ray lacks waits for resources: ric status
     lists it as pending with Serve's reason (the load answers once the sync gives up, after its deploy
@@ -457,40 +350,14 @@ def test_a_group_signal_stops_everything_and_a_second_serve_starts(ric, home, da
     assert ric.process.returncode == 0, ric.output[-3000:]
     assert not [p for p in below if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not (home / ".ric" / "serve.json").exists()
-    again = start_ric(home, "--dashboard-port", str(dashboard_port), "--client-timeout-s", "2",
-                      "--header-timeout-s", "4", http_port=ric.http_port, grpc_port=ric.grpc_port)
+    again = start_ric(home, "--dashboard-port", str(dashboard_port), http_port=ric.http_port,
+                      grpc_port=ric.grpc_port)
     try:
         again.wait_serving()
-        assert requests.get(f"{again.url}/v2/health/ready", timeout=30).ok
-        # a client that stops mid-headers is cut off after --client-timeout-s, and one that trickles them a
-        # byte a second (within the client timeout) after --header-timeout-s in all: HAProxy answers 408
-        for trickle in (False, True):
-            with socket.create_connection(("127.0.0.1", again.http_port), timeout=30) as slow:
-                slow.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-                answer, sent = cut_off(slow, trickle, within_s=30)
-                assert answer.startswith(b"HTTP/1.1 408") or answer == b"", (trickle, sent, answer)
-                assert sent >= (2 if trickle else 0), sent  # the trickle outlasted the client timeout
         assert requests.get(f"{again.url}/v2/health/ready", timeout=30).ok
     finally:
         again.stop_group()
     assert again.process.returncode == 0, again.output[-3000:]
-
-
-def cut_off(connection: socket.socket, trickle: bool, within_s: float) -> tuple[bytes, int]:
-    """Wait for the server's answer (or close) on a connection mid-headers, sending a header byte every second
-    meanwhile when ``trickle``: the answer and how many bytes were sent. Fails if it stays open ``within_s``."""
-    deadline = time.monotonic() + within_s
-    sent = 0
-    while time.monotonic() < deadline:
-        if select.select([connection], [], [], 1.0)[0]:
-            return connection.recv(64), sent
-        if trickle:
-            try:
-                connection.sendall(b"X")
-            except OSError:  # closed under us
-                return b"", sent
-            sent += 1
-    raise AssertionError(f"the server kept a {'trickling' if trickle else 'stalled'} client {within_s} s ({sent} bytes)")
 
 
 def test_a_repository_that_cannot_fit_fails_at_once_naming_it(home, tmp_path):

@@ -8,6 +8,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from cluster.app import AppArgs
+from cluster.cli.haproxy import HTTP2_SETTINGS
 from cluster.protocol.grpc_service import SERVICER_FUNCTION
 from tests.conftest import REPO_ROOT
 
@@ -26,6 +27,17 @@ def test_serve_config_loads_through_serve_and_the_builder():
     assert app.external_scaler_enabled
     args = AppArgs.model_validate(app.args)
     assert args.repository.startswith("s3://")
+
+
+def test_every_ray_node_runs_haproxy_as_ric_serve_does():
+    spec = rayservice()["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {entry["name"]: entry["value"] for entry in container["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert {name: int(env[f"RAY_SERVE_HAPROXY_{name}"]) for name in HTTP2_SETTINGS} == HTTP2_SETTINGS
+        assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) > 0
 
 
 def test_the_cluster_autoscales_cpu_and_gpu_worker_groups():

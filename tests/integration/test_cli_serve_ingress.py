@@ -1,0 +1,139 @@
+"""``ric serve``'s front door, HAProxy, as a user meets it: every listener follows ``--host`` but what Serve
+hard-codes, HAProxy's files are private and its errors answer ric's 503, slow clients are cut off (stalled,
+or trickling their headers), and concurrent large gRPC messages go through without stalling."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import select
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import requests
+import tritonclient.grpc.aio as grpcaio
+
+from cluster.cli.haproxy import CONFIG_COPY_PREFIX, UNAVAILABLE_PAGE
+from tests.integration.conftest import free_port, start_ric
+
+HEADER_TIMEOUT_S = 4
+#: Concurrent gRPC requests of this many bytes in and out stalled HAProxy 2.8 with Serve's HTTP/2 settings.
+LARGE_BYTES = 16 << 20
+
+
+@pytest.fixture(scope="module")
+def ric(tmp_path_factory):
+    server = start_ric(tmp_path_factory.mktemp("home"), "--dashboard-port", str(free_port()), "--client-timeout-s", "2",
+                       "--header-timeout-s", str(HEADER_TIMEOUT_S))
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.stop_group()
+
+
+def listeners(pid: int) -> set[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket of a process and its descendants."""
+    found = set()
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            for conn in process.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((conn.laddr.ip, conn.laddr.port, process.name()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    return address in ("127.0.0.1", "::1") or address.startswith("::ffff:127.")
+
+
+def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewhere_and_haproxy_files_are_private(ric):
+    """ric serve --host 127.0.0.1 (the default): the HTTP and gRPC ports, the dashboard and Ray's own
+    daemons listen on loopback only. What listens on every interface is what Serve hard-codes, as the
+    README's configuration reference lists: HAProxy's stats and metrics pages, each Serve replica's
+    internal gRPC server and the direct-ingress gRPC port, and Serve's gRPC proxy behind HAProxy."""
+    found = listeners(ric.process.pid)
+    public = {(address, port, name) for address, port, name in found if not is_loopback(address)}
+    ours = {port for address, port, _ in found if port in (ric.http_port, ric.grpc_port)}
+    assert ours == {ric.http_port, ric.grpc_port}, found
+    assert not {entry for entry in public if entry[1] in (ric.http_port, ric.grpc_port)}, public
+    documented = [lambda a, p, n: n == "haproxy" and p not in (ric.http_port, ric.grpc_port),
+                  lambda a, p, n: n.startswith(("ray::ServeReplica", "ray::ProxyActor"))]
+    unexpected = {entry for entry in public if not any(rule(*entry) for rule in documented)}
+    assert not unexpected, unexpected
+    # HAProxy's config and its admin socket (world-writable, as Serve makes it) sit in a folder only this
+    # user may enter, not in Serve's shared /tmp/haproxy-serve
+    (haproxy,) = [p for p in psutil.Process(ric.process.pid).children(recursive=True) if p.name() == "haproxy"]
+    config = Path(haproxy.cmdline()[haproxy.cmdline().index("-f") + 1])
+    private = next((folder for folder in config.parents if folder.name.startswith("ric-haproxy-")), None)
+    assert private is not None and private.stat().st_mode & 0o777 == 0o700, config
+    assert list(private.glob("**/admin.sock")), sorted(private.rglob("*"))
+    # HAProxy runs on ric's copy of Serve's config: its page for its own errors (no ingress replica could
+    # take a request; Serve's proxy usually takes them as HAProxy's backup) is ric's JSON 503, not Serve's
+    # plain-text 500, and a request's headers have a total time
+    assert config.name == CONFIG_COPY_PREFIX + "haproxy.cfg", config
+    pages = set(re.findall(r"(?m)^\s*errorfile 50[234] (\S+)$", config.read_text()))
+    assert len(pages) == 1 and Path(pages.pop()).read_bytes() == UNAVAILABLE_PAGE, config.read_text()
+    assert f"timeout http-request {HEADER_TIMEOUT_S}s" in config.read_text()
+
+
+def cut_off(connection: socket.socket, trickle: bool, within_s: float) -> tuple[bytes, int]:
+    """Wait for the server's answer (or close) on a connection mid-headers, sending a header byte every second
+    meanwhile when ``trickle``: the answer and how many bytes were sent. Fails if it stays open ``within_s``."""
+    deadline = time.monotonic() + within_s
+    sent = 0
+    while time.monotonic() < deadline:
+        if select.select([connection], [], [], 1.0)[0]:
+            return connection.recv(64), sent
+        if trickle:
+            try:
+                connection.sendall(b"X")
+            except OSError:  # closed under us
+                return b"", sent
+            sent += 1
+    raise AssertionError(f"the server kept a {'trickling' if trickle else 'stalled'} client {within_s} s ({sent} bytes)")
+
+
+def test_a_stalled_client_and_one_trickling_its_headers_are_cut_off_and_the_server_answers_on(ric):
+    """A client that stops mid-headers is cut off after --client-timeout-s, and one that trickles them a byte
+    a second (within the client timeout) after --header-timeout-s in all: HAProxy answers 408."""
+    for trickle in (False, True):
+        with socket.create_connection(("127.0.0.1", ric.http_port), timeout=30) as slow:
+            slow.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            answer, sent = cut_off(slow, trickle, within_s=30)
+            assert answer.startswith(b"HTTP/1.1 408") or answer == b"", (trickle, sent, answer)
+            assert sent >= (2 if trickle else 0), sent  # the trickle outlasted the client timeout
+    assert requests.get(f"{ric.url}/v2/health/ready", timeout=30).ok
+
+
+def test_concurrent_large_grpc_requests_on_one_connection_are_all_answered(ric):
+    """Eight 16 MB requests at a time on one gRPC channel (one HTTP/2 connection), twelve rounds: with Serve's
+    HTTP/2 settings HAProxy stopped forwarding in most such runs. Every answer must be its input."""
+    rng = np.random.default_rng(0)
+    tensors = [rng.random((1, LARGE_BYTES // 4), np.float32) for _ in range(8)]
+
+    async def rounds() -> list[bool]:
+        client = grpcaio.InferenceServerClient(f"127.0.0.1:{ric.grpc_port}")
+        try:
+            same = []
+            for _ in range(12):
+                same += await asyncio.gather(*(infer(client, x) for x in tensors))
+            return same
+        finally:
+            await client.close()
+
+    async def infer(client: grpcaio.InferenceServerClient, x: np.ndarray) -> bool:
+        request = grpcaio.InferInput("INPUT0", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        answer = await client.infer("identity", [request], client_timeout=60)
+        return np.array_equal(answer.as_numpy("OUTPUT0"), x)
+
+    assert asyncio.run(rounds()) == [True] * 96
