@@ -102,16 +102,58 @@ def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInput
     return array.reshape(shape)
 
 
+class EncodedInferResponse:
+    """A ModelInferResponse as Serve sends it (its ``SerializeToString``): the message without its raw
+    output contents, serialised by protobuf, followed by each output's bytes as the repeated
+    ``raw_output_contents`` field, as they are. Fields may follow one another in any order on the wire, and
+    protobuf writes this one last, so the bytes are the ones protobuf would write. Each output is copied
+    once, into the answer; putting it in the message and serialising that copied it three times (8 ms for
+    4 MB with upb)."""
+
+    __slots__ = ("head", "raw")
+
+    def __init__(self, head: service_pb2.ModelInferResponse, raw: list[bytes | memoryview]):
+        self.head, self.raw = head, raw
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name, which Serve calls
+        parts = [self.head.SerializeToString()]
+        for contents in self.raw:
+            parts += [_RAW_OUTPUT_TAG, _varint(len(contents)), contents]
+        return b"".join(parts)
+
+    def message(self) -> service_pb2.ModelInferResponse:
+        """The response as a message (a stream's responses go inside another message)."""
+        message = service_pb2.ModelInferResponse()
+        message.CopyFrom(self.head)
+        message.raw_output_contents.extend(bytes(contents) for contents in self.raw)
+        return message
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+#: raw_output_contents's key on the wire: its field number and the length-delimited wire type (2).
+_RAW_OUTPUT_TAG = _varint(
+    service_pb2.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number << 3 | 2)
+
+
 def encode_infer_response(
     model: str, version: int | str, outputs: Tensors, request: InferRequest
-) -> service_pb2.ModelInferResponse:
+) -> EncodedInferResponse:
     """The response; outputs written to shared memory get an empty raw_output_contents entry (as Triton:
     one entry per output, so clients find each by its index)."""
-    response = service_pb2.ModelInferResponse(model_name=model, model_version=str(version), id=request.id or "")
+    head = service_pb2.ModelInferResponse(model_name=model, model_version=str(version), id=request.id or "")
+    raw = []
     for name, array in outputs.items():
-        response.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
-        response.raw_output_contents.append(b"" if name in request.shared_outputs else bytes(encode_raw(array)))
-    return response
+        head.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
+        raw.append(b"" if name in request.shared_outputs else encode_raw(array))
+    return EncodedInferResponse(head, raw)
 
 
 def to_message(data: dict[str, Any], message_class):

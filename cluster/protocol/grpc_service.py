@@ -121,7 +121,7 @@ class GrpcInferenceService:
         return size
 
     @rpc("inference")
-    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> grpc_codec.EncodedInferResponse:
         return await self._infer(request)
 
     async def ModelStreamInfer(self, request_stream, grpc_context):
@@ -187,7 +187,7 @@ class GrpcInferenceService:
         size = sum(map(len, raw)) + len(request.inputs) * 256 if raw else None
         return raw, self._check_size(request, size)
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest) -> grpc_codec.EncodedInferResponse:
         self.plane.handle(request.model_name)  # unknown or failed models answer before decoding
         raw, size = self._raw_and_size(request)
         with self.budget.reserve(needed_bytes(size, binary=True)):
@@ -204,7 +204,7 @@ class GrpcInferenceService:
             decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request, raw)
             async for version, outputs in self.plane.stream_request(request.model_name, request.model_version or None,
                                                                     decoded):
-                yield grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded)
+                yield grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded).message()
 
     @rpc("shared-memory")
     async def SystemSharedMemoryStatus(self, request: pb.SystemSharedMemoryStatusRequest
