@@ -30,13 +30,12 @@ UNAVAILABLE_PAGE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: applicat
 #: HAProxy's ``timeout http-request`` unless ``ric serve --header-timeout-s`` says otherwise.
 HEADER_TIMEOUT_S = 10
 #: HAProxy's HTTP/2 settings (gRPC) in place of Serve's 16 KB buffers and frames, 64 KB windows and 100
-#: streams per backend connection. With Serve's, concurrent 16 MB gRPC requests through HAProxy 2.8 stalled
-#: (none answered in 60 s) in half the runs, and a 4 MB request took 48 ms; with one stream per backend
-#: connection none stalled, and larger buffers and windows take a 4 MB request in about half the time
-#: (docs/benchmarks.md, "gRPC through HAProxy"). HAProxy allocates buffers per active stream, not per idle
-#: connection.
-HTTP2_SETTINGS = {"TUNE_BUFSIZE": 256 << 10, "H2_MAX_FRAME_SIZE": 256 << 10, "H2_FE_INITIAL_WINDOW_SIZE": 1 << 20,
-                  "H2_BE_INITIAL_WINDOW_SIZE": 1 << 20, "H2_BE_MAX_CONCURRENT_STREAMS": 1}
+#: streams per backend connection. With Serve's, concurrent 16 MB gRPC requests through HAProxy 2.8 were
+#: reset or stalled (none answered in 60 s) in about half the runs, and a 4 MB request took 48 ms. With one
+#: stream per backend connection none did; with a 4 MB message in one window and 256 KB frames it takes
+#: 14 ms (docs/benchmarks.md, "gRPC through HAProxy"). HAProxy takes buffers for active streams only.
+HTTP2_SETTINGS = {"TUNE_BUFSIZE": 256 << 10, "H2_MAX_FRAME_SIZE": 256 << 10, "H2_FE_INITIAL_WINDOW_SIZE": 4 << 20,
+                  "H2_BE_INITIAL_WINDOW_SIZE": 4 << 20, "H2_BE_MAX_CONCURRENT_STREAMS": 1}
 #: The launcher's copy of Serve's config, beside it.
 CONFIG_COPY_PREFIX = "ric-"
 
