@@ -143,3 +143,15 @@ def start_ric(home: Path, *args: str, http_port: int | None = None, grpc_port: i
     server = RicServe(process, http_port, grpc_port, metrics_port)
     threading.Thread(target=lambda: server.lines.extend(process.stdout), daemon=True).start()
     return server
+
+
+@contextmanager
+def ric_serving(home: Path, *args: str) -> Iterator[RicServe]:
+    """``start_ric`` until it says it serves; its whole process group stopped afterwards, if still running."""
+    server = start_ric(home, *args)
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.stop_group()

@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 from cluster.names import APP_NAME, model_app_name
 from cluster.repository.examples import onnx_add_sub
 from tests.conftest import REPO_ROOT, dashboard_queries, write_model
-from tests.integration.conftest import BIN, clean_env, free_port, start_ric, wait_for
+from tests.integration.conftest import BIN, clean_env, free_port, ric_serving, start_ric, wait_for
 
 #: The header the module's ric serve requires for the repository API (model loads run code).
 ADMIN = ("admin-key", "s3cret")
@@ -45,15 +45,10 @@ def dashboard_port() -> int:
 
 @pytest.fixture(scope="module")
 def ric(home, dashboard_port):
-    server = start_ric(home, "--dashboard-port", str(dashboard_port), "--model-control-mode", "explicit",
-                       "--restricted-api", f"model-repository:{ADMIN[0]}={ADMIN[1]}",
-                       "--max-request-bytes", str(MAX_REQUEST_BYTES))
-    try:
-        server.wait_serving()
+    with ric_serving(home, "--dashboard-port", str(dashboard_port), "--model-control-mode", "explicit",
+                     "--restricted-api", f"model-repository:{ADMIN[0]}={ADMIN[1]}",
+                     "--max-request-bytes", str(MAX_REQUEST_BYTES)) as server:
         yield server
-    finally:
-        if server.process.poll() is None:
-            server.stop_group()
 
 
 def readme_handle_snippet() -> str:

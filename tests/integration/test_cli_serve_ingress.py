@@ -18,7 +18,7 @@ import requests
 import tritonclient.grpc.aio as grpcaio
 
 from cluster.cli.haproxy import CONFIG_COPY_PREFIX, UNAVAILABLE_PAGE
-from tests.integration.conftest import free_port, start_ric
+from tests.integration.conftest import free_port, ric_serving
 
 HEADER_TIMEOUT_S = 4
 #: Concurrent gRPC requests of this many bytes in and out stalled HAProxy 2.8 with Serve's HTTP/2 settings.
@@ -27,14 +27,9 @@ LARGE_BYTES = 16 << 20
 
 @pytest.fixture(scope="module")
 def ric(tmp_path_factory):
-    server = start_ric(tmp_path_factory.mktemp("home"), "--dashboard-port", str(free_port()), "--client-timeout-s", "2",
-                       "--header-timeout-s", str(HEADER_TIMEOUT_S))
-    try:
-        server.wait_serving()
+    with ric_serving(tmp_path_factory.mktemp("home"), "--dashboard-port", str(free_port()), "--client-timeout-s",
+                     "2", "--header-timeout-s", str(HEADER_TIMEOUT_S)) as server:
         yield server
-    finally:
-        if server.process.poll() is None:
-            server.stop_group()
 
 
 def listeners(pid: int) -> set[tuple[str, int, str]]:
