@@ -23,7 +23,8 @@ from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
-from deployments.config import ModelConfig, SequenceBatching
+from deployments.config import ModelConfig
+from deployments.config_messages import SequenceBatching
 from deployments.dtypes import numpy_dtype, config_to_v2
 from deployments.errors import invalid
 

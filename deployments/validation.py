@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deployments.config import ModelConfig, TensorConfig
+from deployments.config import ModelConfig
+from deployments.config_messages import TensorConfig
 from deployments.dtypes import v2_datatype
 from deployments.errors import invalid
 

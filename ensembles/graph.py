@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deployments.config import ConfigError, ModelConfig, TensorConfig
+from deployments.config import ConfigError, ModelConfig
+from deployments.config_messages import TensorConfig
 
 ENSEMBLE_PLATFORM = "ensemble"
 

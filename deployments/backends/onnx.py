@@ -7,7 +7,8 @@ import logging
 import numpy as np
 
 from deployments.backends import Backend, Tensors
-from deployments.config import ConfigError, DynamicBatching, InputConfig, ModelConfig, TensorConfig
+from deployments.config import ConfigError, ModelConfig
+from deployments.config_messages import DynamicBatching, InputConfig, TensorConfig
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from deployments.backends import Backend, Tensors
-from deployments.config import ConfigError, InputConfig, TensorConfig
+from deployments.config import ConfigError
+from deployments.config_messages import InputConfig, TensorConfig
 from deployments.dtypes import v2_datatype, v2_to_config
 
 

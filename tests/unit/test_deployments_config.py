@@ -10,7 +10,8 @@ from tritonclient.grpc import model_config_pb2
 
 from cluster.app import AppArgs
 from cluster.repository.model_apps import deployment_options
-from deployments.config import ConfigError, ModelConfig, VersionPolicy, load_config, parse_pbtxt, parse_yaml
+from deployments.config import ConfigError, ModelConfig, load_config, parse_pbtxt, parse_yaml
+from deployments.config_messages import VersionPolicy
 
 # Triton's own densenet_onnx example config, unchanged.
 DENSENET = """
