@@ -33,7 +33,7 @@ HEADER_TIMEOUT_S = 10
 #: streams per backend connection. With Serve's, concurrent 16 MB gRPC requests through HAProxy 2.8 were
 #: reset or stalled (none answered in 60 s) in about half the runs, and a 4 MB request took 48 ms. With one
 #: stream per backend connection none did; with a 4 MB message in one window and 256 KB frames it takes
-#: 14 ms (docs/benchmarks.md, "gRPC through HAProxy"). HAProxy takes buffers for active streams only.
+#: 15-21 ms (p50, docs/benchmarks.md, "gRPC through HAProxy"). HAProxy takes buffers for active streams only.
 HTTP2_SETTINGS = {"TUNE_BUFSIZE": 256 << 10, "H2_MAX_FRAME_SIZE": 256 << 10, "H2_FE_INITIAL_WINDOW_SIZE": 4 << 20,
                   "H2_BE_INITIAL_WINDOW_SIZE": 4 << 20, "H2_BE_MAX_CONCURRENT_STREAMS": 1}
 #: The launcher's copy of Serve's config, beside it.
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
     the config named after ``-f``. Should Serve's config ever lack what the copy changes, HAProxy runs on
     Serve's own config and stderr (Serve's HAProxy log) says so."""
     binary, error_page, header_timeout_s, *args = argv
-    if "-f" in args:
+    if "-f" in args[:-1]:
         at = args.index("-f") + 1
         config = args[at]
         try:

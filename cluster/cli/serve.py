@@ -15,8 +15,8 @@ import traceback
 import urllib.request
 
 from cluster.cli import placement
-from cluster.cli.haproxy import HEADER_TIMEOUT_S, haproxy_binary, private_haproxy_files, tune_http2
 from cluster.cli.arguments import reasons
+from cluster.cli.haproxy import HEADER_TIMEOUT_S, haproxy_binary, private_haproxy_files, tune_http2
 from cluster.cli.metrics_server import MetricsServer
 from cluster.client import ServerRecord, remove_record, write_record
 from cluster.names import APP_NAME

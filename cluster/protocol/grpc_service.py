@@ -182,7 +182,7 @@ class GrpcInferenceService:
     def _raw_and_size(self, request: pb.ModelInferRequest) -> tuple[list[bytes], int]:
         """The request's raw tensors, each taken out of the message once (protobuf copies it into a bytes
         object on every access), and the size to check and reserve: their bytes, or, without any, the
-        message's. (The message's ByteSize took 7 ms on 4 MB of raw contents, 10x serialising it.)"""
+        message's. (The message's ByteSize took 7 ms on 4 MB of raw contents with upb.)"""
         raw = list(request.raw_input_contents)
         size = sum(map(len, raw)) + len(request.inputs) * 256 if raw else None
         return raw, self._check_size(request, size)
