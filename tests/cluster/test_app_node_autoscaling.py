@@ -5,6 +5,7 @@ the head nor a GPU node gets a CPU node. No request fails while nodes come and g
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,6 +68,10 @@ def test_the_cpu_model_gets_a_cpu_node(app):
     (node,) = replica_nodes("cpu_model")
     resources = next(n["Resources"] for n in alive() if n["NodeID"] == node)
     assert resources.get("CPU") == 2 and not resources.get("GPU")
+
+
+# Ray's workers cannot import this test module: the actor below travels by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @ray.remote(num_cpus=0)
