@@ -42,12 +42,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen, str, int, str]:
-    """`ric serve` on the example repository with HOME=``folder``: the process, the HTTP base URL, the
-    metrics port and the gRPC target."""
+def start_server(folder: Path, repository: str = "example") -> tuple[subprocess.Popen, str, int, str]:
+    """`ric serve` on ``repository`` (default the example repository) with HOME=``folder``: the process, the
+    HTTP base URL, the metrics port and the gRPC target."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     ric = Path(sys.executable).parent / "ric"
-    process = subprocess.Popen([str(ric), "serve", "--no-dashboard", "--http-port", str(http), "--grpc-port",
+    process = subprocess.Popen([str(ric), "serve", repository, "--no-dashboard", "--http-port", str(http), "--grpc-port",
                                 str(grpc), "--metrics-port", str(metrics), "--trace-dir", str(folder / "traces")],
                                stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,

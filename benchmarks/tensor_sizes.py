@@ -1,13 +1,15 @@
 """Large tensors: every path against the in-process copy limit, over a sweep of sizes, in one run.
 
-Starts `ric serve` on the example repository (as the README does) and sends the `identity` model (FP32 in,
-the same out) requests of 4 KB, 64 KB, 1 MB, 4 MB and 16 MB, one at a time (c=1), over binary HTTP, gRPC,
-a Serve handle from this process (another Ray job) and system shared memory (HTTP, inputs and outputs in
-regions the client writes and reads each time). The limit is one numpy copy of the tensor in process.
-Prints a Markdown table (requests/s, MB/s of input and output moved, and the ratio to the copy limit) and
-draws MB/s against size to `--plot` (default docs/tensor_sizes.png).
+Starts `ric serve` on the example repository's `identity` model (FP32 in, the same out) and an ensemble
+of two identity steps (`identity_chain`, its tensors passed from step to step), and sends them requests
+of 4 KB, 64 KB, 1 MB, 4 MB and 16 MB, one at a time (c=1), over binary HTTP, gRPC, a Serve handle from
+this process (another Ray job), system shared memory (HTTP, inputs and outputs in regions the client
+writes and reads each time) and binary HTTP to the ensemble. The limit is one numpy copy of the tensor in
+process. Prints a Markdown table (requests/s, MB/s of input and output moved, and the ratio to the copy
+limit) and draws MB/s against size to `--plot` (default docs/tensor_sizes.png).
 
     python benchmarks/tensor_sizes.py --seconds 3
+    python benchmarks/tensor_sizes.py --paths ensemble http-binary --sizes 4194304 --plot ''
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -30,7 +33,28 @@ from benchmarks.observability import start_server  # noqa: E402
 from benchmarks.triton_features import calls_per_s  # noqa: E402
 
 SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)
-PATHS = ("http-binary", "grpc", "handle", "shared memory")
+PATHS = ("http-binary", "grpc", "handle", "shared memory", "ensemble")
+ENSEMBLE = """# Two identity steps: what passing a tensor from step to step costs.
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "INPUT0", data_type: TYPE_FP32, dims: [ -1 ] } ]
+output [ { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ -1 ] } ]
+ensemble_scheduling { step [
+  { model_name: "identity" input_map { key: "INPUT0" value: "INPUT0" } output_map { key: "OUTPUT0" value: "mid" } },
+  { model_name: "identity" input_map { key: "INPUT0" value: "mid" } output_map { key: "OUTPUT0" value: "OUTPUT0" } }
+] }
+"""
+
+
+def repository(folder: Path) -> Path:
+    """The example repository's identity model and the two-step ensemble over it."""
+    from cluster.repository.examples import example_repository
+
+    root = folder / "repository"
+    shutil.copytree(example_repository() / "identity", root / "identity")
+    (root / "identity_chain").mkdir()
+    (root / "identity_chain" / "config.pbtxt").write_text(ENSEMBLE)
+    return root
 
 
 def copies_per_s(size: int, seconds: float) -> float:
@@ -42,13 +66,13 @@ def copies_per_s(size: int, seconds: float) -> float:
     return count / seconds
 
 
-async def perf_rate(protocol: str, url: str, grpc: str, size: int, seconds: float) -> float:
+async def perf_rate(protocol: str, url: str, grpc: str, size: int, seconds: float, model: str = "identity") -> float:
     from cluster.cli import perf
     from cluster.cli.perf_clients import fetch_metadata, make_client, output_names, request_tensors
 
-    metadata = await fetch_metadata(protocol, "identity", url, grpc, "ric")
+    metadata = await fetch_metadata(protocol, model, url, grpc, "ric")
     tensors = request_tensors(metadata, input_bytes=size)
-    client = make_client(protocol, "identity", tensors, output_names(metadata), url, grpc, "ric", None, 1)
+    client = make_client(protocol, model, tensors, output_names(metadata), url, grpc, "ric", None, 1)
     try:
         measured = await perf.closed_loop(client, 1, seconds, warmup_s=0.5)
     finally:
@@ -108,22 +132,30 @@ def plot(path: str, rates: dict[str, dict[int, float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per cell")
-    parser.add_argument("--plot", default="docs/tensor_sizes.png")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="paths to measure")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="tensor sizes in bytes")
+    parser.add_argument("--plot", default="docs/tensor_sizes.png", help="figure to draw ('': none)")
     parser.add_argument("--out", help="also write the table as Markdown to this file")
     args = parser.parse_args()
-    rates: dict[str, dict[int, float]] = {"limit: one numpy copy": {}, **{path: {} for path in PATHS}}
+    sizes = args.sizes
+    rates: dict[str, dict[int, float]] = {"limit: one numpy copy": {}, **{path: {} for path in args.paths}}
     with tempfile.TemporaryDirectory() as folder:
-        process, url, _, grpc = start_server(Path(folder))
+        process, url, _, grpc = start_server(Path(folder), str(repository(Path(folder))))
         os.environ["HOME"] = folder  # where ric serve wrote how to reach it (cluster.client.connect)
         try:
             from cluster.client import connect
 
             connect()
-            for size in SIZES:
+            for size in sizes:
                 rates["limit: one numpy copy"][size] = copies_per_s(size, args.seconds)
-                for path in ("http-binary", "grpc", "handle"):
-                    rates[path][size] = asyncio.run(perf_rate(path, url, grpc, size, args.seconds))
-                rates["shared memory"][size] = shared_memory_rate(url, size, args.seconds)
+                for path in args.paths:
+                    if path == "shared memory":
+                        rates[path][size] = shared_memory_rate(url, size, args.seconds)
+                    elif path == "ensemble":
+                        rates[path][size] = asyncio.run(perf_rate("http-binary", url, grpc, size, args.seconds,
+                                                                  model="identity_chain"))
+                    else:
+                        rates[path][size] = asyncio.run(perf_rate(path, url, grpc, size, args.seconds))
         finally:
             import ray
 
@@ -131,17 +163,19 @@ def main() -> None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=120)
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; ric serve (HAProxy ingress, identity "
-             f"colocated), c=1, {args.seconds:g} s per cell; MB/s counts input and output", "",
-             "| path | " + " | ".join(f"{s >> 10} KB" for s in SIZES) + " |", "|---|" + "---|" * len(SIZES)]
+             f"colocated; ensemble: binary HTTP to identity_chain), c=1, {args.seconds:g} s per cell; MB/s counts "
+             "input and output", "",
+             "| path | " + " | ".join(f"{s >> 10} KB" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
     limit = rates["limit: one numpy copy"]
     for label, by_size in rates.items():
         cells = [f"{by_size[s]:.0f}/s, {by_size[s] * 2 * s / 1e6:.0f} MB/s"
-                 + ("" if label.startswith("limit") else f", {by_size[s] / limit[s]:.3f}x") for s in SIZES]
+                 + ("" if label.startswith("limit") else f", {by_size[s] / limit[s]:.3f}x") for s in sizes]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
-    plot(args.plot, rates)
+    if args.plot:
+        plot(args.plot, rates)
 
 
 if __name__ == "__main__":

@@ -4,25 +4,75 @@ The DataPlane and other Ray jobs call ``infer`` / ``infer_versioned``, ``ready``
 ``model_config``, ``index``, ``statistics`` and ``followed``; a deployment implements ``infer_versioned``
 and the rest, and this base gives it ``infer``, the numpy-in, numpy-out call users make, and a
 ``followed`` for served models that do not follow the sync deployment (ensembles follow their steps).
+``infer`` also takes inputs that are tensors of an earlier call's result left in Ray's object store
+(:class:`ResultTensor`): that is how an ensemble passes one step's outputs to the next.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
-from typing import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
 
 from deployments.backends import Tensors
 
 
+#: Calls whose tensors come to at least this many bytes go through Ray's object store (a handle call by
+#: reference: one copy in, read in place) instead of Serve's gRPC between replicas (throughput-optimized
+#: Serve's default, faster for small calls), which pickles them through a socket. Measured side by side
+#: (docs/architecture.md "Large tensors"): at 1 MB gRPC is as fast or faster, at 4 MB the object store
+#: is 1.2-2x faster; 2 MB is even.
+BY_REFERENCE_BYTES = 2 << 20
+
+
+@dataclass(frozen=True)
+class ResultTensor:
+    """An ``infer`` input that is one tensor of an earlier ``infer`` call's result, by reference.
+
+    ``result`` is the Ray ObjectRef of that call's result (a dict of arrays), ``name`` the tensor in it and
+    ``rows`` an optional ``(start, stop)`` slice of its first dim. The called replica reads the result from
+    the object store, in place on its node (fetched once from another node), so the tensor's bytes go from
+    one replica to the next without passing through the caller."""
+
+    result: Any
+    name: str
+    rows: tuple[int, int] | None = None
+
+
+async def resolved(inputs: Mapping[str, Any]) -> Tensors:
+    """The inputs with every :class:`ResultTensor` replaced by its array (each result fetched once)."""
+    refs = list({value.result: None for value in inputs.values() if isinstance(value, ResultTensor)})
+    if not refs:
+        return dict(inputs)
+    results = dict(zip(refs, await asyncio.gather(*refs)))
+    arrays = {}
+    for name, value in inputs.items():
+        if isinstance(value, ResultTensor):
+            array = results[value.result][value.name]
+            value = array if value.rows is None else array[slice(*value.rows)]
+        arrays[name] = value
+    return arrays
+
+
+def sized_for(handle: Any, tensors: Mapping[str, Any]) -> Any:
+    """The handle to send these tensors with: by reference when they are large or hold references (Ray
+    then tracks them as borrowed while the call runs), else as it is. A LocalHandle ignores it."""
+    by_reference = any(isinstance(value, ResultTensor) for value in tensors.values()) or (
+        sum(getattr(value, "nbytes", 0) for value in tensors.values()) >= BY_REFERENCE_BYTES)
+    return handle.options(_by_reference=True) if by_reference else handle
+
+
 class ServedModel:
     async def infer(
-        self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
+        self, inputs: Mapping[str, Any], outputs: list[str] | None = None, version: int | str | None = None,
         parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> Tensors:
-        """Run one request: a dict of numpy arrays in, a dict of numpy arrays out. ``trace``: the context of
-        a sampled request's span (deployments/tracing.py), whose trace this request's spans join."""
-        _, result = await self.infer_versioned(inputs, outputs, version, parameters, trace)
+        """Run one request: a dict of numpy arrays (or :class:`ResultTensor`) in, a dict of numpy arrays
+        out. ``trace``: the context of a sampled request's span (deployments/tracing.py), whose trace this
+        request's spans join."""
+        _, result = await self.infer_versioned(await resolved(inputs), outputs, version, parameters, trace)
         return result
 
     async def infer_versioned(

@@ -1,8 +1,12 @@
 """The Ensemble deployment: runs a Triton ensemble as a graph of calls to its step models' handles.
 
-Each step starts as soon as its inputs exist, so independent branches run concurrently; numpy arrays
-pass between steps through the handles without re-encoding, and each step model keeps its own dynamic
-batching, so steps of concurrent ensemble requests batch together. Beyond Triton:
+Each step starts as soon as its inputs exist, so independent branches run concurrently, and each step
+model keeps its own dynamic batching, so steps of concurrent ensemble requests batch together. Large
+tensors pass between steps by reference (deployments/served.py ``sized_for``): a step's result stays in
+Ray's object store and the next steps' replicas read it there, in place on their node, so the bytes do not
+pass through this replica, which maps the result in place only for the shapes (Ray fetches it to this
+replica's node when that is another). Small tensors go by value, through Serve's faster gRPC between
+replicas when Serve uses it. Beyond Triton:
 - a step input with more rows than the step model's ``max_batch_size`` is split into several requests
   (a detector may yield any number of crops for a batching classifier);
 - a step whose inputs have zero rows is skipped and its outputs are empty, so a Python step can choose at
@@ -25,7 +29,7 @@ from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig
 from deployments.dtypes import numpy_dtype
 from deployments.errors import InferenceError, unavailable, unknown_model
-from deployments.served import ServedModel
+from deployments.served import ResultTensor, ServedModel, sized_for
 from deployments.statistics import StatisticsReporter, VersionStatistics
 from deployments.validation import validate_inputs, validate_outputs
 from ensembles.graph import EnsembleStep, check_graph, check_tensors
@@ -119,56 +123,72 @@ class Ensemble(ServedModel):
         return ENSEMBLE_VERSION, {name: tensors[name] for name in wanted}
 
     async def _run_graph(self, tensors: Tensors, parameters: dict | None, span=None) -> Tensors:
+        """Run every step; ``tensors`` holds each tensor as an array (a step output's is read in place from
+        the object store, for its shape), ``passed`` each step output as a reference for the next steps."""
+        passed: dict[str, ResultTensor] = {}
         pending = list(range(len(self.steps)))
         running: dict[asyncio.Task, int] = {}
         try:
             while pending or running:
                 for i in [i for i in pending if set(self.steps[i].input_map.values()) <= tensors.keys()]:
                     pending.remove(i)
-                    running[asyncio.ensure_future(self._run_step(i, tensors, parameters, span))] = i
+                    running[asyncio.ensure_future(self._run_step(i, tensors, passed, parameters, span))] = i
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     i = running.pop(task)
-                    outputs = task.result()  # raises the step's error
+                    outputs, result = task.result()  # raises the step's error
                     for model_output, tensor in self.steps[i].output_map.items():
                         tensors[tensor] = outputs[model_output]
+                        if result is not None:
+                            passed[tensor] = ResultTensor(result, model_output)
         finally:
             for task in running:
                 task.cancel()
         return tensors
 
-    async def _run_step(self, i: int, tensors: Tensors, parameters: dict | None, parent=None) -> Tensors:
+    async def _run_step(self, i: int, tensors: Tensors, passed: dict[str, ResultTensor], parameters: dict | None,
+                        parent=None) -> tuple[Tensors, Any]:
         step = self.steps[i]
         if parent is None:
-            return await self._call_step(i, tensors, parameters, None)
+            return await self._call_step(i, tensors, passed, parameters, None)
         span = self._tracer.span(f"step {i} {step.model_name}", parent, model=step.model_name, step=i)
         try:
-            return await self._call_step(i, tensors, parameters, self._tracer.carried(span))
+            return await self._call_step(i, tensors, passed, parameters, self._tracer.carried(span))
         finally:
             span.end()
 
-    async def _call_step(self, i: int, tensors: Tensors, parameters: dict | None,
-                         trace: dict[str, str] | None) -> Tensors:
+    async def _call_step(self, i: int, tensors: Tensors, passed: dict[str, ResultTensor], parameters: dict | None,
+                         trace: dict[str, str] | None) -> tuple[Tensors, Any]:
+        """The step's outputs, and the object reference of its one result when it was a call by reference
+        (large tensors, deployments/served.py sized_for); None when the step was skipped, called by value
+        or split into several requests (whose outputs are joined here)."""
         step = self.steps[i]
         model = self.step_configs[step.model_name]
-        inputs = {model_input: tensors[tensor] for model_input, tensor in step.input_map.items()}
+        shapes = {model_input: tensors[tensor].shape for model_input, tensor in step.input_map.items()}
         requested = list(step.output_map)
         version = None if step.model_version < 0 else step.model_version
         handle = self.handles[step.model_name]
+        calls = []
         try:
-            if model.batching and any(a.ndim and a.shape[0] == 0 for a in inputs.values()):
-                return _empty_outputs(model, requested)
-            chunks = _split_rows(inputs, model.max_batch_size) if model.batching else [inputs]
+            if model.batching and any(len(shape) and shape[0] == 0 for shape in shapes.values()):
+                return _empty_outputs(model, requested), None
+            rows = next(iter(shapes.values()))[0] if model.batching else 0
             extra = {"trace": trace} if trace is not None else {}
-            results = await asyncio.gather(*(handle.infer.remote(c, requested, version, parameters, **extra)
-                                             for c in chunks))
+            for chunk in _row_ranges(rows, model.max_batch_size):
+                inputs = _step_inputs(step, tensors, passed, chunk)
+                calls.append(sized_for(handle, inputs).infer.remote(inputs, requested, version, parameters, **extra))
+            answers = await asyncio.gather(*(_answer(call) for call in calls))
+        except asyncio.CancelledError:
+            for call in calls:
+                call.cancel()
+            raise
         except Exception as exc:
             error = InferenceError.from_exception(exc)
             raise InferenceError(error.code, f"ensemble '{self.config.name}' step {i} (model "
                                              f"'{step.model_name}') failed: {error.message}") from None
-        if len(results) == 1:
-            return results[0]
-        return {name: np.concatenate([r[name] for r in results]) for name in requested}
+        if len(answers) == 1:
+            return answers[0]
+        return {name: np.concatenate([outputs[name] for outputs, _ in answers]) for name in requested}, None
 
     def metadata(self) -> dict[str, Any]:
         lead = [-1] if self.config.batching else []
@@ -193,13 +213,34 @@ class Ensemble(ServedModel):
         return {ENSEMBLE_VERSION: self.stats.to_triton(self.config.name, ENSEMBLE_VERSION)}
 
 
-def _split_rows(inputs: Tensors, max_rows: int) -> list[Tensors]:
-    """Requests of at most ``max_rows`` rows each (the step model's batch limit)."""
-    rows = next(iter(inputs.values())).shape[0]
+async def _answer(call) -> tuple[Tensors, Any]:
+    """A step call's outputs and, for a call by reference, its result's object reference (the outputs are
+    read from the object store in place: only their shapes are used here)."""
+    if not call.by_reference:
+        return await call, None
+    result = await call._to_object_ref()
+    return await result, result
+
+
+def _row_ranges(rows: int, max_rows: int) -> list[tuple[int, int] | None]:
+    """The row ranges of requests of at most ``max_rows`` rows each (the step model's batch limit); [None]
+    for one request of every row."""
     if rows <= max_rows:
-        return [inputs]
-    return [{name: array[start:start + max_rows] for name, array in inputs.items()}
-            for start in range(0, rows, max_rows)]
+        return [None]
+    return [(start, min(start + max_rows, rows)) for start in range(0, rows, max_rows)]
+
+
+def _step_inputs(step: EnsembleStep, tensors: Tensors, passed: dict[str, ResultTensor],
+                 rows: tuple[int, int] | None) -> dict[str, Any]:
+    """One request's inputs: earlier steps' outputs by reference, the ensemble's inputs (and joined outputs
+    of split steps) as arrays."""
+    inputs = {}
+    for model_input, tensor in step.input_map.items():
+        if tensor in passed:
+            inputs[model_input] = ResultTensor(passed[tensor].result, passed[tensor].name, rows)
+        else:
+            inputs[model_input] = tensors[tensor] if rows is None else tensors[tensor][slice(*rows)]
+    return inputs
 
 
 def _empty_outputs(model: ModelConfig, names: list[str]) -> Tensors:

@@ -45,10 +45,18 @@ def choose_ingress(wanted: str, header_timeout_s: int = HEADER_TIMEOUT_S) -> str
     return wanted
 
 
+#: Serve's gRPC between replicas (throughput-optimized handles) refuses messages over 4 MB by default: a
+#: large request or response between the ingress and a model's own deployment, or an ensemble and a step,
+#: failed. The ingress bounds requests; responses have no bound (as in Triton).
+REPLICA_GRPC_MAX_MESSAGE_LENGTH = 2**31 - 1
+
+
 def limit_grpc_messages(max_request_bytes: int) -> None:
     """Make Serve's gRPC proxy refuse messages over the request limit before reading them (both ways:
-    Serve has one setting); read by the local Ray's processes when they start."""
+    Serve has one setting), and let its gRPC between replicas carry any message; read by the local Ray's
+    processes when they start."""
     os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(max_request_bytes))
+    os.environ.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", str(REPLICA_GRPC_MAX_MESSAGE_LENGTH))
 
 
 def keep_local_ray_on_loopback() -> None:

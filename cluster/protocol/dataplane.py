@@ -26,6 +26,7 @@ from deployments.backends import Tensors
 from deployments.config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, no_available_versions, unavailable, unknown_model
 from deployments.model import UNLOADED
+from deployments.served import sized_for
 
 #: The name /v2 metadata gives by default: Triton's, which Triton's own clients check for.
 SERVER_NAME = "triton"
@@ -130,8 +131,8 @@ class DataPlane:
         """Run a request on a model; returns the version that answered and the outputs. The request's
         parameters (less the protocol's own) go with it; ``trace``: a sampled request's span context."""
         extra = {"trace": trace} if trace is not None else {}
-        return await self.handle(model).infer_versioned.remote(inputs, outputs, version,
-                                                               passed_parameters(parameters), **extra)
+        return await sized_for(self.handle(model), inputs).infer_versioned.remote(
+            inputs, outputs, version, passed_parameters(parameters), **extra)
 
     async def infer_request(self, model: str, version: str | None, request: InferRequest) -> tuple[int, Tensors]:
         """Run a decoded request (either transport's), reading its inputs from and writing its outputs to

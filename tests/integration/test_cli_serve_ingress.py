@@ -1,6 +1,7 @@
 """``ric serve``'s front door, HAProxy, as a user meets it: every listener follows ``--host`` but what Serve
 hard-codes, HAProxy's files are private and its errors answer ric's 503, slow clients are cut off (stalled,
-or trickling their headers), and concurrent large gRPC messages go through without stalling."""
+or trickling their headers), concurrent large gRPC messages go through without stalling, and large tensors
+reach a model's own deployment and pass between an ensemble's steps."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import psutil
 import pytest
 import requests
 import tritonclient.grpc.aio as grpcaio
+import tritonclient.http as httpclient
 
 from cluster.cli.haproxy import CONFIG_COPY_PREFIX, UNAVAILABLE_PAGE
 from tests.integration.conftest import free_port, ric_serving
@@ -132,3 +134,27 @@ def test_concurrent_large_grpc_requests_on_one_connection_are_all_answered(ric):
         return np.array_equal(answer.as_numpy("OUTPUT0"), x)
 
     assert asyncio.run(rounds()) == [True] * 96
+
+
+def test_large_tensors_reach_an_ensemble_and_pass_between_its_steps(ric):
+    """detect_classify runs in its own deployment and its steps in theirs: a 5 MB image goes from the ingress
+    to the ensemble and on to the detector, and 2.6 MB of crops from the detector to the classifier in
+    requests of 64 rows, all by reference (with Serve's gRPC between replicas, which refused messages over
+    4 MB, this answered 500 "internal error: AioRpcError"). The answer equals the steps' own answers."""
+    rng = np.random.default_rng(1)
+    image = rng.standard_normal((20480, 64)).astype(np.float32)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{ric.http_port}", network_timeout=120)
+
+    def infer(model: str, name: str, x: np.ndarray) -> httpclient.InferResult:
+        request = httpclient.InferInput(name, list(x.shape), "FP32")
+        request.set_data_from_numpy(x, binary_data=True)
+        return client.infer(model, [request])
+
+    answer = infer("detect_classify", "IMAGE", image)
+    boxes = np.flatnonzero(image.mean(axis=1) > 0)
+    assert 10000 < len(boxes) < 10500 and answer.as_numpy("BOXES").tolist() == boxes.tolist()
+    scores = answer.as_numpy("SCORES")
+    assert scores.shape == (len(boxes), 10)
+    for rows in (slice(0, 64), slice(5000, 5064), slice(len(boxes) - 64, None)):
+        np.testing.assert_allclose(scores[rows], infer("mlp", "INPUT0", image[boxes[rows]]).as_numpy("OUTPUT0"),
+                                   rtol=1e-5, atol=1e-6)

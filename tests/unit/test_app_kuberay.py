@@ -9,6 +9,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from cluster.app import AppArgs
 from cluster.cli.haproxy import HTTP2_SETTINGS
+from cluster.cli.serve import REPLICA_GRPC_MAX_MESSAGE_LENGTH
 from cluster.protocol.grpc_service import SERVICER_FUNCTION
 from tests.conftest import REPO_ROOT
 
@@ -38,6 +39,7 @@ def test_every_ray_node_runs_haproxy_as_ric_serve_does():
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         assert {name: int(env[f"RAY_SERVE_HAPROXY_{name}"]) for name in HTTP2_SETTINGS} == HTTP2_SETTINGS
         assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) > 0
+        assert int(env["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) == REPLICA_GRPC_MAX_MESSAGE_LENGTH
 
 
 def test_the_cluster_autoscales_cpu_and_gpu_worker_groups():
