@@ -160,7 +160,8 @@ class AppArgs(BaseModel):
         (copies at a fixed count would take the HTTP/gRPC load away from the replicas the model's autoscaler
         counts) or that scale to zero (copies would keep them loaded), nor models with Triton's sequence
         batcher (every request of a sequence must reach the one replica that holds it, which only the
-        model's own deployment, through its sequence router, guarantees)."""
+        model's own deployment, through its sequence router, guarantees). An ensemble colocated runs in
+        each ingress replica too, calling the colocated copies of its steps in process."""
         if not self.colocate or config.gpus_per_replica():
             return False
         if config.backend_name == "python" and not self.colocate_python:
@@ -305,6 +306,7 @@ def build(args: AppArgs) -> Application:
                              restricted_apis=tuple(args.restricted_apis),
                              serving_limits=args.serving_limits(), max_inflight_bytes=args.max_inflight_bytes)
     colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}
+    ensembles = {name: configs[name] for name in models if is_ensemble(configs[name]) and args.colocates(configs[name])}
     if args.ingress_autoscaling is None:
         scaling = {"num_replicas": args.ingress_replicas}
     else:
@@ -315,4 +317,4 @@ def build(args: AppArgs) -> Application:
         max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": args.replica_num_cpus},
         logging_config={"enable_access_log": args.access_log},
-    ).bind(models, failed, options, statistics, sync, colocated)
+    ).bind(models, failed, options, statistics, sync, colocated, ensembles)

@@ -180,7 +180,8 @@ class Ensemble(ServedModel):
             answers = await asyncio.gather(*(_answer(call) for call in calls))
         except asyncio.CancelledError:
             for call in calls:
-                call.cancel()
+                if hasattr(call, "cancel"):  # a DeploymentResponse (a colocated step's call is a coroutine)
+                    call.cancel()
             raise
         except Exception as exc:
             error = InferenceError.from_exception(exc)
@@ -213,10 +214,20 @@ class Ensemble(ServedModel):
         return {ENSEMBLE_VERSION: self.stats.to_triton(self.config.name, ENSEMBLE_VERSION)}
 
 
+async def colocated_ensemble(config: ModelConfig, steps: dict[str, Any], statistics: Any = None) -> Ensemble:
+    """An Ensemble run inside another replica (the Ingress's) instead of as a deployment of its own; its
+    steps are the handles given: LocalHandles for the models colocated there, whose calls pass arrays in
+    process, and the other steps' DeploymentHandles."""
+    cls = Ensemble.func_or_class
+    ensemble = cls.__new__(cls)
+    await ensemble.__init__(config, steps, statistics)
+    return ensemble
+
+
 async def _answer(call) -> tuple[Tensors, Any]:
     """A step call's outputs and, for a call by reference, its result's object reference (the outputs are
     read from the object store in place: only their shapes are used here)."""
-    if not call.by_reference:
+    if not getattr(call, "by_reference", False):  # by value, or a colocated step's call (in process)
         return await call, None
     result = await call._to_object_ref()
     return await result, result

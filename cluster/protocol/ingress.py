@@ -31,6 +31,8 @@ from deployments.errors import ErrorCode, InferenceError, invalid, not_found
 from deployments.model import ModelService, ServingLimits
 from deployments.runner import VersionSource
 from deployments.served import LocalHandle
+from ensembles.ensemble import colocated_ensemble
+from ensembles.graph import scheduling
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +102,21 @@ class Ingress(GrpcInferenceService):
         statistics: DeploymentHandle,
         sync: DeploymentHandle | None = None,
         colocated: dict[str, tuple[ModelConfig, VersionSource]] | None = None,
+        colocated_ensembles: dict[str, ModelConfig] | None = None,
     ):
         """``colocated`` models are also served inside this replica: HTTP and gRPC requests for them skip
-        the hop to their deployment, whose replicas still serve handles and ensembles."""
+        the hop to their deployment, whose replicas still serve handles and ensembles. So are
+        ``colocated_ensembles`` (in the order given: a nested ensemble before the one using it), whose
+        steps call the models colocated here in process and the others through their deployments."""
         register_message_modules()
         settings_follower.follow(statistics)
         self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits)
                           for config, source in (colocated or {}).values()]
         local = {service.runner.name: LocalHandle(service) for service in self.colocated}
+        for name, config in (colocated_ensembles or {}).items():
+            steps = {step.model_name: local.get(step.model_name, models[step.model_name])
+                     for step in scheduling(config, name).step}
+            local[name] = LocalHandle(await colocated_ensemble(config, steps, statistics))
         shared_memory = SharedMemory(serve.get_replica_context().app_name, ray.get_runtime_context().get_node_id())
         self.plane = DataPlane({**models, **local}, failed, options, statistics, sync, shared_memory)
         self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None

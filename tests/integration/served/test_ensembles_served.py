@@ -91,15 +91,36 @@ def test_detector_crops_fan_out_to_the_classifier(server, repository, objects):
         np.testing.assert_allclose(got["SCORES"][:64], expected["OUTPUT0"], rtol=1e-4, atol=1e-5)
 
 
-def test_crops_of_concurrent_requests_batch_together(server):
-    handle = serve.get_deployment_handle("batched_mlp", app_name=APP_NAME)
-    before = handle.statistics.remote().result().get(1, {}).get("execution_count", 0)
+def test_crops_of_concurrent_requests_batch_together(server, client):
+    """Counted over every copy of the classifier (the ensemble runs in the ingress, calling its copy there)."""
+    def counts() -> tuple[int, int]:
+        stats = client.get_inference_statistics("batched_mlp")["model_stats"]
+        return sum(s["inference_count"] for s in stats), sum(s["execution_count"] for s in stats)
+
+    rows_before, executions_before = counts()
     image = np.abs(np.random.default_rng(1).standard_normal((2, 64))).astype(np.float32)  # two objects each
     with ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(lambda _: infer(server, "classify_batched", IMAGE=image), range(12)))
     assert all(r.status_code == 200 and outputs(r)["SCORES"].shape == (2, 10) for r in responses)
-    executions = handle.statistics.remote().result()[1]["execution_count"] - before
+    wait_for(lambda: counts()[0] - rows_before == 24, timeout_s=30, what="the classifier's statistics")
+    executions = counts()[1] - executions_before
     assert executions < 12, f"12 ensemble requests made {executions} classifier executions"
+
+
+def test_an_ensemble_deployment_passes_large_tensors_by_reference(server):
+    """Through the ensemble's own deployment (a handle from this job): a 5 MB image to the detector, its
+    2.6 MB of crops to the classifier in requests of 64 rows, each reading the detector's result in place;
+    the answer equals the one over HTTP (the ensemble's copy in the ingress, calling the classifier's copy
+    there in process)."""
+    image = np.random.default_rng(2).standard_normal((20480, 64)).astype(np.float32)
+    handle = serve.get_deployment_handle("detect_classify", app_name=APP_NAME)
+    got = handle.infer.remote({"IMAGE": image}).result(timeout_s=120)
+    boxes = np.flatnonzero(image.mean(axis=1) > 0)
+    assert got["BOXES"].tolist() == boxes.tolist() and got["SCORES"].shape == (len(boxes), 10)
+    response = infer(server, "detect_classify", IMAGE=image[:300])
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(outputs(response)["SCORES"], got["SCORES"][:np.count_nonzero(boxes < 300)],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_ensemble_over_grpc_handles_and_metadata(endpoints, client):
