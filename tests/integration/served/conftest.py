@@ -179,6 +179,11 @@ ENSEMBLES = {
         ("simple", {"INPUT0": "A", "INPUT1": "B"}, {"OUTPUT0": "x"}),
         ("simple", {"INPUT0": "B", "INPUT1": "A"}, {"OUTPUT1": "y"}),
     ]),
+    # an ensemble as a step of another: chain's (2A, 2B), then simple: (2A + 2B, 2A - 2B)
+    "nested": ensemble_config(INT16("A", "B"), INT16("SUM", "DIFF"), [
+        ("chain", {"A": "A", "B": "B"}, {"SUM2": "a2", "DIFF2": "b2"}),
+        ("simple", {"INPUT0": "a2", "INPUT1": "b2"}, {"OUTPUT0": "SUM", "OUTPUT1": "DIFF"}),
+    ]),
     "failing": ensemble_config('{ name: "X", data_type: TYPE_INT64, dims: [ 1 ] }',
                                '{ name: "Y", data_type: TYPE_INT64, dims: [ 1 ] }',
                                [("flaky", {"X": "X"}, {"Y": "Y"})]),

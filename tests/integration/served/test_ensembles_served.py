@@ -56,6 +56,20 @@ def test_diamond_branches_and_concurrent_requests_are_all_correct(server):
         np.testing.assert_array_equal(outputs(response)["OUT"], (a + b) + (b - a))
 
 
+def test_an_ensemble_as_a_step_of_another(server):
+    """Over HTTP both run in the ingress (the inner one a colocated copy called in process); through a
+    handle, in their own deployments."""
+    expected = {"SUM": 2 * A + 2 * B, "DIFF": 2 * A - 2 * B}
+    response = infer(server, "nested", A=A, B=B)
+    assert response.status_code == 200, response.text
+    got = outputs(response)
+    handle = serve.get_deployment_handle("nested", app_name=APP_NAME)
+    by_handle = handle.infer.remote({"A": A, "B": B}).result(timeout_s=60)
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array)
+        np.testing.assert_array_equal(by_handle[name], array)
+
+
 def test_failing_step_names_the_step_and_the_model(server):
     response = infer(server, "failing", X=np.array([[-1]], np.int64))
     assert response.status_code == 500
