@@ -8,7 +8,7 @@ import ray
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import settled, wait_for
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
@@ -37,23 +37,39 @@ def infer_flaky(server, x, datatype="INT64") -> int:
     return requests.post(f"{server}/v2/models/flaky/infer", json=body, timeout=30).status_code
 
 
+REASONS = ("BACKEND", "OTHER", "REJECTED", "CANCELED")
+
+
 def test_metrics_match_the_statistics_and_count_failures_by_reason(server):
     flaky = {"model": "flaky", "version": "1"}
-    requests.get(f"{server}/v2/models/flaky/versions/1/stats", timeout=30)  # (has every replica report now)
-    before = scrape(f"{server}/metrics")
+
+    def read():
+        """The statistics, then the metrics, which then hold every report the statistics had. A statistics
+        request waits at most 1 s for each replica's report: on two loaded cores one may come later."""
+        (stats,) = requests.get(f"{server}/v2/models/flaky/versions/1/stats", timeout=30).json()["model_stats"]
+        return stats, scrape(f"{server}/metrics")
+
+    def counts(samples) -> tuple[float, ...]:
+        return (earlier(samples, "nv_inference_request_success", **flaky),
+                *(earlier(samples, "nv_inference_request_failure", reason=r, **flaky) for r in REASONS))
+
+    before = settled(lambda: counts(read()[1]))  # earlier tests' requests all reported
     assert [infer_flaky(server, x) for x in range(6)] == [200] * 6
     assert infer_flaky(server, -1) == 500  # the model raises: BACKEND
     assert infer_flaky(server, 1.5, "FP32") == 400  # fails its checks: OTHER
 
-    (stats,) = requests.get(f"{server}/v2/models/flaky/versions/1/stats", timeout=30).json()["model_stats"]
-    after = scrape(f"{server}/metrics")  # read after the statistics, which had every replica report
+    expected = tuple(b + added for b, added in zip(before, (6, 1, 1, 0, 0)))
+    readings = []
+
+    def reported() -> bool:  # every report in, in the statistics and in the metrics
+        stats, samples = read()
+        readings.append((stats, samples))
+        return counts(samples) == expected and stats["inference_stats"]["success"]["count"] == expected[0]
+
+    wait_for(reported, timeout_s=30, what=lambda: f"the metrics to count {expected} (success, then failures by "
+             f"reason {REASONS}), not {counts(readings[-1][1]) if readings else None}, and the statistics too")
+    stats, after = readings[-1]
     inference = stats["inference_stats"]
-    assert labelled(after, "nv_inference_request_success", **flaky) == inference["success"]["count"]
-    assert labelled(after, "nv_inference_request_success", **flaky) - \
-        earlier(before, "nv_inference_request_success", **flaky) == 6
-    for reason, added in (("BACKEND", 1), ("OTHER", 1), ("REJECTED", 0), ("CANCELED", 0)):
-        failed = labelled(after, "nv_inference_request_failure", reason=reason, **flaky)
-        assert failed - earlier(before, "nv_inference_request_failure", reason=reason, **flaky) == added, reason
     assert labelled(after, "nv_inference_count", **flaky) == stats["inference_count"]
     assert labelled(after, "nv_inference_exec_count", **flaky) == stats["execution_count"]
     for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
