@@ -39,7 +39,7 @@ def main() -> None:
     from cluster.app import AppArgs, build
     from cluster.repository.examples import onnx_mlp
     from cluster.repository.local_store import LocalStore
-    from deployments.runner import ModelRunner
+    from deployments.serving.runner import ModelRunner
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
     root = Path(tempfile.mkdtemp(prefix="ric-propagation-"))

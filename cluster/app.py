@@ -24,10 +24,10 @@ from cluster.repository.model_apps import deployment_options
 from cluster.protocol.statistics import DEFAULT_TRACE_DIR, StatisticsCollector
 from cluster.repository.sync import ModelStoreSync
 from cluster.repository.stores import open_store
-from deployments.config import ConfigError, ModelConfig
-from deployments.config_messages import Autoscaling
+from deployments.config.model_config import ConfigError, ModelConfig
+from deployments.config.messages import Autoscaling
 from deployments.errors import without_paths
-from deployments.model import Model, ServingLimits
+from deployments.serving.model import Model, ServingLimits
 from ensembles.ensemble import Ensemble
 from ensembles.graph import check_graph, is_ensemble, scheduling
 

@@ -2,7 +2,7 @@
 
 Each step starts as soon as its inputs exist, so independent branches run concurrently, and each step
 model keeps its own dynamic batching, so steps of concurrent ensemble requests batch together. Large
-tensors pass between steps by reference (deployments/served.py ``sized_for``): a step's result stays in
+tensors pass between steps by reference (deployments/serving/served.py ``sized_for``): a step's result stays in
 Ray's object store and the next steps' replicas read it there, in place on their node, so the bytes do not
 pass through this replica, which maps the result in place only for the shapes (Ray fetches it to this
 replica's node when that is another). Small tensors go by value, through Serve's faster gRPC between
@@ -24,14 +24,14 @@ import numpy as np
 import ray
 from ray import serve
 
-from deployments import settings_follower, tracing
+from deployments.observability import settings_follower, tracing
 from deployments.backends import Tensors
-from deployments.config import ConfigError, ModelConfig
-from deployments.dtypes import numpy_dtype
+from deployments.config.model_config import ConfigError, ModelConfig
+from deployments.config.dtypes import numpy_dtype
 from deployments.errors import InferenceError, unavailable, unknown_model
-from deployments.served import ResultTensor, ServedModel, sized_for
-from deployments.statistics import StatisticsReporter, VersionStatistics
-from deployments.validation import validate_inputs, validate_outputs
+from deployments.serving.served import ResultTensor, ServedModel, sized_for
+from deployments.observability.statistics import StatisticsReporter, VersionStatistics
+from deployments.config.validation import validate_inputs, validate_outputs
 from ensembles.graph import EnsembleStep, check_graph, check_tensors
 
 ENSEMBLE_VERSION = 1
@@ -160,7 +160,7 @@ class Ensemble(ServedModel):
     async def _call_step(self, i: int, tensors: Tensors, passed: dict[str, ResultTensor], parameters: dict | None,
                          trace: dict[str, str] | None) -> tuple[Tensors, Any]:
         """The step's outputs, and the object reference of its one result when it was a call by reference
-        (large tensors, deployments/served.py sized_for); None when the step was skipped, called by value
+        (large tensors, deployments/serving/served.py sized_for); None when the step was skipped, called by value
         or split into several requests (whose outputs are joined here)."""
         step = self.steps[i]
         model = self.step_configs[step.model_name]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deployments.config import ConfigError, ModelConfig
-from deployments.config_messages import TensorConfig
+from deployments.config.model_config import ConfigError, ModelConfig
+from deployments.config.messages import TensorConfig
 
 ENSEMBLE_PLATFORM = "ensemble"
 

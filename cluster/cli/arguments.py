@@ -42,7 +42,7 @@ def ingress_autoscaling(text: str):
     ingress: at least one replica."""
     from pydantic import ValidationError
 
-    from deployments.config_messages import Autoscaling
+    from deployments.config.messages import Autoscaling
 
     try:
         fields = dict(item.split("=", 1) for item in text.split(",") if item.strip())

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.dtypes import numpy_dtype, v2_datatype
+from deployments.config.dtypes import numpy_dtype, v2_datatype
 
 PROTOCOLS = ("http-json", "http-binary", "grpc", "handle")
 

@@ -19,7 +19,7 @@ from typing import Any
 from cluster.cli.arguments import positive
 from cluster.cli.serve import status_name
 from cluster.names import MODEL_APP_SEPARATOR, RESERVED_NAMES, STATISTICS_NAME
-from deployments.statistics import VersionStatistics, percentile_ns
+from deployments.observability.statistics import VersionStatistics, percentile_ns
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

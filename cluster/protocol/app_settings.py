@@ -1,7 +1,7 @@
 """The application's run-time settings, kept by the statistics collector: Triton's log settings (logging
 extension) and trace settings (trace extension, global and per model), with the trace output they steer.
 
-Every replica process watches them (``watch``, a long poll: ``deployments/settings_follower.py``) and
+Every replica process watches them (``watch``, a long poll: ``deployments/observability/settings_follower.py``) and
 applies a change at once. They are saved in Ray's key-value store (``settings:<app>``), so a restarted
 collector keeps what clients set; the sync deletes the record with the application.
 """
@@ -14,8 +14,8 @@ from typing import Any
 from cluster.protocol.trace_output import TraceOutput, resolve
 from cluster.repository.control_state import SETTINGS_PREFIX, SavedState
 from deployments.errors import invalid
-from deployments.log_settings import DEFAULTS as LOG_DEFAULTS, updated as updated_log_settings
-from deployments.trace_settings import TraceSettings
+from deployments.observability.log_settings import DEFAULTS as LOG_DEFAULTS, updated as updated_log_settings
+from deployments.observability.trace_settings import TraceSettings
 
 
 class AppSettings:

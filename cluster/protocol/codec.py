@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from cluster.protocol.raw_tensors import decode_raw, encode_raw
-from deployments.dtypes import numpy_dtype, v2_datatype
+from deployments.config.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
 
 #: The HTTP header that says how much of a binary body is the JSON part.

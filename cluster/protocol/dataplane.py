@@ -21,12 +21,12 @@ from cluster.protocol.codec import InferRequest
 from cluster.protocol.shared_memory import SharedMemory
 from cluster.repository.model_apps import load_failure
 from cluster.repository.paths import check_file_path, check_model_name
-from deployments import tracing
+from deployments.observability import tracing
 from deployments.backends import Tensors
-from deployments.config import ConfigError, ModelConfig, parse_yaml
+from deployments.config.model_config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, no_available_versions, unavailable, unknown_model
-from deployments.model import UNLOADED
-from deployments.served import sized_for
+from deployments.serving.model import UNLOADED
+from deployments.serving.served import sized_for
 
 #: The name /v2 metadata gives by default: Triton's, which Triton's own clients check for.
 SERVER_NAME = "triton"

@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2
 from cluster.protocol.codec import InferRequest, SharedInput, decode_shape, shared_input, shared_slice
 from cluster.protocol.raw_tensors import decode_raw, encode_raw
 from deployments.backends import Tensors
-from deployments.dtypes import numpy_dtype, v2_datatype
+from deployments.config.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
 
 #: Which typed ``InferTensorContents`` field carries each datatype (FP16 and BF16 only travel raw).

@@ -22,7 +22,7 @@ from cluster.protocol.dataplane import DataPlane
 from cluster.protocol.restrictions import ApiGroup, Restrictions
 from cluster.protocol.shared_memory import NO_CUDA
 from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError, invalid, not_found
-from deployments.sequences import sequence_key
+from deployments.scheduling.sequences import sequence_key
 
 logger = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from cluster.protocol.dataplane import SERVER_NAME, DataPlane, bounded
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
 from cluster.protocol.shared_memory import NO_CUDA, SharedMemory
-from deployments import settings_follower
-from deployments.config import ModelConfig
+from deployments.observability import settings_follower
+from deployments.config.model_config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found
-from deployments.model import ModelService, ServingLimits
-from deployments.runner import VersionSource
-from deployments.served import LocalHandle
+from deployments.serving.model import ModelService, ServingLimits
+from deployments.serving.runner import VersionSource
+from deployments.serving.served import LocalHandle
 from ensembles.ensemble import colocated_ensemble
 from ensembles.graph import scheduling
 

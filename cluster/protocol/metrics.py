@@ -16,8 +16,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from deployments.host_usage import HostUsage
-from deployments.statistics import FAILURE_REASONS, LATENCY_BOUNDS_NS, VersionStatistics
+from deployments.observability.host_usage import HostUsage
+from deployments.observability.statistics import FAILURE_REASONS, LATENCY_BOUNDS_NS, VersionStatistics
 
 #: Per model version, Triton's counters: name, help, the value from a version's statistics.
 _COUNTERS = (

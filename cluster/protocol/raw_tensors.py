@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from deployments.dtypes import numpy_dtype, v2_datatype
+from deployments.config.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
 
 _LENGTH = struct.Struct("<I")

@@ -31,8 +31,8 @@ from ray import serve
 from cluster.protocol import metrics
 from cluster.protocol.app_settings import AppSettings
 from cluster.protocol.ray_metrics import PUBLISH_S, RayMetrics
-from deployments.host_usage import HostUsage
-from deployments.statistics import HEARTBEAT_S, VersionStatistics, merged
+from deployments.observability.host_usage import HostUsage
+from deployments.observability.statistics import HEARTBEAT_S, VersionStatistics, merged
 
 #: Where trace files go unless the application says otherwise (AppArgs.trace_dir).
 DEFAULT_TRACE_DIR = "/tmp/ric-traces"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments.errors import invalid
-from deployments.trace_settings import TraceSettings
+from deployments.observability.trace_settings import TraceSettings
 
 
 def resolve(trace_dir: str, name: str) -> str:

@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 from cluster.repository.paths import CONFIG_FILES, check_model_name
-from deployments.config import ConfigError, ModelConfig, load_config
+from deployments.config.model_config import ConfigError, ModelConfig, load_config
 
 
 class LocalStore:

@@ -34,10 +34,10 @@ from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
 from cluster.names import model_app_name
-from deployments.config import ModelConfig
+from deployments.config.model_config import ModelConfig
 from deployments.errors import InferenceError, invalid, unavailable
-from deployments.model import Model, max_queued
-from deployments.sequence_router import ROUTER_CLASS
+from deployments.serving.model import Model, max_queued
+from deployments.scheduling.sequence_router import ROUTER_CLASS
 from ensembles.ensemble import Ensemble
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from deployments.config import MODEL_NAME, is_relative_inside
+from deployments.config.model_config import MODEL_NAME, is_relative_inside
 from deployments.errors import invalid
 
 CONFIG_FILES = ("config.pbtxt", "config.yaml", "config.yml")

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from deployments.config import ConfigError, ModelConfig, parse_pbtxt, parse_yaml
+from deployments.config.model_config import ConfigError, ModelConfig, parse_pbtxt, parse_yaml
 from deployments.errors import invalid
 from cluster.repository.paths import CONFIG_FILES, cache_root, check_model_name
 

@@ -37,7 +37,7 @@ from cluster.repository import model_apps
 from cluster.repository.paths import check_model_name
 from cluster.repository.control_state import SETTINGS_PREFIX, SavedState, Uploads
 from cluster.repository.uploaded import UploadedModel
-from deployments.config import ConfigError, ModelConfig, parse_yaml
+from deployments.config.model_config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import InferenceError, invalid, unavailable, unknown_model, without_paths
 from ensembles.graph import check_graph, is_ensemble, scheduling
 

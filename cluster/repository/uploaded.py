@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cluster.repository.paths import cache_root, check_file_path, check_model_name
-from deployments.config import ModelConfig
+from deployments.config.model_config import ModelConfig
 from deployments.errors import invalid
 
 #: Where the files live in Ray's key-value store (private API, as Serve's own checkpoints use it).

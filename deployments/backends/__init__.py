@@ -1,6 +1,8 @@
 """Backends: one small interface (load / infer / unload), registered by name in a plain dict.
 
 A backend is imported only when a model needs it, so a replica serving ONNX never imports torch.
+May import ``deployments.config``, ``deployments.scheduling`` (batch arithmetic) and ``deployments.errors``;
+no Ray.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from deployments import batching
-from deployments.config import ModelConfig
+from deployments.scheduling import batching
+from deployments.config.model_config import ModelConfig
 
 Tensors = dict[str, np.ndarray]
 

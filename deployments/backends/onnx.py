@@ -7,8 +7,8 @@ import logging
 import numpy as np
 
 from deployments.backends import Backend, Tensors
-from deployments.config import ConfigError, ModelConfig
-from deployments.config_messages import DynamicBatching, InputConfig, TensorConfig
+from deployments.config.model_config import ConfigError, ModelConfig
+from deployments.config.messages import DynamicBatching, InputConfig, TensorConfig
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from deployments.backends import Backend, Tensors
-from deployments.config import ConfigError
-from deployments.config_messages import InputConfig, TensorConfig
-from deployments.dtypes import v2_datatype, v2_to_config
+from deployments.config.model_config import ConfigError
+from deployments.config.messages import InputConfig, TensorConfig
+from deployments.config.dtypes import v2_datatype, v2_to_config
 
 
 class TensorRTBackend(Backend):

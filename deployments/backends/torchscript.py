@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 
 from deployments.backends import Backend, Tensors
-from deployments.config_messages import TensorConfig
+from deployments.config.messages import TensorConfig
 
 _INDEXED = re.compile(r"__(\d+)$")
 

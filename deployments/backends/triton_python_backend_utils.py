@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deployments.dtypes import config_to_v2, numpy_dtype
+from deployments.config.dtypes import config_to_v2, numpy_dtype
 
 
 class TritonError(Exception):

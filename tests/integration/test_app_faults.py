@@ -163,7 +163,7 @@ def test_large_json_bodies_past_the_memory_limit_answer_503_and_small_requests_a
 
 def test_a_restarted_statistics_collector_has_the_live_replicas_totals_back_within_a_heartbeat(server):
     from cluster.names import STATISTICS_NAME
-    from deployments.statistics import HEARTBEAT_S
+    from deployments.observability.statistics import HEARTBEAT_S
 
     url = f"{server.http}/v2/models/mlp/stats"
 

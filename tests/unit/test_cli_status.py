@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cluster.cli.status import render, window_numbers
-from deployments.statistics import LATENCY_BOUNDS_NS, VersionStatistics, merged, percentile_ns
+from deployments.observability.statistics import LATENCY_BOUNDS_NS, VersionStatistics, merged, percentile_ns
 
 
 def stats_with(latencies_ms: list[float], queue_ms: float = 0.0) -> VersionStatistics:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.config import ConfigError, ModelConfig, parse_pbtxt, parse_yaml
+from deployments.config.model_config import ConfigError, ModelConfig, parse_pbtxt, parse_yaml
 from ensembles.graph import check_graph, check_tensors, is_ensemble
 
 BASE = {

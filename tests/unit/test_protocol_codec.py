@@ -141,7 +141,7 @@ def binary_body(inputs, arrays, **message):
 
 def raw_input(name, array, size=None):
     from cluster.protocol.raw_tensors import encode_raw
-    from deployments.dtypes import v2_datatype
+    from deployments.config.dtypes import v2_datatype
 
     size = len(encode_raw(array)) if size is None else size
     return {"name": name, "shape": list(array.shape), "datatype": v2_datatype(array.dtype),

@@ -13,7 +13,7 @@ from cluster.protocol import dataplane
 from cluster.protocol.dataplane import DataPlane
 from cluster.protocol.ingress import IngressOptions
 from deployments.errors import ErrorCode, InferenceError
-from deployments.served import LocalHandle
+from deployments.serving.served import LocalHandle
 
 
 class Answers:

@@ -8,8 +8,8 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.protocol.metrics import HISTOGRAM, exposition, families
-from deployments.host_usage import GpuUsage, HostUsage
-from deployments.statistics import VersionStatistics
+from deployments.observability.host_usage import GpuUsage, HostUsage
+from deployments.observability.statistics import VersionStatistics
 from tests.conftest import dashboard_queries
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cluster.protocol.trace_output import TraceOutput, resolve
 from deployments.errors import InferenceError
-from deployments.trace_settings import DEFAULTS, TraceSettings
+from deployments.observability.trace_settings import DEFAULTS, TraceSettings
 
 
 def span(trace: str, span_id: str, parent: str | None = None, model: str = "m") -> dict:

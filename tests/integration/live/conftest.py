@@ -14,7 +14,7 @@ import requests
 
 from cluster.repository.examples import onnx_mlp
 from cluster.repository.local_store import LocalStore
-from deployments.runner import ModelRunner
+from deployments.serving.runner import ModelRunner
 from tests.conftest import write_model
 from tests.integration.conftest import serve_repository
 

@@ -9,7 +9,7 @@ import tritonclient.http as httpclient
 
 from cluster.repository.examples import onnx_accumulator, onnx_mlp
 from cluster.repository.local_store import LocalStore
-from deployments.runner import ModelRunner
+from deployments.serving.runner import ModelRunner
 from tests.conftest import copy_example_repository, write_model
 from tests.integration.conftest import serve_repository
 

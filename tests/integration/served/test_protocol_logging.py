@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from deployments.log_settings import DEFAULTS
+from deployments.observability.log_settings import DEFAULTS
 from tests.integration.conftest import wait_for
 
 

@@ -1,6 +1,6 @@
 """The nested messages of a model's configuration, each a mirror of one message of Triton's
 ``model_config.proto`` (tensors, dynamic and sequence batching, instance groups, version policy) plus ric's
-``Autoscaling``; ``deployments.config.ModelConfig`` holds them and loads the files.
+``Autoscaling``; ``deployments.config.model_config.ModelConfig`` holds them and loads the files.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.dtypes import config_to_v2
+from deployments.config.dtypes import config_to_v2
 
 
 class _Mirror(BaseModel):

@@ -10,10 +10,10 @@ import pytest
 
 from cluster.app import AppArgs
 from cluster.repository.model_apps import deployment_options
-from deployments.config import ConfigError, parse_pbtxt
+from deployments.config.model_config import ConfigError, parse_pbtxt
 from deployments.errors import InferenceError
-from deployments.sequence_router import ROUTER_CLASS, rendezvous
-from deployments.sequences import Sequences, Step, model_parameters, sequence_step
+from deployments.scheduling.sequence_router import ROUTER_CLASS, rendezvous
+from deployments.scheduling.sequences import Sequences, Step, model_parameters, sequence_step
 
 CONTROLS = """
   control_input [
@@ -155,7 +155,7 @@ def test_implicit_state_follows_each_sequence_through_an_onnx_model(tmp_path):
     zeros; the state output never reaches the answer; sequences keep their own."""
     from cluster.repository.examples import onnx_accumulator
     from cluster.repository.local_store import LocalStore
-    from deployments.runner import ModelRunner
+    from deployments.serving.runner import ModelRunner
     from tests.conftest import write_model
 
     write_model(tmp_path, "acc", STATEFUL, {"1/model.onnx": onnx_accumulator()})

@@ -18,9 +18,9 @@ from typing import Any
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 from ray.serve.request_router import PendingRequest, RunningReplica
 
-from deployments.sequences import sequence_key
+from deployments.scheduling.sequences import sequence_key
 
-ROUTER_CLASS = "deployments.sequence_router.SequenceRouter"
+ROUTER_CLASS = "deployments.scheduling.sequence_router.SequenceRouter"
 #: The attribute of a sequence's pending request that names the replica chosen for it.
 CHOSEN = "ric_sequence_replica"
 #: Sequences whose replica one router remembers (the oldest are forgotten first).

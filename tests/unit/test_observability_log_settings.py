@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from deployments.errors import InferenceError
-from deployments.log_settings import DEFAULTS, level, updated
+from deployments.observability.log_settings import DEFAULTS, level, updated
 
 
 def test_changes_apply_by_name_and_leave_the_rest():

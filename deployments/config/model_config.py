@@ -8,7 +8,7 @@ and written back unchanged, so a config round-trips.
 Ray-specific additions live where Triton leaves room for them: ``parameters`` (``gpu_fraction``,
 ``num_cpus``, ``execution_timeout_s``, ``autoscaling.<field>``) and, in YAML, ``instance_group[].gpu_fraction`` and ``autoscaling``.
 The nested messages (tensors, batching, instance groups, version policy, autoscaling) live in
-``deployments.config_messages``.
+``deployments.config.messages``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from google.protobuf import json_format, text_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tritonclient.grpc import model_config_pb2
 
-from deployments.config_messages import (
+from deployments.config.messages import (
     Autoscaling, DynamicBatching, InputConfig, InstanceGroup, ModelParameter, SequenceBatching, TensorConfig,
     VersionPolicy,
 )

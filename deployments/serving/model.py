@@ -20,17 +20,17 @@ from typing import Any, AsyncIterator
 import ray
 from ray import serve
 
-from deployments import settings_follower, tracing
+from deployments.observability import settings_follower, tracing
 from deployments.backends import Tensors
-from deployments.batching import DynamicBatcher
-from deployments.config import ModelConfig
+from deployments.scheduling.batching import DynamicBatcher
+from deployments.config.model_config import ModelConfig
 from deployments.errors import invalid, unavailable
-from deployments.runner import ModelRunner, Pending, VersionSource
-from deployments.scheduling import batch_limits, queue_timeout_ns
-from deployments.response_cache import ResponseCache, request_key
-from deployments.sequences import Sequences, model_parameters, sequence_step
-from deployments.served import ServedModel
-from deployments.statistics import StatisticsReporter, VersionStatistics
+from deployments.serving.runner import ModelRunner, Pending, VersionSource
+from deployments.scheduling.limits import batch_limits, queue_timeout_ns
+from deployments.scheduling.response_cache import ResponseCache, request_key
+from deployments.scheduling.sequences import Sequences, model_parameters, sequence_step
+from deployments.serving.served import ServedModel
+from deployments.observability.statistics import StatisticsReporter, VersionStatistics
 
 logger = logging.getLogger(__name__)
 

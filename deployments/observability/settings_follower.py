@@ -7,9 +7,9 @@ import asyncio
 import logging
 from typing import Any
 
-from deployments import log_settings
-from deployments.trace_settings import TraceSettings
-from deployments.tracing import tracer_for
+from deployments.observability import log_settings
+from deployments.observability.trace_settings import TraceSettings
+from deployments.observability.tracing import tracer_for
 
 logger = logging.getLogger(__name__)
 

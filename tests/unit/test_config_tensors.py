@@ -6,11 +6,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from deployments import batching
-from deployments.config import ModelConfig
-from deployments.dtypes import V2_TO_NUMPY, config_to_v2, numpy_dtype, v2_datatype, v2_to_config
+from deployments.scheduling import batching
+from deployments.config.model_config import ModelConfig
+from deployments.config.dtypes import V2_TO_NUMPY, config_to_v2, numpy_dtype, v2_datatype, v2_to_config
 from deployments.errors import ErrorCode, InferenceError
-from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
+from deployments.config.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
 
 
 @pytest.mark.parametrize("v2", sorted(V2_TO_NUMPY))

@@ -10,9 +10,9 @@ import pytest
 from cluster.repository.examples import onnx_add_sub, onnx_mlp
 from cluster.repository.local_store import LocalStore
 from cluster.repository.uploaded import UploadedModel
-from deployments.config import ConfigError, ModelConfig
+from deployments.config.model_config import ConfigError, ModelConfig
 from deployments.errors import ErrorCode, InferenceError, without_paths
-from deployments.runner import ModelRunner
+from deployments.serving.runner import ModelRunner
 from tests.conftest import write_model
 
 
@@ -248,7 +248,7 @@ def test_update_swaps_versions_and_in_flight_requests_finish_on_theirs(tmp_path)
 
 
 def test_a_new_config_reloads_every_served_version_under_it(tmp_path):
-    from deployments.config import parse_pbtxt
+    from deployments.config.model_config import parse_pbtxt
 
     write_model(tmp_path, "live", 'platform: "onnxruntime_onnx" max_batch_size: 8', {"1/model.onnx": onnx_mlp()})
     model = runner(tmp_path, "live")
@@ -278,8 +278,8 @@ def test_a_broken_new_version_is_reported_and_the_old_one_serves_on(tmp_path):
 
 
 def test_warm_up_requests_follow_model_warmup_or_the_configured_shape():
-    from deployments.config import parse_pbtxt
-    from deployments.runner import warmup_requests
+    from deployments.config.model_config import parse_pbtxt
+    from deployments.serving.runner import warmup_requests
 
     plain = parse_pbtxt('max_batch_size: 4 input [ { name: "X", data_type: TYPE_FP32, dims: [ -1, 3 ] } ] '
                         'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 3 ] } ]', "m", "m")
@@ -400,7 +400,7 @@ def test_decoupled_python_models_stream_their_responses(tmp_path, source, expect
 
 
 def test_decoupled_models_need_the_python_backend(tmp_path):
-    from deployments.config import parse_pbtxt
+    from deployments.config.model_config import parse_pbtxt
 
     config = parse_pbtxt('platform: "onnxruntime_onnx" model_transaction_policy { decoupled: true } '
                          'input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ] '

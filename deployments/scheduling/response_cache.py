@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from deployments.backends import Tensors
+from deployments.scheduling.batching import Tensors
 
 
 def request_key(version: int, inputs: Tensors, outputs: list[str] | None, parameters: dict | None) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deployments.response_cache import ResponseCache, answer_bytes, request_key
+from deployments.scheduling.response_cache import ResponseCache, answer_bytes, request_key
 
 X = {"X": np.arange(4, dtype=np.float32).reshape(1, 4)}
 

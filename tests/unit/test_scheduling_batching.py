@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from deployments.batching import DynamicBatcher
+from deployments.scheduling.batching import DynamicBatcher
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A model's versions inside one replica: load them, check requests, run batches. No Ray here.
 
-The Serve deployment (:mod:`deployments.model`) wraps a ModelRunner with dynamic batching; benchmarks
+The Serve deployment (:mod:`deployments.serving.model`) wraps a ModelRunner with dynamic batching; benchmarks
 and unit tests use a ModelRunner directly as the in-process baseline.
 """
 
@@ -16,15 +16,15 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from deployments import batching
+from deployments.scheduling import batching
 from deployments.backends import Backend, Tensors, backend_class, resolve_backend
-from deployments.config import ModelConfig
-from deployments.dtypes import config_to_v2, numpy_dtype
+from deployments.config.model_config import ModelConfig
+from deployments.config.dtypes import config_to_v2, numpy_dtype
 from deployments.errors import (ErrorCode, InferenceError, no_available_versions, unknown_model,
                                 version_not_ready, without_paths)
-from deployments.sequences import WARMUP_SEQUENCE, Sequences, Step
-from deployments.statistics import VersionStatistics
-from deployments.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
+from deployments.scheduling.sequences import WARMUP_SEQUENCE, Sequences, Step
+from deployments.observability.statistics import VersionStatistics
+from deployments.config.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from deployments.config import ModelConfig
-from deployments.config_messages import TensorConfig
-from deployments.dtypes import v2_datatype
+from deployments.config.model_config import ModelConfig
+from deployments.config.messages import TensorConfig
+from deployments.config.dtypes import v2_datatype
 from deployments.errors import invalid
 
 Tensors = dict[str, np.ndarray]

@@ -10,8 +10,8 @@ from tritonclient.grpc import model_config_pb2
 
 from cluster.app import AppArgs
 from cluster.repository.model_apps import deployment_options
-from deployments.config import ConfigError, ModelConfig, load_config, parse_pbtxt, parse_yaml
-from deployments.config_messages import VersionPolicy
+from deployments.config.model_config import ConfigError, ModelConfig, load_config, parse_pbtxt, parse_yaml
+from deployments.config.messages import VersionPolicy
 
 # Triton's own densenet_onnx example config, unchanged.
 DENSENET = """
@@ -297,7 +297,7 @@ LEVELS = ("priority_levels: 3 default_priority_level: 2 priority_queue_policy { 
     (LEVELS + "default_queue_policy { default_timeout_microseconds: 2000 }", None, 3, ("REJECT", 2000)),
 ])
 def test_the_queue_policy_of_each_level_sets_its_timeout(policy, parameters, level, expected):
-    from deployments.scheduling import queue_timeout_ns
+    from deployments.scheduling.limits import queue_timeout_ns
 
     config = parse_pbtxt(f"max_batch_size: 4 dynamic_batching {{ {policy} }}", "m/config.pbtxt", "m")
     timeout = queue_timeout_ns(config, 1_000_000, parameters, level)

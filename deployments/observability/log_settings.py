@@ -1,7 +1,7 @@
 """Triton's logging extension: the log settings a client reads and changes at run time. No Ray here.
 
 The settings are kept by the statistics collector, one set per application, and every replica process
-(Ingress, model, ensemble) follows them (``deployments/settings_follower.py``) and applies them to ric's
+(Ingress, model, ensemble) follows them (``deployments/observability/settings_follower.py``) and applies them to ric's
 loggers (``cluster``, ``deployments``, ``ensembles``; Ray's and Serve's own keep theirs). Python's levels
 are thresholds where Triton's switches are independent: the lowest enabled kind sets the level
 (``log_verbose_level`` >= 1: DEBUG, which also logs every inference request with its ids).

@@ -70,7 +70,7 @@ class ServedModel:
         parameters: dict | None = None, trace: dict[str, str] | None = None,
     ) -> Tensors:
         """Run one request: a dict of numpy arrays (or :class:`ResultTensor`) in, a dict of numpy arrays
-        out. ``trace``: the context of a sampled request's span (deployments/tracing.py), whose trace this
+        out. ``trace``: the context of a sampled request's span (deployments/observability/tracing.py), whose trace this
         request's spans join."""
         _, result = await self.infer_versioned(await resolved(inputs), outputs, version, parameters, trace)
         return result

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from deployments import host_usage
+from deployments.observability import host_usage
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ the batch the dynamic batcher may form. Pure arithmetic over the config; no Ray 
 
 from __future__ import annotations
 
-from deployments.config import ModelConfig
+from deployments.config.model_config import ModelConfig
 
 
 def queue_timeout_ns(config: ModelConfig, arrived_ns: int, parameters: dict | None, level: int = 0

@@ -1,5 +1,5 @@
 """Triton's sequence batcher, inside one model replica: the sequences it holds, their order, their control
-tensors. No Ray here (the router in ``deployments/sequence_router.py`` sends every request of a sequence to
+tensors. No Ray here (the router in ``deployments/scheduling/sequence_router.py`` sends every request of a sequence to
 the replica holding it).
 
 A request names its sequence with the ``sequence_id`` parameter (a non-zero integer or a non-empty string,
@@ -23,9 +23,9 @@ from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
-from deployments.config import ModelConfig
-from deployments.config_messages import SequenceBatching
-from deployments.dtypes import numpy_dtype, config_to_v2
+from deployments.config.model_config import ModelConfig
+from deployments.config.messages import SequenceBatching
+from deployments.config.dtypes import numpy_dtype, config_to_v2
 from deployments.errors import invalid
 
 #: The request parameters that carry the sequence (taken out before the model sees the parameters).
