@@ -63,6 +63,11 @@ class AppArgs(BaseModel):
                     "at ~24x the body); a request that does not fit beside the others answers 503, one that "
                     "never fits 413.",
     )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="Seconds a request body may take to arrive in all, however it trickles; past it the "
+                    "request answers 408 (the in-flight budget counts only the bytes that have arrived).",
+    )
     max_uploaded_bytes: int = Field(
         default=256 * 2**20, gt=0,
         description="Bytes the files of models uploaded with repository loads may hold in all (kept once in "
@@ -304,7 +309,8 @@ def build(args: AppArgs) -> Application:
                              max_request_bytes=args.max_request_bytes,
                              on_demand=on_demand, model_control_mode=args.model_control_mode,
                              restricted_apis=tuple(args.restricted_apis),
-                             serving_limits=args.serving_limits(), max_inflight_bytes=args.max_inflight_bytes)
+                             serving_limits=args.serving_limits(), max_inflight_bytes=args.max_inflight_bytes,
+                             body_timeout_s=args.body_timeout_s)
     colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}
     ensembles = {name: configs[name] for name in models if is_ensemble(configs[name]) and args.colocates(configs[name])}
     if args.ingress_autoscaling is None:

@@ -15,6 +15,7 @@ class ErrorCode(str, enum.Enum):
     NOT_FOUND = "NOT_FOUND"
     UNAVAILABLE = "UNAVAILABLE"
     TOO_LARGE = "TOO_LARGE"
+    TIMEOUT = "TIMEOUT"  # the client took too long to send its request
     RESTRICTED = "RESTRICTED"
     INTERNAL = "INTERNAL"
 
@@ -23,6 +24,7 @@ HTTP_STATUS = {
     ErrorCode.INVALID_ARGUMENT: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.TOO_LARGE: 413,
+    ErrorCode.TIMEOUT: 408,
     ErrorCode.RESTRICTED: 403,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
@@ -33,6 +35,7 @@ GRPC_STATUS = {
     ErrorCode.INVALID_ARGUMENT: "INVALID_ARGUMENT",
     ErrorCode.NOT_FOUND: "NOT_FOUND",
     ErrorCode.TOO_LARGE: "RESOURCE_EXHAUSTED",
+    ErrorCode.TIMEOUT: "DEADLINE_EXCEEDED",
     ErrorCode.RESTRICTED: "UNAVAILABLE",  # Triton's choice for a restricted protocol
     ErrorCode.UNAVAILABLE: "UNAVAILABLE",
     ErrorCode.INTERNAL: "INTERNAL",

@@ -36,6 +36,11 @@ HEADER_TIMEOUT_S = 10
 #: 15-21 ms (p50, docs/benchmarks.md, "gRPC through HAProxy"). HAProxy takes buffers for active streams only.
 HTTP2_SETTINGS = {"TUNE_BUFSIZE": 256 << 10, "H2_MAX_FRAME_SIZE": 256 << 10, "H2_FE_INITIAL_WINDOW_SIZE": 4 << 20,
                   "H2_BE_INITIAL_WINDOW_SIZE": 4 << 20, "H2_BE_MAX_CONCURRENT_STREAMS": 1}
+#: A Content-Length of 19 digits or more (1e18 bytes; 2^63 has 19) is refused at HAProxy: past 2^64 HAProxy
+#: wraps it where the replica's HTTP server reads it whole, and two readings of one request's length are how
+#: requests are smuggled past a proxy.
+HUGE_LENGTH_RULE = ("    http-request return status 413 content-type application/json string "
+                    "'{\"error\": \"request body length is too large\"}' if { req.hdr(content-length) -m len 19: }\n")
 #: The launcher's copy of Serve's config, beside it.
 CONFIG_COPY_PREFIX = "ric-"
 
@@ -103,10 +108,15 @@ def write_launcher(folder: str, binary: str, header_timeout_s: int) -> str:
 
 
 def ric_config(config: str, error_page: str, header_timeout_s: int) -> str:
-    """Serve's HAProxy config with a total header time in its defaults and ric's page for HAProxy's errors."""
+    """Serve's HAProxy config with a total header time in its defaults, ric's page for HAProxy's errors, its
+    stats page and Prometheus exporter on loopback (Serve binds them on every interface, unauthenticated;
+    they carry no inference API, and only this node's operators read them), and HUGE_LENGTH_RULE."""
     config, defaults = re.subn(r"(?m)^defaults$", f"defaults\n    timeout http-request {header_timeout_s}s", config, 1)
     if not defaults:
         raise ValueError("Serve's HAProxy config has no 'defaults' section")
+    for section in ("frontend prometheus", "listen stats"):  # tests/integration/test_cli_serve_ingress.py checks
+        config = re.sub(rf"(?m)^({section}\n\s*bind )\*?:(\d+)$", r"\g<1>127.0.0.1:\2", config, count=1)
+    config = re.sub(r"(?m)^(frontend http_frontend\n\s*bind \S+\n)", lambda m: m[1] + HUGE_LENGTH_RULE, config, count=1)
     return re.sub(r"(?m)^(\s*errorfile 50[234]) \S+$", rf"\1 {error_page}", config)
 
 

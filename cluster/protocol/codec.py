@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from cluster.protocol.raw_tensors import decode_raw, encode_raw
+from cluster.protocol.raw_tensors import check_bytes_elements, decode_raw, encode_raw
 from deployments.config.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
 
@@ -96,7 +96,7 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         raise invalid("request must have a non-empty 'inputs' list")
     inputs: Tensors = {}
     shared_inputs: dict[str, SharedInput] = {}
-    offset = 0
+    offset = bytes_elements = 0
     for i, raw in enumerate(raw_inputs):
         if not isinstance(raw, dict):
             raise invalid(f"inputs[{i}] must be an object")
@@ -110,6 +110,9 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         if where is not None:
             shared_inputs[name] = shared_input(name, raw.get("datatype"), decode_shape(raw.get("shape"), name), where)
             continue
+        if raw.get("datatype") == "BYTES":
+            bytes_elements += math.prod(decode_shape(raw.get("shape"), name))
+            check_bytes_elements(bytes_elements)
         size = parameters.get("binary_data_size")
         if size is None:
             inputs[name] = decode_tensor(raw, name)

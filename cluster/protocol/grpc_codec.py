@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
 from cluster.protocol.codec import InferRequest, SharedInput, decode_shape, shared_input, shared_slice
-from cluster.protocol.raw_tensors import decode_raw, encode_raw
+from cluster.protocol.raw_tensors import check_bytes_elements, decode_raw, encode_raw
 from deployments.backends import Tensors
 from deployments.config.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
@@ -50,6 +50,8 @@ def decode_infer_request(request: service_pb2.ModelInferRequest, raw: list[bytes
     if raw and len(raw) != len(in_message):
         raise invalid(f"{len(raw)} raw_input_contents for {len(in_message)} inputs not in shared memory; "
                       "send one per input")
+    check_bytes_elements(sum(math.prod(decode_shape(list(tensor.shape), tensor.name)) for tensor in in_message
+                             if tensor.datatype == "BYTES"))
     inputs: Tensors = {}
     shared_inputs: dict[str, SharedInput] = {}
     raw_contents = iter(raw)

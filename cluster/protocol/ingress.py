@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cluster.protocol import codec, compression, metrics
-from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
+from cluster.protocol.budget import ByteBudget, Reservation, needed_bytes, off_loop_if_large
 from cluster.protocol.dataplane import SERVER_NAME, DataPlane, bounded
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from cluster.protocol.restrictions import Restriction, Restrictions, http_api_group
@@ -57,6 +57,8 @@ class IngressOptions:
     serving_limits: ServingLimits = ServingLimits()
     #: Bytes the requests in flight in one Ingress replica may hold (AppArgs.max_inflight_bytes).
     max_inflight_bytes: int = 1 << 30
+    #: Seconds a request's body may take to arrive in all (AppArgs.body_timeout_s).
+    body_timeout_s: float = 60.0
 
 
 def declared_length(request: Request) -> int | None:
@@ -69,7 +71,7 @@ def declared_length(request: Request) -> int | None:
 ALIGNMENT = 64
 
 
-async def _read_aligned(request: Request, declared: int, aligned_at: int) -> memoryview:
+async def _read_aligned(request: Request, declared: int, aligned_at: int, held: Reservation | None) -> memoryview:
     """A body of ``declared`` bytes read into one buffer with byte ``aligned_at`` on an ALIGNMENT boundary."""
     buffer = bytearray(declared + ALIGNMENT)
     start = -(np.frombuffer(buffer, np.uint8).ctypes.data + aligned_at) % ALIGNMENT
@@ -79,6 +81,8 @@ async def _read_aligned(request: Request, declared: int, aligned_at: int) -> mem
             raise invalid(f"request body is longer than its Content-Length of {declared} bytes")
         view[end:end + len(chunk)] = chunk
         end += len(chunk)
+        if held is not None:
+            held.resize(end - start)
     return view[start:end]
 
 
@@ -121,6 +125,7 @@ class Ingress(GrpcInferenceService):
         self.plane = DataPlane({**models, **local}, failed, options, statistics, sync, shared_memory)
         self._follower = asyncio.get_running_loop().create_task(self.plane.follow_models()) if sync else None
         self.max_request_bytes = options.max_request_bytes
+        self.body_timeout_s = options.body_timeout_s
         self.restrictions = Restrictions(list(options.restricted_apis))
         self.budget = ByteBudget(options.max_inflight_bytes)
 
@@ -231,9 +236,9 @@ class Ingress(GrpcInferenceService):
                 header = request.headers.get(codec.HEADER_LENGTH)
                 encoding = request.headers.get("content-encoding")
                 aligned_at = int(header) if header and header.isascii() and header.isdigit() and not encoding else None
-                with self.budget.reserve(needed_bytes(declared_length(request) or 0, header is not None)) as held:
-                    body = compression.decompress(await self._read_body(request, aligned_at=aligned_at), encoding,
-                                                  self.max_request_bytes)
+                with self.budget.reserve(0) as held:  # what has arrived, then what decoding it needs
+                    body = compression.decompress(await self._read_body(request, held, aligned_at=aligned_at),
+                                                  encoding, self.max_request_bytes)
                     held.resize(needed_bytes(len(body), header is not None))
                     decoded = await off_loop_if_large(len(body), codec.decode_infer_request, body, header)
                     answered, outputs = await self.plane.infer_request(model, version, decoded)
@@ -267,8 +272,8 @@ class Ingress(GrpcInferenceService):
         with ``error``."""
         metadata = await self.plane.model_metadata(model, version)
         batching = bool(metadata["inputs"]) and metadata["inputs"][0]["shape"][:1] == [-1]
-        with self.budget.reserve(needed_bytes(declared_length(request) or 0, False)) as held:
-            body = await self._read_body(request)
+        with self.budget.reserve(0) as held:
+            body = await self._read_body(request, held)
             held.resize(needed_bytes(len(body), False))
             decoded = await off_loop_if_large(len(body), codec.decode_generate_request, body, metadata["inputs"],
                                               batching)
@@ -295,25 +300,37 @@ class Ingress(GrpcInferenceService):
 
         return StreamingResponse(events(), media_type="text/event-stream; charset=utf-8")
 
-    async def _read_body(self, request: Request, allow_empty: bool = False, aligned_at: int | None = None
-                         ) -> bytes | memoryview:
-        """The body, refused (413) past ``max_request_bytes`` before more of it is read. With ``aligned_at``
-        (the offset of the binary tensors, after the JSON header) and a Content-Length, the body is read
-        into a buffer where that offset falls on a 64-byte boundary, so that the tensors become numpy views
-        of it without a copy (joined chunks would put them wherever the header's length leaves them, and
-        an unaligned tensor is copied)."""
+    async def _read_body(self, request: Request, held: Reservation | None = None, allow_empty: bool = False,
+                         aligned_at: int | None = None) -> bytes | memoryview:
+        """The body, refused (413) past ``max_request_bytes`` before more of it is read, and (408) when it has
+        not all arrived within ``body_timeout_s``. ``held`` grows with the bytes that have arrived: a client
+        that declares a large body and sends it slowly (or never) holds only what it sent of the in-flight
+        budget, never what it promised. With ``aligned_at`` (the offset of the binary tensors, after the JSON
+        header) and a Content-Length, the body is read into a buffer where that offset falls on a 64-byte
+        boundary, so that the tensors become numpy views of it without a copy (joined chunks would put them
+        wherever the header's length leaves them, and an unaligned tensor is copied)."""
         limit = self.max_request_bytes
         declared = declared_length(request)
         if declared is not None and declared > limit:
             raise InferenceError(ErrorCode.TOO_LARGE, f"request body of {declared} bytes exceeds the limit of {limit}")
-        if aligned_at is not None and declared is not None and 0 < aligned_at <= declared:
-            return await _read_aligned(request, declared, aligned_at)
-        chunks, size = [], 0
+        try:
+            if aligned_at is not None and declared is not None and 0 < aligned_at <= declared:
+                return await asyncio.wait_for(_read_aligned(request, declared, aligned_at, held), self.body_timeout_s)
+            body = await asyncio.wait_for(self._read_chunks(request, held), self.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise InferenceError(ErrorCode.TIMEOUT, f"the request body did not arrive within {self.body_timeout_s:g} s"
+                                 ) from None
+        if not body and not allow_empty:
+            raise invalid("request body is empty")
+        return body
+
+    async def _read_chunks(self, request: Request, held: Reservation | None) -> bytes:
+        limit, chunks, size = self.max_request_bytes, [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise InferenceError(ErrorCode.TOO_LARGE, f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
-        if size == 0 and not allow_empty:
-            raise invalid("request body is empty")
+            if held is not None:
+                held.resize(size)
         return b"".join(chunks)

@@ -18,6 +18,7 @@ import asyncio
 import json
 import mmap
 import os
+import stat
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -54,6 +55,20 @@ def check_key(key: Any) -> str:
     if not isinstance(key, str) or not key.startswith("/") or "/" in key[1:] or key in ("/", "/.", "/..") or "\0" in key:
         raise invalid(f"Unable to open shared memory region: '{key}': the key must be '/' and a name")
     return key
+
+
+def refusal(info: os.stat_result) -> str | None:
+    """Why an opened shared memory object may not be a region, or None. A region is only ever a regular file
+    of the server's own user with no other name: a client registers a key in a world-writable folder, and
+    reads and writes through it as the server's user, so anything else (another user's file, a second link to
+    a file that lives elsewhere on /dev/shm, a directory, a device) would give it access it has not got."""
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != os.geteuid():
+        return "not owned by the server's user"
+    if info.st_nlink != 1:
+        return "a file with more than one name"
+    return None
 
 
 class SharedMemory:
@@ -157,12 +172,16 @@ class SharedMemory:
 
     def _map(self, region: Region) -> None:
         path = os.path.join(SHM_FOLDER, region.key[1:])
-        try:
-            fd = os.open(path, os.O_RDWR)
+        try:  # never through a link, never blocking on a FIFO or a device
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError:
             raise invalid(f"Unable to open shared memory region: '{region.key}'") from None
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            refused = refusal(info)
+            if refused:
+                raise invalid(f"Unable to open shared memory region: '{region.key}': {refused}")
+            size = info.st_size
             if size < region.offset + region.byte_size or not region.byte_size:
                 raise invalid(f"failed to register shared memory region '{region.name}': the object '{region.key}' "
                               f"holds {size} bytes, not offset {region.offset} + byte_size {region.byte_size}")

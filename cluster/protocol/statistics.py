@@ -28,6 +28,7 @@ from typing import Any
 
 from ray import serve
 
+from cluster.private_files import UnsafeFolder, private_folder
 from cluster.protocol import metrics
 from cluster.protocol.app_settings import AppSettings
 from cluster.protocol.ray_metrics import PUBLISH_S, RayMetrics
@@ -58,6 +59,10 @@ class StatisticsCollector:
     def __init__(self, trace_dir: str = DEFAULT_TRACE_DIR):
         """``trace_dir``: the folder trace files go to, on this replica's node."""
         self._trace_dir = trace_dir
+        try:  # made at start, so that no other local user can make it first and swap links into it
+            private_folder(trace_dir)
+        except UnsafeFolder as error:
+            logger.warning("traces cannot be written: the trace folder %s", error)
         self._reports: dict[Replica, dict[int, VersionStatistics]] = {}
         self._in_flight: dict[Replica, tuple[int, float]] = {}  # -> (requests, when reported)
         self._waiting: dict[Replica, asyncio.Future] = {}  # replicas in next_report: set to ask for a report
@@ -133,7 +138,10 @@ class StatisticsCollector:
         return metrics.families(self._merged(), [host for host, _ in self._hosts.values()], replicas)
 
     async def prometheus(self) -> bytes:
-        """Triton's metrics for the whole application, in Prometheus's text format (``/metrics``)."""
+        """Triton's metrics for the whole application, in Prometheus's text format (``/metrics``); current,
+        as Triton's counters are: every replica is asked for its report first (a scrape waits at most
+        FRESH_TIMEOUT_S for them, as a statistics request does)."""
+        await self._fresh({model for model, _ in self._reports})
         return metrics.exposition(self._families())
 
     # The application's log and trace settings, and the spans of sampled requests (app_settings.py).

@@ -2,8 +2,10 @@
 statistics collector's node. No Ray here.
 
 Trace files live in the application's trace folder (``AppArgs.trace_dir``): a client names a file in it
-(``trace.jsonl``) or gives a path inside it, never elsewhere on the node (the trace API would otherwise
-write any file the server may). With ``log_frequency`` N > 0, every N traces go to the next file of
+(``trace.jsonl``, or its path in the folder), never a file elsewhere on the node or in a folder below it
+(the trace API would otherwise write any file the server may). The folder is private to the server's user
+(``cluster.private_files``: created 0700, refused if anyone else could put a link in it), and trace files
+are opened without following links. With ``log_frequency`` N > 0, every N traces go to the next file of
 ``<trace_file>.0``, ``.1``, ... (the index starts again when ``trace_file`` changes), as Triton; with 0, all
 go to ``trace_file`` as they arrive (Triton writes at shutdown). ``trace_count`` counts the traces written
 (their root spans); spans of traces past it are dropped.
@@ -12,23 +14,30 @@ go to ``trace_file`` as they arrive (Triton writes at shutdown). ``trace_count``
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from cluster.private_files import UnsafeFolder, append_private, private_folder
 from deployments.errors import invalid
 from deployments.observability.trace_settings import TraceSettings
 
 
 def resolve(trace_dir: str, name: str) -> str:
-    """``name`` (a file name, or a path) as a path inside ``trace_dir``; outside it INVALID_ARGUMENT."""
+    """``name`` (a file name, or its path) as a file directly in ``trace_dir``; INVALID_ARGUMENT for a file
+    anywhere else, or when the folder is not private to the server's user."""
     if not name:
         return ""
-    folder = Path(trace_dir).resolve()
-    path = (folder / name).resolve()
-    if folder not in path.parents:
+    try:
+        folder = private_folder(trace_dir).resolve()
+    except UnsafeFolder as error:
+        raise invalid(f"trace_file '{name}' cannot be written: the trace folder {error}") from None
+    path = folder / name
+    if path.parent.resolve() != folder or path.name in ("", ".", ".."):
         raise invalid(f"trace_file '{name}' is outside the trace folder {folder}: give a file name in it")
     return str(path)
 
+logger = logging.getLogger(__name__)
 
 #: Traces remembered (admitted, or children waiting for their root span), oldest forgotten first.
 REMEMBERED = 10_000
@@ -72,9 +81,11 @@ class TraceOutput:
     def _append(target: str, rows: list[dict[str, Any]]) -> None:
         if not target:
             return
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "a") as out:
-            out.write("".join(json.dumps(row) + "\n" for row in rows))
+        try:
+            private_folder(Path(target).parent)  # still the server's own: else nothing is written
+            append_private(target, "".join(json.dumps(row) + "\n" for row in rows))
+        except (UnsafeFolder, OSError) as error:
+            logger.warning("%d spans not written to %s: %s", len(rows), target, error)
 
     def _next_file(self, settings: dict[str, Any]) -> str:
         """The file the next trace goes to under ``settings``."""

@@ -1,5 +1,5 @@
 """The HAProxy launcher of ``ric serve``: it runs the binary on a copy of Serve's config with a total header
-time and ric's 503 page, as the process Serve started (exec). ``/bin/echo`` stands in for HAProxy and prints
+time, ric's 503 page and its stats pages on loopback, as the process Serve started (exec). ``/bin/echo`` stands in for HAProxy and prints
 the arguments it got; tests/integration/test_cli_serve.py checks a real HAProxy behind a real Serve."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli.haproxy import CONFIG_COPY_PREFIX, UNAVAILABLE_PAGE, ric_config, write_launcher
+from cluster.cli.haproxy import CONFIG_COPY_PREFIX, HUGE_LENGTH_RULE, UNAVAILABLE_PAGE, ric_config, write_launcher
 
 SERVE_CONFIG = """global
     maxconn 4096
@@ -19,8 +19,14 @@ defaults
     errorfile 502 /tmp/haproxy-serve/500.http
     errorfile 503 /tmp/haproxy-serve/500.http
     errorfile 504 /tmp/haproxy-serve/500.http
+frontend prometheus
+    bind :9101
+    mode http
 frontend http_frontend
     bind 127.0.0.1:8000
+listen stats
+  bind *:8404
+  stats enable
 """
 
 
@@ -28,7 +34,9 @@ def test_the_copy_bounds_header_time_and_answers_haproxy_errors_with_ric_page():
     copy = ric_config(SERVE_CONFIG, "/ric/503.http", 7)
     assert copy.splitlines()[2:4] == ["defaults", "    timeout http-request 7s"]
     assert copy.count("errorfile") == 3 and copy.count("errorfile 50") == copy.count("/ric/503.http") == 3
-    assert "500.http" not in copy and copy.endswith("    bind 127.0.0.1:8000\n")
+    assert "500.http" not in copy and "frontend http_frontend\n    bind 127.0.0.1:8000\n" + HUGE_LENGTH_RULE in copy
+    # the stats page and the exporter carry no API, but nothing off the node should read them either
+    assert "frontend prometheus\n    bind 127.0.0.1:9101\n" in copy and "listen stats\n  bind 127.0.0.1:8404\n" in copy
 
 
 def test_a_config_without_defaults_is_refused():

@@ -5,6 +5,8 @@ log_frequency splits them over numbered files, and files stay inside the trace f
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -70,7 +72,47 @@ def test_log_frequency_splits_traces_over_numbered_files(tmp_path):
 
 def test_trace_files_stay_in_the_trace_folder(tmp_path):
     assert resolve(str(tmp_path), "x.jsonl") == str(tmp_path / "x.jsonl")
-    assert resolve(str(tmp_path), str(tmp_path / "sub" / "x")) == str(tmp_path / "sub" / "x")
-    for name in ("../x", "/etc/passwd", str(tmp_path)):
+    assert resolve(str(tmp_path), str(tmp_path / "x")) == str(tmp_path / "x")
+    for name in ("../x", "/etc/passwd", str(tmp_path), str(tmp_path / "sub" / "x"), "sub/x", ".."):
         with pytest.raises(InferenceError, match="outside the trace folder"):
             resolve(str(tmp_path), name)
+
+
+def test_the_trace_folder_is_made_private_and_refused_when_anyone_else_could_write_in_it(tmp_path):
+    """The review's takeover: another user makes the default folder first (or leaves it open), has a file in
+    it accepted as trace_file, then swaps the file for a link to a file of their choice."""
+    made = tmp_path / "made" / "traces"
+    assert resolve(str(made), "t.jsonl") == str(made / "t.jsonl")
+    assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+    open_folder = tmp_path / "open"
+    open_folder.mkdir(mode=0o777)
+    open_folder.chmod(0o777)
+    with pytest.raises(InferenceError, match="is open to other users \\(mode 777; it must be 0700\\)"):
+        resolve(str(open_folder), "t.jsonl")
+    linked = tmp_path / "linked"
+    linked.symlink_to(made)
+    with pytest.raises(InferenceError, match="is a symbolic link"):
+        resolve(str(linked), "t.jsonl")
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(InferenceError, match="belongs to another user"):
+            resolve(str(theirs), "t.jsonl")
+
+
+def test_a_trace_file_swapped_for_a_link_is_not_followed(tmp_path):
+    folder, victim = tmp_path / "traces", tmp_path / "victim"
+    victim.write_text("untouched\n")
+    settings = TraceSettings()
+    settings.update(None, {"trace_file": resolve(str(folder), "t.jsonl"), "trace_level": "TIMESTAMPS"})
+    output = TraceOutput()
+    output.write([span("a", "a-root")], settings)
+    (folder / "t.jsonl").unlink()
+    (folder / "t.jsonl").symlink_to(victim)
+    output.write([span("b", "b-root")], settings)  # dropped, with a warning: never written through the link
+    assert victim.read_text() == "untouched\n"
+    folder.chmod(0o755)  # loosened after the start: nothing more is written there
+    (folder / "t.jsonl").unlink()
+    output.write([span("c", "c-root")], settings)
+    assert not (folder / "t.jsonl").exists()

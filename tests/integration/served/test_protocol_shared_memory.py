@@ -4,7 +4,11 @@ tritonclient.utils.shared_memory regions in /dev/shm; tensors go through the reg
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,6 +169,65 @@ def test_a_region_registered_on_another_node_is_refused_by_name(endpoints, regio
             await elsewhere.unregister(name)
 
     asyncio.run(scenario())
+
+
+def as_another_user(*command: str) -> None:
+    """Runs a command as ``nobody`` where this test runs as root (the attacker of the security review), else
+    as this user: the server's refusal does not depend on who made the object, only on what it is."""
+    prefix = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 and shutil.which("runuser") else []
+    subprocess.run([*prefix, *command], check=True, timeout=30)
+
+
+@pytest.fixture
+def shm_objects():
+    """Paths in /dev/shm for objects a test makes; removed after it."""
+    made: list[Path] = []
+
+    def path() -> Path:
+        made.append(Path("/dev/shm") / f"ric-test-{uuid.uuid4().hex[:8]}")
+        return made[-1]
+
+    yield path
+    for each in made:
+        if each.is_dir() and not each.is_symlink():
+            each.rmdir()
+        else:
+            each.unlink(missing_ok=True)
+
+
+def test_a_region_is_only_a_regular_file_of_the_servers_user(server, shm_objects, tmp_path):
+    """A key names an object in world-writable /dev/shm, and the server reads and writes it as its own user:
+    a link to a file elsewhere, a second name of another file, a directory, a FIFO or another user's file is
+    refused at registration with Triton's text, and nothing is read or written through it."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root only" * 8)
+    secret.chmod(0o600)
+    link = shm_objects()
+    as_another_user("ln", "-s", str(secret), str(link))
+    original = shm_objects()
+    original.write_bytes(b"\0" * 64)
+    second_name = shm_objects()
+    os.link(original, second_name)
+    folder = shm_objects()
+    folder.mkdir()
+    fifo = shm_objects()
+    os.mkfifo(fifo)
+    cases = {link: "", second_name: "a file with more than one name", folder: "", fifo: "not a regular file"}
+    if os.geteuid() == 0 and shutil.which("runuser"):
+        theirs = shm_objects()
+        as_another_user("truncate", "-s", "64", str(theirs))
+        cases[theirs] = "not owned by the server's user"
+
+    for path, reason in cases.items():
+        response = requests.post(f"{server}/v2/systemsharedmemory/region/r/register",
+                                 json={"key": f"/{path.name}", "offset": 0, "byte_size": 64}, timeout=30)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"].startswith(f"Unable to open shared memory region: '/{path.name}'"), response.text
+        assert reason in response.json()["error"]
+    assert requests.get(f"{server}/v2/systemsharedmemory/status", timeout=30).json() == []
+    assert secret.read_bytes() == b"root only" * 8
+    body = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": [1] * 16} for n in ("INPUT0", "INPUT1")]}
+    assert requests.post(f"{server}/v2/models/simple/infer", json=body, timeout=30).status_code == 200
 
 
 def _plain(module, inputs):
