@@ -7,21 +7,29 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN = $(VENV)/bin
 
+# The install runs again only when pyproject.toml or this file changed since it last succeeded (the stamp).
+STAMP = $(VENV)/.ric-installed
+
 .PHONY: install test serve bench
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2; exit 1; }
 
-install: $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,torch]' '$(TORCH)'
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	@echo "make: installing ric, torch and the test tools into $(VENV) (a few minutes the first time)"
+	$(BIN)/python -m pip install --progress-bar on -e '.[test,torch]' '$(TORCH)'
 	bash benchmarks/install_perf_analyzer.sh
+	@touch $(STAMP)
+
+install: $(STAMP)
 
 test: install
 	bash tests/install_prometheus.sh
 	$(BIN)/python -m pytest
 
+# make serve ARGS='--http-port 9000 --models simple': ric serve's flags (ric serve --help lists them).
 serve: install
-	$(BIN)/ric serve
+	$(BIN)/ric serve $(ARGS)
 
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import queue
 import threading
@@ -87,12 +88,13 @@ def _running(pid: int) -> bool:
     return True
 
 
-def connect(address: str | None = None, app: str | None = None) -> "Client":
+def connect(address: str | None = None, app: str | None = None, *, ray_logging_level: int = logging.INFO) -> "Client":
     """Join the cluster that serves the models, and return a :class:`Client` for application ``app``.
 
     Which cluster: the one this process already joined (``ray.init`` done, or a ``ray job submit``
     driver, where ``RAY_ADDRESS`` is set), else ``address``, else the running ``ric serve``'s. Raises
-    ``ConnectionError`` saying what to do when there is none.
+    ``ConnectionError`` saying what to do when there is none. ``ray_logging_level``: the level of Ray's own
+    messages while it joins (``ric status`` passes WARNING, so that its table is all it prints).
     """
     import ray
 
@@ -101,18 +103,19 @@ def connect(address: str | None = None, app: str | None = None) -> "Client":
         record = None
     if not ray.is_initialized():
         if address is None and os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, logging_level=ray_logging_level)
         elif address is None and record is None:
             raise ConnectionError(
                 f"no running 'ric serve' found ({state_file()} is missing or stale): start one, or pass "
                 "connect(address='<ray address>') for a cluster started otherwise"
             )
         else:
-            _join(address or record.address, record if address in (None, getattr(record, "address", None)) else None)
+            _join(address or record.address, record if address in (None, getattr(record, "address", None)) else None,
+                  ray_logging_level)
     return Client(app or (record.app if record else APP_NAME))
 
 
-def _join(address: str, record: ServerRecord | None) -> None:
+def _join(address: str, record: ServerRecord | None, ray_logging_level: int) -> None:
     """``ray.init`` with the node address and authentication the recorded server uses.
 
     Ray reads both settings from the environment once (the loopback one when ``ray`` is imported, the
@@ -133,7 +136,7 @@ def _join(address: str, record: ServerRecord | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"  # the token itself is read from ~/.ray/auth_token
         Config.initialize("")
     node_ip = record.node_ip if record is not None else None
-    ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False)
+    ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False, logging_level=ray_logging_level)
 
 
 class Client:

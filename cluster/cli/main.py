@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cluster.cli import perf, status
+from cluster.cli import perf, ports, status
 from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
 from cluster.cli.haproxy import HEADER_TIMEOUT_S, limit_idle_clients
 from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages, serve_repository
@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True,
                            help="start Ray's dashboard on 127.0.0.1 with the local Ray, for `ray job submit` "
                                 "and `serve deploy` (default on)")
-    serve_cmd.add_argument("--dashboard-port", type=int, default=8265, help="dashboard port (default 8265)")
+    serve_cmd.add_argument("--dashboard-port", type=int,
+                           help="dashboard port (default 8265, or the next free one when another process has it)")
     serve_cmd.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
                            help="run CPU models inside the ingress replicas too, one hop less for HTTP and gRPC "
                                 "(default on; --no-colocate keeps each model in its own deployment only)")
@@ -65,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--header-timeout-s", type=positive(int), default=HEADER_TIMEOUT_S,
                            help="HAProxy cuts off a client whose request headers take longer than this in all, "
                                 f"however it trickles them (default {HEADER_TIMEOUT_S})")
+    serve_cmd.add_argument("--body-timeout-s", type=positive(float), default=60.0,
+                           help="a request body that has not all arrived after this long answers 408, however it "
+                                "trickles (default 60)")
     serve_cmd.add_argument("--server-name", default="triton",
                            help="the server's name in /v2 metadata (default triton: Triton's own clients check it)")
     serve_cmd.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="poll",
@@ -98,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "serve" and not args.address:
+        taken = ports.taken_ports(args)
+        if taken:
+            print("\n".join(f"ric serve: {problem}" for problem in taken), file=sys.stderr, flush=True)
+            return 2
+        ports.choose_serve_ports()
         keep_local_ray_on_loopback()
         limit_grpc_messages(args.max_request_bytes)
         limit_idle_clients(args.client_timeout_s)

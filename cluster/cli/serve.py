@@ -17,9 +17,12 @@ import urllib.request
 from cluster.cli import placement
 from cluster.cli.arguments import reasons
 from cluster.cli.haproxy import HEADER_TIMEOUT_S, haproxy_binary, private_haproxy_files, tune_http2
+from cluster.cli.console import open_log, ray_logs_to, stderr_to
 from cluster.cli.metrics_server import MetricsServer
+from cluster.cli.ports import DASHBOARD_PORT
 from cluster.client import ServerRecord, remove_record, write_record
 from cluster.names import APP_NAME
+from cluster.private_files import UnsafeFolder
 
 #: How often startup progress is read from Serve.
 PROGRESS_INTERVAL_S = 1.0
@@ -98,6 +101,7 @@ def stop_on_signals() -> None:
     SIGTERM handler only logs it."""
     def interrupt(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop, however many signals the group gets
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
@@ -113,7 +117,7 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
     import ray
 
     if args.address:
-        ray.init(address=args.address)
+        ray.init(address=args.address, configure_logging=False, log_to_driver=False)
         short, nodes = cluster_shortfalls(reservations)
         if short:
             print(f"ric: {placement.describe(short, nodes)}\nric: waiting up to {args.placement_timeout_s:g} s "
@@ -125,13 +129,41 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
     num_cpus = args.num_cpus if args.num_cpus is not None else placement.local_cpus(reservations, cores)
     if args.num_cpus is None and num_cpus > cores:
         need = sum(r.replicas * r.num_cpus for r in reservations)
-        print(f"ric: the repository's {len(reservations)} deployments reserve {need:g} CPUs; the local Ray offers "
+        print(f"ric: the repository's models and ingress reserve {need:g} CPUs in all; the local Ray offers "
               f"{num_cpus} logical CPUs on {cores} cores (--num-cpus to choose)", flush=True)
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=args.num_gpus, _node_ip_address="127.0.0.1",
-             include_dashboard=args.dashboard, dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port)
+    context = ray.init(address="local", num_cpus=num_cpus, num_gpus=args.num_gpus, _node_ip_address="127.0.0.1",
+                       include_dashboard=args.dashboard, dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port,
+                       configure_logging=False, log_to_driver=False)
+    keep_token_private()
+    if args.dashboard and args.dashboard_port is None and context.dashboard_url:  # 8265, or the next free one
+        args.dashboard_port = int(context.dashboard_url.rsplit(":", 1)[1])
+        if args.dashboard_port != DASHBOARD_PORT:
+            print(f"ric: port {DASHBOARD_PORT} is taken; Ray's dashboard listens on {args.dashboard_port} "
+                  "(--dashboard-port to choose)", flush=True)
     short, nodes = cluster_shortfalls(reservations)
     if short:
         raise StartupError(placement.describe(short, nodes))
+
+
+def keep_token_private() -> None:
+    """Ray writes its token (``~/.ray/auth_token``, which lets anyone who reads it submit jobs that run as
+    this user) with the default umask, readable by every local user: make it this user's alone."""
+    token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    try:
+        if os.stat(token, follow_symlinks=False).st_uid == os.geteuid():
+            os.chmod(token, 0o600, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        pass  # no token (authentication off), or a link: left as it is
+
+
+def ray_logs_folder() -> str | None:
+    """The local Ray's log folder (replicas, Serve's controller, Ray's daemons); None when unknown."""
+    try:
+        from ray._private import worker
+
+        return worker._global_node.get_logs_dir_path()
+    except Exception:  # a private API: the folder is only named, never needed
+        return None
 
 
 def cluster_shortfalls(reservations) -> tuple[list[placement.Shortfall], list[dict[str, float]]]:
@@ -223,7 +255,8 @@ def serve_repository(args: argparse.Namespace) -> int:
 
     try:
         app_args = AppArgs(repository=args.repository, models=args.models.split(",") if args.models else None,
-                           max_request_bytes=args.max_request_bytes, execution_timeout_s=args.execution_timeout_s,
+                           max_request_bytes=args.max_request_bytes, body_timeout_s=args.body_timeout_s,
+                           execution_timeout_s=args.execution_timeout_s,
                            response_cache_bytes=args.response_cache_bytes,
                            colocate=args.colocate, colocate_python=args.colocate_python,
                            replica_num_cpus=args.replica_num_cpus,
@@ -239,10 +272,19 @@ def serve_repository(args: argparse.Namespace) -> int:
         print(f"ric serve: cannot listen on {args.host}:{args.metrics_port} for metrics ({exc.strerror}); "
               "choose another --metrics-port, or 0 for none", file=sys.stderr, flush=True)
         return 2
+    try:
+        args.log = open_log()
+    except UnsafeFolder as exc:
+        print(f"ric serve: cannot write its log: {exc}", file=sys.stderr, flush=True)
+        return 2
+    ray_logs_to(args.log)
     become_subreaper()
     code = 1
     try:
         start_ray(args, reservations(app_args))
+        print(f"ric: Ray's and Serve's messages go to {args.log}"
+              + (f"; the replicas' logs to {ray_logs_folder()}" if ray_logs_folder() and not args.address else ""),
+              flush=True)
         stop_on_signals()
         serve.start(http_options={"host": args.host, "port": args.http_port},
                     grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
@@ -310,8 +352,10 @@ def stop(args: argparse.Namespace) -> None:
         finally:
             ray.shutdown()
         return
-    left = stop_descendants()
     folder = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
-    if os.path.basename(folder).startswith("ric-haproxy-"):
+    if os.path.basename(folder).startswith("ric-haproxy-"):  # first: nothing below may cut the stop short
         shutil.rmtree(folder, ignore_errors=True)
+    if getattr(args, "log", None):
+        stderr_to(args.log)  # Ray's core worker complains as its daemons go
+    left = stop_descendants()
     print(f"ric: stopped in {time.monotonic() - started:.1f} s ({len(left)} processes)", flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -138,10 +139,13 @@ def render(status: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    import ray.serve  # noqa: F401  (it sets up its logger on import; quieted: the table is all ric status prints)
+
     from cluster.client import connect
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
-        client = connect(args.address, args.app)
+        client = connect(args.address, args.app, ray_logging_level=logging.WARNING)
     except ConnectionError as exc:
         print(f"ric status: {exc}")
         return 2

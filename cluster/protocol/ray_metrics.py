@@ -2,7 +2,7 @@
 
 Ray's metrics agent on each node serves every ``ray.util.metrics`` metric on the node's metrics export port
 (the one Ray's Prometheus service discovery lists); Ray names them ``ray_<name>``, so they arrive as
-``ray_nv_inference_count`` and so on (a Prometheus relabel rule in the README gives back Triton's names).
+``ray_nv_inference_count`` and so on (a Prometheus relabel rule in docs/observability.md gives back Triton's names).
 Only the statistics collector publishes them, from its cluster-wide sums, every ``PUBLISH_S``: the request
 path pays nothing. They are Ray gauges holding the cumulative counts (Ray's counters would be incremented by
 deltas and named ``..._total``); ``rate()`` reads them as counters. The latency histogram is not copied

@@ -10,6 +10,7 @@ import base64
 import json
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -51,19 +52,24 @@ def ric(home, dashboard_port):
         yield server
 
 
+def readme_blocks(language: str, start: str | None = None, end: str | None = None) -> list[str]:
+    """The README's ```<language> blocks, each as written; only those between the headings ``start`` and
+    ``end`` when given."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    readme = readme[readme.index(start) if start else 0:readme.index(end) if end else len(readme)]
+    return [part.split("```", 1)[0] for part in readme.split(f"```{language}\n")[1:]]
+
+
 def readme_handle_snippet() -> str:
     """The first Python block of the README's section on other Ray jobs, as written."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("### 3. From another Ray job"):]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+    return readme_blocks("python", "### 3. From another Ray job")[0]
 
 
-def readme_grpc_snippets(grpc_port: int) -> str:
-    """The README's gRPC section's Python blocks (a client, then shared memory), as written but the port."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("### 2. gRPC"):readme.index("### 3. From another Ray job")]
-    blocks = [part.split("```", 1)[0] for part in section.split("```python\n")[1:]]
-    return "\n".join(blocks).replace("127.0.0.1:8001", f"127.0.0.1:{grpc_port}")
+def readme_grpc_snippets(grpc_port: int) -> list[str]:
+    """The README's gRPC section's Python blocks (a client with a streaming call, then shared memory), each
+    as written but the port."""
+    blocks = readme_blocks("python", "### 2. gRPC", "### 3. From another Ray job")
+    return [block.replace("127.0.0.1:8001", f"127.0.0.1:{grpc_port}") for block in blocks]
 
 
 def assert_simple_answer(output: str) -> None:
@@ -71,12 +77,19 @@ def assert_simple_answer(output: str) -> None:
     assert "'OUTPUT1': array([[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]" in output, output
 
 
-def test_ric_serve_shows_progress_and_serves_http_and_grpc(ric):
+def test_ric_serve_shows_progress_and_serves_http_and_grpc(ric, home):
     assert re.search(r"ric: \d+/\d+ deployments ready", ric.output)
     assert ("ric: 8 models ready: detect_classify, detector, identity, linear_torch, mlp, simple, text_generator, "
             "text_stats" in ric.output)
     assert f"ric: serving example at {ric.url}/v2 and gRPC 127.0.0.1:{ric.grpc_port}" in ric.output
     assert "ingress: haproxy" in ric.output
+    # a first run without surprises: ric's lines only; Ray's and Serve's go to a private log, uncoloured
+    assert all(line.startswith("ric: ") for line in ric.output.splitlines()), ric.output
+    log = Path(re.search(r"ric: Ray's and Serve's messages go to (\S+);", ric.output)[1])
+    assert log.parent == home / ".ric" / "logs" and stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert "Started a local Ray instance" in log.read_text() and "\x1b[" not in log.read_text()
+    assert stat.S_IMODE((home / ".ray" / "auth_token").stat().st_mode) == 0o600  # Ray writes it 0644
     assert requests.get(f"{ric.url}/v2/health/ready", timeout=30).ok
     body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": ["ray"]}]}
     response = requests.post(f"{ric.url}/v2/models/text_stats/infer", json=body, timeout=30)
@@ -88,12 +101,80 @@ def test_ric_serve_shows_progress_and_serves_http_and_grpc(ric):
 
 
 def test_readme_grpc_and_shared_memory_snippets_in_a_clean_shell(ric, home):
-    done = subprocess.run([sys.executable, "-c", readme_grpc_snippets(ric.grpc_port)], env=clean_env(home),
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "[[16 18 20 22 24 26 28 30 32 34 36 38 40 42 44 46]]" in done.stdout, done.stdout
-    assert done.stdout.count("[b'") == 8, done.stdout  # text_generator's eight tokens, one response each
+    """Each Python block of the README's gRPC section in a clean shell of its own, as a user pastes one
+    block: a block that leans on another's imports or client fails here."""
+    blocks = readme_grpc_snippets(ric.grpc_port)
+    assert len(blocks) >= 2, blocks
+    output = ""
+    for block in blocks:
+        done = subprocess.run([sys.executable, "-c", block], env=clean_env(home), capture_output=True, text=True,
+                              timeout=180)
+        assert done.returncode == 0, (block, done.stderr[-3000:])
+        output += done.stdout
+    assert "[[16 18 20 22 24 26 28 30 32 34 36 38 40 42 44 46]]" in output, output
+    assert output.count("[b'") == 8, output  # text_generator's eight tokens, one response each
     assert not Path("/dev/shm/in").exists()
+
+
+def test_readme_http_snippet_in_a_clean_shell(ric, home):
+    """The Python block of the README's HTTP section, pasted alone into a clean shell (but the port)."""
+    (block,) = readme_blocks("python", "### 1. HTTP", "### 2. gRPC")
+    done = subprocess.run([sys.executable, "-c", block.replace("127.0.0.1:8000", f"127.0.0.1:{ric.http_port}")],
+                          env=clean_env(home), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'model_stats'" in done.stdout and "'name': 'mlp'" in done.stdout, done.stdout
+
+
+def test_readme_curl_blocks_in_a_clean_shell(ric, home):
+    """The README's curl commands as a user pastes them into a new shell: every ```bash block of the README
+    that contains ``curl`` runs in ``bash -c`` with ``set -e -o pipefail`` and a clean environment, as
+    written but the ports (``localhost:8000`` / ``8001`` / ``8002``, HTTP / gRPC / metrics, become the module
+    server's). Which blocks run: a bash block runs here if and only if it contains ``curl``; the others
+    install or start things (``make``; ``ray start`` and ``serve deploy``) or submit a job
+    (test_readme_snippet_as_a_ray_job runs that one), and are not meant for this server.
+
+    Every URL a block calls needs a check below of what its answer shows in the block's output; a URL
+    without one fails the test (add its check). The module's server restricts the repository API (ADMIN),
+    so the index answers Triton's 403 text here. The metrics line must count the block's own inference:
+    the count it shows is compared with what the statistics (current when read) said before the block."""
+    ports = {"8000": ric.http_port, "8001": ric.grpc_port, "8002": ric.metrics_port}
+
+    def simple_successes() -> int:
+        (row,) = requests.get(f"{ric.url}/v2/models/simple/versions/1/stats", timeout=30).json()["model_stats"]
+        return row["inference_stats"]["success"]["count"]
+
+    def streamed(block: str, output: str, before: int) -> bool:
+        asked = re.search(r'"MAX_TOKENS":\s*(\d+)', block)
+        events = [json.loads(event) for event in re.findall(r"data: (\{[^\n]*\})", output)]
+        tokens = [event for event in events if event.get("model_name") == "text_generator" and "TOKEN" in event]
+        return len(tokens) == (int(asked[1]) if asked else 8) and not any("error" in event for event in events)
+
+    def counted(block: str, output: str, before: int) -> bool:
+        found = re.search(r'nv_inference_request_success\{model="simple",version="1"\} (\d+)', output)
+        return found is not None and int(found[1]) >= before + ("/v2/models/simple/infer" in block)
+
+    checks = {
+        "/v2/health/ready": lambda block, output, before: re.search(r"(?m)^200$", output) is not None,
+        "/v2/repository/index": lambda block, output, before: (
+            "This API is restricted, expecting header 'admin-key'" in output),
+        "/v2/models/mlp/config": lambda block, output, before: re.search(r'"name":\s*"mlp"', output) is not None,
+        "/v2/models/simple/infer": lambda block, output, before: (
+            re.search(r'"name":\s*"OUTPUT0"', output) is not None),
+        "/v2/models/text_generator/generate_stream": streamed,
+        "/metrics": counted,
+    }
+    blocks = [block for block in readme_blocks("bash") if "curl" in block]
+    assert blocks, "the README has no curl blocks"
+    for block in blocks:
+        urls = re.findall(r"localhost:800[012](/[^\s'\"]*)", block)
+        assert urls and not [url for url in urls if url not in checks], (urls, block)
+        script = re.sub(r"localhost:(800[012])", lambda port: f"127.0.0.1:{ports[port[1]]}", block)
+        before = simple_successes()
+        done = subprocess.run(["bash", "-c", "set -e -o pipefail\n" + script], env=clean_env(home),
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, (block, done.stdout[-3000:], done.stderr[-3000:])
+        failed = [url for url in urls if not checks[url](block, done.stdout, before)]
+        assert not failed, (failed, block, done.stdout[-5000:])
 
 
 def test_readme_handle_snippet_in_a_clean_shell(ric, home):
@@ -173,6 +254,7 @@ def test_ric_status_shows_replicas_and_the_load_it_measures(ric, home):
     text = subprocess.run([str(BIN / "ric"), "status", "--window", "0.5"], env=clean_env(home),
                           capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "IN FLIGHT" in text.stdout and "text_stats" in text.stdout, text.stderr[-2000:]
+    assert text.stdout.startswith("application 'ric'") and not text.stderr, (text.stdout, text.stderr)  # the table only
 
 
 def test_the_repository_api_answers_only_with_the_restricted_header(ric):
@@ -339,10 +421,15 @@ def test_ric_status_says_what_is_pending_and_why(ric, home):
 
 def test_a_group_signal_stops_everything_and_a_second_serve_starts(ric, home, dashboard_port):
     below = psutil.Process(ric.process.pid).children(recursive=True)
-    assert any(p.name() == "haproxy" for p in below), [p.name() for p in below]
+    (haproxy,) = [p for p in below if p.name() == "haproxy"]
+    config = Path(haproxy.cmdline()[haproxy.cmdline().index("-f") + 1])
+    private = next(folder for folder in config.parents if folder.name.startswith("ric-haproxy-"))
     seconds = ric.stop_group()
     print(f"ric serve stopped in {seconds} s by its own clock")
     assert ric.process.returncode == 0, ric.output[-3000:]
+    assert not private.exists()  # the stop's cleanup ran
+    stopping = ric.output[ric.output.index("ric: shutting down"):]
+    assert all(line.startswith("ric: ") for line in stopping.splitlines()), stopping  # Ray's complaints: the log
     assert not [p for p in below if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not (home / ".ric" / "serve.json").exists()
     again = start_ric(home, "--dashboard-port", str(dashboard_port), http_port=ric.http_port,

@@ -10,19 +10,24 @@ import re
 import select
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 
 from cluster.cli.haproxy import CONFIG_COPY_PREFIX, UNAVAILABLE_PAGE
+from cluster.repository.examples import onnx_add_sub
+from tests.conftest import write_model
 from tests.integration.conftest import free_port, ric_serving
 
 HEADER_TIMEOUT_S = 4
+BODY_TIMEOUT_S = 8
 #: Concurrent gRPC requests of this many bytes in and out stalled HAProxy 2.8 with Serve's HTTP/2 settings.
 LARGE_BYTES = 16 << 20
 
@@ -30,7 +35,8 @@ LARGE_BYTES = 16 << 20
 @pytest.fixture(scope="module")
 def ric(tmp_path_factory):
     with ric_serving(tmp_path_factory.mktemp("home"), "--dashboard-port", str(free_port()), "--client-timeout-s",
-                     "2", "--header-timeout-s", str(HEADER_TIMEOUT_S)) as server:
+                     "2", "--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s",
+                     str(BODY_TIMEOUT_S)) as server:
         yield server
 
 
@@ -54,16 +60,16 @@ def is_loopback(address: str) -> bool:
 
 def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewhere_and_haproxy_files_are_private(ric):
     """ric serve --host 127.0.0.1 (the default): the HTTP and gRPC ports, the dashboard and Ray's own
-    daemons listen on loopback only. What listens on every interface is what Serve hard-codes, as the
-    README's configuration reference lists: HAProxy's stats and metrics pages, each Serve replica's
-    internal gRPC server and the direct-ingress gRPC port, and Serve's gRPC proxy behind HAProxy."""
+    daemons listen on loopback only, and so do HAProxy's stats page and exporter (ric's copy of Serve's
+    config). What listens on every interface is what Serve hard-codes, as docs/operations.md lists: each
+    Serve replica's internal gRPC server and the direct-ingress gRPC port, and Serve's gRPC proxy behind
+    HAProxy."""
     found = listeners(ric.process.pid)
     public = {(address, port, name) for address, port, name in found if not is_loopback(address)}
     ours = {port for address, port, _ in found if port in (ric.http_port, ric.grpc_port)}
     assert ours == {ric.http_port, ric.grpc_port}, found
     assert not {entry for entry in public if entry[1] in (ric.http_port, ric.grpc_port)}, public
-    documented = [lambda a, p, n: n == "haproxy" and p not in (ric.http_port, ric.grpc_port),
-                  lambda a, p, n: n.startswith(("ray::ServeReplica", "ray::ProxyActor"))]
+    documented = [lambda a, p, n: n.startswith(("ray::ServeReplica", "ray::ProxyActor"))]
     unexpected = {entry for entry in public if not any(rule(*entry) for rule in documented)}
     assert not unexpected, unexpected
     # HAProxy's config and its admin socket (world-writable, as Serve makes it) sit in a folder only this
@@ -80,6 +86,48 @@ def test_with_host_127_0_0_1_only_the_documented_serve_internals_listen_elsewher
     pages = set(re.findall(r"(?m)^\s*errorfile 50[234] (\S+)$", config.read_text()))
     assert len(pages) == 1 and Path(pages.pop()).read_bytes() == UNAVAILABLE_PAGE, config.read_text()
     assert f"timeout http-request {HEADER_TIMEOUT_S}s" in config.read_text()
+
+
+def models_answered(port: int, attempts: int = 3) -> set[str] | None:
+    """The models the repository index lists on ``port``, over HTTP and gRPC, each asked on ``attempts``
+    fresh connections (a port two servers share answers from either); None when neither protocol answers."""
+    names, answered = set(), False
+    for _ in range(attempts):
+        try:
+            response = requests.post(f"http://127.0.0.1:{port}/v2/repository/index", timeout=2)
+            if response.ok:
+                names |= {model["name"] for model in response.json()}
+                answered = True
+        except (requests.RequestException, ValueError):
+            pass
+        try:
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+            index = client.get_model_repository_index(as_json=True, client_timeout=2)
+            names |= {model["name"] for model in index.get("models", [])}
+            answered = True
+        except Exception:  # not a gRPC port, or not Triton's service: nothing answered
+            pass
+    return names if answered else None
+
+
+def test_two_servers_on_one_machine_each_answer_only_their_own_models_on_every_port(ric, tmp_path_factory):
+    """A second ric serve with another repository beside the module's: every TCP port either server's
+    processes listen on (HTTP, gRPC, metrics, HAProxy's, Serve's and Ray's) is asked for the repository
+    index; none answers with the other server's models. Serve's fixed ports are chosen free per server
+    (docs/operations.md); before, both servers' ingress replicas bound Serve's direct-ingress gRPC port
+    40000 (SO_REUSEPORT) and the second server's gRPC clients got the first one's models."""
+    root = tmp_path_factory.mktemp("other-repository")
+    write_model(root, "other_add_sub", "", {"1/model.onnx": onnx_add_sub()})
+    with ric_serving(tmp_path_factory.mktemp("other-home"), str(root), "--no-dashboard") as other:
+        mine, theirs = (sorted({port for _, port, _ in listeners(server.process.pid)}) for server in (ric, other))
+        with ThreadPoolExecutor(16) as pool:
+            answers = dict(zip(mine + theirs, pool.map(models_answered, mine + theirs)))
+    assert answers[ric.http_port] and answers[ric.grpc_port] and "simple" in answers[ric.grpc_port], answers
+    assert answers[other.http_port] == answers[other.grpc_port] == {"other_add_sub"}, answers
+    assert not [port for port in mine if answers[port] and "other_add_sub" in answers[port]], answers
+    assert not [port for port in theirs if answers[port] and answers[port] != {"other_add_sub"}], answers
+    print(f"ports asked: {len(mine)} and {len(theirs)}; answering the API: "
+          f"{sorted(p for p in mine if answers[p] is not None)} and {sorted(p for p in theirs if answers[p] is not None)}")
 
 
 def cut_off(connection: socket.socket, trickle: bool, within_s: float) -> tuple[bytes, int]:
@@ -108,6 +156,52 @@ def test_a_stalled_client_and_one_trickling_its_headers_are_cut_off_and_the_serv
             answer, sent = cut_off(slow, trickle, within_s=30)
             assert answer.startswith(b"HTTP/1.1 408") or answer == b"", (trickle, sent, answer)
             assert sent >= (2 if trickle else 0), sent  # the trickle outlasted the client timeout
+    assert requests.get(f"{ric.url}/v2/health/ready", timeout=30).ok
+
+
+def test_slow_uploads_hold_only_what_they_sent_and_are_cut_off_after_the_body_timeout(ric):
+    """The review's two uploads, each declaring 23 MB of JSON (at 24x for decoding, the whole default 1 GiB
+    in-flight budget between them) and sending a byte a second: other requests are answered meanwhile (the
+    budget holds what has arrived), and each upload is answered 408 after --body-timeout-s in all."""
+    simple = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}
+                         for n in ("INPUT0", "INPUT1")]}
+    uploads, answers = [], {}
+    started = time.monotonic()
+    for _ in range(2):
+        upload = socket.create_connection(("127.0.0.1", ric.http_port), timeout=30)
+        upload.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                       b"\r\nContent-Length: 23000000\r\n\r\n{\"inputs\"")
+        uploads.append(upload)
+    codes = []
+    while len(answers) < len(uploads) and time.monotonic() - started < 40:
+        for upload in uploads:
+            if upload not in answers:
+                if select.select([upload], [], [], 0)[0]:
+                    answers[upload] = (upload.recv(4096), time.monotonic() - started)
+                else:
+                    upload.sendall(b" ")  # within the 2 s client timeout: only the body timeout cuts it off
+        if len(codes) < 10:
+            codes.append(requests.post(f"{ric.url}/v2/models/simple/infer", json=simple, timeout=30).status_code)
+        time.sleep(1.0)
+    for upload in uploads:
+        upload.close()
+    assert len(codes) >= 5 and set(codes) == {200}, codes  # a request a second while the uploads were open
+    assert len(answers) == 2, f"an upload was still open after {time.monotonic() - started:.0f} s"
+    for answer, after_s in answers.values():
+        assert answer.startswith(b"HTTP/1.1 408") and f"did not arrive within {BODY_TIMEOUT_S} s".encode() in answer, answer
+        assert BODY_TIMEOUT_S - 1 <= after_s <= BODY_TIMEOUT_S + 10, after_s
+
+
+def test_a_content_length_haproxy_cannot_hold_is_refused_there(ric):
+    """Past 2^64 HAProxy wraps a Content-Length that the replica's HTTP server reads whole: one request read
+    two ways. ric's copy of Serve's config answers 413 for any of 19 digits or more (HAProxy itself refuses
+    longer ones with 400), and the server answers on."""
+    for length in ("18446744073709551617", "1000000000000000000"):
+        with socket.create_connection(("127.0.0.1", ric.http_port), timeout=30) as client:
+            client.sendall(f"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}"
+                           "\r\n\r\n{}".encode())
+            answer = client.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413") and b'{"error": "request body length is too large"}' in answer, answer
     assert requests.get(f"{ric.url}/v2/health/ready", timeout=30).ok
 
 

@@ -1,0 +1,36 @@
+"""The README's ``make serve``: it passes ric serve's flags through (``ARGS``) and installs only when the
+install is stale (pyproject.toml or the Makefile changed since it last succeeded), asked of make itself
+(``make -n``: what it would run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def planned(venv, *arguments: str) -> list[str]:
+    done = subprocess.run(["make", "-n", "-C", str(REPO_ROOT), f"VENV={venv}", *arguments],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return [line.rstrip() for line in done.stdout.splitlines() if not line.startswith("make")]
+
+
+def test_make_serve_installs_only_when_stale_and_passes_arguments(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    stamp = venv / ".ric-installed"
+    stamp.touch()
+    assert planned(venv, "serve", "ARGS=--models simple --http-port 9000") == [
+        f"{venv}/bin/ric serve --models simple --http-port 9000"]
+
+    os.utime(stamp, (0, 0))  # older than pyproject.toml: the install runs first
+    plan = planned(venv, "serve")
+    assert any("pip install" in line for line in plan), plan
+    assert plan[-1] == f"{venv}/bin/ric serve"
