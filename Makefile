@@ -7,8 +7,9 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-# The install runs again only when pyproject.toml or this file changed since it last succeeded (the stamp).
-STAMP = $(VENV)/.ric-installed
+# The install runs again only when pyproject.toml or this file changed since it last succeeded, or TORCH or
+# PYTHON differ (the stamp's name holds their checksum); `rm .venv/.ric-installed-*` forces it.
+STAMP = $(VENV)/.ric-installed-$(shell printf '%s' "$(TORCH) $(PYTHON)" | cksum | cut -d' ' -f1)
 
 .PHONY: install test serve bench
 

@@ -35,22 +35,39 @@ def private_folder(folder: str | os.PathLike) -> Path:
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
         raise UnsafeFolder(str(path), "is a symbolic link")
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeFolder(str(path), "is not a folder")
-    if info.st_uid != os.geteuid():
-        raise UnsafeFolder(str(path), f"belongs to another user (uid {info.st_uid}); remove it or choose another")
-    if info.st_mode & 0o077:
-        raise UnsafeFolder(str(path), f"is open to other users (mode {stat.S_IMODE(info.st_mode):o}; "
-                                      "it must be 0700): remove it or chmod 700 it")
+    _check_folder(str(path), info)
     return path
 
 
-def append_private(path: str | os.PathLike, text: str) -> None:
-    """Append ``text`` to the file at ``path`` (created 0600), never through a link, only to a regular file."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+def _check_folder(folder: str, info: os.stat_result) -> None:
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeFolder(folder, "is not a folder")
+    if info.st_uid != os.geteuid():
+        raise UnsafeFolder(folder, f"belongs to another user (uid {info.st_uid}); remove it or choose another")
+    if info.st_mode & 0o077:
+        raise UnsafeFolder(folder, f"is open to other users (mode {stat.S_IMODE(info.st_mode):o}; it must be "
+                                   "0700): remove it (files others put there stay) or choose another")
+
+
+def append_private(folder: str | os.PathLike, name: str, text: str) -> None:
+    """Append ``text`` to the file ``name`` in ``folder`` (created 0600). The folder is opened without
+    following a link and checked as ``private_folder`` checks it, and the file is opened relative to that
+    open folder, so neither can be swapped for a link between the check and the write; the file must be a
+    regular file of this user with no other name (not one planted, or linked in, by someone else)."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise UnsafeFolder(str(folder), f"cannot be opened as a folder ({error.strerror})") from None
+    try:
+        _check_folder(str(folder), os.fstat(folder_fd))
+        fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o600, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            raise OSError(f"{name} in {folder} is not a regular file of this user with one name")
         data = text.encode()
         while data:
             data = data[os.write(fd, data):]

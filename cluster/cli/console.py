@@ -1,4 +1,4 @@
-"""What ``ric serve``'s terminal shows: ric's own lines. Ray's and Serve's chatter (token notices, banners,
+"""What ``ric serve``'s terminal shows: ric's own lines (and its loggers' warnings). Ray's and Serve's chatter (token notices, banners,
 "Connecting to existing Serve app", the core worker's errors while the local Ray stops) goes to a log file in
 ``~/.ric/logs`` (a folder of the user's own, mode 0700), without ANSI colour codes; the replicas' own logs
 stay in Ray's session folder, which ``ric serve`` names at start.
@@ -17,6 +17,8 @@ from cluster.private_files import private_folder
 
 #: The loggers of Ray and Serve in the ric serve process (Serve configures its own at import).
 RAY_LOGGERS = ("ray", "ray.serve")
+#: ric's own loggers, whose warnings the terminal shows too.
+RIC_LOGGERS = ("cluster", "deployments", "ensembles")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -50,6 +52,11 @@ def ray_logs_to(path: Path) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    terminal = logging.StreamHandler(sys.stderr)  # ric's own warnings (a model left out, say) stay in sight
+    terminal.setLevel(logging.WARNING)
+    terminal.setFormatter(logging.Formatter("ric: %(message)s"))
+    for name in RIC_LOGGERS:
+        logging.getLogger(name).addHandler(terminal)
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
@@ -59,8 +66,12 @@ def ray_logs_to(path: Path) -> None:
 
 def stderr_to(path: Path) -> None:
     """Point this process's standard error (file descriptor 2, where Ray's core worker writes its C++ log
-    lines) at ``path``: for the stop, when the local Ray's processes going away make it complain."""
+    lines) at ``path``: for the stop, when the local Ray's processes going away make it complain. Left as it
+    is when the file cannot be opened (removed meanwhile, say): the stop goes on either way."""
     sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return
     os.dup2(fd, 2)
     os.close(fd)

@@ -41,6 +41,8 @@ HTTP2_SETTINGS = {"TUNE_BUFSIZE": 256 << 10, "H2_MAX_FRAME_SIZE": 256 << 10, "H2
 #: requests are smuggled past a proxy.
 HUGE_LENGTH_RULE = ("    http-request return status 413 content-type application/json string "
                     "'{\"error\": \"request body length is too large\"}' if { req.hdr(content-length) -m len 19: }\n")
+#: The sections of Serve's config whose listener ric moves to loopback.
+LOOPBACK_SECTIONS = ("frontend prometheus", "listen stats")
 #: The launcher's copy of Serve's config, beside it.
 CONFIG_COPY_PREFIX = "ric-"
 
@@ -114,10 +116,17 @@ def ric_config(config: str, error_page: str, header_timeout_s: int) -> str:
     config, defaults = re.subn(r"(?m)^defaults$", f"defaults\n    timeout http-request {header_timeout_s}s", config, 1)
     if not defaults:
         raise ValueError("Serve's HAProxy config has no 'defaults' section")
-    for section in ("frontend prometheus", "listen stats"):  # tests/integration/test_cli_serve_ingress.py checks
+    for section in LOOPBACK_SECTIONS:
         config = re.sub(rf"(?m)^({section}\n\s*bind )\*?:(\d+)$", r"\g<1>127.0.0.1:\2", config, count=1)
     config = re.sub(r"(?m)^(frontend http_frontend\n\s*bind \S+\n)", lambda m: m[1] + HUGE_LENGTH_RULE, config, count=1)
     return re.sub(r"(?m)^(\s*errorfile 50[234]) \S+$", rf"\1 {error_page}", config)
+
+
+def missed(config: str) -> list[str]:
+    """What of ``ric_config``'s changes a copy lacks (Serve's template changed): said in HAProxy's log."""
+    lacking = [f"'{s}' still listens on every interface" for s in LOOPBACK_SECTIONS
+               if re.search(rf"(?m)^{s}\n\s*bind 127\.0\.0\.1:", config) is None and f"\n{s}\n" in f"\n{config}"]
+    return lacking + ([] if HUGE_LENGTH_RULE in config else ["no Content-Length bound in 'frontend http_frontend'"])
 
 
 def main(argv: list[str]) -> None:
@@ -131,6 +140,8 @@ def main(argv: list[str]) -> None:
         try:
             with open(config) as file:
                 text = ric_config(file.read(), error_page, int(header_timeout_s))
+            for what in missed(text):
+                print(f"ric: HAProxy's config: {what}", file=sys.stderr, flush=True)
             copy = os.path.join(os.path.dirname(config), CONFIG_COPY_PREFIX + os.path.basename(config))
             with open(copy + ".tmp", "w") as file:
                 file.write(text)

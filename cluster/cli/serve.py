@@ -123,6 +123,7 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
             print(f"ric: {placement.describe(short, nodes)}\nric: waiting up to {args.placement_timeout_s:g} s "
                   "for the cluster to add nodes", flush=True)
         return
+    keep_token_private()
     # Jobs submitted to this Ray (ray job submit) run `python` from its PATH: make it this environment's.
     os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
     cores = os.cpu_count() or 1
@@ -135,7 +136,10 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
                        include_dashboard=args.dashboard, dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port,
                        configure_logging=False, log_to_driver=False)
     keep_token_private()
-    if args.dashboard and args.dashboard_port is None and context.dashboard_url:  # 8265, or the next free one
+    if args.dashboard and not context.dashboard_url:
+        args.dashboard = False  # it did not start: Ray's reason is in the log
+        print("ric: Ray's dashboard did not start (no `ray job submit`); Ray's reason is in the log", flush=True)
+    elif args.dashboard and args.dashboard_port is None:  # 8265, or the next free one
         args.dashboard_port = int(context.dashboard_url.rsplit(":", 1)[1])
         if args.dashboard_port != DASHBOARD_PORT:
             print(f"ric: port {DASHBOARD_PORT} is taken; Ray's dashboard listens on {args.dashboard_port} "
@@ -146,14 +150,22 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
 
 
 def keep_token_private() -> None:
-    """Ray writes its token (``~/.ray/auth_token``, which lets anyone who reads it submit jobs that run as
-    this user) with the default umask, readable by every local user: make it this user's alone."""
-    token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    """Keep Ray's token (``~/.ray/auth_token``: whoever reads it may submit jobs, which run as this user) from
+    other local users: Ray writes it with the default umask, readable by all. Called before Ray starts (its
+    folder becomes 0700, so a token Ray writes there is never readable by others, even for a moment) and
+    after (the token itself 0600). Links and other users' files are left as they are."""
+    folder = os.path.join(os.path.expanduser("~"), ".ray")
     try:
-        if os.stat(token, follow_symlinks=False).st_uid == os.geteuid():
-            os.chmod(token, 0o600, follow_symlinks=False)
-    except (OSError, NotImplementedError):
-        pass  # no token (authentication off), or a link: left as it is
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        for path, mode, kind in ((folder, 0o700, os.O_DIRECTORY), (os.path.join(folder, "auth_token"), 0o600, 0)):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | kind)
+            try:
+                if os.fstat(fd).st_uid == os.geteuid():
+                    os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+    except OSError:
+        pass  # no token yet (or authentication off), or a link: nothing more to do
 
 
 def ray_logs_folder() -> str | None:
@@ -280,11 +292,11 @@ def serve_repository(args: argparse.Namespace) -> int:
     ray_logs_to(args.log)
     become_subreaper()
     code = 1
+    print(f"ric: Ray's and Serve's messages go to {args.log}", flush=True)
     try:
         start_ray(args, reservations(app_args))
-        print(f"ric: Ray's and Serve's messages go to {args.log}"
-              + (f"; the replicas' logs to {ray_logs_folder()}" if ray_logs_folder() and not args.address else ""),
-              flush=True)
+        if ray_logs_folder() and not args.address:
+            print(f"ric: the replicas' logs go to {ray_logs_folder()}", flush=True)
         stop_on_signals()
         serve.start(http_options={"host": args.host, "port": args.http_port},
                     grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
@@ -355,7 +367,9 @@ def stop(args: argparse.Namespace) -> None:
     folder = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
     if os.path.basename(folder).startswith("ric-haproxy-"):  # first: nothing below may cut the stop short
         shutil.rmtree(folder, ignore_errors=True)
-    if getattr(args, "log", None):
-        stderr_to(args.log)  # Ray's core worker complains as its daemons go
-    left = stop_descendants()
+    try:
+        if getattr(args, "log", None):
+            stderr_to(args.log)  # Ray's core worker complains as its daemons go
+    finally:
+        left = stop_descendants()
     print(f"ric: stopped in {time.monotonic() - started:.1f} s ({len(left)} processes)", flush=True)

@@ -9,13 +9,16 @@ collector keeps what clients set; the sync deletes the record with the applicati
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from cluster.protocol.trace_output import TraceOutput, resolve
 from cluster.repository.control_state import SETTINGS_PREFIX, SavedState
-from deployments.errors import invalid
+from deployments.errors import InferenceError, invalid
 from deployments.observability.log_settings import DEFAULTS as LOG_DEFAULTS, updated as updated_log_settings
 from deployments.observability.trace_settings import TraceSettings
+
+logger = logging.getLogger(__name__)
 
 
 class AppSettings:
@@ -37,6 +40,12 @@ class AppSettings:
             saved = await self._read
             self.log.update(saved.get("log", {}))
             self.trace = TraceSettings(saved.get("trace"))
+            saved_file = self.trace.of(None)["trace_file"]
+            try:  # saved by an earlier server, perhaps under looser rules (a folder below the trace folder)
+                resolve(self._trace_dir, saved_file)
+            except InferenceError as error:
+                logger.warning("the saved trace_file is dropped: %s", error.message)
+                self.trace.update(None, {"trace_file": None})
         await self._read
 
     async def _changed_now(self) -> None:

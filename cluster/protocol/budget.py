@@ -1,11 +1,13 @@
 """A bound on the memory an Ingress replica's requests in flight hold, and large bodies decoded off the
 event loop.
 
-Each request reserves what it is expected to need before its body is read: the body, and for JSON what
-decoding it takes (a JSON tensor decodes through Python lists, about 18x the body's bytes for FP32 data,
-measured; ``JSON_DECODE_FACTOR`` allows a little more). A request whose reservation does not fit beside
-the others answers 503 (retry later); one that could never fit answers 413. The event loop is the only
-user, so no lock is needed.
+An HTTP request holds the bytes of its body as they arrive (never what its Content-Length promises: a slow
+client would otherwise hold the budget with bytes it never sends), then, once the body is complete, what
+decoding it takes: the body, and for JSON a multiple of it (a JSON tensor decodes through Python lists,
+about 18x the body's bytes for FP32 data, measured; ``JSON_DECODE_FACTOR`` allows a little more). A gRPC
+request arrives whole and reserves on arrival. A request whose reservation does not fit beside the others
+answers 503 (retry later); one that could never fit answers 413. The event loop is the only user, so no
+lock is needed.
 """
 
 from __future__ import annotations

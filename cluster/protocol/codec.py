@@ -110,19 +110,18 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         if where is not None:
             shared_inputs[name] = shared_input(name, raw.get("datatype"), decode_shape(raw.get("shape"), name), where)
             continue
-        if raw.get("datatype") == "BYTES":
-            bytes_elements += math.prod(decode_shape(raw.get("shape"), name))
-            check_bytes_elements(bytes_elements)
         size = parameters.get("binary_data_size")
         if size is None:
-            inputs[name] = decode_tensor(raw, name)
+            inputs[name] = decode_tensor(raw, name, bytes_elements)
+            bytes_elements += inputs[name].size if inputs[name].dtype == object else 0
             continue
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
         if offset + size > len(binary):
             raise invalid(f"input '{name}': binary_data_size {size} runs past the end of the body")
         inputs[name] = decode_raw(name, raw.get("datatype"), decode_shape(raw.get("shape"), name),
-                                  binary[offset:offset + size])
+                                  binary[offset:offset + size], bytes_elements)
+        bytes_elements += inputs[name].size if inputs[name].dtype == object else 0
         offset += size
     if offset != len(binary):
         raise invalid(f"{len(binary) - offset} bytes of binary data belong to no input")
@@ -208,8 +207,9 @@ def decode_shape(raw: Any, name: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def decode_tensor(raw: dict[str, Any], name: str) -> np.ndarray:
-    """One JSON input tensor: shape, datatype and row-major data (flat or nested)."""
+def decode_tensor(raw: dict[str, Any], name: str, bytes_before: int = 0) -> np.ndarray:
+    """One JSON input tensor: shape, datatype and row-major data (flat or nested). ``bytes_before``: the
+    BYTES elements the request's other inputs decoded already."""
     shape = decode_shape(raw.get("shape"), name)
     datatype = raw.get("datatype")
     try:
@@ -223,7 +223,10 @@ def decode_tensor(raw: dict[str, Any], name: str) -> np.ndarray:
         data = [data]
     try:
         if datatype == "BYTES":
-            array = np.array([_to_bytes(item) for item in _flatten(data)], dtype=object)
+            flat = _flatten(data)
+            if len(flat) == math.prod(shape):  # else the count check below names the mismatch
+                check_bytes_elements(bytes_before + len(flat))
+            array = np.array([_to_bytes(item) for item in flat], dtype=object)
         elif datatype == "BOOL":
             flat = _flatten(data)
             if not all(isinstance(item, bool) for item in flat):
@@ -323,7 +326,7 @@ def decode_generate_request(body: bytes, inputs: list[dict[str, Any]], batching:
             raise invalid(f"input '{name}': nested lists must be of equal lengths (a tensor)") from None
         raw = {"name": name, "datatype": datatypes[name], "shape": ([1] if batching else []) + shape,
                "data": value if isinstance(value, list) else [value]}
-        tensors[name] = decode_tensor(raw, name)
+        tensors[name] = decode_tensor(raw, name, sum(t.size for t in tensors.values() if t.dtype == object))
     return InferRequest(tensors, None, request_id, parameters)
 
 

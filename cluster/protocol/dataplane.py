@@ -253,6 +253,12 @@ class DataPlane:
         """Triton's logging extension: the application's log settings, after ``changes``."""
         return await bounded(self.collector.log_settings.remote(changes), "the statistics collector")
 
+    def check_model_control(self) -> None:
+        """Loads and unloads are allowed in explicit model control mode only."""
+        if self.control_mode != "explicit":  # Triton's text, which clients check for
+            raise unavailable(f"explicit model load / unload is not allowed if polling is enabled (model control "
+                              f"mode '{self.control_mode}'; the server's operator can choose 'explicit')")
+
     async def set_loaded(self, model: str, loaded: bool, parameters: dict | None = None) -> None:
         """Triton's repository load / unload, on every replica; returns once this plane and the model's
         replica it asks have followed. A model the application was not built with is deployed as its own
@@ -260,9 +266,7 @@ class DataPlane:
         config as JSON) that replaces the repository's config until the next load, and with it ``file:``
         parameters that serve the model from those files; a load after which no version is ready fails,
         naming the reasons."""
-        if self.control_mode != "explicit":  # Triton's text, which clients check for
-            raise unavailable(f"explicit model load / unload is not allowed if polling is enabled (model control "
-                              f"mode '{self.control_mode}'; the server's operator can choose 'explicit')")
+        self.check_model_control()
         parameters = parameters or {}
         if not isinstance(parameters, dict):
             raise invalid("'parameters' of a repository load must be an object")

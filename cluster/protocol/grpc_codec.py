@@ -50,8 +50,6 @@ def decode_infer_request(request: service_pb2.ModelInferRequest, raw: list[bytes
     if raw and len(raw) != len(in_message):
         raise invalid(f"{len(raw)} raw_input_contents for {len(in_message)} inputs not in shared memory; "
                       "send one per input")
-    check_bytes_elements(sum(math.prod(decode_shape(list(tensor.shape), tensor.name)) for tensor in in_message
-                             if tensor.datatype == "BYTES"))
     inputs: Tensors = {}
     shared_inputs: dict[str, SharedInput] = {}
     raw_contents = iter(raw)
@@ -65,9 +63,11 @@ def decode_infer_request(request: service_pb2.ModelInferRequest, raw: list[bytes
         if shared[name] is not None:
             shared_inputs[name] = shared_input(name, tensor.datatype, shape, shared[name])
         elif raw:
-            inputs[name] = decode_raw(name, tensor.datatype, shape, next(raw_contents))
+            inputs[name] = decode_raw(name, tensor.datatype, shape, next(raw_contents),
+                                      sum(t.size for t in inputs.values() if t.dtype == object))
         else:
-            inputs[name] = _decode_contents(name, tensor, shape)
+            inputs[name] = _decode_contents(name, tensor, shape,
+                                            sum(t.size for t in inputs.values() if t.dtype == object))
     outputs = [output.name for output in request.outputs] or None
     shared_outputs = {output.name: where for output in request.outputs
                       if (where := shared_slice(plain_parameters(output.parameters), f"output '{output.name}'"))}
@@ -81,7 +81,8 @@ def plain_parameters(parameters) -> dict[str, Any]:
             for key, value in parameters.items() if value.WhichOneof("parameter_choice")}
 
 
-def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInputTensor, shape) -> np.ndarray:
+def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInputTensor, shape,
+                     bytes_before: int = 0) -> np.ndarray:
     try:
         dtype = numpy_dtype(tensor.datatype)
     except ValueError as exc:
@@ -95,6 +96,7 @@ def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInput
         raise invalid(f"input '{name}': shape {list(shape)} needs {expected} elements, contents has {len(values)}")
     try:
         if tensor.datatype == "BYTES":
+            check_bytes_elements(bytes_before + expected)
             array = np.empty(expected, dtype=object)
             array[:] = list(values)
         else:

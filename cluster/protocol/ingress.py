@@ -69,20 +69,21 @@ def declared_length(request: Request) -> int | None:
 
 #: Where binary tensors start in a body read for them (bytes; a cache line, which suits every datatype).
 ALIGNMENT = 64
+#: The largest body of a request that changes or asks about the server rather than infers (repository index,
+#: log and trace settings, shared memory registration); loads, which may carry model files, have the
+#: request limit.
+CONTROL_BODY_BYTES = 1 << 20
 
 
-async def _read_aligned(request: Request, declared: int, aligned_at: int, held: Reservation | None) -> memoryview:
-    """A body of ``declared`` bytes read into one buffer with byte ``aligned_at`` on an ALIGNMENT boundary."""
-    buffer = bytearray(declared + ALIGNMENT)
+def _aligned(chunks: list[bytes], size: int, aligned_at: int) -> memoryview:
+    """The body's chunks copied into one buffer with byte ``aligned_at`` on an ALIGNMENT boundary (the one
+    copy a join would make too), so that the binary tensors after it become numpy views without a copy."""
+    buffer = bytearray(size + ALIGNMENT)
     start = -(np.frombuffer(buffer, np.uint8).ctypes.data + aligned_at) % ALIGNMENT
     view, end = memoryview(buffer), start
-    async for chunk in request.stream():
-        if end + len(chunk) > start + declared:
-            raise invalid(f"request body is longer than its Content-Length of {declared} bytes")
+    for chunk in chunks:
         view[end:end + len(chunk)] = chunk
         end += len(chunk)
-        if held is not None:
-            held.resize(end - start)
     return view[start:end]
 
 
@@ -158,10 +159,11 @@ class Ingress(GrpcInferenceService):
                         return empty_response()
                     return json_response({"error": "not every model is ready"}, 503)
                 case ["repository", "index"], "POST":
-                    body = await self._read_body(request, allow_empty=True)
+                    body = await self._read_body(request, allow_empty=True, limit=CONTROL_BODY_BYTES)
                     ready = bool(body and codec.decode_json_object(body).get("ready"))
                     return json_response(await self.plane.repository_index(ready_only=ready))
                 case ["repository", "models", model, ("load" | "unload") as action], "POST":
+                    self.plane.check_model_control()  # refused before a body of model files is read
                     body = await self._read_body(request, allow_empty=True)  # a load may carry model files
                     parameters = codec.decode_json_object(body).get("parameters") if body else None
                     await self.plane.set_loaded(model, action == "load", parameters)
@@ -173,7 +175,7 @@ class Ingress(GrpcInferenceService):
                 case ["logging"], "GET":
                     return json_response(await self.plane.log_settings())
                 case ["logging"], "POST":
-                    changes = codec.decode_json_object(await self._read_body(request))
+                    changes = codec.decode_json_object(await self._read_body(request, limit=CONTROL_BODY_BYTES))
                     return json_response(await self.plane.log_settings(changes))
                 case ["systemsharedmemory", *rest], _:
                     return await self._system_shared_memory(request, rest)
@@ -193,7 +195,7 @@ class Ingress(GrpcInferenceService):
         if request.method == "GET":
             return json_response(await self.plane.trace_settings(model))
         if request.method == "POST":
-            changes = codec.decode_json_object(await self._read_body(request))
+            changes = codec.decode_json_object(await self._read_body(request, limit=CONTROL_BODY_BYTES))
             return json_response(await self.plane.trace_settings(model, changes))
         raise not_found(f"no route {request.method} {request.url.path}")
 
@@ -205,7 +207,7 @@ class Ingress(GrpcInferenceService):
             case ["region", name, "status"], "GET":
                 return json_response(await regions.status(name))
             case ["region", name, "register"], "POST":
-                body = codec.decode_json_object(await self._read_body(request))
+                body = codec.decode_json_object(await self._read_body(request, limit=CONTROL_BODY_BYTES))
                 await regions.register(name, body.get("key"), body.get("offset", 0), body.get("byte_size"))
                 return empty_response()
             case ["unregister"], "POST":
@@ -301,36 +303,41 @@ class Ingress(GrpcInferenceService):
         return StreamingResponse(events(), media_type="text/event-stream; charset=utf-8")
 
     async def _read_body(self, request: Request, held: Reservation | None = None, allow_empty: bool = False,
-                         aligned_at: int | None = None) -> bytes | memoryview:
-        """The body, refused (413) past ``max_request_bytes`` before more of it is read, and (408) when it has
-        not all arrived within ``body_timeout_s``. ``held`` grows with the bytes that have arrived: a client
-        that declares a large body and sends it slowly (or never) holds only what it sent of the in-flight
-        budget, never what it promised. With ``aligned_at`` (the offset of the binary tensors, after the JSON
-        header) and a Content-Length, the body is read into a buffer where that offset falls on a 64-byte
-        boundary, so that the tensors become numpy views of it without a copy (joined chunks would put them
-        wherever the header's length leaves them, and an unaligned tensor is copied)."""
-        limit = self.max_request_bytes
+                         aligned_at: int | None = None, limit: int | None = None) -> bytes | memoryview:
+        """The body, refused (413) past ``limit`` (default ``max_request_bytes``) before more of it is read, and
+        (408) when it has not all arrived within ``body_timeout_s``. It holds of the in-flight budget (in
+        ``held``, or in a reservation of its own while it is read) only the bytes that have arrived: a client
+        that declares a large body and sends it slowly (or never) holds what it sent, never what it promised;
+        joining them takes as much again. With ``aligned_at`` (the offset of the binary tensors, after the
+        JSON header) the body is joined into a buffer where that offset falls on a 64-byte boundary, so that
+        the tensors become numpy views of it without a copy (joined bytes would put them wherever the
+        header's length leaves them, and an unaligned tensor is copied)."""
+        limit = limit or self.max_request_bytes
         declared = declared_length(request)
         if declared is not None and declared > limit:
             raise InferenceError(ErrorCode.TOO_LARGE, f"request body of {declared} bytes exceeds the limit of {limit}")
+        if held is None:
+            with self.budget.reserve(0) as own:
+                return await self._read_body(request, own, allow_empty, aligned_at, limit)
         try:
-            if aligned_at is not None and declared is not None and 0 < aligned_at <= declared:
-                return await asyncio.wait_for(_read_aligned(request, declared, aligned_at, held), self.body_timeout_s)
-            body = await asyncio.wait_for(self._read_chunks(request, held), self.body_timeout_s)
+            chunks, size = await asyncio.wait_for(self._read_chunks(request, held, limit), self.body_timeout_s)
         except asyncio.TimeoutError:
             raise InferenceError(ErrorCode.TIMEOUT, f"the request body did not arrive within {self.body_timeout_s:g} s"
                                  ) from None
-        if not body and not allow_empty:
+        if size == 0 and not allow_empty:
             raise invalid("request body is empty")
-        return body
+        held.resize(2 * size)  # the chunks and their join, until the chunks go
+        if aligned_at is not None and 0 < aligned_at <= size:
+            return _aligned(chunks, size, aligned_at)
+        return b"".join(chunks)
 
-    async def _read_chunks(self, request: Request, held: Reservation | None) -> bytes:
-        limit, chunks, size = self.max_request_bytes, [], 0
+    @staticmethod
+    async def _read_chunks(request: Request, held: Reservation, limit: int) -> tuple[list[bytes], int]:
+        chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise InferenceError(ErrorCode.TOO_LARGE, f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
-            if held is not None:
-                held.resize(size)
-        return b"".join(chunks)
+            held.resize(size)
+        return chunks, size

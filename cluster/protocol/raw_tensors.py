@@ -24,14 +24,16 @@ MAX_BYTES_ELEMENTS = 1 << 20
 
 def check_bytes_elements(count: int) -> None:
     """Refuse (413) a request whose BYTES inputs hold ``count`` elements in all, past MAX_BYTES_ELEMENTS,
-    before they are decoded."""
+    before they are decoded (the codecs count each input's once its data could hold them)."""
     if count > MAX_BYTES_ELEMENTS:
         raise InferenceError(ErrorCode.TOO_LARGE, f"the request's BYTES inputs hold {count} elements; the server "
                                                   f"decodes at most {MAX_BYTES_ELEMENTS} in one request")
 
 
-def decode_raw(name: str, datatype: str, shape: tuple[int, ...], buffer: memoryview | bytes) -> np.ndarray:
-    """A tensor from its raw bytes; raises INVALID_ARGUMENT naming the input if the bytes disagree."""
+def decode_raw(name: str, datatype: str, shape: tuple[int, ...], buffer: memoryview | bytes,
+               bytes_before: int = 0) -> np.ndarray:
+    """A tensor from its raw bytes; raises INVALID_ARGUMENT naming the input if the bytes disagree.
+    ``bytes_before``: the BYTES elements the request's other inputs decoded already (MAX_BYTES_ELEMENTS)."""
     try:
         dtype = numpy_dtype(datatype)
     except ValueError as exc:
@@ -39,7 +41,7 @@ def decode_raw(name: str, datatype: str, shape: tuple[int, ...], buffer: memoryv
     count = math.prod(shape)
     size = len(buffer)
     if datatype == "BYTES":
-        return _decode_bytes(name, count, buffer).reshape(shape)
+        return _decode_bytes(name, count, buffer, bytes_before).reshape(shape)
     expected = count * dtype.itemsize
     if size != expected:
         raise invalid(
@@ -51,14 +53,15 @@ def decode_raw(name: str, datatype: str, shape: tuple[int, ...], buffer: memoryv
     return array.reshape(shape)
 
 
-def _decode_bytes(name: str, count: int, buffer: memoryview | bytes) -> np.ndarray:
+def _decode_bytes(name: str, count: int, buffer: memoryview | bytes, bytes_before: int) -> np.ndarray:
     size = len(buffer)
     if count * _LENGTH.size > size:
         raise invalid(f"input '{name}': {size} bytes cannot hold {count} BYTES elements")
+    check_bytes_elements(bytes_before + count)
     items = []
     offset = 0
     view = memoryview(buffer)
-    while offset < size:
+    for _ in range(count):  # the shape's count, never more: the data may claim millions of empty elements
         if offset + _LENGTH.size > size:
             raise invalid(f"input '{name}': truncated BYTES length prefix at byte {offset}")
         (length,) = _LENGTH.unpack_from(view, offset)
@@ -67,8 +70,9 @@ def _decode_bytes(name: str, count: int, buffer: memoryview | bytes) -> np.ndarr
             raise invalid(f"input '{name}': BYTES element of {length} bytes runs past the data at byte {offset}")
         items.append(bytes(view[offset:offset + length]))
         offset += length
-    if len(items) != count:
-        raise invalid(f"input '{name}': {len(items)} BYTES elements, but the shape needs {count}")
+    if offset != size:
+        raise invalid(f"input '{name}': {size - offset} bytes of data after the {count} BYTES elements the "
+                      "shape needs")
     array = np.empty(count, dtype=object)
     array[:] = items
     return array

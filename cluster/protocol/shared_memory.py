@@ -15,6 +15,7 @@ clear both at start work).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import mmap
 import os
@@ -122,9 +123,10 @@ class SharedMemory:
     async def read_inputs(self, shared: dict[str, SharedInput]) -> dict[str, np.ndarray]:
         """The inputs held in shared memory, copied out (the client may reuse its region at once)."""
         views = await self._views({name: s.where for name, s in shared.items()})
-        inputs = {}
+        inputs, bytes_elements = {}, 0
         for name, s in shared.items():
-            array = decode_raw(name, s.datatype, s.shape, views.pop(name))
+            array = decode_raw(name, s.datatype, s.shape, views.pop(name), bytes_elements)
+            bytes_elements += array.size if array.dtype == object else 0
             inputs[name] = array.copy() if array.dtype != object else array
         return inputs
 
@@ -174,8 +176,9 @@ class SharedMemory:
         path = os.path.join(SHM_FOLDER, region.key[1:])
         try:  # never through a link, never blocking on a FIFO or a device
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        except OSError:
-            raise invalid(f"Unable to open shared memory region: '{region.key}'") from None
+        except OSError as error:  # Triton's text, with why where it is one of ours
+            why = {errno.ELOOP: ": a symbolic link", errno.EISDIR: ": not a regular file"}.get(error.errno, "")
+            raise invalid(f"Unable to open shared memory region: '{region.key}'{why}") from None
         try:
             info = os.fstat(fd)
             refused = refusal(info)

@@ -28,6 +28,8 @@ def resolve(trace_dir: str, name: str) -> str:
     anywhere else, or when the folder is not private to the server's user."""
     if not name:
         return ""
+    if "\0" in name:
+        raise invalid("trace_file must not contain a NUL character")
     try:
         folder = private_folder(trace_dir).resolve()
     except UnsafeFolder as error:
@@ -81,10 +83,9 @@ class TraceOutput:
     def _append(target: str, rows: list[dict[str, Any]]) -> None:
         if not target:
             return
-        try:
-            private_folder(Path(target).parent)  # still the server's own: else nothing is written
-            append_private(target, "".join(json.dumps(row) + "\n" for row in rows))
-        except (UnsafeFolder, OSError) as error:
+        try:  # the folder still the server's own, the file its own: else nothing is written
+            append_private(Path(target).parent, Path(target).name, "".join(json.dumps(row) + "\n" for row in rows))
+        except (UnsafeFolder, OSError, ValueError) as error:
             logger.warning("%d spans not written to %s: %s", len(rows), target, error)
 
     def _next_file(self, settings: dict[str, Any]) -> str:

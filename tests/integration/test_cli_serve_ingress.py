@@ -161,16 +161,17 @@ def test_a_stalled_client_and_one_trickling_its_headers_are_cut_off_and_the_serv
 
 def test_slow_uploads_hold_only_what_they_sent_and_are_cut_off_after_the_body_timeout(ric):
     """The review's two uploads, each declaring 23 MB of JSON (at 24x for decoding, the whole default 1 GiB
-    in-flight budget between them) and sending a byte a second: other requests are answered meanwhile (the
-    budget holds what has arrived), and each upload is answered 408 after --body-timeout-s in all."""
+    in-flight budget between them), and nine declaring 60 MB of binary tensors (at 2x, as much again), each
+    sending a byte a second: other requests are answered meanwhile (the budget holds what has arrived), and
+    each upload is answered 408 after --body-timeout-s in all."""
     simple = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": [1] * 16}
                          for n in ("INPUT0", "INPUT1")]}
     uploads, answers = [], {}
     started = time.monotonic()
-    for _ in range(2):
+    for headers in [b"Content-Type: application/json\r\nContent-Length: 23000000"] * 2 + [
+            b"Inference-Header-Content-Length: 1\r\nContent-Length: 60000000"] * 9:
         upload = socket.create_connection(("127.0.0.1", ric.http_port), timeout=30)
-        upload.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-                       b"\r\nContent-Length: 23000000\r\n\r\n{\"inputs\"")
+        upload.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n\r\n{")
         uploads.append(upload)
     codes = []
     while len(answers) < len(uploads) and time.monotonic() - started < 40:
@@ -186,7 +187,7 @@ def test_slow_uploads_hold_only_what_they_sent_and_are_cut_off_after_the_body_ti
     for upload in uploads:
         upload.close()
     assert len(codes) >= 5 and set(codes) == {200}, codes  # a request a second while the uploads were open
-    assert len(answers) == 2, f"an upload was still open after {time.monotonic() - started:.0f} s"
+    assert len(answers) == len(uploads), f"an upload was still open after {time.monotonic() - started:.0f} s"
     for answer, after_s in answers.values():
         assert answer.startswith(b"HTTP/1.1 408") and f"did not arrive within {BODY_TIMEOUT_S} s".encode() in answer, answer
         assert BODY_TIMEOUT_S - 1 <= after_s <= BODY_TIMEOUT_S + 10, after_s

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli.haproxy import CONFIG_COPY_PREFIX, HUGE_LENGTH_RULE, UNAVAILABLE_PAGE, ric_config, write_launcher
+from cluster.cli.haproxy import CONFIG_COPY_PREFIX, HUGE_LENGTH_RULE, UNAVAILABLE_PAGE, missed, ric_config, write_launcher
 
 SERVE_CONFIG = """global
     maxconn 4096
@@ -37,6 +37,9 @@ def test_the_copy_bounds_header_time_and_answers_haproxy_errors_with_ric_page():
     assert "500.http" not in copy and "frontend http_frontend\n    bind 127.0.0.1:8000\n" + HUGE_LENGTH_RULE in copy
     # the stats page and the exporter carry no API, but nothing off the node should read them either
     assert "frontend prometheus\n    bind 127.0.0.1:9101\n" in copy and "listen stats\n  bind 127.0.0.1:8404\n" in copy
+    assert missed(copy) == [] and missed(SERVE_CONFIG) == [  # a template that changed is said in HAProxy's log
+        "'frontend prometheus' still listens on every interface", "'listen stats' still listens on every interface",
+        "no Content-Length bound in 'frontend http_frontend'"]
 
 
 def test_a_config_without_defaults_is_refused():

@@ -269,6 +269,7 @@ def test_bytes_elements_past_the_limit_are_refused_before_they_are_decoded():
     from tritonclient.grpc import service_pb2
 
     from cluster.protocol import grpc_codec
+    from cluster.protocol.codec import decode_generate_request
 
     many = MAX_BYTES_ELEMENTS + 1
     header = json.dumps({"inputs": [
@@ -287,3 +288,11 @@ def test_bytes_elements_past_the_limit_are_refused_before_they_are_decoded():
     small = decode_infer_request(json.dumps({"inputs": [{"name": "A", "datatype": "BYTES", "shape": [2],
                                                          "data": ["a", "b"]}]}).encode())
     assert list(small.inputs["A"]) == [b"a", b"b"]
+    # a shape that claims one element in front of 16 MB of empty ones: one is decoded, then the rest refused
+    lying = json.dumps({"inputs": [{"name": "A", "datatype": "BYTES", "shape": [1],
+                                    "parameters": {"binary_data_size": 4 << 22}}]}).encode()
+    with pytest.raises(InferenceError, match="16777212 bytes of data after the 1 BYTES elements the shape needs"):
+        decode_infer_request(lying + b"\0" * (4 << 22), str(len(lying)))
+    words = ["w"] * many  # the generate extension counts too
+    with pytest.raises(InferenceError, match="BYTES inputs hold"):
+        decode_generate_request(json.dumps({"TEXT": words}).encode(), [{"name": "TEXT", "datatype": "BYTES"}], False)

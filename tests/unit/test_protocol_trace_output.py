@@ -116,3 +116,9 @@ def test_a_trace_file_swapped_for_a_link_is_not_followed(tmp_path):
     (folder / "t.jsonl").unlink()
     output.write([span("c", "c-root")], settings)
     assert not (folder / "t.jsonl").exists()
+    folder.chmod(0o700)  # tightened again, but a second name of a file elsewhere was planted meanwhile
+    os.link(victim, folder / "t.jsonl")
+    output.write([span("d", "d-root")], settings)
+    assert victim.read_text() == "untouched\n"
+    with pytest.raises(InferenceError, match="NUL"):
+        resolve(str(folder), "a\0b")

@@ -212,7 +212,8 @@ def test_a_region_is_only_a_regular_file_of_the_servers_user(server, shm_objects
     folder.mkdir()
     fifo = shm_objects()
     os.mkfifo(fifo)
-    cases = {link: "", second_name: "a file with more than one name", folder: "", fifo: "not a regular file"}
+    cases = {link: "a symbolic link", second_name: "a file with more than one name", folder: "not a regular file",
+             fifo: "not a regular file"}
     if os.geteuid() == 0 and shutil.which("runuser"):
         theirs = shm_objects()
         as_another_user("truncate", "-s", "64", str(theirs))
