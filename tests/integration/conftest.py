@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import ray
 import requests
 from ray import serve
@@ -143,6 +144,18 @@ def start_ric(home: Path, *args: str, http_port: int | None = None, grpc_port: i
     server = RicServe(process, http_port, grpc_port, metrics_port)
     threading.Thread(target=lambda: server.lines.extend(process.stdout), daemon=True).start()
     return server
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    """A HOME of its own for a module's ``ric serve`` and the clean shells that reach it."""
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def dashboard_port() -> int:
+    """A free port for a module's ``ric serve --dashboard-port``."""
+    return free_port()
 
 
 @contextmanager

@@ -16,17 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import BIN, clean_env, free_port, ric_serving
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def dashboard_port() -> int:
-    return free_port()
+from tests.integration.conftest import BIN, clean_env, ric_serving
 
 
 @pytest.fixture(scope="module")

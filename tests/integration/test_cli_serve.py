@@ -35,16 +35,6 @@ MAX_REQUEST_BYTES = 4 << 20
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def dashboard_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
 def ric(home, dashboard_port):
     with ric_serving(home, "--dashboard-port", str(dashboard_port), "--model-control-mode", "explicit",
                      "--restricted-api", f"model-repository:{ADMIN[0]}={ADMIN[1]}",
