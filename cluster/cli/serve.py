@@ -18,6 +18,7 @@ from cluster.cli import placement
 from cluster.cli.arguments import reasons
 from cluster.cli.haproxy import HEADER_TIMEOUT_S, haproxy_binary, private_haproxy_files, tune_http2
 from cluster.cli.console import open_log, ray_logs_to, stderr_to
+from cluster.cli.loopback_grpc import HOST_VARIABLE, SETUP_HOOK, is_loopback
 from cluster.cli.metrics_server import MetricsServer
 from cluster.cli.ports import DASHBOARD_PORT
 from cluster.client import ServerRecord, remove_record, write_record
@@ -132,9 +133,13 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
         need = sum(r.replicas * r.num_cpus for r in reservations)
         print(f"ric: the repository's models and ingress reserve {need:g} CPUs in all; the local Ray offers "
               f"{num_cpus} logical CPUs on {cores} cores (--num-cpus to choose)", flush=True)
+    runtime_env = {}
+    if is_loopback(args.host):  # Serve's gRPC listeners follow --host too
+        os.environ[HOST_VARIABLE] = args.host
+        runtime_env = {"worker_process_setup_hook": SETUP_HOOK}
     context = ray.init(address="local", num_cpus=num_cpus, num_gpus=args.num_gpus, _node_ip_address="127.0.0.1",
                        include_dashboard=args.dashboard, dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port,
-                       configure_logging=False, log_to_driver=False)
+                       configure_logging=False, log_to_driver=False, runtime_env=runtime_env or None)
     keep_token_private()
     if args.dashboard and not context.dashboard_url:
         args.dashboard = False  # it did not start: Ray's reason is in the log
