@@ -29,6 +29,9 @@ UNAVAILABLE_PAGE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: applicat
                     b"Content-Length: " + str(len(_UNAVAILABLE_BODY)).encode() + b"\r\n\r\n" + _UNAVAILABLE_BODY)
 #: HAProxy's ``timeout http-request`` unless ``ric serve --header-timeout-s`` says otherwise.
 HEADER_TIMEOUT_S = 10
+#: Connections one client address may hold open at once (``ric serve --max-client-connections``): below the
+#: ingress replica's 1024 requests in flight, so that slow uploads from one address cannot take every slot.
+MAX_CLIENT_CONNECTIONS = 256
 #: HAProxy's HTTP/2 settings (gRPC) in place of Serve's 16 KB buffers and frames, 64 KB windows and 100
 #: streams per backend connection. With Serve's, concurrent 16 MB gRPC requests through HAProxy 2.8 were
 #: reset or stalled (none answered in 60 s) in about half the runs, and a 4 MB request took 48 ms. With one
@@ -75,7 +78,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def private_haproxy_files(header_timeout_s: int) -> str | None:
+def private_haproxy_files(header_timeout_s: int, max_client_connections: int = MAX_CLIENT_CONNECTIONS) -> str | None:
     """Keep HAProxy's config, admin socket (which Serve makes world-writable) and state in a folder only this
     user can enter, one per ``ric serve``, instead of Serve's shared ``/tmp/haproxy-serve``; give its stats
     and exporter ports of their own; and start it through the launcher. Read by the local Ray's processes
@@ -92,33 +95,53 @@ def private_haproxy_files(header_timeout_s: int) -> str | None:
         os.environ.setdefault(f"RAY_SERVE_HAPROXY_{name}", str(free_port()))
     if "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ:
         os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = write_launcher(folder, haproxy_binary() or "haproxy",
-                                                                     header_timeout_s)
+                                                                     header_timeout_s, max_client_connections)
     return folder
 
 
-def write_launcher(folder: str, binary: str, header_timeout_s: int) -> str:
+def write_launcher(folder: str, binary: str, header_timeout_s: int,
+                   max_client_connections: int = MAX_CLIENT_CONNECTIONS) -> str:
     """Write ric's error page and a script that launches ``binary`` into ``folder``; the script's path."""
     page = os.path.join(folder, "503.http")
     with open(page, "wb") as file:
         file.write(UNAVAILABLE_PAGE)
     launcher = os.path.join(folder, "haproxy")
-    command = [sys.executable, "-I", "-S", os.path.abspath(__file__), binary, page, str(header_timeout_s)]
+    command = [sys.executable, "-I", "-S", os.path.abspath(__file__), binary, page, str(header_timeout_s),
+               str(max_client_connections)]
     with open(launcher, "w") as file:
         file.write(f"#!/bin/sh\nexec {shlex.join(command)} \"$@\"\n")
     os.chmod(launcher, 0o700)
     return launcher
 
 
-def ric_config(config: str, error_page: str, header_timeout_s: int) -> str:
+def client_limit(max_connections: int) -> str:
+    """The lines that refuse (429 JSON) a request on a connection past ``max_connections`` open from its
+    client's address (0: no limit), for a frontend."""
+    if not max_connections:
+        return ""
+    return ("    stick-table type ipv6 size 100k expire 60s store conn_cur\n"
+            "    tcp-request connection track-sc0 src\n"
+            "    http-request return status 429 content-type application/json string "
+            f"'{{\"error\": \"more than {max_connections} connections from this address\"}}' "
+            f"if {{ sc0_conn_cur gt {max_connections} }}\n")
+
+
+def ric_config(config: str, error_page: str, header_timeout_s: int,
+               max_client_connections: int = MAX_CLIENT_CONNECTIONS) -> str:
     """Serve's HAProxy config with a total header time in its defaults, ric's page for HAProxy's errors, its
     stats page and Prometheus exporter on loopback (Serve binds them on every interface, unauthenticated;
-    they carry no inference API, and only this node's operators read them), and HUGE_LENGTH_RULE."""
+    they carry no inference API, and only this node's operators read them), HUGE_LENGTH_RULE, and a bound on
+    the connections one client address holds in the HTTP and gRPC frontends (``client_limit``)."""
     config, defaults = re.subn(r"(?m)^defaults$", f"defaults\n    timeout http-request {header_timeout_s}s", config, 1)
     if not defaults:
         raise ValueError("Serve's HAProxy config has no 'defaults' section")
     for section in LOOPBACK_SECTIONS:
         config = re.sub(rf"(?m)^({section}\n\s*bind )\*?:(\d+)$", r"\g<1>127.0.0.1:\2", config, count=1)
-    config = re.sub(r"(?m)^(frontend http_frontend\n\s*bind \S+\n)", lambda m: m[1] + HUGE_LENGTH_RULE, config, count=1)
+    limit = client_limit(max_client_connections)
+    config = re.sub(r"(?m)^(frontend http_frontend\n\s*bind \S+\n)", lambda m: m[1] + limit + HUGE_LENGTH_RULE,
+                    config, count=1)
+    config = re.sub(r"(?m)^(frontend grpc_frontend\n(?:\s*#.*\n)*\s*bind .+\n)", lambda m: m[1] + limit, config,
+                    count=1)
     return re.sub(r"(?m)^(\s*errorfile 50[234]) \S+$", rf"\1 {error_page}", config)
 
 
@@ -130,16 +153,16 @@ def missed(config: str) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    """``launcher REAL_HAPROXY ERROR_PAGE HEADER_TIMEOUT_S HAPROXY_ARGS...``: run HAProxy on ric's copy of
-    the config named after ``-f``. Should Serve's config ever lack what the copy changes, HAProxy runs on
+    """``launcher REAL_HAPROXY ERROR_PAGE HEADER_TIMEOUT_S MAX_CLIENT_CONNECTIONS HAPROXY_ARGS...``: run HAProxy
+    on ric's copy of the config named after ``-f``. Should Serve's config ever lack what the copy changes, HAProxy runs on
     Serve's own config and stderr (Serve's HAProxy log) says so."""
-    binary, error_page, header_timeout_s, *args = argv
+    binary, error_page, header_timeout_s, max_client_connections, *args = argv
     if "-f" in args[:-1]:
         at = args.index("-f") + 1
         config = args[at]
         try:
             with open(config) as file:
-                text = ric_config(file.read(), error_page, int(header_timeout_s))
+                text = ric_config(file.read(), error_page, int(header_timeout_s), int(max_client_connections))
             for what in missed(text):
                 print(f"ric: HAProxy's config: {what}", file=sys.stderr, flush=True)
             copy = os.path.join(os.path.dirname(config), CONFIG_COPY_PREFIX + os.path.basename(config))

@@ -8,7 +8,7 @@ import sys
 
 from cluster.cli import perf, ports, status
 from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
-from cluster.cli.haproxy import HEADER_TIMEOUT_S, limit_idle_clients
+from cluster.cli.haproxy import HEADER_TIMEOUT_S, MAX_CLIENT_CONNECTIONS, limit_idle_clients
 from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages, serve_repository
 from cluster.repository.examples import EXAMPLE
 
@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--header-timeout-s", type=positive(int), default=HEADER_TIMEOUT_S,
                            help="HAProxy cuts off a client whose request headers take longer than this in all, "
                                 f"however it trickles them (default {HEADER_TIMEOUT_S})")
+    serve_cmd.add_argument("--max-client-connections", type=non_negative(int), default=MAX_CLIENT_CONNECTIONS,
+                           help="HAProxy answers 429 on connections past this many open from one client address, "
+                                f"so that one client cannot hold every request slot (default {MAX_CLIENT_CONNECTIONS}; "
+                                "0: no limit)")
     serve_cmd.add_argument("--body-timeout-s", type=positive(float), default=60.0,
                            help="a request body that has not all arrived after this long answers 408, however it "
                                 "trickles (default 60)")
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_local_ray_on_loopback()
         limit_grpc_messages(args.max_request_bytes)
         limit_idle_clients(args.client_timeout_s)
-        args.ingress = choose_ingress(args.ingress, args.header_timeout_s)
+        args.ingress = choose_ingress(args.ingress, args.header_timeout_s, args.max_client_connections)
     if args.command == "serve":
         return serve_repository(args)
     if args.command == "perf":

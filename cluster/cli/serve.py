@@ -16,7 +16,9 @@ import urllib.request
 
 from cluster.cli import placement
 from cluster.cli.arguments import reasons
-from cluster.cli.haproxy import HEADER_TIMEOUT_S, haproxy_binary, private_haproxy_files, tune_http2
+from cluster.cli.haproxy import (
+    HEADER_TIMEOUT_S, MAX_CLIENT_CONNECTIONS, haproxy_binary, private_haproxy_files, tune_http2,
+)
 from cluster.cli.console import open_log, ray_logs_to, stderr_to
 from cluster.cli.loopback_grpc import HOST_VARIABLE, SETUP_HOOK, is_loopback
 from cluster.cli.metrics_server import MetricsServer
@@ -31,7 +33,8 @@ PROGRESS_INTERVAL_S = 1.0
 SWEEP_GRACE_S = 1.0
 
 
-def choose_ingress(wanted: str, header_timeout_s: int = HEADER_TIMEOUT_S) -> str:
+def choose_ingress(wanted: str, header_timeout_s: int = HEADER_TIMEOUT_S,
+                   max_client_connections: int = MAX_CLIENT_CONNECTIONS) -> str:
     """Set up Serve's fastest ingress for a local Ray; read by Ray when it is first imported.
 
     HAProxy routes HTTP straight to the replicas and throughput-optimized Serve runs handle routing in
@@ -45,7 +48,7 @@ def choose_ingress(wanted: str, header_timeout_s: int = HEADER_TIMEOUT_S) -> str
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         tune_http2()
-        private_haproxy_files(header_timeout_s)
+        private_haproxy_files(header_timeout_s, max_client_connections)
     return wanted
 
 

@@ -24,10 +24,11 @@ import tritonclient.http as httpclient
 from cluster.cli.haproxy import CONFIG_COPY_PREFIX, UNAVAILABLE_PAGE
 from cluster.repository.examples import onnx_add_sub
 from tests.conftest import write_model
-from tests.integration.conftest import free_port, ric_serving
+from tests.integration.conftest import free_port, ric_serving, wait_for
 
 HEADER_TIMEOUT_S = 4
 BODY_TIMEOUT_S = 8
+MAX_CLIENT_CONNECTIONS = 16
 #: Concurrent gRPC requests of this many bytes in and out stalled HAProxy 2.8 with Serve's HTTP/2 settings.
 LARGE_BYTES = 16 << 20
 
@@ -36,7 +37,7 @@ LARGE_BYTES = 16 << 20
 def ric(tmp_path_factory):
     with ric_serving(tmp_path_factory.mktemp("home"), "--dashboard-port", str(free_port()), "--client-timeout-s",
                      "2", "--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s",
-                     str(BODY_TIMEOUT_S)) as server:
+                     str(BODY_TIMEOUT_S), "--max-client-connections", str(MAX_CLIENT_CONNECTIONS)) as server:
         yield server
 
 
@@ -196,6 +197,25 @@ def test_slow_uploads_hold_only_what_they_sent_and_are_cut_off_after_the_body_ti
     for answer, after_s in answers.values():
         assert answer.startswith(b"HTTP/1.1 408") and f"did not arrive within {BODY_TIMEOUT_S} s".encode() in answer, answer
         assert BODY_TIMEOUT_S - 1 <= after_s <= BODY_TIMEOUT_S + 10, after_s
+
+
+def test_one_client_address_cannot_hold_more_than_its_connections(ric):
+    """--max-client-connections: with that many connections open from one address (slow clients, say), the
+    next one's request answers 429 at HAProxy; once they close, requests are answered again."""
+    held = []
+    try:
+        for _ in range(MAX_CLIENT_CONNECTIONS):
+            connection = socket.create_connection(("127.0.0.1", ric.http_port), timeout=30)
+            connection.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            held.append(connection)
+        refused = requests.get(f"{ric.url}/v2/health/ready", timeout=30)
+        assert refused.status_code == 429, refused.text
+        assert refused.json() == {"error": f"more than {MAX_CLIENT_CONNECTIONS} connections from this address"}
+    finally:
+        for connection in held:
+            connection.close()
+    wait_for(lambda: requests.get(f"{ric.url}/v2/health/ready", timeout=30).ok, timeout_s=30,
+             what="requests answered once the connections closed")
 
 
 def test_a_content_length_haproxy_cannot_hold_is_refused_there(ric):

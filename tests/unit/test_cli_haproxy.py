@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli.haproxy import CONFIG_COPY_PREFIX, HUGE_LENGTH_RULE, UNAVAILABLE_PAGE, missed, ric_config, write_launcher
+from cluster.cli.haproxy import (
+    CONFIG_COPY_PREFIX, HUGE_LENGTH_RULE, MAX_CLIENT_CONNECTIONS, UNAVAILABLE_PAGE, client_limit, missed, ric_config,
+    write_launcher,
+)
 
 SERVE_CONFIG = """global
     maxconn 4096
@@ -34,7 +37,10 @@ def test_the_copy_bounds_header_time_and_answers_haproxy_errors_with_ric_page():
     copy = ric_config(SERVE_CONFIG, "/ric/503.http", 7)
     assert copy.splitlines()[2:4] == ["defaults", "    timeout http-request 7s"]
     assert copy.count("errorfile") == 3 and copy.count("errorfile 50") == copy.count("/ric/503.http") == 3
-    assert "500.http" not in copy and "frontend http_frontend\n    bind 127.0.0.1:8000\n" + HUGE_LENGTH_RULE in copy
+    assert "500.http" not in copy
+    assert "frontend http_frontend\n    bind 127.0.0.1:8000\n" + client_limit(MAX_CLIENT_CONNECTIONS) + HUGE_LENGTH_RULE in copy
+    assert "sc0_conn_cur gt 256" in client_limit(256) and client_limit(0) == ""  # 0: no bound
+    assert "conn_cur" not in ric_config(SERVE_CONFIG, "/ric/503.http", 7, 0)
     # the stats page and the exporter carry no API, but nothing off the node should read them either
     assert "frontend prometheus\n    bind 127.0.0.1:9101\n" in copy and "listen stats\n  bind 127.0.0.1:8404\n" in copy
     assert missed(copy) == [] and missed(SERVE_CONFIG) == [  # a template that changed is said in HAProxy's log
