@@ -10,7 +10,8 @@ venv=.venv-perf-analyzer
 if [ -x "$venv/bin/perf_analyzer" ] && [ -n "$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12 2>/dev/null)" ]; then
   exit 0
 fi
-if ! ldconfig -p | grep -q libb64.so.0d; then
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)  # /sbin is not on a minimal PATH
+if ! "$ldconfig" -p 2>/dev/null | grep -q libb64.so.0d; then
   if [ "$(id -u)" = 0 ]; then
     { apt-get install -y -q libb64-0d || { apt-get update -q && apt-get install -y -q libb64-0d; }; } >/dev/null 2>&1 \
       || echo "install_perf_analyzer: could not install libb64-0d with apt-get" >&2
