@@ -1,4 +1,5 @@
-"""Folders and files only the server's user can reach: where ric writes traces, logs and HAProxy's config.
+"""Folders and files only the server's user can reach: where ric writes traces, logs and HAProxy's config,
+and the check of a file a client named (a trace file, a shared memory region).
 No Ray here.
 
 A folder in a shared place (``/tmp``) could be made first by another local user, who could then swap a file
@@ -49,6 +50,20 @@ def _check_folder(folder: str, info: os.stat_result) -> None:
                                    "0700): remove it (files others put there stay) or choose another")
 
 
+def not_own_file(info: os.stat_result) -> str | None:
+    """Why an opened file may not be written or mapped for a client, or None: only a regular file of the
+    server's own user with no other name, since the server reads and writes it as its user. Anything else
+    (another user's file, a second name of a file that lives elsewhere, a folder, a device or FIFO) would
+    give whoever named it access they have not got."""
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != os.geteuid():
+        return "not owned by the server's user"
+    if info.st_nlink != 1:
+        return "a file with more than one name"
+    return None
+
+
 def append_private(folder: str | os.PathLike, name: str, text: str) -> None:
     """Append ``text`` to the file ``name`` in ``folder`` (created 0600). The folder is opened without
     following a link and checked as ``private_folder`` checks it, and the file is opened relative to that
@@ -65,9 +80,9 @@ def append_private(folder: str | os.PathLike, name: str, text: str) -> None:
     finally:
         os.close(folder_fd)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
-            raise OSError(f"{name} in {folder} is not a regular file of this user with one name")
+        refused = not_own_file(os.fstat(fd))
+        if refused:
+            raise OSError(f"{name} in {folder}: {refused}")
         data = text.encode()
         while data:
             data = data[os.write(fd, data):]

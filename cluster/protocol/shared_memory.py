@@ -19,7 +19,6 @@ import errno
 import json
 import mmap
 import os
-import stat
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from ray.experimental import internal_kv
 
+from cluster.private_files import not_own_file
 from cluster.protocol.codec import SharedInput, SharedSlice
 from cluster.protocol.raw_tensors import decode_raw, encode_raw
 from deployments.errors import invalid, not_found
@@ -56,20 +56,6 @@ def check_key(key: Any) -> str:
     if not isinstance(key, str) or not key.startswith("/") or "/" in key[1:] or key in ("/", "/.", "/..") or "\0" in key:
         raise invalid(f"Unable to open shared memory region: '{key}': the key must be '/' and a name")
     return key
-
-
-def refusal(info: os.stat_result) -> str | None:
-    """Why an opened shared memory object may not be a region, or None. A region is only ever a regular file
-    of the server's own user with no other name: a client registers a key in a world-writable folder, and
-    reads and writes through it as the server's user, so anything else (another user's file, a second link to
-    a file that lives elsewhere on /dev/shm, a directory, a device) would give it access it has not got."""
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    if info.st_uid != os.geteuid():
-        return "not owned by the server's user"
-    if info.st_nlink != 1:
-        return "a file with more than one name"
-    return None
 
 
 class SharedMemory:
@@ -181,7 +167,7 @@ class SharedMemory:
             raise invalid(f"Unable to open shared memory region: '{region.key}'{why}") from None
         try:
             info = os.fstat(fd)
-            refused = refusal(info)
+            refused = not_own_file(info)  # a client names a key in world-writable /dev/shm
             if refused:
                 raise invalid(f"Unable to open shared memory region: '{region.key}': {refused}")
             size = info.st_size
