@@ -13,6 +13,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # module's ray.shutdown() and the next one's ray.init() Ray would start a whole local cluster for them
 # (seen: the next module then deployed onto it and waited forever). Every test starts Ray explicitly.
 os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+# Ray waits 30 s for a new local GCS to bind its port; on 2 busy cores, just after the previous module's Ray
+# stopped, a fresh-clone CI run once took longer (four tests failed at setup: "Timed out waiting for file
+# .../gcs_server_port_..."). Waiting longer costs nothing when it is quick.
+os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
 
 import pytest  # noqa: E402
 
