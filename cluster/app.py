@@ -18,7 +18,8 @@ from ray.serve import Application
 from cluster.names import INGRESS_NAME, RESERVED_NAMES, STATISTICS_NAME, SYNC_NAME
 from cluster.repository.examples import EXAMPLE, example_repository
 from cluster.protocol.dataplane import SERVER_NAME
-from cluster.protocol.ingress import Ingress, IngressOptions
+from cluster.protocol.http_server import ServerLimits
+from cluster.protocol.ingress import Ingress, IngressOptions, Listeners
 from cluster.protocol.restrictions import Restriction, check_unique
 from cluster.repository.model_apps import deployment_options
 from cluster.protocol.statistics import DEFAULT_TRACE_DIR, StatisticsCollector
@@ -122,6 +123,34 @@ class AppArgs(BaseModel):
     access_log: bool = Field(
         default=False, description="Serve's per-request access log lines for the ingress and models (off: ~3% of "
                                    "the ingress's time under load)."
+    )
+    host: str = Field(
+        default="127.0.0.1", min_length=1,
+        description="The address each ingress replica's own listeners bind (http_port, grpc_port).",
+    )
+    http_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port each ingress replica serves HTTP on itself, shared with the node's other ingress "
+                    "replicas (SO_REUSEPORT): requests skip Serve's proxy and its hop to the ingress. 0: none "
+                    "(HTTP through Serve's proxy only).",
+    )
+    grpc_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port each ingress replica serves gRPC on itself, as http_port; 0: none (gRPC through "
+                    "Serve's gRPC proxy only).",
+    )
+    header_timeout_s: float = Field(
+        default=ServerLimits.header_timeout_s, gt=0,
+        description="Seconds a request's headers may take to arrive on http_port (408 past it).",
+    )
+    idle_timeout_s: float = Field(
+        default=ServerLimits.idle_timeout_s, gt=0,
+        description="Seconds a keep-alive connection on http_port may wait for its next request.",
+    )
+    max_client_connections: int = Field(
+        default=ServerLimits.max_client_connections, ge=0,
+        description="Connections one client address may hold open to one ingress replica's http_port (429 "
+                    "past it; 0: no bound).",
     )
     colocate: bool = Field(
         default=False,
@@ -288,6 +317,15 @@ def reservations(args: AppArgs) -> list[Reservation]:
     return found
 
 
+def listeners(args: AppArgs) -> Listeners | None:
+    """The ingress replicas' own listeners, if the args ask for any."""
+    if not args.http_port and not args.grpc_port:
+        return None
+    limits = ServerLimits(header_timeout_s=args.header_timeout_s, idle_timeout_s=args.idle_timeout_s,
+                          max_client_connections=args.max_client_connections)
+    return Listeners(args.host, args.http_port, args.grpc_port, limits)
+
+
 def build(args: AppArgs) -> Application:
     """Build the application for a repository: the Ingress and one Model deployment per model."""
     if isinstance(args, dict):
@@ -310,7 +348,7 @@ def build(args: AppArgs) -> Application:
                              on_demand=on_demand, model_control_mode=args.model_control_mode,
                              restricted_apis=tuple(args.restricted_apis),
                              serving_limits=args.serving_limits(), max_inflight_bytes=args.max_inflight_bytes,
-                             body_timeout_s=args.body_timeout_s)
+                             body_timeout_s=args.body_timeout_s, listeners=listeners(args))
     colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}
     ensembles = {name: configs[name] for name in models if is_ensemble(configs[name]) and args.colocates(configs[name])}
     if args.ingress_autoscaling is None:

@@ -32,9 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     serve_cmd.add_argument("--num-cpus", type=non_negative(float), help="CPUs of the local Ray (default: this machine's)")
     serve_cmd.add_argument("--num-gpus", type=non_negative(float), help="GPUs of the local Ray (default: detected)")
-    serve_cmd.add_argument("--ingress", choices=["haproxy", "default"], default="haproxy",
-                           help="haproxy (Serve's HAProxy ingress, several times faster; the default when its "
-                                "binary is installed) or default (Serve's Python proxy)")
+    serve_cmd.add_argument("--ingress", choices=["direct", "haproxy", "default"], default="direct",
+                           help="direct (default: each ingress replica listens on the HTTP and gRPC ports itself, "
+                                "no proxy in between), haproxy (Serve's HAProxy ingress in front of the replicas) "
+                                "or default (Serve's Python proxies)")
     serve_cmd.add_argument("--replica-num-cpus", type=non_negative(float), default=0.25,
                            help="CPUs Ray reserves per model replica (default 0.25; a model's num_cpus parameter "
                                 "overrides)")
@@ -61,13 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "it answers 503; a longer batch fails the replica's health check and Serve "
                                 "replaces it (default 300; a model's execution_timeout_s parameter overrides)")
     serve_cmd.add_argument("--client-timeout-s", type=positive(int), default=60,
-                           help="HAProxy cuts off a client that sends nothing for this long, mid-request too "
-                                "(default 60; Serve's own default is an hour)")
+                           help="a client connection that sends nothing for this long is closed (HAProxy: mid-request "
+                                "too; direct: between requests, as --body-timeout-s bounds a body) (default 60)")
     serve_cmd.add_argument("--header-timeout-s", type=positive(int), default=HEADER_TIMEOUT_S,
-                           help="HAProxy cuts off a client whose request headers take longer than this in all, "
+                           help="a client whose request headers take longer than this in all is cut off (408), "
                                 f"however it trickles them (default {HEADER_TIMEOUT_S})")
     serve_cmd.add_argument("--max-client-connections", type=non_negative(int), default=MAX_CLIENT_CONNECTIONS,
-                           help="HAProxy answers 429 on connections past this many open from one client address, "
+                           help="connections past this many open from one client address answer 429 (direct: per "
+                                "ingress replica), "
                                 f"so that one client cannot hold every request slot (default {MAX_CLIENT_CONNECTIONS}; "
                                 "0: no limit)")
     serve_cmd.add_argument("--body-timeout-s", type=positive(float), default=60.0,

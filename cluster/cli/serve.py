@@ -35,11 +35,15 @@ SWEEP_GRACE_S = 1.0
 
 def choose_ingress(wanted: str, header_timeout_s: int = HEADER_TIMEOUT_S,
                    max_client_connections: int = MAX_CLIENT_CONNECTIONS) -> str:
-    """Set up Serve's fastest ingress for a local Ray; read by Ray when it is first imported.
+    """Set up the ingress for a local Ray; read by Ray when it is first imported.
 
-    HAProxy routes HTTP straight to the replicas and throughput-optimized Serve runs handle routing in
-    the replicas' own event loops; see docs/benchmarks.md for the measured difference.
+    direct: the ingress replicas listen themselves (no proxy); haproxy: HAProxy routes HTTP straight to the
+    replicas. With either, throughput-optimized Serve runs handle routing in the replicas' own event loops
+    (and calls between replicas over gRPC); see docs/benchmarks.md for the measured differences.
     """
+    if wanted == "direct":
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        return wanted
     if wanted == "haproxy" and haproxy_binary() is None:
         print("ric: no haproxy binary (pip install 'ray[serve]' brings one, or apt-get install haproxy); "
               "using Serve's default proxy", flush=True)
@@ -266,6 +270,16 @@ def model_summary(base: str, restrictions) -> str:
     return line + (f"; not ready: {'; '.join(others)}" if others else "")
 
 
+def own_listeners(args: argparse.Namespace) -> dict:
+    """The builder args that make each ingress replica listen on the ports itself (``--ingress direct``),
+    with the bounds a front proxy kept otherwise."""
+    if args.ingress != "direct":
+        return {}
+    return {"host": args.host, "http_port": args.http_port, "grpc_port": args.grpc_port,
+            "header_timeout_s": args.header_timeout_s, "idle_timeout_s": args.client_timeout_s,
+            "max_client_connections": args.max_client_connections}
+
+
 def serve_repository(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
@@ -282,7 +296,7 @@ def serve_repository(args: argparse.Namespace) -> int:
                            replica_num_cpus=args.replica_num_cpus,
                            ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode,
                            restricted_apis=args.restricted_api, server_name=args.server_name,
-                           **({"trace_dir": args.trace_dir} if args.trace_dir else {}))
+                           **({"trace_dir": args.trace_dir} if args.trace_dir else {}), **own_listeners(args))
     except ValueError as exc:  # arguments that only conflict together, e.g. one API group restricted twice
         print(f"ric serve: {reasons(exc)}", file=sys.stderr, flush=True)
         return 2
@@ -306,8 +320,11 @@ def serve_repository(args: argparse.Namespace) -> int:
         if ray_logs_folder() and not args.address:
             print(f"ric: the replicas' logs go to {ray_logs_folder()}", flush=True)
         stop_on_signals()
-        serve.start(http_options={"host": args.host, "port": args.http_port},
-                    grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
+        if args.ingress == "direct":  # the ingress replicas listen themselves; handles need no proxy
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": args.host, "port": args.http_port},
+                        grpc_options={"port": args.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
         serve.run_many([serve.RunTarget(build(app_args), name=APP_NAME, route_prefix="/",
                                         external_scaler_enabled=True)], wait_for_applications_running=False)
         wait_until_running(args)

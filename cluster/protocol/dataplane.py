@@ -21,7 +21,7 @@ from cluster.protocol.codec import InferRequest
 from cluster.protocol.shared_memory import SharedMemory
 from cluster.repository.model_apps import load_failure
 from cluster.repository.paths import check_file_path, check_model_name
-from deployments.observability import tracing
+from deployments.observability import settings_follower, tracing
 from deployments.backends import Tensors
 from deployments.config.model_config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, no_available_versions, unavailable, unknown_model
@@ -196,7 +196,10 @@ class DataPlane:
         """Triton's trace extension: the settings for ``model`` (None: the global ones), after ``changes``."""
         if model:
             self.handle(model)  # an unknown model is NOT_FOUND
-        return await bounded(self.collector.trace_settings.remote(model, changes), "the statistics collector")
+        settings = await bounded(self.collector.trace_settings.remote(model, changes), "the statistics collector")
+        if changes:
+            await bounded(settings_follower.catch_up(self.collector), "the statistics collector")
+        return settings
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
         check_version(version)
@@ -251,7 +254,10 @@ class DataPlane:
 
     async def log_settings(self, changes: dict[str, Any] | None = None) -> dict[str, Any]:
         """Triton's logging extension: the application's log settings, after ``changes``."""
-        return await bounded(self.collector.log_settings.remote(changes), "the statistics collector")
+        settings = await bounded(self.collector.log_settings.remote(changes), "the statistics collector")
+        if changes:
+            await bounded(settings_follower.catch_up(self.collector), "the statistics collector")
+        return settings
 
     def check_model_control(self) -> None:
         """Loads and unloads are allowed in explicit model control mode only."""

@@ -52,6 +52,7 @@ def rpc(group: ApiGroup):
 
     def decorate(method):
         async def wrapper(self, request, grpc_context):
+            self.ongoing_rpcs += 1
             try:
                 self.restrictions.check_grpc(group, dict(grpc_context.invocation_metadata()))
                 return await method(self, request)
@@ -62,6 +63,8 @@ def rpc(group: ApiGroup):
                 grpc_context.set_code(grpc.StatusCode[GRPC_STATUS[error.code]])
                 grpc_context.set_details(error.message)
                 raise error from None
+            finally:
+                self.ongoing_rpcs -= 1
 
         # Not functools.wraps: Serve reads the signature to decide whether to pass grpc_context.
         wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = method.__name__, method.__qualname__, method.__doc__
@@ -77,6 +80,8 @@ class GrpcInferenceService:
     max_request_bytes: int
     restrictions: Restrictions
     budget: ByteBudget
+    #: RPCs being answered now, streams included (what the ingress's autoscaler counts).
+    ongoing_rpcs: int = 0
 
     @rpc("health")
     async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
@@ -173,10 +178,12 @@ class GrpcInferenceService:
                 await answers.put(None)
 
         reader = asyncio.ensure_future(read())
+        self.ongoing_rpcs += 1
         try:
             while (response := await answers.get()) is not None:
                 yield response
         finally:
+            self.ongoing_rpcs -= 1
             reader.cancel()
 
     def _raw_and_size(self, request: pb.ModelInferRequest) -> tuple[list[bytes], int]:

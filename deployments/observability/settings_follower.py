@@ -29,13 +29,24 @@ def follow(collector: Any) -> None:
     loop.create_task(_follow(collector))
 
 
+async def catch_up(collector: Any) -> None:
+    """Apply the settings in this process now, without waiting for the watch to answer: after this process
+    changed them, its next request must see them (as Triton's do)."""
+    _, settings = await collector.watch_settings.remote(-1, 0)
+    _apply(settings, tracer_for(collector))
+
+
+def _apply(settings: dict[str, Any], tracer) -> None:
+    log_settings.apply(settings["log"])
+    tracer.settings = TraceSettings(settings["trace"])
+
+
 async def _follow(collector: Any) -> None:
     generation, tracer = -1, tracer_for(collector)
     while True:
         try:
             generation, settings = await collector.watch_settings.remote(generation, WATCH_S)
-            log_settings.apply(settings["log"])
-            tracer.settings = TraceSettings(settings["trace"])
+            _apply(settings, tracer)
         except Exception as exc:  # the collector restarting: keep the settings, ask again shortly
             logger.warning("following the log and trace settings failed: %r", exc)
             await asyncio.sleep(1.0)

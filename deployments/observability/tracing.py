@@ -88,7 +88,8 @@ class Tracer:
         the request span's events."""
         if parent is None or not stamps.get("done"):
             return
-        at = {name: epoch_ns(ns) for name, ns in stamps.items()}
+        offset = epoch_ns(0)  # once: an offset read per stamp moves each by its own jitter, which reordered
+        at = {name: ns + offset for name, ns in stamps.items()}  # stages microseconds apart
         request = self.span(f"model {model}", parent, at["arrived"], model=model, version=version)
         for name, key in (("REQUEST_START", "arrived"), ("QUEUE_START", "queued"), ("COMPUTE_START", "started"),
                           ("COMPUTE_INPUT_END", "started"), ("COMPUTE_OUTPUT_START", "computed"),

@@ -40,14 +40,21 @@ class Endpoints:
 
 
 @contextmanager
-def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, **app_args) -> Iterator[Endpoints]:
-    """Start Ray and Serve, serve a repository, yield its endpoints; shut everything down after."""
+def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, proxied: bool = False,
+                     **app_args) -> Iterator[Endpoints]:
+    """Start Ray and Serve, serve a repository, yield its endpoints; shut everything down after. The
+    endpoints are the ingress replicas' own listeners (as ``ric serve``'s); with ``proxied`` they are Serve's
+    HTTP and gRPC proxies (as ``serve deploy``'s)."""
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
              include_dashboard=False, log_to_driver=False)
     try:
         http_port, grpc_port = free_port(), free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port},
-                    grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
+        if proxied:
+            serve.start(http_options={"host": "127.0.0.1", "port": http_port},
+                        grpc_options={"port": grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]})
+        else:
+            serve.start(proxy_location="Disabled")
+            app_args = {"http_port": http_port, "grpc_port": grpc_port, **app_args}
         app = build(AppArgs(repository=str(repository), **app_args))
         serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/", external_scaler_enabled=True)],
                        wait_for_applications_running=False)

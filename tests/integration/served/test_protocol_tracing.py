@@ -54,7 +54,8 @@ def test_an_ensemble_request_yields_a_span_per_step_in_time_order(server, trace_
     assert settings["trace_file"] == str(path)  # the global file, as the model has no file of its own
     for _ in range(3):  # the third is not traced: trace_count was 2
         assert post(f"{server}/v2/models/chain/infer", CHAIN).status_code == 200
-    wait_for(lambda: len(complete(spans_by_trace(path))) == 2, timeout_s=60, what="two complete traces")
+    seen = lambda: [(s["name"], s["trace_id"][:6], s["parent_id"]) for t in spans_by_trace(path).values() for s in t]  # noqa: E731
+    wait_for(lambda: len(complete(spans_by_trace(path))) == 2, timeout_s=60, what=lambda: f"two complete traces: {seen()}")
     traces = spans_by_trace(path)
     assert len(traces) == 2 and len(complete(traces)) == 2
     spans = next(iter(traces.values()))

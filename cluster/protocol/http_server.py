@@ -1,0 +1,416 @@
+"""The Ingress replica's own HTTP/1.1 listener: bytes from the socket to the routes in this process.
+
+Every ingress replica on a node listens on the same port (``SO_REUSEPORT``) and the kernel spreads the
+connections among them: no proxy in between, no Serve HTTP stack, no handle hop to the Ingress. httptools
+(the parser uvicorn uses) reads the requests; this module keeps what a front proxy did: a bound on the time
+a request's headers take (408) and on idle keep-alive connections (closed), on the connections one client
+address holds (429), a Content-Length of 19 digits or more refused (413), and a malformed request answered
+400 before the connection closes. A request's body reaches the route as it arrives (``HttpRequest.stream``),
+so the route's limits (size, time, the in-flight budget) apply to what has arrived, and reading pauses while
+a route has not taken what came. Requests pipelined on one connection are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import httptools
+
+logger = logging.getLogger(__name__)
+
+#: Bytes of a body that may wait for its route before the connection stops reading (and again below half).
+BODY_HIGH_WATER = 1 << 20
+#: Requests pipelined on one connection that may wait their turn before it stops reading.
+PIPELINE_DEPTH = 16
+#: A Content-Length this many digits long or longer (1e18 bytes) is refused before anything is read.
+HUGE_LENGTH_DIGITS = 19
+#: What holds reading paused while the pipeline is too deep.
+_DEEP_PIPELINE = object()
+
+
+class Headers(dict):
+    """A request's headers under lower-case names; ``get`` takes any case (the last of repeated names wins)."""
+
+    __slots__ = ()
+
+    def get(self, name: str, default=None):
+        return dict.get(self, name.lower(), default)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the listener bounds before a route sees the request."""
+
+    #: Seconds from a request's first byte until its headers are complete (408 past it).
+    header_timeout_s: float = 10.0
+    #: Seconds a keep-alive connection may wait for its next request before it is closed.
+    idle_timeout_s: float = 60.0
+    #: Connections one client address may hold open at once, per listener (0: no bound).
+    max_client_connections: int = 256
+
+
+@dataclass(slots=True)
+class Reply:
+    """A route's answer: status, body or streamed ``events``, content type and further headers."""
+
+    status: int = 200
+    body: bytes | memoryview = b""
+    media_type: str | None = None
+    headers: dict[str, str] | None = None
+    #: A body sent in chunks as it is produced (server-sent events), instead of ``body``.
+    events: AsyncIterator[bytes] | None = None
+
+
+def error_reply(status: int, message: str) -> Reply:
+    return Reply(status, json.dumps({"error": message}, separators=(",", ":")).encode(), "application/json")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its request's body had arrived."""
+
+
+class Body:
+    """A request's body as it arrives: the parser hands over chunks, the route reads them."""
+
+    __slots__ = ("_connection", "_chunks", "_buffered", "_waiter", "_continue", "complete", "failed")
+
+    def __init__(self, connection: HttpConnection, expect_continue: bool):
+        self._connection = connection
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future | None = None
+        self._continue = expect_continue
+        self.complete = False
+        self.failed = False
+
+    def feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > BODY_HIGH_WATER:
+            self._connection.hold_reading(self)
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def fail(self) -> None:
+        self.failed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        if self._continue:  # the client waits for this before it sends the body (curl does past 1 MB)
+            self._continue = False
+            self._connection.send_continue()
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < BODY_HIGH_WATER // 2:
+                    self._connection.release_reading(self)
+                yield chunk
+            elif self.complete:
+                return
+            elif self.failed:
+                raise ClientDisconnected("the client closed the connection before the request body arrived")
+            else:
+                self._waiter = asyncio.get_running_loop().create_future()
+                await self._waiter
+                self._waiter = None
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    """What a route reads of a request: method, path (percent-decoded), headers, and the body as it comes."""
+
+    method: str
+    path: str
+    headers: Headers
+    body: Body
+    keep_alive: bool
+
+    def stream(self) -> AsyncIterator[bytes]:
+        return self.body.stream()
+
+
+Respond = Callable[[HttpRequest], Awaitable[Reply]]
+
+_PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
+
+
+def _head(status: int, media_type: str | None, headers: dict[str, str] | None, length: int | None,
+          close: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, '')}"]
+    if media_type:
+        lines.append(f"content-type: {media_type}")
+    lines.append(f"content-length: {length}" if length is not None else "transfer-encoding: chunked")
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    if close:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parses requests, answers each in order, keeps it alive or closes it."""
+
+    def __init__(self, server: HttpServer):
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.parser = httptools.HttpRequestParser(self)
+        self.pipeline: collections.deque[HttpRequest] = collections.deque()
+        self.receiving: HttpRequest | None = None
+        self.current: asyncio.Task | None = None
+        self.closing = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.holders: set[object] = set()  # what keeps reading paused (a full body, a deep pipeline)
+        self.drained: asyncio.Future | None = None  # set while the transport's write buffer is full
+        self._url = b""
+        self._headers = Headers()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+        if not self.server.admit(self):
+            limit = self.server.limits.max_client_connections
+            self._refuse(429, f"more than {limit} connections from this address")
+            return
+        self._wait(self.server.limits.idle_timeout_s, self._idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported; send HTTP/1.1 (gRPC has a port of its own)")
+        except httptools.HttpParserError as exc:
+            if "Content-Length overflow" in str(exc):  # llhttp's words for a length past 2^64
+                self._refuse(413, "request body length is too large")
+            else:
+                self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._stop_timer()
+        self.server.release(self)
+        for request in (self.receiving, *self.pipeline):
+            if request is not None:
+                request.body.fail()
+        if self.current is not None:
+            self.current.cancel()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.drained = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers = b"", Headers()
+        if self.current is None:
+            self._wait(self.server.limits.header_timeout_s, self._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.decode("latin-1").lower()
+        if name == "content-length" and len(value.strip()) >= HUGE_LENGTH_DIGITS:
+            self._refuse(413, "request body length is too large")
+            raise httptools.HttpParserCallbackError("refused")
+        self._headers[name] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        if self.current is None:
+            self._stop_timer()
+        headers = self._headers
+        path = httptools.parse_url(self._url).path.decode("latin-1")
+        request = HttpRequest(self.parser.get_method().decode("ascii"), unquote(path), headers,
+                              Body(self, headers.get("expect", "").lower() == "100-continue"),
+                              self.parser.should_keep_alive())
+        self.receiving = request
+        self.pipeline.append(request)
+        if len(self.pipeline) > PIPELINE_DEPTH:
+            self.hold_reading(_DEEP_PIPELINE)
+        if self.current is None:
+            self._next()
+
+    def on_body(self, body: bytes) -> None:
+        self.receiving.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        self.receiving.body.finish()
+        self.receiving = None
+
+    # reading and writing
+
+    def hold_reading(self, holder: object) -> None:
+        if not self.holders and not self.closing:
+            self.transport.pause_reading()
+        self.holders.add(holder)
+
+    def release_reading(self, holder: object) -> None:
+        if holder in self.holders:
+            self.holders.discard(holder)
+            if not self.holders and not self.closing:
+                self.transport.resume_reading()
+
+    def send_continue(self) -> None:
+        if not self.closing:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _next(self) -> None:
+        request = self.pipeline.popleft()
+        if len(self.pipeline) <= PIPELINE_DEPTH:
+            self.release_reading(_DEEP_PIPELINE)
+        self.current = self.loop.create_task(self._serve(request))
+
+    async def _serve(self, request: HttpRequest) -> None:
+        try:
+            reply = await self.server.respond(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the routes answer their own errors; this is a last resort
+            logger.warning("HTTP %s %s failed: %r", request.method, request.path, exc)
+            reply = error_reply(500, "internal error")
+        # A body the route did not wait for may still be on its way: closing is the only safe end then.
+        close = not request.keep_alive or not request.body.complete or self.closing
+        await self._write(reply, close)
+        self.current = None
+        if close or self.closing:
+            self._close()
+        elif self.pipeline:
+            self._next()
+        elif self.receiving is not None:  # the next request's headers are in, its body is arriving
+            pass
+        else:
+            self._wait(self.server.limits.idle_timeout_s, self._idle)
+
+    async def _write(self, reply: Reply, close: bool) -> None:
+        if self.closing:
+            return
+        if reply.events is None:
+            body = reply.body
+            self.transport.write(_head(reply.status, reply.media_type, reply.headers, len(body), close))
+            if body:
+                self.transport.write(body)
+            if self.drained is not None:
+                await self.drained
+            return
+        self.transport.write(_head(reply.status, reply.media_type, reply.headers, None, close))
+        async for chunk in reply.events:
+            if self.closing:
+                return
+            self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            if self.drained is not None:
+                await self.drained
+        if not self.closing:
+            self.transport.write(b"0\r\n\r\n")
+
+    # timers and ends
+
+    def _wait(self, seconds: float, then: Callable[[], None]) -> None:
+        self._stop_timer()
+        self.timer = self.loop.call_later(seconds, then)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _idle(self) -> None:
+        if self.current is None and self.receiving is None and not self.pipeline:
+            self._close()
+
+    def _header_timeout(self) -> None:
+        if self.current is None:
+            self._refuse(408, f"the request headers did not arrive within {self.server.limits.header_timeout_s:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer an error the connection cannot go on after, and close it."""
+        if self.closing:
+            return
+        reply = error_reply(status, message)
+        self.transport.write(_head(status, reply.media_type, None, len(reply.body), True) + reply.body)
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self._stop_timer()
+            self.transport.close()
+
+    def close_if_idle(self) -> None:
+        if self.current is None and self.receiving is None:
+            self._close()
+
+
+class HttpServer:
+    """The listener: accepts connections on ``host:port`` beside the node's other ingress replicas and hands
+    each request to ``respond``."""
+
+    def __init__(self, respond: Respond, limits: ServerLimits = ServerLimits()):
+        self.respond = respond
+        self.limits = limits
+        self.connections: set[HttpConnection] = set()
+        self.by_client: collections.Counter[str] = collections.Counter()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: HttpConnection(self), host, port, reuse_port=True,
+                                                backlog=2048)
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    def admit(self, connection: HttpConnection) -> bool:
+        self.connections.add(connection)
+        self.by_client[connection.client] += 1
+        limit = self.limits.max_client_connections
+        return not limit or self.by_client[connection.client] <= limit
+
+    def release(self, connection: HttpConnection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            self.by_client[connection.client] -= 1
+            if self.by_client[connection.client] <= 0:
+                del self.by_client[connection.client]
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Stop accepting (the node's other replicas take new connections), close idle connections, give
+        requests in flight ``grace_s`` to finish, then close the rest."""
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        running = [c.current for c in self.connections if c.current is not None]
+        if running:
+            await asyncio.wait(running, timeout=grace_s)
+        for connection in list(self.connections):
+            connection._close()
