@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import shlex
 import signal
 import socket
@@ -81,6 +82,18 @@ RAY_SETTINGS = ("RAY_SERVE_ENABLE", "RAY_SERVE_THROUGHPUT", "RAY_ENABLE")
 
 
 def free_port() -> int:
+    """A port free on 127.0.0.1, below the kernel's ephemeral range where it can: a port the kernel hands
+    out (to Ray's own listeners and clients, or to other programs) between this pick and the server's bind
+    would fail the server's start."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for _ in range(50 if low > 12000 else 0):
+        port = random.randrange(10000, low)
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -243,8 +256,12 @@ def ric_perf(running: Running, protocol: str, concurrency: int, seconds: float, 
 
 
 def measure_cell(running: Running, name: str, round_: int, protocol: str, concurrency: int, seconds: float,
-                 warmup: float, workdir: Path) -> dict:
-    """An unmeasured warm-up invocation, then the measured one with the server tree's CPU read around it."""
+                 warmup: float, workdir: Path, idle_cores: float = 0.0) -> dict:
+    """An unmeasured warm-up invocation, then the measured one with the server tree's CPU read around it.
+
+    The CPU window is the whole invocation: the load, and ric perf's own start and end around it, during
+    which the server idles; ``idle_cpu_s_est`` estimates that part (the server's idle rate times the window
+    beyond the measured seconds), kept in the JSON beside the raw figure the tables show."""
     cell = {"server": name, "round": round_, "protocol": protocol, "concurrency": concurrency}
     out = workdir / "perf.json"
     if warmup > 0:
@@ -260,40 +277,51 @@ def measure_cell(running: Running, name: str, round_: int, protocol: str, concur
     measured = json.loads(out.read_text())[0]
     requests = measured["requests"]
     return {**cell, **{k: measured[k] for k in ("requests", "errors", "seconds", "requests_per_s", "p50_ms",
-                                                 "p90_ms", "p99_ms", "first_error", "server")},
+                                                 "p90_ms", "p99_ms", "first_error")},
+            "server_split": measured.get("server"),
             "cpu_s": cpu_s, "window_s": window, "server_cores": cpu_s / window if window else None,
+            "idle_cpu_s_est": idle_cores * max(0.0, window - measured["seconds"]),
             "cpu_s_per_1k": 1000 * cpu_s / requests if requests else None}
 
 
 def measure_server(name: str, round_: int, repository: Path, workdir: Path, args) -> tuple[dict, list[dict]]:
-    """Start one server, measure its cells, stop it; (what the start saw, the cells)."""
+    """Start one server (a second try when the first start fails), measure its cells, stop it; returns
+    (what the start saw, the cells). A server that fails to start twice, or dies, fails its cells alone."""
     info: dict = {"server": name, "round": round_}
     cells: list[dict] = []
     loads = [(p, c) for p in protocols_of(name) for c in args.concurrency]
-    started = time.monotonic()
-    try:
-        with start(name, repository, workdir) as running:
-            info["startup_s"] = time.monotonic() - started
-            info["version"] = server_version(running.url)
-            idle_s = min(2.0, args.seconds)
-            before = tree_cpu(running.pid)
-            time.sleep(idle_s)
-            info["idle_cores"] = cpu_between(before, tree_cpu(running.pid)) / idle_s
-            info["processes"] = len(tree_cpu(running.pid))
-            for protocol, concurrency in loads:
-                cell = measure_cell(running, name, round_, protocol, concurrency, args.seconds, args.warmup, workdir)
-                cells.append(cell)
-                print(f"[round {round_}] {describe_line(cell)}", flush=True)
-            alive = psutil.pid_exists(running.pid)
-            info["log_tail"] = running.log()[-3000:]
-            if not alive:
-                info["error"] = "the server exited during the cells"
-    except Exception as exc:  # noqa: BLE001 (a server that did not start, or died: its cells fail, the others still run)
-        info["error"] = f"{type(exc).__name__}: {exc}"[-3000:]
-        print(f"[round {round_}] {name}: {info['error']}", flush=True)
-        done = {(c["protocol"], c["concurrency"]) for c in cells}
-        cells += [{"server": name, "round": round_, "protocol": p, "concurrency": c,
-                   "error": f"server failed: {info['error'][:300]}"} for p, c in loads if (p, c) not in done]
+    for attempt in (1, 2):
+        started, serving = time.monotonic(), False
+        try:
+            with start(name, repository, workdir) as running:
+                serving = True
+                info["startup_s"] = time.monotonic() - started
+                info["version"] = server_version(running.url)
+                idle_s = min(2.0, args.seconds)
+                before = tree_cpu(running.pid)
+                time.sleep(idle_s)
+                info["idle_cores"] = cpu_between(before, tree_cpu(running.pid)) / idle_s
+                info["processes"] = len(tree_cpu(running.pid))
+                for protocol, concurrency in loads:
+                    cell = measure_cell(running, name, round_, protocol, concurrency, args.seconds, args.warmup,
+                                        workdir, info["idle_cores"])
+                    cells.append(cell)
+                    print(f"[round {round_}] {describe_line(cell)}", flush=True)
+                info["log_tail"] = running.log()[-3000:]
+                if not psutil.pid_exists(running.pid):
+                    info["error"] = "the server exited during the cells"
+            break
+        except Exception as exc:  # noqa: BLE001 (a failed server fails its own cells; the others still run)
+            error = f"{type(exc).__name__}: {exc}"[:3000]
+            print(f"[round {round_}] {name}{'' if serving else f' (start {attempt} of 2)'}: {error}", flush=True)
+            if not serving and attempt == 1:
+                info["failed_start"] = error
+                continue
+            info["error"] = error
+            done = {(c["protocol"], c["concurrency"]) for c in cells}
+            cells += [{"server": name, "round": round_, "protocol": p, "concurrency": c,
+                       "error": f"server failed: {error[:300]}"} for p, c in loads if (p, c) not in done]
+            break
     return info, cells
 
 
@@ -355,8 +383,9 @@ def markdown(results: dict) -> str:
         "the rounds (each round's value in brackets); p50 / p99: the median run's (of an even count, the faster",
         "of the middle two). CPU: what the server's processes and all their descendants used during the",
         "measured invocation (utime + stime from /proc; not the load generator's), per 1,000 requests, median",
-        "over the rounds. The generator competes with the server for the same cores, so absolute numbers are",
-        "low; read the ratios.",
+        "over the rounds; the invocation's own start and end (about half a second) count in it at the",
+        "server's idle rate (the last table). The generator competes with the server for the same cores, so",
+        "absolute numbers are low; read the ratios.",
         "",
         *report.header("protocol", "c", "server", "req/s (rounds)", "p50", "p99", "CPU-s / 1k req", "/ Triton"),
     ]
@@ -370,7 +399,7 @@ def markdown(results: dict) -> str:
                 if s is None:
                     continue
                 if "error" in s:
-                    lines.append(report.row(LABELS[protocol], c, name, f"failed: {s['error'][:80]!r}", "", "", "",
+                    lines.append(report.row(LABELS[protocol], c, name, f"failed: {short(s['error'])}", "", "", "",
                                             ""))
                     continue
                 runs = " / ".join(f"{r:.0f}" for r in s["runs"])
@@ -396,12 +425,21 @@ def markdown(results: dict) -> str:
     for name in SERVERS:
         infos = [i for i in results["servers"] if i["server"] == name]
         started = [i for i in infos if "startup_s" in i]
-        problems = "; ".join(f"round {i['round']}: {i['error'][:100]!r}" for i in infos if i.get("error")) or "none"
+        problems = "; ".join([*(f"round {i['round']}, first start: {short(i['failed_start'])}" for i in infos
+                                if i.get("failed_start")),
+                              *(f"round {i['round']}: {short(i['error'])}" for i in infos if i.get("error"))])
         lines.append(report.row(
             name, " / ".join(f"{i['startup_s']:.1f}" for i in started) or "n/a",
             " / ".join(str(i.get("processes", "?")) for i in started) or "n/a",
-            " / ".join(f"{i['idle_cores']:.2f}" for i in started if "idle_cores" in i) or "n/a", problems))
+            " / ".join(f"{i['idle_cores']:.2f}" for i in started if "idle_cores" in i) or "n/a", problems or "none"))
     return "\n".join(lines) + "\n"
+
+
+def short(error: str) -> str:
+    """An error's first line and, when it has more (a log), its last: what a table cell can hold."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    text = lines[0][:120] + (f" ... {lines[-1][:120]}" if len(lines) > 1 else "")
+    return text.replace("|", "/")
 
 
 def write_docs(section: str, path: Path = DOCS) -> None:
