@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "(default on; --no-colocate keeps each model in its own deployment only)")
     serve_cmd.add_argument("--max-request-bytes", type=positive(int), default=64 * 2**20,
                            help="largest request body (HTTP 413 above) and gRPC message either way "
-                                "(RESOURCE_EXHAUSTED above; the local Ray's gRPC proxy refuses it unread), "
+                                "(RESOURCE_EXHAUSTED above, refused unread), "
                                 "default 64 MiB")
     serve_cmd.add_argument("--response-cache-bytes", type=non_negative(int), default=64 * 2**20,
                            help="bytes each copy of a model with response_cache { enable: true } keeps in answers "

@@ -141,7 +141,9 @@ def start_ray(args: argparse.Namespace, reservations) -> None:
         print(f"ric: the repository's models and ingress reserve {need:g} CPUs in all; the local Ray offers "
               f"{num_cpus} logical CPUs on {cores} cores (--num-cpus to choose)", flush=True)
     runtime_env = {}
-    if is_loopback(args.host):  # Serve's gRPC listeners follow --host too
+    # Serve's gRPC listeners follow --host too; with --ingress direct there are none (the ingress replicas'
+    # own listeners bind --host themselves)
+    if is_loopback(args.host) and args.ingress != "direct":
         os.environ[HOST_VARIABLE] = args.host
         runtime_env = {"worker_process_setup_hook": SETUP_HOOK}
     context = ray.init(address="local", num_cpus=num_cpus, num_gpus=args.num_gpus, _node_ip_address="127.0.0.1",

@@ -31,6 +31,8 @@ BODY_HIGH_WATER = 1 << 20
 PIPELINE_DEPTH = 16
 #: A Content-Length this many digits long or longer (1e18 bytes) is refused before anything is read.
 HUGE_LENGTH_DIGITS = 19
+#: Replies up to this size go out in one write with their head.
+ONE_WRITE_BYTES = 64 << 10
 #: What holds reading paused while the pipeline is too deep.
 _DEEP_PIPELINE = object()
 
@@ -314,8 +316,11 @@ class HttpConnection(asyncio.Protocol):
             return
         if reply.events is None:
             body = reply.body
-            self.transport.write(_head(reply.status, reply.media_type, reply.headers, len(body), close))
-            if body:
+            head = _head(reply.status, reply.media_type, reply.headers, len(body), close)
+            if len(body) <= ONE_WRITE_BYTES:  # one send: a copy of a small body costs less than a system call
+                self.transport.write(head + body)
+            else:
+                self.transport.write(head)
                 self.transport.write(body)
             if self.drained is not None:
                 await self.drained

@@ -60,8 +60,7 @@ def is_loopback(address: str) -> bool:
 
 def test_with_host_127_0_0_1_nothing_that_answers_the_api_listens_elsewhere(ric):
     """ric serve --host 127.0.0.1 (the default): the HTTP and gRPC ports (the ingress replica's own), the
-    dashboard, Ray's own daemons and the ingress replicas' direct-ingress gRPC servers
-    (cluster/cli/loopback_grpc.py) listen on loopback only, and no proxy runs. What listens on every interface
+    dashboard and Ray's own daemons listen on loopback only, and no proxy runs. What listens on every interface
     is one socket per Serve replica, its internal gRPC server (replica to replica, refusing calls without
     Ray's token), as docs/operations.md lists: each such socket is named here by what it is, and none answers
     the Triton API."""
