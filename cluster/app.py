@@ -160,8 +160,10 @@ class AppArgs(BaseModel):
 
     colocate_python: bool = Field(
         default=False,
-        description="With colocate, copy Python-backend models into the ingress too (off: their code could "
-                    "crash or wedge the ingress process, taking HTTP and gRPC down for every model).",
+        description="With colocate, run Python-backend models inside the ingress too, each version in a stub "
+                    "process of its own (a crash or a batch past its execution timeout ends that process and "
+                    "fails the requests in it; the next request starts it again). Decoupled Python models keep "
+                    "to their own deployments.",
     )
 
     @field_validator("restricted_apis")
@@ -189,8 +191,8 @@ class AppArgs(BaseModel):
 
     def colocates(self, config: ModelConfig) -> bool:
         """Whether a model also runs inside each ingress replica: CPU models, with colocate on, but not
-        Python models unless colocate_python (their code may crash or wedge the process, which would take
-        HTTP and gRPC down for every model), and not models that autoscale while the ingress does not
+        Python models unless colocate_python (then in stub processes: their code could otherwise crash or
+        wedge the process, taking HTTP and gRPC down for every model; decoupled ones never), and not models that autoscale while the ingress does not
         (copies at a fixed count would take the HTTP/gRPC load away from the replicas the model's autoscaler
         counts) or that scale to zero (copies would keep them loaded), nor models with Triton's sequence
         batcher (every request of a sequence must reach the one replica that holds it, which only the
@@ -198,7 +200,7 @@ class AppArgs(BaseModel):
         each ingress replica too, calling the colocated copies of its steps in process."""
         if not self.colocate or config.gpus_per_replica():
             return False
-        if config.backend_name == "python" and not self.colocate_python:
+        if config.backend_name == "python" and (not self.colocate_python or config.decoupled):
             return False
         if config.sequence_batching is not None:  # its sequences live in replicas the sequence router picks
             return False

@@ -93,8 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "their load, e.g. max_replicas=4; fields as a model's autoscaling config "
                                 "(default: one ingress replica)")
     serve_cmd.add_argument("--colocate-python", action=argparse.BooleanOptionalAction, default=False,
-                           help="with --colocate, copy Python-backend models into the ingress too (default off: "
-                                "their code could crash or wedge the ingress, taking HTTP and gRPC down for all)")
+                           help="with --colocate, run Python-backend models inside the ingress too, each in a "
+                                "stub process (a crash or a wedged batch costs that model's requests in flight "
+                                "only); decoupled ones keep to their own deployments (default off)")
     status_cmd = commands.add_parser("status", help="what a running application is doing, per model",
                                      description=status.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -91,12 +91,13 @@ class Ingress(GrpcInferenceService):
         colocated_ensembles: dict[str, ModelConfig] | None = None,
     ):
         """``colocated`` models are also served inside this replica: HTTP and gRPC requests for them skip
-        the hop to their deployment, whose replicas still serve handles and ensembles. So are
+        the hop to their deployment, whose replicas still serve handles and ensembles (Python models in stub
+        processes, so that their code cannot take the replica down). So are
         ``colocated_ensembles`` (in the order given: a nested ensemble before the one using it), whose
         steps call the models colocated here in process and the others through their deployments."""
         register_message_modules()
         settings_follower.follow(statistics)
-        self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits)
+        self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits, isolated=True)
                           for config, source in (colocated or {}).values()]
         local = {service.runner.name: LocalHandle(service) for service in self.colocated}
         for name, config in (colocated_ensembles or {}).items():

@@ -66,12 +66,13 @@ class ModelService(ServedModel):
     """
 
     def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
-                 limits: ServingLimits = ServingLimits()):
+                 limits: ServingLimits = ServingLimits(), isolated: bool = False):
         """``statistics`` and ``sync`` are the handles of the application's StatisticsCollector and
         ModelStoreSync (either may be None); ``limits`` the application's defaults where the model's config
-        sets none. Call it with an event loop running (it starts the follower)."""
+        sets none; ``isolated``: a Python model runs in stub processes (ModelRunner). Call it with an event
+        loop running (it starts the follower)."""
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self.runner = ModelRunner(config, source, device)
+        self.runner = ModelRunner(config, source, device, isolated)
         self.runner.load()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
@@ -332,9 +333,13 @@ class ModelService(ServedModel):
 
     def check_health(self) -> None:
         """Serve's health check: a batch running past the execution timeout has wedged the replica (its one
-        executor thread), so Serve replaces it."""
+        executor thread), so Serve replaces it; a batch wedged in a stub process ends with the process
+        instead, and the replica serves on."""
         since, timeout = self._running_since, self.execution_timeout_s()
         if since is not None and time.monotonic() - since > timeout:
+            if self.runner.abort_isolated(f"was stopped after the batch ran past its execution timeout of "
+                                          f"{timeout:g} s"):
+                return
             raise RuntimeError(f"model '{self.runner.name}': a batch has run for {time.monotonic() - since:.0f} s, "
                                f"past its execution timeout of {timeout:g} s")
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from deployments.scheduling import batching
 from deployments.backends import Backend, Tensors, backend_class, resolve_backend
+from deployments.backends.process import ProcessBackend
 from deployments.config.model_config import ModelConfig
 from deployments.config.dtypes import config_to_v2, numpy_dtype
 from deployments.errors import (ErrorCode, InferenceError, no_available_versions, unknown_model,
@@ -75,11 +76,14 @@ class Pending:
 class ModelRunner:
     """Loads the versions a model's version policy selects and runs checked requests on them."""
 
-    def __init__(self, config: ModelConfig, source: VersionSource, device: str = "cpu"):
+    def __init__(self, config: ModelConfig, source: VersionSource, device: str = "cpu", isolated: bool = False):
+        """``isolated``: a Python model's versions run in stub processes of their own (ProcessBackend), so
+        that its code cannot take this process down."""
         self.base_config = config
         self.config = config
         self.source = source
         self.device = device
+        self.isolated = isolated
         self.backends: dict[int, Backend] = {}
         self.states: dict[int, VersionState] = {}
         self.stats: dict[int, VersionStatistics] = {}
@@ -172,6 +176,10 @@ class ModelRunner:
                 if isinstance(result, Exception):
                     raise result
 
+    def abort_isolated(self, why: str) -> bool:
+        """End the stub processes of this model's versions (a wedged batch in one); whether any was ended."""
+        return any([b.abort(why) for b in list(self.backends.values()) if isinstance(b, ProcessBackend)])
+
     def _unload_idle(self) -> None:
         with self._lock:
             idle = [b for b in self._retired if not self._in_flight.get(id(b))]
@@ -181,7 +189,11 @@ class ModelRunner:
 
     def _load_version(self, version: int) -> Backend:
         path = self.source.fetch(self.name, version)
-        backend = backend_class(resolve_backend(self.base_config, [path]))(self.base_config, path, self.device)
+        name = resolve_backend(self.base_config, [path])
+        if self.isolated and name == "python" and not self.base_config.decoupled:
+            backend = ProcessBackend(name, self.base_config, path, self.device)
+        else:
+            backend = backend_class(name)(self.base_config, path, self.device)
         backend.load()
         backend.config.check(f"{self.name}/config")
         return backend
@@ -248,6 +260,8 @@ class ModelRunner:
             try:
                 outputs = backend.execute([pending[i].inputs for i in group],
                                           [pending[i].parameters or {} for i in group])
+            except InferenceError as exc:  # the backend's own words for the client (a stub process that exited)
+                outputs = [exc] * len(group)
             except Exception as exc:
                 logger.exception("model '%s' version %d failed", self.name, version)
                 # The exception's text stays in the log: it may hold paths, data or code of the server.
