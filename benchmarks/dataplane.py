@@ -6,10 +6,11 @@
 Writes Triton's add_sub example (benchmarks/triton_peer.py: Python backend, INT32 [16] in and out) into a
 temporary repository and serves that same folder, one server at a time, with:
   Triton 2.51        tritonserver from .venv-triton (bash benchmarks/install_triton.sh)
-  ric                `ric serve REPO --no-dashboard --metrics-port 0` (the default "direct" ingress: each
-                     ingress replica listens on the HTTP and gRPC ports itself); the Python model in its own
-                     deployment
-  ric colocated      the same with --colocate-python: the Python model inside the ingress process
+  ric                `ric serve REPO --no-dashboard --metrics-port 0`, its defaults: the "direct" ingress
+                     (each ingress replica listens on the HTTP and gRPC ports itself) and the Python model
+                     in a stub process of the ingress replica
+  ric own deployment the same with --no-colocate-python: the Python model in its own deployment, a Serve
+                     handle hop per request
   lean floor         benchmarks/lean_floor.py, the least an HTTP server can do for add_sub (HTTP only)
 Rounds alternate the servers (round 1: A B C D, round 2: A B C D again, ...), so each cell has one value
 per round and the machine's drift falls on every server alike. Every cell is one `ric perf` invocation
@@ -64,14 +65,15 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- dataplane:start -->", "<!-- dataplane:end -->"
 TITLE = "## Data plane: ric vs Triton 2.51 on one node (Python add_sub)"
 
-TRITON, RIC, RIC_COLOCATED, LEAN = "Triton 2.51", "ric", "ric --colocate-python", "lean floor"
+TRITON, RIC, RIC_OWN, LEAN = "Triton 2.51", "ric", "ric --no-colocate-python", "lean floor"
 #: The servers, in the order each round runs them.
-SERVERS = (TRITON, RIC, RIC_COLOCATED, LEAN)
-RIC_VARIANTS = (RIC, RIC_COLOCATED)
+SERVERS = (TRITON, RIC, RIC_OWN, LEAN)
+RIC_VARIANTS = (RIC, RIC_OWN)
 DESCRIPTIONS = {
     TRITON: "tritonserver 2.51 (nvidia-pytriton 0.7.0's build, CPU only), Python backend, its own stub process",
-    RIC: "`ric serve REPO --no-dashboard --metrics-port 0`: direct ingress, the Python model in its own deployment",
-    RIC_COLOCATED: "the same with `--colocate-python`: the Python model inside the ingress process",
+    RIC: "`ric serve REPO --no-dashboard --metrics-port 0`: direct ingress, the Python model in a stub process "
+         "of the ingress replica (the defaults)",
+    RIC_OWN: "the same with `--no-colocate-python`: the Python model in its own deployment, a handle hop per request",
     LEAN: "benchmarks/lean_floor.py: one process, uvloop + httptools, numpy add/sub, HTTP only",
 }
 PROTOCOLS = ("http-binary", "http-json", "grpc")
@@ -172,13 +174,13 @@ def server_version(url: str) -> str:
 
 
 @contextlib.contextmanager
-def ric_serve(repository: Path, home: Path, colocate_python: bool, timeout_s: float = 300) -> Iterator[Running]:
+def ric_serve(repository: Path, home: Path, own_deployment: bool, timeout_s: float = 300) -> Iterator[Running]:
     """``ric serve`` in its own session (process group) until the block ends; stopped by its pid."""
     http, grpc = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(RAY_SETTINGS)}
     env["HOME"] = str(home)  # its record of how to reach it goes there, not into the user's HOME
     command = [str(BIN / "ric"), "serve", str(repository), "--no-dashboard", "--metrics-port", "0",
-               "--http-port", str(http), "--grpc-port", str(grpc), *(["--colocate-python"] * colocate_python)]
+               "--http-port", str(http), "--grpc-port", str(grpc), *(["--no-colocate-python"] * own_deployment)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, env=env, start_new_session=True)
     lines: list[str] = []
@@ -229,7 +231,7 @@ def start(name: str, repository: Path, workdir: Path) -> Iterator[Running]:
     elif name in RIC_VARIANTS:
         home = workdir / f"home-{len(list(workdir.glob('home-*')))}"
         home.mkdir()
-        with ric_serve(repository, home, colocate_python=name == RIC_COLOCATED) as running:
+        with ric_serve(repository, home, own_deployment=name == RIC_OWN) as running:
             yield running
     else:
         port = free_port()

@@ -92,10 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="autoscale the ingress replicas (and the colocated model copies inside them) with "
                                 "their load, e.g. max_replicas=4; fields as a model's autoscaling config "
                                 "(default: one ingress replica)")
-    serve_cmd.add_argument("--colocate-python", action=argparse.BooleanOptionalAction, default=False,
+    serve_cmd.add_argument("--colocate-python", action=argparse.BooleanOptionalAction, default=True,
                            help="with --colocate, run Python-backend models inside the ingress too, each in a "
                                 "stub process (a crash or a wedged batch costs that model's requests in flight "
-                                "only); decoupled ones keep to their own deployments (default off)")
+                                "only); decoupled ones keep to their own deployments (default on; "
+                                "--no-colocate-python: every Python model in its own deployment only)")
     status_cmd = commands.add_parser("status", help="what a running application is doing, per model",
                                      description=status.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
