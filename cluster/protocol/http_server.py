@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import http
 import json
 import logging
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 BODY_HIGH_WATER = 1 << 20
 #: Requests pipelined on one connection that may wait their turn before it stops reading.
 PIPELINE_DEPTH = 16
+#: Requests parsed ahead of the one being answered past which the connection is refused (one read of a few
+#: hundred kilobytes can hold thousands of tiny requests).
+MAX_PIPELINED = 4 * PIPELINE_DEPTH
 #: A Content-Length this many digits long or longer (1e18 bytes) is refused before anything is read.
 HUGE_LENGTH_DIGITS = 19
 #: Replies up to this size go out in one write with their head.
@@ -180,6 +184,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.holders: set[object] = set()  # what keeps reading paused (a full body, a deep pipeline)
         self.drained: asyncio.Future | None = None  # set while the transport's write buffer is full
+        self.refusal: Reply | None = None  # an error to answer once the request being served is answered
         self._url = b""
         self._headers = Headers()
 
@@ -196,17 +201,26 @@ class HttpConnection(asyncio.Protocol):
         self._wait(self.server.limits.idle_timeout_s, self._idle)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        """Parse what arrived; requests whose headers it completed start only once all of it parsed, so that
+        a request the parser refuses after its headers (a bad Transfer-Encoding) never runs."""
+        if self.closing or self.refusal is not None:
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported; send HTTP/1.1 (gRPC has a port of its own)")
         except httptools.HttpParserError as exc:
-            if "Content-Length overflow" in str(exc):  # llhttp's words for a length past 2^64
+            # Requests parsed whole before the error are answered first; the one it broke off never runs.
+            for request in [r for r in self.pipeline if not r.body.complete]:
+                request.body.fail()
+                self.pipeline.remove(request)
+            self.receiving = None
+            if isinstance(exc, httptools.HttpParserUpgrade) or self.parser.should_upgrade():
+                self._refuse(400, "protocol upgrades are not supported; send HTTP/1.1 (gRPC has a port of its own)")
+            elif "Content-Length overflow" in str(exc):  # llhttp's words for a length past 2^64
                 self._refuse(413, "request body length is too large")
             else:
                 self._refuse(400, f"malformed HTTP request: {exc}")
+        if self.current is None and self.pipeline and not self.closing:
+            self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -246,6 +260,11 @@ class HttpConnection(asyncio.Protocol):
         self._headers[name] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():
+            raise httptools.HttpParserUpgrade("upgrade")
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self._refuse(400, f"more than {MAX_PIPELINED} requests pipelined ahead of their answers")
+            raise httptools.HttpParserCallbackError("refused")
         if self.current is None:
             self._stop_timer()
         headers = self._headers
@@ -257,15 +276,15 @@ class HttpConnection(asyncio.Protocol):
         self.pipeline.append(request)
         if len(self.pipeline) > PIPELINE_DEPTH:
             self.hold_reading(_DEEP_PIPELINE)
-        if self.current is None:
-            self._next()
 
     def on_body(self, body: bytes) -> None:
-        self.receiving.body.feed(body)
+        if self.receiving is not None:
+            self.receiving.body.feed(body)
 
     def on_message_complete(self) -> None:
-        self.receiving.body.finish()
-        self.receiving = None
+        if self.receiving is not None:
+            self.receiving.body.finish()
+            self.receiving = None
 
     # reading and writing
 
@@ -300,40 +319,57 @@ class HttpConnection(asyncio.Protocol):
             reply = error_reply(500, "internal error")
         # A body the route did not wait for may still be on its way: closing is the only safe end then.
         close = not request.keep_alive or not request.body.complete or self.closing
-        await self._write(reply, close)
+        try:
+            await self._write(reply, close, head_only=request.method == "HEAD")
+        except Exception as exc:  # a streamed reply that failed midway: the client cannot tell, so cut it
+            logger.warning("HTTP %s %s: the reply failed while being sent: %r", request.method, request.path, exc)
+            self._abort()
+            return
         self.current = None
         if close or self.closing:
             self._close()
-        elif self.pipeline:
+        elif self.pipeline:  # before a refusal: answers go in the order of the requests
             self._next()
-        elif self.receiving is not None:  # the next request's headers are in, its body is arriving
-            pass
+        elif self.refusal is not None:
+            self._write_refusal()
         else:
             self._wait(self.server.limits.idle_timeout_s, self._idle)
 
-    async def _write(self, reply: Reply, close: bool) -> None:
+    async def _write(self, reply: Reply, close: bool, head_only: bool = False) -> None:
         if self.closing:
             return
         if reply.events is None:
             body = reply.body
-            head = _head(reply.status, reply.media_type, reply.headers, len(body), close)
-            if len(body) <= ONE_WRITE_BYTES:  # one send: a copy of a small body costs less than a system call
+            size = body.nbytes if isinstance(body, memoryview) else len(body)
+            head = _head(reply.status, reply.media_type, reply.headers, size, close)
+            if head_only:
+                self.transport.write(head)
+            elif size <= ONE_WRITE_BYTES:  # one send: a copy of a small body costs less than a system call
                 self.transport.write(head + body)
             else:
                 self.transport.write(head)
                 self.transport.write(body)
-            if self.drained is not None:
-                await self.drained
+            await self._drained()
             return
-        self.transport.write(_head(reply.status, reply.media_type, reply.headers, None, close))
-        async for chunk in reply.events:
-            if self.closing:
-                return
-            self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            if self.drained is not None:
-                await self.drained
-        if not self.closing:
-            self.transport.write(b"0\r\n\r\n")
+        async with contextlib.aclosing(reply.events) as events:
+            self.transport.write(_head(reply.status, reply.media_type, reply.headers, None, close))
+            async for chunk in events:
+                if self.closing:
+                    return
+                self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                await self._drained()
+            if not self.closing:
+                self.transport.write(b"0\r\n\r\n")
+
+    async def _drained(self) -> None:
+        """Wait while the client's socket is full; a client that reads nothing for the idle timeout is cut
+        off (it would hold its reply, and the requests behind it, for as long as it liked)."""
+        if self.drained is None or self.closing:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.drained), self.server.limits.idle_timeout_s)
+        except asyncio.TimeoutError:
+            self._abort()
 
     # timers and ends
 
@@ -355,18 +391,32 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(408, f"the request headers did not arrive within {self.server.limits.header_timeout_s:g} s")
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer an error the connection cannot go on after, and close it."""
-        if self.closing:
+        """Answer an error the connection cannot go on after, and close it: at once, or, while a request is
+        being answered, right after its answer (answers go in the order of the requests)."""
+        if self.closing or self.refusal is not None:
             return
-        reply = error_reply(status, message)
-        self.transport.write(_head(status, reply.media_type, None, len(reply.body), True) + reply.body)
-        self._close()
+        self.refusal = error_reply(status, message)
+        self.transport.pause_reading()
+        if self.current is None and not self.pipeline:
+            self._write_refusal()
+
+    def _write_refusal(self) -> None:
+        if not self.closing:
+            reply = self.refusal
+            self.transport.write(_head(reply.status, reply.media_type, None, len(reply.body), True) + reply.body)
+            self._close()
 
     def _close(self) -> None:
         if not self.closing:
             self.closing = True
             self._stop_timer()
             self.transport.close()
+
+    def _abort(self) -> None:
+        """Drop the connection without waiting for what is left to send."""
+        self.closing = True
+        self._stop_timer()
+        self.transport.abort()
 
     def close_if_idle(self) -> None:
         if self.current is None and self.receiving is None:

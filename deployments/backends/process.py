@@ -10,8 +10,11 @@ Decoupled models (zero or more responses, sent from any thread of the model's) a
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import pickle
+import signal
+import sys
 import threading
 import traceback
 from pathlib import Path
@@ -22,6 +25,8 @@ from deployments.errors import ErrorCode, InferenceError
 
 #: Seconds a stub process gets to finalize its model and exit before it is killed.
 STOP_GRACE_S = 5.0
+#: Seconds a stub process may take to start and load its model before it is killed.
+LOAD_TIMEOUT_S = 300.0
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -31,7 +36,7 @@ def _portable(exc: BaseException) -> BaseException:
     if not isinstance(exc, InferenceError):
         traceback.print_exception(exc)
     try:
-        pickle.dumps(exc)
+        pickle.loads(pickle.dumps(exc))  # some exceptions pickle but do not unpickle
         return exc
     except Exception:
         return RuntimeError(f"{type(exc).__name__} (not picklable; the server log has the details)")
@@ -39,7 +44,8 @@ def _portable(exc: BaseException) -> BaseException:
 
 def _serve(connection, backend_name: str, config: ModelConfig, version_dir: str, device: str) -> None:
     """The stub process: load the backend, then answer ``("execute", requests, parameters)`` until
-    ``("unload",)`` or the pipe closes."""
+    ``("unload",)`` or the pipe closes. It ends with the replica that started it, however that ends."""
+    _end_with_parent()
     backend = backend_class(backend_name)(config, Path(version_dir), device)
     try:
         backend.load()
@@ -61,7 +67,18 @@ def _serve(connection, backend_name: str, config: ModelConfig, version_dir: str,
         except Exception as exc:
             connection.send(("error", _portable(exc)))
     backend.unload()
-    connection.send(("unloaded",))
+    try:
+        connection.send(("unloaded",))
+    except OSError:  # the parent went away meanwhile
+        pass
+
+
+def _end_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux), even one wedged in the model's code:
+    a replica killed by Ray or the OOM killer runs no cleanup of its own."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class ProcessBackend(Backend):
@@ -88,16 +105,21 @@ class ProcessBackend(Backend):
                                   args=(child, self.backend_name, self.config, str(self.version_dir), self.device))
         process.start()
         child.close()
+        self._process, self._connection, self._stopped_because = process, parent, None  # abort() sees it
         try:
+            if not parent.poll(LOAD_TIMEOUT_S):
+                process.kill()
             kind, value = parent.recv()
-        except EOFError:
+        except (EOFError, OSError):
             process.join(STOP_GRACE_S)
+            self._process = None
             raise InferenceError(ErrorCode.UNAVAILABLE, f"model '{self.config.name}': its stub process exited "
                                  f"while loading (exit code {process.exitcode})") from None
         if kind == "failed":
             process.join(STOP_GRACE_S)
+            self._process = None
             raise value
-        self.config, self._process, self._connection = value, process, parent
+        self.config = value
 
     def infer(self, inputs: Tensors) -> Tensors:  # every batch goes through execute
         (result,) = self.execute([inputs])
@@ -140,7 +162,8 @@ class ProcessBackend(Backend):
                 return
             try:
                 connection.send(("unload",))
-                connection.recv()  # finalize() ran
+                if connection.poll(STOP_GRACE_S):
+                    connection.recv()  # finalize() ran
             except (EOFError, OSError):
                 pass
             process.join(STOP_GRACE_S)

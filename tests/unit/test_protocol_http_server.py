@@ -136,6 +136,50 @@ def test_what_is_refused_before_any_route_answers_json_and_closes(request_bytes,
     run(test)
 
 
+def test_a_refusal_after_a_request_being_answered_comes_after_its_answer():
+    """Answers go in the order of the requests: a malformed request pipelined behind a slow one is refused
+    once the slow one is answered, and an upgrade (which the parser completes before refusing) never runs."""
+    async def test():
+        ran = []
+
+        async def slow(request: HttpRequest) -> Reply:
+            ran.append(request.path)
+            await asyncio.sleep(0.2)
+            return Reply(200, b"done")
+
+        server = await serving(respond=slow)
+        client = await connect(server)
+        await client.send(b"GET /slow HTTP/1.1\r\n\r\nGARBAGE\r\n\r\n")
+        assert (await client.response())[:3:2] == (200, b"done")
+        assert (await client.response())[0] == 400
+        assert await client.closed()
+        upgrade = await connect(server)
+        await upgrade.send(b"POST /unload HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n")
+        assert (await upgrade.response())[0] == 400
+        assert ran == ["/slow"]
+        await server.close()
+    run(test)
+
+
+def test_head_answers_without_a_body_and_too_deep_a_pipeline_is_refused():
+    async def test():
+        server = await serving()
+        client = await connect(server)
+        await client.send(b"HEAD /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+        line = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert line.startswith(b"HTTP/1.1 200") and b"content-length: " in line
+        assert json.loads((await client.response())[2])["path"] == "/b"  # next, not the HEAD's body
+        flood = await connect(server)
+        await flood.send(b"GET /a HTTP/1.1\r\n\r\n" * 1000)
+        answers = []
+        while not answers or answers[-1] == 200:
+            answers.append((await flood.response())[0])
+        assert answers[-1] == 400 and len(answers) <= 70
+        assert await flood.closed()
+        await server.close()
+    run(test)
+
+
 def test_headers_that_trickle_past_the_header_timeout_answer_408_and_an_idle_connection_is_closed():
     async def test():
         server = await serving(ServerLimits(header_timeout_s=0.3, idle_timeout_s=0.3))
