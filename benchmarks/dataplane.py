@@ -18,8 +18,8 @@ per round and the machine's drift falls on every server alike. Every cell is one
 cell; around the measured one, the CPU time of the server's process and all its descendants is read
 (utime + stime, and that of children they reaped, from /proc/<pid>/stat through psutil), so the load
 generator's own CPU is not counted. Prints a Markdown section (see ``markdown``) and writes every raw value
-as JSON to --out; --write-docs also puts the section into docs/benchmarks.md between
-<!-- dataplane:start --> and <!-- dataplane:end -->.
+as JSON to --out; --write-docs also puts the section into docs/benchmarks.md between its markers
+(``report.write_section``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from benchmarks.triton_peer import (
 BIN = Path(sys.executable).parent
 MODEL = "add_sub"
 DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- dataplane:start -->", "<!-- dataplane:end -->"
+SOURCE = "benchmarks/dataplane.py"  # the name of its section's markers in docs/benchmarks.md
 TITLE = "## Data plane: ric vs Triton 2.51 on one node (Python add_sub)"
 
 TRITON, RIC, RIC_OWN, LEAN = "Triton 2.51", "ric", "ric --no-colocate-python", "lean floor"
@@ -444,18 +444,6 @@ def short(error: str) -> str:
     return text.replace("|", "/")
 
 
-def write_docs(section: str, path: Path = DOCS) -> None:
-    """Replace the text between the dataplane markers in ``path``, or add the block at the end."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{section}{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = f"{text.rstrip()}\n\n{block}\n"
-    path.write_text(text)
-
-
 # -- the command ---------------------------------------------------------------------------------------------
 
 def environment(argv: list[str]) -> dict:
@@ -494,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-dataplane.json"),
                         help="JSON file for every raw value (default docs/benchmarks-dataplane.json)")
     parser.add_argument("--write-docs", action="store_true",
-                        help=f"also put the section into {DOCS.relative_to(ROOT)} between {START} and {END}")
+                        help=f"also put the section into {DOCS.relative_to(ROOT)} (between its markers)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or any(c < 1 for c in args.concurrency):
         parser.error("--rounds and --concurrency must be >= 1")
@@ -525,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     print(f"wrote {out}")
     if args.write_docs:
-        write_docs(section)
+        report.write_section(DOCS, section, SOURCE)
         print(f"wrote the section into {DOCS}")
     return 1 if any("error" in c for c in results["cells"]) else 0
 

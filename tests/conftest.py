@@ -23,6 +23,20 @@ import pytest  # noqa: E402
 from cluster.repository.examples import example_repository  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: A plain-form Python model for the stub tests: crashes its process on X == 13, hangs on X == 7, else answers
+#: X + 1 and the pid it ran in.
+FLAKY_PYTHON_MODEL = """
+import os, time
+import numpy as np
+
+def infer(inputs):
+    x = inputs["X"]
+    if (x == 13).any():
+        os._exit(3)
+    if (x == 7).any():
+        time.sleep(3600)
+    return {"Y": x + 1, "PID": np.full(x.shape, os.getpid(), np.int64)}
+"""
 
 
 def copy_example_repository(target: Path) -> Path:

@@ -13,22 +13,9 @@ import requests
 from cluster.cli.status import serve_details
 from cluster.names import APP_NAME, INGRESS_NAME
 from cluster.repository.examples import onnx_add_sub
-from tests.conftest import write_model
+from tests.conftest import FLAKY_PYTHON_MODEL, write_model
 from tests.integration.conftest import serve_repository, wait_for
 
-#: Crashes its process on X == 13, hangs on X == 7, else answers X + 1 and the pid it ran in.
-FLAKY = """
-import os, time
-import numpy as np
-
-def infer(inputs):
-    x = inputs["X"]
-    if (x == 13).any():
-        os._exit(3)
-    if (x == 7).any():
-        time.sleep(3600)
-    return {"Y": x + 1, "PID": np.full(x.shape, os.getpid(), np.int64)}
-"""
 CONFIG = ("backend: python\nmax_batch_size: 4\ninput: [{name: X, data_type: TYPE_FP32, dims: [1]}]\n"
           "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}, {name: PID, data_type: TYPE_INT64, dims: [1]}]\n"
           "parameters: {execution_timeout_s: {string_value: '2'}}\n")
@@ -39,7 +26,7 @@ SIMPLE = {"inputs": [{"name": n, "shape": [1, 16], "datatype": "INT32", "data": 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
-    write_model(root, "flaky", CONFIG, {"1/model.py": FLAKY}, config_name="config.yaml")
+    write_model(root, "flaky", CONFIG, {"1/model.py": FLAKY_PYTHON_MODEL}, config_name="config.yaml")
     write_model(root, "simple", "", {"1/model.onnx": onnx_add_sub()})
     with serve_repository(root, num_cpus=4, colocate=True, colocate_python=True) as endpoints:
         yield endpoints.http

@@ -16,24 +16,11 @@ from cluster.repository.local_store import LocalStore
 from deployments.backends.process import ProcessBackend
 from deployments.errors import ErrorCode, InferenceError
 from deployments.serving.runner import ModelRunner
-from tests.conftest import write_model
+from tests.conftest import FLAKY_PYTHON_MODEL, write_model
 from tests.unit.conftest import run
 
 CONFIG = ("backend: python\nmax_batch_size: 8\ninput: [{name: X, data_type: TYPE_FP32, dims: [1]}]\n"
           "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n")
-#: Plain form: crashes its process on X == 13, hangs on X == 7, else answers X + 1 and its own pid.
-PLAIN = """
-import os, time
-import numpy as np
-
-def infer(inputs):
-    x = inputs["X"]
-    if (x == 13).any():
-        os._exit(3)
-    if (x == 7).any():
-        time.sleep(3600)
-    return {"Y": x + 1, "PID": np.full(x.shape, os.getpid(), np.int64)}
-"""
 TRITON = """
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -60,7 +47,7 @@ def plain(tmp_path):
     config = CONFIG.replace("output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]",
                             "output: [{name: Y, data_type: TYPE_FP32, dims: [1]}, "
                             "{name: PID, data_type: TYPE_INT64, dims: [1]}]")
-    write_model(tmp_path, "plain", config, {"1/model.py": PLAIN}, config_name="config.yaml")
+    write_model(tmp_path, "plain", config, {"1/model.py": FLAKY_PYTHON_MODEL}, config_name="config.yaml")
     model = isolated(tmp_path, "plain")
     yield model
     model.unload_all("test over")
