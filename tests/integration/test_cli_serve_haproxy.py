@@ -29,8 +29,12 @@ def ric(home):
 
 
 def haproxy_config(ric) -> Path:
-    (haproxy,) = [p for p in psutil.Process(ric.process.pid).children(recursive=True) if p.name() == "haproxy"]
-    return Path(haproxy.cmdline()[haproxy.cmdline().index("-f") + 1])
+    """The config the server's HAProxy runs on (during one of Serve's reloads, the old and the new process
+    run on the same file)."""
+    configs = {Path(p.cmdline()[p.cmdline().index("-f") + 1])
+               for p in psutil.Process(ric.process.pid).children(recursive=True) if p.name() == "haproxy"}
+    assert len(configs) == 1, configs
+    return configs.pop()
 
 
 def test_http_and_grpc_go_through_haproxy_whose_files_are_private_and_whose_config_is_rics(ric):
