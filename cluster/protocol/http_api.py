@@ -16,7 +16,7 @@ import numpy as np
 from cluster.protocol import codec, compression, metrics
 from cluster.protocol.budget import ByteBudget, Reservation, needed_bytes, off_loop_if_large
 from cluster.protocol.dataplane import DataPlane, bounded
-from cluster.protocol.http_server import HttpRequest, Reply
+from cluster.protocol.http_messages import HttpRequest, Reply
 from cluster.protocol.restrictions import Restrictions, http_api_group
 from cluster.protocol.shared_memory import NO_CUDA
 from deployments.errors import ErrorCode, InferenceError, invalid, not_found

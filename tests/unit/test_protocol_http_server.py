@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from cluster.protocol.http_server import HttpRequest, HttpServer, Reply, ServerLimits
+from cluster.protocol.http_messages import HttpRequest, Reply
+from cluster.protocol.http_server import HttpServer, ServerLimits
 
 
 async def echo(request: HttpRequest) -> Reply:
