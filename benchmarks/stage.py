@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def configure_ingress(ingress: str) -> None:
-    from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback
+    from cluster.cli.ingress_setup import choose_ingress, keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback()
     if ingress == "haproxy" and choose_ingress("haproxy") != "haproxy":

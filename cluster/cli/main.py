@@ -9,7 +9,8 @@ import sys
 from cluster.cli import perf, ports, status
 from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
 from cluster.cli.haproxy import HEADER_TIMEOUT_S, MAX_CLIENT_CONNECTIONS, limit_idle_clients
-from cluster.cli.serve import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages, serve_repository
+from cluster.cli.ingress_setup import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages
+from cluster.cli.serve import serve_repository
 from cluster.repository.examples import EXAMPLE
 
 

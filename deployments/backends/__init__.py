@@ -1,6 +1,7 @@
 """Backends: one small interface (load / infer / unload), registered by name in a plain dict.
 
 A backend is imported only when a model needs it, so a replica serving ONNX never imports torch.
+``process.ProcessBackend`` runs any of them in a stub process of its own (Python models in the ingress).
 May import ``deployments.config``, ``deployments.scheduling`` (batch arithmetic) and ``deployments.errors``;
 no Ray.
 """

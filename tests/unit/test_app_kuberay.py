@@ -9,7 +9,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from cluster.app import AppArgs
 from cluster.cli.haproxy import HTTP2_SETTINGS
-from cluster.cli.serve import REPLICA_GRPC_MAX_MESSAGE_LENGTH
+from cluster.cli.ingress_setup import REPLICA_GRPC_MAX_MESSAGE_LENGTH
 from cluster.protocol.grpc_service import SERVICER_FUNCTION
 from tests.conftest import REPO_ROOT
 

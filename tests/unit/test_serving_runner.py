@@ -60,7 +60,7 @@ def test_a_broken_new_version_is_reported_and_the_old_one_serves_on(tmp_path):
 
 def test_warm_up_requests_follow_model_warmup_or_the_configured_shape():
     from deployments.config.model_config import parse_pbtxt
-    from deployments.serving.runner import warmup_requests
+    from deployments.serving.warmup import warmup_requests
 
     plain = parse_pbtxt('max_batch_size: 4 input [ { name: "X", data_type: TYPE_FP32, dims: [ -1, 3 ] } ] '
                         'output [ { name: "Y", data_type: TYPE_FP32, dims: [ 3 ] } ]', "m", "m")
