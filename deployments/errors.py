@@ -18,6 +18,11 @@ class ErrorCode(str, enum.Enum):
     TIMEOUT = "TIMEOUT"  # the client took too long to send its request
     RESTRICTED = "RESTRICTED"
     INTERNAL = "INTERNAL"
+    # The rest of Triton's codes, which a Python model's TritonError may carry.
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    UNKNOWN = "UNKNOWN"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    CANCELLED = "CANCELLED"
 
 
 HTTP_STATUS = {
@@ -28,6 +33,10 @@ HTTP_STATUS = {
     ErrorCode.RESTRICTED: 403,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.UNIMPLEMENTED: 501,
+    ErrorCode.UNKNOWN: 400,  # Triton's HTTP statuses for these three
+    ErrorCode.ALREADY_EXISTS: 400,
+    ErrorCode.CANCELLED: 400,
 }
 
 #: gRPC status code names (``grpc.StatusCode[name]``), the same meanings as HTTP_STATUS.
@@ -39,7 +48,18 @@ GRPC_STATUS = {
     ErrorCode.RESTRICTED: "UNAVAILABLE",  # Triton's choice for a restricted protocol
     ErrorCode.UNAVAILABLE: "UNAVAILABLE",
     ErrorCode.INTERNAL: "INTERNAL",
+    ErrorCode.UNIMPLEMENTED: "UNIMPLEMENTED",
+    ErrorCode.UNKNOWN: "UNKNOWN",
+    ErrorCode.ALREADY_EXISTS: "ALREADY_EXISTS",
+    ErrorCode.CANCELLED: "CANCELLED",
 }
+
+#: Triton's error codes (TRITONSERVER_Error_Code, ``pb_utils.TritonError.code()``) and ours.
+TRITON_CODES = {0: ErrorCode.UNKNOWN, 1: ErrorCode.INTERNAL, 2: ErrorCode.NOT_FOUND, 3: ErrorCode.INVALID_ARGUMENT,
+                4: ErrorCode.UNAVAILABLE, 5: ErrorCode.UNIMPLEMENTED, 6: ErrorCode.ALREADY_EXISTS,
+                7: ErrorCode.CANCELLED}
+_TRITON_CODE_OF = {ours: triton for triton, ours in TRITON_CODES.items()} | {
+    ErrorCode.TOO_LARGE: 3, ErrorCode.TIMEOUT: 4, ErrorCode.RESTRICTED: 4}
 
 
 #: Ray's errors for a request whose replica went away mid-call (by name: no Ray import here).
@@ -76,6 +96,16 @@ class InferenceError(Exception):
     @property
     def http_status(self) -> int:
         return HTTP_STATUS[self.code]
+
+    @property
+    def triton_code(self) -> int:
+        """The code as Triton numbers it (what a BLS caller's ``error().code()`` reads)."""
+        return _TRITON_CODE_OF[self.code]
+
+    @classmethod
+    def from_triton(cls, code: int, message: str) -> "InferenceError":
+        """A model's TritonError as the client sees it (an unknown code is INTERNAL)."""
+        return cls(TRITON_CODES.get(code, ErrorCode.INTERNAL), message)
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> "InferenceError":

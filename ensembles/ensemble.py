@@ -87,7 +87,8 @@ class Ensemble(ServedModel):
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None, trace: dict[str, str] | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None, request_id: str = "",
+        callers: tuple[str, ...] = (),
     ) -> tuple[int, Tensors]:
         """Run the graph for one request; returns the ensemble version (1) and the requested outputs. A
         sampled request (``trace``) gets a span for the ensemble and one per step, the step models' own
@@ -105,7 +106,7 @@ class Ensemble(ServedModel):
             span = self._tracer.span(f"ensemble {self.config.name}", trace, tracing.epoch_ns(start),
                                      model=self.config.name, version=ENSEMBLE_VERSION)
         try:
-            tensors = await self._run_graph(dict(inputs), parameters, span)
+            tensors = await self._run_graph(dict(inputs), parameters, span, tuple(callers))
         except InferenceError:
             self.stats.record_request(time.perf_counter_ns() - start, ok=False, reason="OTHER")  # as Triton's ensembles
             raise
@@ -122,9 +123,11 @@ class Ensemble(ServedModel):
         self.stats.last_inference = time.time_ns() // 1_000_000
         return ENSEMBLE_VERSION, {name: tensors[name] for name in wanted}
 
-    async def _run_graph(self, tensors: Tensors, parameters: dict | None, span=None) -> Tensors:
+    async def _run_graph(self, tensors: Tensors, parameters: dict | None, span=None,
+                         callers: tuple[str, ...] = ()) -> Tensors:
         """Run every step; ``tensors`` holds each tensor as an array (a step output's is read in place from
-        the object store, for its shape), ``passed`` each step output as a reference for the next steps."""
+        the object store, for its shape), ``passed`` each step output as a reference for the next steps.
+        ``callers``: the BLS callers of the request, passed on to every step (deployments/serving/bls.py)."""
         passed: dict[str, ResultTensor] = {}
         pending = list(range(len(self.steps)))
         running: dict[asyncio.Task, int] = {}
@@ -132,7 +135,8 @@ class Ensemble(ServedModel):
             while pending or running:
                 for i in [i for i in pending if set(self.steps[i].input_map.values()) <= tensors.keys()]:
                     pending.remove(i)
-                    running[asyncio.ensure_future(self._run_step(i, tensors, passed, parameters, span))] = i
+                    running[asyncio.ensure_future(self._run_step(i, tensors, passed, parameters, span,
+                                                                             callers))] = i
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     i = running.pop(task)
@@ -147,18 +151,18 @@ class Ensemble(ServedModel):
         return tensors
 
     async def _run_step(self, i: int, tensors: Tensors, passed: dict[str, ResultTensor], parameters: dict | None,
-                        parent=None) -> tuple[Tensors, Any]:
+                        parent=None, callers: tuple[str, ...] = ()) -> tuple[Tensors, Any]:
         step = self.steps[i]
         if parent is None:
-            return await self._call_step(i, tensors, passed, parameters, None)
+            return await self._call_step(i, tensors, passed, parameters, None, callers)
         span = self._tracer.span(f"step {i} {step.model_name}", parent, model=step.model_name, step=i)
         try:
-            return await self._call_step(i, tensors, passed, parameters, self._tracer.carried(span))
+            return await self._call_step(i, tensors, passed, parameters, self._tracer.carried(span), callers)
         finally:
             span.end()
 
     async def _call_step(self, i: int, tensors: Tensors, passed: dict[str, ResultTensor], parameters: dict | None,
-                         trace: dict[str, str] | None) -> tuple[Tensors, Any]:
+                         trace: dict[str, str] | None, callers: tuple[str, ...] = ()) -> tuple[Tensors, Any]:
         """The step's outputs, and the object reference of its one result when it was a call by reference
         (large tensors, deployments/serving/served.py sized_for); None when the step was skipped, called by value
         or split into several requests (whose outputs are joined here)."""
@@ -174,6 +178,8 @@ class Ensemble(ServedModel):
                 return _empty_outputs(model, requested), None
             rows = next(iter(shapes.values()))[0] if model.batching else 0
             extra = {"trace": trace} if trace is not None else {}
+            if callers:
+                extra["callers"] = callers
             for chunk in _row_ranges(rows, model.max_batch_size):
                 inputs = _step_inputs(step, tensors, passed, chunk)
                 calls.append(sized_for(handle, inputs).infer.remote(inputs, requested, version, parameters, **extra))

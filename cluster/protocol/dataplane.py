@@ -126,11 +126,13 @@ class DataPlane:
 
     async def infer(
         self, model: str, version: str | None, inputs: Tensors, outputs: list[str] | None,
-        parameters: dict | None = None, trace: dict[str, str] | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None, request_id: str = "",
     ) -> tuple[int, Tensors]:
         """Run a request on a model; returns the version that answered and the outputs. The request's
-        parameters (less the protocol's own) go with it; ``trace``: a sampled request's span context."""
+        parameters (less the protocol's own) and id go with it; ``trace``: a sampled request's span context."""
         extra = {"trace": trace} if trace is not None else {}
+        if request_id:
+            extra["request_id"] = request_id
         return await sized_for(self.handle(model), inputs).infer_versioned.remote(
             inputs, outputs, version, passed_parameters(parameters), **extra)
 
@@ -143,7 +145,7 @@ class DataPlane:
         try:
             inputs = await self._inputs(request)
             answered, outputs = await self.infer(model, version, inputs, request.outputs, request.parameters,
-                                                 span and self.tracer.carried(span))
+                                                 span and self.tracer.carried(span), request.id or "")
             if request.shared_outputs:
                 await self.shared_memory.write_outputs(outputs, request.shared_outputs)
         except Exception as exc:
@@ -183,6 +185,8 @@ class DataPlane:
         handle = self.handle(model).options(stream=True)
         span = self._sampled(model, version, request)
         extra = {"trace": self.tracer.carried(span)} if span is not None else {}
+        if request.id:
+            extra["request_id"] = request.id
         try:
             async for answered, outputs in handle.infer_stream.remote(inputs, request.outputs, version,
                                                                       passed_parameters(request.parameters), **extra):

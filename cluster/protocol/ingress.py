@@ -97,7 +97,8 @@ class Ingress(GrpcInferenceService):
         steps call the models colocated here in process and the others through their deployments."""
         register_message_modules()
         settings_follower.follow(statistics)
-        self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits, isolated=True)
+        self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits, isolated=True,
+                                       handles=self._handle)
                           for config, source in (colocated or {}).values()]
         local = {service.runner.name: LocalHandle(service) for service in self.colocated}
         for name, config in (colocated_ensembles or {}).items():
@@ -116,6 +117,11 @@ class Ingress(GrpcInferenceService):
         if options.listeners is not None:
             self.listening = await Listening.start(options.listeners, self.http.respond, self,
                                                    options.max_request_bytes)
+
+    async def _handle(self, model: str):
+        """The handle a colocated model's BLS call to ``model`` takes: in process where this replica serves
+        it, else its deployment's (the data plane's, which knows every model of the application)."""
+        return self.plane.handle(model)
 
     def check_health(self) -> None:
         """Serve's health check: a colocated model wedged past its execution timeout fails this replica."""

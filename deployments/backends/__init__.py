@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -37,6 +38,20 @@ DEFAULT_FILES: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class RequestInfo:
+    """What a backend that takes whole requests (Triton's Python backend) learns of each request beside its
+    inputs (Triton's request API)."""
+
+    parameters: dict = field(default_factory=dict)
+    outputs: tuple[str, ...] | None = None  # those the client asked for; None: every output
+    request_id: str = ""
+    correlation_id: int | str = 0  # the sequence's id (0: none)
+    flags: int = 0  # TRITONSERVER_REQUEST_FLAG_SEQUENCE_START (1) / _END (2)
+    timeout_us: int = 0
+    callers: tuple[str, ...] = ()  # the models whose batches wait for this request (BLS), outermost first
+
+
 class Backend(ABC):
     """Runs one version of one model inside a replica.
 
@@ -51,6 +66,8 @@ class Backend(ABC):
         self.config = config
         self.version_dir = Path(version_dir)
         self.device = device
+        #: Where the model's own requests to other models go (BLS; deployments/backends/bls.py), if anywhere.
+        self.calls = None
 
     @property
     def model_path(self) -> Path:
@@ -67,16 +84,16 @@ class Backend(ABC):
     def unload(self) -> None:
         """Free the model's memory."""
 
-    def stream(self, inputs: Tensors, parameters: dict, emit) -> None:
+    def stream(self, inputs: Tensors, info: RequestInfo, emit) -> None:
         """One request of a decoupled model (zero or more responses); only the Python backend has them."""
         raise NotImplementedError(f"the {self.name} backend has no decoupled models")
 
-    def execute(self, requests: list[Tensors], parameters: list[dict] | None = None) -> list[Tensors | Exception]:
+    def execute(self, requests: list[Tensors], infos: list[RequestInfo] | None = None) -> list[Tensors | Exception]:
         """Run requests that share a batch signature, one result (or error) per request.
 
         The default merges them into one batch and splits the outputs back; a backend that takes a
         list of requests itself (Triton's Python backend) overrides this and also sees each request's
-        ``parameters``.
+        ``infos`` (parameters, id, sequence, callers).
         """
         if not self.config.batching:
             return [self.infer(request) for request in requests]

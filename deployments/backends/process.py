@@ -5,21 +5,29 @@ The parent keeps the Backend interface; each ``execute`` sends the batch's reque
 the results (numpy arrays travel pickled, protocol 5). A model whose code kills its process (a crash, an
 ``os._exit``, the OOM killer) fails the requests it held, with UNAVAILABLE naming the exit, and nothing
 else: the ingress and every other model serve on, and the model's next request starts a fresh process.
-Decoupled models (zero or more responses, sent from any thread of the model's) are not run this way.
+The model's BLS calls (``InferenceRequest.exec()``) come up the same pipe while its batch runs: the parent
+hands each to ``calls`` (deployments/serving/bls.py) and sends the answer down when it comes, so calls
+gathered with ``async_exec`` run at once. Decoupled models (zero or more responses, sent from any thread of
+the model's) are not run this way.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
+import itertools
 import multiprocessing
+import queue
 import pickle
 import signal
 import sys
 import threading
 import traceback
+from functools import partial
 from pathlib import Path
 
-from deployments.backends import Backend, Tensors, backend_class
+from deployments.backends import Backend, RequestInfo, Tensors, backend_class
+from deployments.backends.bls import BlsCall
 from deployments.config.model_config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError
 
@@ -42,33 +50,80 @@ def _portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__} (not picklable; the server log has the details)")
 
 
+class _Pipe:
+    """The stub's end of the pipe: one reader thread takes every message the replica sends, handing work to
+    the main loop and answers to the BLS calls waiting for them (from any thread of the model's)."""
+
+    def __init__(self, connection):
+        self._connection = connection
+        self._send_lock = threading.Lock()
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: dict[int, concurrent.futures.Future] = {}
+        self._ids = itertools.count()
+        threading.Thread(target=self._read, name="ric-stub-reader", daemon=True).start()
+
+    def send(self, message) -> None:
+        with self._send_lock:
+            self._connection.send(message)
+
+    def next_work(self):
+        """The replica's next message: ("execute", ...), ("unload",), or None once the pipe closed."""
+        return self._work.get()
+
+    def submit(self, call: BlsCall) -> concurrent.futures.Future:
+        """A BLS call, answered by the replica (bls.Calls)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        number = next(self._ids)
+        self._waiting[number] = future
+        try:
+            self.send(("call", number, call))
+        except Exception as exc:  # the replica went away, or the call does not pickle
+            self._waiting.pop(number, None)
+            future.set_result([InferenceError(ErrorCode.INTERNAL, f"the call to model '{call.model}' could "
+                                              f"not be sent: {type(exc).__name__}: {exc}")])
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._connection.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "called":
+                future = self._waiting.pop(message[1], None)
+                if future is not None:
+                    future.set_result(message[2])
+            else:
+                self._work.put(message)
+        for future in self._waiting.values():
+            future.set_result([InferenceError(ErrorCode.UNAVAILABLE, "the replica went away")])
+        self._work.put(None)
+
+
 def _serve(connection, backend_name: str, config: ModelConfig, version_dir: str, device: str) -> None:
-    """The stub process: load the backend, then answer ``("execute", requests, parameters)`` until
-    ``("unload",)`` or the pipe closes. It ends with the replica that started it, however that ends."""
+    """The stub process: load the backend, then answer ``("execute", requests, infos)`` until ``("unload",)``
+    or the pipe closes; the model's BLS calls go up the same pipe. It ends with the replica that started it,
+    however that ends."""
     _end_with_parent()
+    pipe = _Pipe(connection)
     backend = backend_class(backend_name)(config, Path(version_dir), device)
+    backend.calls = pipe
     try:
         backend.load()
     except Exception as exc:
-        connection.send(("failed", _portable(exc)))
+        pipe.send(("failed", _portable(exc)))
         return
-    connection.send(("loaded", backend.config))
-    while True:
+    pipe.send(("loaded", backend.config))
+    while (message := pipe.next_work()) is not None and message[0] != "unload":
+        _, requests, infos = message
         try:
-            message = connection.recv()
-        except EOFError:  # the parent went away
-            break
-        if message[0] == "unload":
-            break
-        _, requests, parameters = message
-        try:
-            results = backend.execute(requests, parameters)
-            connection.send(("done", [_portable(r) if isinstance(r, Exception) else r for r in results]))
+            results = backend.execute(requests, infos)
+            pipe.send(("done", [_portable(r) if isinstance(r, Exception) else r for r in results]))
         except Exception as exc:
-            connection.send(("error", _portable(exc)))
+            pipe.send(("error", _portable(exc)))
     backend.unload()
     try:
-        connection.send(("unloaded",))
+        pipe.send(("unloaded",))
     except OSError:  # the parent went away meanwhile
         pass
 
@@ -90,6 +145,7 @@ class ProcessBackend(Backend):
         self.backend_name = backend_name
         self.name = backend_name
         self._lock = threading.Lock()  # one batch at a time on the pipe
+        self._send_lock = threading.Lock()  # the batch and the answers to its BLS calls share the pipe
         self._process = None
         self._connection = None
         self._stopped_because: str | None = None  # why abort() ended the process, for the request in it
@@ -109,7 +165,7 @@ class ProcessBackend(Backend):
         try:
             if not parent.poll(LOAD_TIMEOUT_S):
                 process.kill()
-            kind, value = parent.recv()
+            kind, value = self._receive()
         except (EOFError, OSError):
             process.join(STOP_GRACE_S)
             self._process = None
@@ -127,13 +183,13 @@ class ProcessBackend(Backend):
             raise result
         return result
 
-    def execute(self, requests: list[Tensors], parameters: list[dict] | None = None) -> list[Tensors | Exception]:
+    def execute(self, requests: list[Tensors], infos: list[RequestInfo] | None = None) -> list[Tensors | Exception]:
         with self._lock:
             if self._process is None or not self._process.is_alive():
                 self._start()
             try:
-                self._connection.send(("execute", requests, parameters))
-                kind, value = self._connection.recv()
+                self._send(self._connection, ("execute", requests, infos))
+                kind, value = self._receive()
             except (EOFError, OSError):
                 self._process.join(STOP_GRACE_S)
                 code, self._process = self._process.exitcode, None
@@ -144,6 +200,31 @@ class ProcessBackend(Backend):
         if kind == "error":
             raise value
         return value
+
+    def _send(self, connection, message) -> None:
+        with self._send_lock:
+            connection.send(message)
+
+    def _receive(self):
+        """The stub's next message that is not a BLS call; each call is handed to ``calls`` meanwhile, its
+        answer sent back when it comes (calls run at once: ``async_exec`` gathers them)."""
+        connection = self._connection
+        while True:
+            message = connection.recv()
+            if message[0] != "call":
+                return message
+            _, number, call = message
+            if self.calls is None:
+                self._send(connection, ("called", number, [InferenceError(
+                    ErrorCode.UNAVAILABLE, "this replica offers no calls to other models")]))
+                continue
+            self.calls.submit(call).add_done_callback(partial(self._answer, connection, number))
+
+    def _answer(self, connection, number: int, future: concurrent.futures.Future) -> None:
+        try:
+            self._send(connection, ("called", number, future.result()))
+        except (OSError, ValueError):  # the stub went away meanwhile
+            pass
 
     def abort(self, why: str) -> bool:
         """End the stub process now (a batch wedged in it), from any thread: the batch fails, the next
@@ -161,7 +242,7 @@ class ProcessBackend(Backend):
             if process is None:
                 return
             try:
-                connection.send(("unload",))
+                self._send(connection, ("unload",))
                 if connection.poll(STOP_GRACE_S):
                     connection.recv()  # finalize() ran
             except (EOFError, OSError):

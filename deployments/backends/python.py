@@ -8,18 +8,25 @@
 A decoupled model (``model_transaction_policy { decoupled: true }``) answers each request with zero, one
 or many responses: in Triton's form through ``request.get_response_sender()`` (``execute`` returns None),
 in the plain form ``infer(inputs)`` is a generator of output dicts.
+
+``execute`` may be ``async def`` (run to its end on the backend's own event loop), and may call other models
+(BLS: ``pb_utils.InferenceRequest(model_name=...).exec()`` / ``await ...async_exec()``, through
+``self.calls``; deployments/backends/bls.py). A response's ``TritonError`` code decides the client's status,
+as on Triton.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import inspect
 import json
 import sys
 from typing import Callable
 
-from deployments.backends import Backend, Tensors
+from deployments.backends import Backend, RequestInfo, Tensors, bls
 from deployments.backends import triton_python_backend_utils as pb_utils
-from deployments.errors import InferenceError, invalid
+from deployments.errors import InferenceError
 
 
 class PythonBackend(Backend):
@@ -52,8 +59,10 @@ class PythonBackend(Backend):
             self._infer = module.infer
         else:
             raise ValueError("model.py must define a class TritonPythonModel or a function infer(inputs)")
+        self._loop = None
+        bls.set_default(self.calls, (self.config.name,))
         if hasattr(self._model, "initialize"):
-            self._model.initialize(args)
+            self._run(lambda _: self._model.initialize(args), [], [])
 
     def infer(self, inputs: Tensors) -> Tensors:
         outputs = self._infer(inputs)
@@ -61,21 +70,22 @@ class PythonBackend(Backend):
             raise TypeError(f"infer() must return a dict of arrays, not {type(outputs).__name__}")
         return {tensor.name: outputs[tensor.name] for tensor in self.config.output if tensor.name in outputs}
 
-    def execute(self, requests: list[Tensors], parameters: list[dict] | None = None) -> list[Tensors | Exception]:
+    def execute(self, requests: list[Tensors], infos: list[RequestInfo] | None = None) -> list[Tensors | Exception]:
         if self._infer is not None:
             return super().execute(requests)
-        output_names = [tensor.name for tensor in self.config.output]
-        triton_requests = [
-            pb_utils.InferenceRequest([pb_utils.Tensor(n, a) for n, a in r.items()], output_names,
-                                      parameters=p)
-            for r, p in zip(requests, parameters or [{}] * len(requests))
-        ]
-        responses = self._model.execute(triton_requests)
-        if len(responses) != len(requests):
-            raise RuntimeError(f"execute() returned {len(responses)} responses for {len(requests)} requests")
+        infos = infos or [RequestInfo()] * len(requests)
+        outputs = [tensor.name for tensor in self.config.output]
+        triton_requests = [pb_utils.InferenceRequest.received([pb_utils.Tensor(n, a) for n, a in r.items()], info,
+                                                              outputs)
+                           for r, info in zip(requests, infos)]
+        responses = self._run(self._model.execute, triton_requests, infos)
+        if not isinstance(responses, (list, tuple)) or len(responses) != len(requests):
+            got = f"{len(responses)} responses" if isinstance(responses, (list, tuple)) else type(responses).__name__
+            raise RuntimeError(f"execute() returned {got} for {len(requests)} requests")
         return [self._result(response) for response in responses]
 
-    def stream(self, inputs: Tensors, parameters: dict, emit: Callable[[Tensors | Exception | None, bool], None]) -> None:
+    def stream(self, inputs: Tensors, info: RequestInfo,
+               emit: Callable[[Tensors | Exception | None, bool], None]) -> None:
         """Run one request of a decoupled model: ``emit(outputs, final)`` for each response it sends (outputs
         None: the final flag alone; an exception: an error response). Returns when ``execute`` (or the
         generator) does; a Triton model may still send afterwards, from a thread of its own."""
@@ -86,18 +96,34 @@ class PythonBackend(Backend):
             return
         sender = pb_utils.InferenceResponseSender(
             lambda response, final: emit(None if response is None else self._result(response), final))
-        request = pb_utils.InferenceRequest([pb_utils.Tensor(n, a) for n, a in inputs.items()],
-                                            [tensor.name for tensor in self.config.output], parameters=parameters,
-                                            sender=sender)
-        if self._model.execute([request]) is not None:
+        request = pb_utils.InferenceRequest.received([pb_utils.Tensor(n, a) for n, a in inputs.items()], info,
+                                                     [tensor.name for tensor in self.config.output], sender)
+        if self._run(self._model.execute, [request], [info]) is not None:
             raise RuntimeError("a decoupled model's execute() returns None: it answers through the response sender")
+
+    def _run(self, method, requests: list, infos: list[RequestInfo]):
+        """Call ``execute`` (a coroutine function too: run to its end on this backend's event loop) with its
+        BLS requests carrying the models waiting on this batch, this one last."""
+        callers = tuple(dict.fromkeys(c for info in infos for c in info.callers)) + (self.config.name,)
+        with bls.calling(self.calls, callers):
+            result = method(requests)
+            if inspect.iscoroutine(result):
+                if self._loop is None:
+                    self._loop = asyncio.new_event_loop()
+                result = self._loop.run_until_complete(result)
+        return result
 
     @staticmethod
     def _result(response: pb_utils.InferenceResponse) -> Tensors | InferenceError:
+        if not isinstance(response, pb_utils.InferenceResponse):
+            raise TypeError(f"execute() must return InferenceResponse objects, not {type(response).__name__}")
         if response.has_error():
-            return invalid(response.error().message())
+            error = response.error()
+            return InferenceError.from_triton(error.code(), error.message())
         return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
 
     def unload(self) -> None:
         if hasattr(self._model, "finalize"):
-            self._model.finalize()
+            self._run(lambda _: self._model.finalize(), [], [])
+        if self._loop is not None:
+            self._loop.close()

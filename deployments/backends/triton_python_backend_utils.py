@@ -1,26 +1,46 @@
-"""The part of Triton's ``triton_python_backend_utils`` (``pb_utils``) that models use.
+"""Triton's ``triton_python_backend_utils`` (``pb_utils``) as models use it.
 
 Triton Python models ``import triton_python_backend_utils as pb_utils``; the python backend makes this
-module importable under that name, so their ``model.py`` files load unchanged.
+module importable under that name, so their ``model.py`` files load unchanged. What it does not serve is
+refused by name when a model reaches for it (module ``__getattr__``), never an AttributeError later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any, Callable
+import logging
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from deployments.backends import RequestInfo, bls
 from deployments.config.dtypes import config_to_v2, numpy_dtype
+
+#: Request flags (``request.flags()``): the first and the last request of a sequence.
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+#: The flag of a decoupled model's last send: the request is complete (with or without a response).
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+_log = logging.getLogger("ric.models")
 
 
 class TritonError(Exception):
-    def __init__(self, message: str, code: int = 0):
+    """An error a model returns in a response (``InferenceResponse(error=...)``); its code decides the
+    client's HTTP status and gRPC code, as on Triton (INTERNAL, the default: 500)."""
+
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = 1):
         super().__init__(message, code)
-        self._message = message
+        self._message, self._code = message, code
 
     def message(self) -> str:
         return self._message
+
+    def code(self) -> int:
+        return self._code
 
 
 class TritonModelException(Exception):
@@ -41,9 +61,48 @@ class Tensor:
     def shape(self) -> list[int]:
         return list(self._array.shape)
 
+    def is_cpu(self) -> bool:
+        return True  # tensors reach Python models in host memory
 
-#: The flag of a decoupled model's last send: the request is complete (with or without a response).
-TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    def to_dlpack(self) -> Any:
+        """A DLPack capsule of the tensor (``torch.from_dlpack`` reads it without a copy)."""
+        return self._array.__dlpack__()
+
+    @classmethod
+    def from_dlpack(cls, name: str, tensor: Any) -> "Tensor":
+        """A tensor from any object with ``__dlpack__`` (a torch tensor on the CPU, a numpy array)."""
+        return cls(name, np.from_dlpack(tensor))
+
+
+class Logger:
+    """Triton's model logger: lines in the server's log, with the model's name."""
+
+    @staticmethod
+    def _log(level: int, message: str) -> None:
+        calling = bls.current()
+        model = calling.callers[-1] if calling and calling.callers else "?"
+        _log.log(level, "model '%s': %s", model, message)
+
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls._log(logging.INFO, message)
+
+    @classmethod
+    def log_warn(cls, message: str) -> None:
+        cls._log(logging.WARNING, message)
+
+    @classmethod
+    def log_error(cls, message: str) -> None:
+        cls._log(logging.ERROR, message)
+
+    @classmethod
+    def log_verbose(cls, message: str) -> None:
+        cls._log(logging.DEBUG, message)
+
+    @classmethod
+    def log(cls, message: str, level: int = 0) -> None:
+        levels = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.DEBUG}
+        cls._log(levels.get(level, logging.INFO), message)
 
 
 class InferenceResponseSender:
@@ -66,13 +125,31 @@ class InferenceResponseSender:
 
 
 class InferenceRequest:
-    def __init__(self, inputs: list[Tensor], requested_output_names: list[str], request_id: str = "",
-                 parameters: dict | None = None, sender: InferenceResponseSender | None = None):
-        self._inputs = inputs
-        self._requested = requested_output_names
-        self._id = request_id
-        self._parameters = parameters or {}
-        self._sender = sender
+    """A request: the one ``execute`` receives, or one a model builds to call another model (BLS) with
+    ``exec()`` or ``await async_exec()``."""
+
+    def __init__(self, model_name: str = "", inputs: list[Tensor] | None = None,
+                 requested_output_names: list[str] | None = None, correlation_id: int | str = 0,
+                 request_id: str = "", flags: int = 0, timeout: int = 0, parameters: dict | str | None = None,
+                 model_version: int = -1, preferred_memory: Any = None, trace: Any = None):
+        """``timeout`` in microseconds (0: the calling model's execution timeout); ``parameters`` a dict or
+        its JSON text; ``model_version`` -1 for the newest."""
+        if isinstance(parameters, str):
+            parameters = json.loads(parameters)
+        self._model, self._version = model_name, model_version
+        self._inputs = list(inputs or [])
+        self._requested = list(requested_output_names or [])
+        self._info = RequestInfo(parameters or {}, tuple(self._requested), request_id, correlation_id, flags,
+                                 timeout)
+        self._sender: InferenceResponseSender | None = None
+
+    @classmethod
+    def received(cls, inputs: list[Tensor], info: RequestInfo, all_outputs: list[str],
+                 sender: InferenceResponseSender | None = None) -> "InferenceRequest":
+        """A request as ``execute`` gets it: the outputs the client asked for, or else every output."""
+        request = cls(inputs=inputs, requested_output_names=list(info.outputs or all_outputs))
+        request._info, request._sender = info, sender
+        return request
 
     def get_response_sender(self) -> InferenceResponseSender:
         if self._sender is None:
@@ -90,17 +167,53 @@ class InferenceRequest:
         return self._requested
 
     def request_id(self) -> str:
-        return self._id
+        return self._info.request_id
+
+    def correlation_id(self) -> int | str:
+        return self._info.correlation_id
+
+    def flags(self) -> int:
+        return self._info.flags
+
+    def timeout(self) -> int:
+        return self._info.timeout_us
+
+    def model_name(self) -> str:
+        return self._model
 
     def parameters(self) -> str:
         """The request's parameters as a JSON string, as Triton gives them."""
-        return json.dumps(self._parameters)
+        return json.dumps(self._info.parameters)
+
+    def exec(self, decoupled: bool = False) -> "InferenceResponse | Iterator[InferenceResponse]":
+        """Run this request on its model and wait: its response, or (``decoupled``) an iterator of them."""
+        return _responses(self._submit(decoupled).result(), decoupled)
+
+    async def async_exec(self, decoupled: bool = False) -> "InferenceResponse | Iterator[InferenceResponse]":
+        """As ``exec``, awaited (calls gathered together run at once)."""
+        return _responses(await asyncio.wrap_future(self._submit(decoupled)), decoupled)
+
+    def _submit(self, decoupled: bool):
+        calling = bls.current()
+        if calling is None or calling.calls is None:
+            raise TritonModelException("InferenceRequest.exec() runs inside a served model's initialize or "
+                                       "execute")
+        if not self._model:
+            raise TritonModelException("InferenceRequest(model_name=...) names the model to call")
+        info = self._info
+        call = bls.BlsCall(self._model, {t.name(): t.as_numpy() for t in self._inputs}, self._requested or None,
+                           None if self._version in (-1, None) else str(self._version), dict(info.parameters),
+                           info.request_id, info.correlation_id, info.flags,
+                           info.timeout_us / 1e6 if info.timeout_us else None, decoupled, calling.callers)
+        return calling.calls.submit(call)
 
 
 class InferenceResponse:
-    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None):
+    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None,
+                 parameters: dict | str | None = None):
         self._outputs = output_tensors or []
         self._error = error
+        self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
 
     def output_tensors(self) -> list[Tensor]:
         return self._outputs
@@ -110,6 +223,16 @@ class InferenceResponse:
 
     def error(self) -> TritonError | None:
         return self._error
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+
+def _responses(results: list, decoupled: bool) -> "InferenceResponse | Iterator[InferenceResponse]":
+    """A BLS call's results (dicts of arrays or InferenceErrors) as the model reads them."""
+    responses = [InferenceResponse(error=TritonError(r.message, r.triton_code)) if isinstance(r, Exception)
+                 else InferenceResponse([Tensor(name, array) for name, array in r.items()]) for r in results]
+    return iter(responses) if decoupled else responses[0]
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
@@ -136,3 +259,8 @@ def get_output_config_by_name(model_config: Any, name: str) -> dict | None:
 
 def triton_string_to_numpy(triton_type: str) -> type:
     return numpy_dtype(config_to_v2(triton_type)).type
+
+
+def __getattr__(name: str):
+    """Triton's API this server does not serve yet, refused by name."""
+    raise AttributeError(f"pb_utils.{name} is not served by ric (docs/python_backend.md lists what is)")

@@ -10,21 +10,23 @@ requests meanwhile.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import ray
 from ray import serve
 
 from deployments.observability import settings_follower, tracing
-from deployments.backends import Tensors
+from deployments.backends import RequestInfo, Tensors
 from deployments.scheduling.batching import DynamicBatcher
 from deployments.config.model_config import ModelConfig
-from deployments.errors import invalid, unavailable
+from deployments.errors import ErrorCode, InferenceError, invalid, unavailable
+from deployments.serving.bls import SEQUENCE_END, SEQUENCE_START, ApplicationModels, ModelCalls
 from deployments.serving.runner import ModelRunner, Pending, VersionSource
 from deployments.scheduling.limits import batch_limits, queue_timeout_ns
 from deployments.scheduling.response_cache import ResponseCache, request_key
@@ -66,13 +68,17 @@ class ModelService(ServedModel):
     """
 
     def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
-                 limits: ServingLimits = ServingLimits(), isolated: bool = False):
+                 limits: ServingLimits = ServingLimits(), isolated: bool = False,
+                 handles: Callable[[str], Awaitable[Any]] | None = None):
         """``statistics`` and ``sync`` are the handles of the application's StatisticsCollector and
         ModelStoreSync (either may be None); ``limits`` the application's defaults where the model's config
-        sets none; ``isolated``: a Python model runs in stub processes (ModelRunner). Call it with an event
-        loop running (it starts the follower)."""
+        sets none; ``isolated``: a Python model runs in stub processes (ModelRunner); ``handles(model)``:
+        the handles its BLS calls use (default: the application's deployments). Call it with an event loop
+        running (it starts the follower)."""
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self.runner = ModelRunner(config, source, device, isolated)
+        self._limits = limits
+        calls = ModelCalls(handles or ApplicationModels().handle, self.execution_timeout_s, asyncio.get_running_loop())
+        self.runner = ModelRunner(config, source, device, isolated, calls)
         self.runner.load()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
@@ -83,7 +89,6 @@ class ModelService(ServedModel):
         self._sequences: Sequences | None = None
         self._cache: ResponseCache | None = None
         self._cached: dict[int, VersionStatistics] = {}  # the cache's counts per version (event loop only)
-        self._limits = limits
         self._configure_batching()
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied
@@ -136,17 +141,31 @@ class ModelService(ServedModel):
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None, trace: dict[str, str] | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None, request_id: str = "",
+        callers: tuple[str, ...] = (),
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (for the protocol's model_version).
-        A sampled request (``trace``) gets the spans of its stages here (a cache hit none)."""
+        A sampled request (``trace``) gets the spans of its stages here (a cache hit none); ``request_id``
+        the client's id, ``callers`` the models whose BLS calls led here (deployments/serving/bls.py)."""
         if self.runner.config.decoupled:
-            raise invalid(f"model '{self.runner.name}' is decoupled (it answers a request with any number of "
-                          "responses): use gRPC ModelStreamInfer, HTTP generate_stream or a handle's stream")
+            raise InferenceError(ErrorCode.UNIMPLEMENTED, f"model '{self.runner.name}' is decoupled (it answers "
+                                 "a request with any number of responses): the inference endpoint doesn't support "
+                                 "models with decoupled transaction policy; use gRPC ModelStreamInfer, HTTP "
+                                 "generate_stream or a handle's stream")
+        self._refuse_cycle(callers)
         self._refuse_when_full(version)
+        info = RequestInfo(request_id=request_id, callers=tuple(callers))
         if self._cache is not None:
-            return await self._infer_cached(inputs, outputs, version, parameters, trace)
-        return await self._infer(inputs, outputs, version, parameters, trace)
+            return await self._infer_cached(inputs, outputs, version, parameters, trace, info)
+        return await self._infer(inputs, outputs, version, parameters, trace, info)
+
+    def _refuse_cycle(self, callers: tuple[str, ...]) -> None:
+        """A request from a BLS call whose callers include this model would wait behind the batch that waits
+        for it: refused at once."""
+        if self.runner.name in callers:
+            chain = " -> ".join([*callers, self.runner.name])
+            raise invalid(f"model '{self.runner.name}' cannot answer a BLS call made while its own batch waits "
+                          f"for the answer ({chain}): the call would wait for itself")
 
     def _refuse_when_full(self, version: int | str | None) -> None:
         """Over the queue limit a request answers UNAVAILABLE at once, counted as rejected (Triton's full
@@ -160,15 +179,18 @@ class ModelService(ServedModel):
                           "limit; retry later")
 
     async def _infer(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
-                     parameters: dict | None, trace: dict[str, str] | None = None) -> tuple[int, Tensors]:
+                     parameters: dict | None, trace: dict[str, str] | None = None,
+                     info: RequestInfo = RequestInfo()) -> tuple[int, Tensors]:
         self._reporter.in_flight += 1
         try:
             if self._sequences is None:
-                pending, result = await self._run(inputs, outputs, version, parameters)
+                pending, result = await self._run(inputs, outputs, version, parameters, info)
             else:  # the request waits for its turn in its sequence, then runs with its control tensors
                 sequences, step = self._sequences, sequence_step(self.runner.name, parameters)
+                info = dataclasses.replace(info, correlation_id=step.correlation_id,
+                                           flags=SEQUENCE_START * step.start | SEQUENCE_END * step.end)
                 async with sequences.turn(step) as sequence:
-                    pending, result = await self._run(inputs, outputs, version, model_parameters(parameters),
+                    pending, result = await self._run(inputs, outputs, version, model_parameters(parameters), info,
                                                       lambda rows: sequences.controls(step, rows, sequence),
                                                       sequences.state_outputs)
                     if not isinstance(result, Exception):
@@ -185,7 +207,8 @@ class ModelService(ServedModel):
         return pending.version, result
 
     async def _infer_cached(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
-                            parameters: dict | None, trace: dict[str, str] | None) -> tuple[int, Tensors]:
+                            parameters: dict | None, trace: dict[str, str] | None, info: RequestInfo
+                            ) -> tuple[int, Tensors]:
         """Answer from the response cache, or run the request and keep its answer."""
         started = time.perf_counter_ns()
         number = self.runner.version_for(version)
@@ -201,7 +224,7 @@ class ModelService(ServedModel):
             return number, answer
         looked_up = time.perf_counter_ns() - started
         cache = self._cache  # (a version update meanwhile replaces its contents, not the object)
-        answered, result = await self._infer(inputs, outputs, number, parameters, trace)
+        answered, result = await self._infer(inputs, outputs, number, parameters, trace, info)
         inserted = time.perf_counter_ns()
         if cache is self._cache and answered == number:
             cache.put(key, result)
@@ -210,20 +233,23 @@ class ModelService(ServedModel):
 
     async def infer_stream(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None, trace: dict[str, str] | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None, request_id: str = "",
+        callers: tuple[str, ...] = (),
     ) -> AsyncIterator[tuple[int, Tensors]]:
         """Every response to one request, as (version, outputs): a decoupled model's zero or more, as the
         model sends them; any other model's one. An error response raises, after the responses before it.
         (A decoupled model's request has no stage spans: only the ingress's span traces it.)"""
         if not self.runner.config.decoupled:
-            yield await self.infer_versioned(inputs, outputs, version, parameters, trace)
+            yield await self.infer_versioned(inputs, outputs, version, parameters, trace, request_id, callers)
             return
+        self._refuse_cycle(callers)
         self._refuse_when_full(version)
         loop = asyncio.get_running_loop()
         responses: asyncio.Queue = asyncio.Queue()
         self._reporter.in_flight += 1
         try:
-            pending = self.runner.prepare(inputs, outputs, version, parameters)
+            pending = self.runner.prepare(inputs, outputs, version, parameters,
+                                          RequestInfo(request_id=request_id, callers=tuple(callers)))
             emit = lambda out, final: loop.call_soon_threadsafe(responses.put_nowait, (out, final))  # noqa: E731
             # Shielded: a client that goes away leaves the model to finish (its responses are dropped).
             asyncio.shield(loop.run_in_executor(self._executor, self._execute_stream, pending, emit))
@@ -253,12 +279,12 @@ class ModelService(ServedModel):
             self._running_since = None
 
     async def _run(self, inputs: Tensors, outputs: list[str] | None, version: int | str | None,
-                   parameters: dict | None, controls=None, state_outputs: list[str] = ()
+                   parameters: dict | None, info: RequestInfo, controls=None, state_outputs: list[str] = ()
                    ) -> tuple[Pending, Tensors | Exception]:
         """Check a request, batch and run it; ``controls(rows)``: a sequence request's control tensors and
         state, added after the check (they are not the model's declared inputs), and ``state_outputs`` the
         state it writes, kept beside the outputs asked for."""
-        pending = self.runner.prepare(inputs, outputs, version, parameters)
+        pending = self.runner.prepare(inputs, outputs, version, parameters, info)
         if controls is not None:
             pending.inputs = {**pending.inputs, **controls(pending.rows)}
         if pending.outputs is not None and state_outputs:
@@ -324,7 +350,9 @@ class ModelService(ServedModel):
                            "(default_queue_policy)")
 
     def execution_timeout_s(self) -> float:
-        return float(self.runner.config.parameter("execution_timeout_s") or self._limits.execution_timeout_s)
+        runner = getattr(self, "runner", None)  # (asked by BLS calls of a model's initialize too)
+        configured = runner.config.parameter("execution_timeout_s") if runner is not None else None
+        return float(configured or self._limits.execution_timeout_s)
 
     def queue_limit(self) -> int:
         """Requests this copy holds at once, waiting or running: as many as its own deployment would (Serve

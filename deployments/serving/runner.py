@@ -7,6 +7,7 @@ and unit tests use a ModelRunner directly as the in-process baseline.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any, Callable, Protocol
 
 
 from deployments.scheduling import batching
-from deployments.backends import Backend, Tensors, backend_class, resolve_backend
+from deployments.backends import Backend, RequestInfo, Tensors, backend_class, resolve_backend
 from deployments.backends.process import ProcessBackend
 from deployments.config.model_config import ModelConfig
 from deployments.errors import (ErrorCode, InferenceError, no_available_versions, unknown_model,
@@ -59,7 +60,8 @@ class Pending:
     rows: int
     arrived_ns: int
     queued_ns: int
-    parameters: dict | None = None
+    #: What a backend that takes whole requests learns of it (parameters, id, sequence, BLS callers).
+    info: RequestInfo = RequestInfo()
     #: perf_counter_ns after which the request may no longer start (Triton's queue policy, REJECT).
     deadline_ns: int | None = None
     #: perf_counter_ns after which the request waits behind every priority level (queue policy, DELAY).
@@ -75,14 +77,17 @@ class Pending:
 class ModelRunner:
     """Loads the versions a model's version policy selects and runs checked requests on them."""
 
-    def __init__(self, config: ModelConfig, source: VersionSource, device: str = "cpu", isolated: bool = False):
+    def __init__(self, config: ModelConfig, source: VersionSource, device: str = "cpu", isolated: bool = False,
+                 calls=None):
         """``isolated``: a Python model's versions run in stub processes of their own (ProcessBackend), so
-        that its code cannot take this process down."""
+        that its code cannot take this process down; ``calls``: where its BLS requests go
+        (deployments/backends/bls.py; None: a model here cannot call others)."""
         self.base_config = config
         self.config = config
         self.source = source
         self.device = device
         self.isolated = isolated
+        self.calls = calls
         self.backends: dict[int, Backend] = {}
         self.states: dict[int, VersionState] = {}
         self.stats: dict[int, VersionStatistics] = {}
@@ -167,8 +172,8 @@ class ModelRunner:
             for _ in range(count):
                 if backend.config.decoupled:  # its responses go nowhere; an error response fails the warm-up
                     errors = []
-                    backend.stream(inputs, {}, lambda out, final: errors.append(out) if isinstance(out, Exception)
-                                   else None)
+                    backend.stream(inputs, RequestInfo(),
+                                   lambda out, final: errors.append(out) if isinstance(out, Exception) else None)
                     (result,) = errors[:1] or [None]
                 else:
                     (result,) = backend.execute([inputs])
@@ -193,6 +198,7 @@ class ModelRunner:
             backend = ProcessBackend(name, self.base_config, path, self.device)
         else:
             backend = backend_class(name)(self.base_config, path, self.device)
+        backend.calls = self.calls
         backend.load()
         backend.config.check(f"{self.name}/config")
         return backend
@@ -221,9 +227,10 @@ class ModelRunner:
         return number
 
     def prepare(self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-                parameters: dict | None = None) -> Pending:
+                parameters: dict | None = None, info: RequestInfo = RequestInfo()) -> Pending:
         """Check a request against its version's config; the result may join a batch. ``parameters`` (the
-        request's own) reach backends that take whole requests (Triton's Python backend)."""
+        request's own) and ``info`` (its id, sequence and BLS callers) reach backends that take whole
+        requests (Triton's Python backend)."""
         arrived = time.perf_counter_ns()
         with self._lock:  # chosen and counted at once: an update cannot retire and unload it in between
             backends = self.backends
@@ -239,8 +246,10 @@ class ModelRunner:
             self._release([backend])
             self.stats[number].record_request(time.perf_counter_ns() - arrived, ok=False, reason="OTHER")
             raise
-        return Pending(number, backend, backend_inputs, requested, rows, arrived, time.perf_counter_ns(),
-                       parameters)
+        timeout = (parameters or {}).get("timeout")
+        info = dataclasses.replace(info, parameters=dict(parameters or {}), outputs=tuple(requested or ()) or None,
+                                   timeout_us=timeout if isinstance(timeout, int) and timeout > 0 else 0)
+        return Pending(number, backend, backend_inputs, requested, rows, arrived, time.perf_counter_ns(), info)
 
     def execute(self, pending: list[Pending]) -> list[Tensors | InferenceError]:
         """Run checked requests in as few backend calls as their signatures allow.
@@ -258,7 +267,7 @@ class ModelRunner:
             start = time.perf_counter_ns()
             try:
                 outputs = backend.execute([pending[i].inputs for i in group],
-                                          [pending[i].parameters or {} for i in group])
+                                          [pending[i].info for i in group])
             except InferenceError as exc:  # the backend's own words for the client (a stub process that exited)
                 outputs = [exc] * len(group)
             except Exception as exc:
@@ -298,7 +307,7 @@ class ModelRunner:
         start = time.perf_counter_ns()
         self._running[version] = 1
         try:
-            backend.stream(pending.inputs, pending.parameters or {}, each)
+            backend.stream(pending.inputs, pending.info, each)
         except Exception as exc:
             logger.exception("model '%s' version %d failed", self.name, version)
             each(InferenceError(ErrorCode.INTERNAL, f"model '{self.name}' version {version} failed: "

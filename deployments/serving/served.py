@@ -67,28 +67,33 @@ def sized_for(handle: Any, tensors: Mapping[str, Any]) -> Any:
 class ServedModel:
     async def infer(
         self, inputs: Mapping[str, Any], outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None, trace: dict[str, str] | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None, request_id: str = "",
+        callers: tuple[str, ...] = (),
     ) -> Tensors:
         """Run one request: a dict of numpy arrays (or :class:`ResultTensor`) in, a dict of numpy arrays
-        out. ``trace``: the context of a sampled request's span (deployments/observability/tracing.py), whose trace this
-        request's spans join."""
-        _, result = await self.infer_versioned(await resolved(inputs), outputs, version, parameters, trace)
+        out. ``trace``: the context of a sampled request's span (deployments/observability/tracing.py), whose
+        trace this request's spans join; ``request_id``: the client's id (a Python model reads it);
+        ``callers``: the models whose BLS calls led here (deployments/serving/bls.py)."""
+        _, result = await self.infer_versioned(await resolved(inputs), outputs, version, parameters, trace,
+                                               request_id, callers)
         return result
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None, trace: dict[str, str] | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None, request_id: str = "",
+        callers: tuple[str, ...] = (),
     ) -> tuple[int, Tensors]:
         """Like ``infer``, also returning the version that answered (the protocol's model_version)."""
         raise NotImplementedError
 
     async def infer_stream(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
-        parameters: dict | None = None, trace: dict[str, str] | None = None,
+        parameters: dict | None = None, trace: dict[str, str] | None = None, request_id: str = "",
+        callers: tuple[str, ...] = (),
     ) -> AsyncIterator[tuple[int, Tensors]]:
         """Every response to one request, as (version, outputs): here the one ``infer_versioned`` gives; a
         decoupled model's zero or more. Called through a handle with ``.options(stream=True)``."""
-        yield await self.infer_versioned(inputs, outputs, version, parameters, trace)
+        yield await self.infer_versioned(inputs, outputs, version, parameters, trace, request_id, callers)
 
     def followed(self) -> float:
         """The sync generation this copy has applied: every one, for a model that does not follow the sync."""

@@ -112,7 +112,7 @@ def test_model_warmup_runs_at_first_load_and_sequence_models_warm_up_with_their_
     write_model(tmp_path, "counting", COUNTING_CONFIG + warmup, {"1/model.py": COUNTING, "2/model.py": COUNTING})
     model = runner(tmp_path, "counting")
     assert sorted(model.backends) == [2]
-    assert model.backends[2].execute([{"X": np.zeros((1, 3), np.float32), "START": np.ones((1, 1), np.int32)}],
-                                     [{}])[0]["CALLS"][0, 0] == 4
+    (result,) = model.backends[2].execute([{"X": np.zeros((1, 3), np.float32), "START": np.ones((1, 1), np.int32)}])
+    assert result["CALLS"][0, 0] == 4
     model.update([1, 2])
     assert model.states[1].state == "READY", model.states[1].reason

@@ -1,0 +1,94 @@
+"""Business logic scripting (BLS), the replica's side: a Python model's ``InferenceRequest.exec()`` reaches any
+model of the application, on any node.
+
+``ModelCalls`` runs each call on the replica's event loop: in process when the callee is served in this
+process (a model an Ingress colocates, through its LocalHandle), through the callee's Serve handle
+otherwise, so the call gets the callee's dynamic batching, versions, queue policy and statistics as a
+client's request would. A decoupled callee answers with all its responses.
+
+**Why a BLS model cannot deadlock its replica.** A model's batch runs on its replica's one executor thread
+(or its stub process), and its BLS calls wait inside that batch. Every call carries the models whose
+batches wait for it (``callers``, outermost first); a model asked to answer a request whose callers hold it
+refuses at once (``ModelService``, INVALID_ARGUMENT naming the chain) instead of queueing the request behind
+the very batch that waits for it. Every other callee runs on its own executor, so the wait ends; and every
+call is bounded by its timeout (the request's ``timeout``, else the calling model's execution timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any, Awaitable, Callable
+
+from ray import serve
+
+from deployments.backends import Tensors
+from deployments.backends.bls import BlsCall
+from deployments.errors import InferenceError, unavailable, unknown_model
+from deployments.serving.served import sized_for
+
+logger = logging.getLogger(__name__)
+
+#: The request flags of a sequence's first and last request (Triton's), as the sequence parameters.
+SEQUENCE_START, SEQUENCE_END = 1, 2
+
+
+class ModelCalls:
+    """Where the BLS requests of the models in one replica go (``bls.Calls``)."""
+
+    def __init__(self, handle: Callable[[str], Awaitable[Any]], timeout_s: Callable[[], float],
+                 loop: asyncio.AbstractEventLoop):
+        """``handle(model)``: the callee's handle (awaited; raises for a model the application does not
+        serve); ``timeout_s()``: a call's bound when it sets none (the caller's execution timeout)."""
+        self._handle, self._timeout_s, self._loop = handle, timeout_s, loop
+
+    def submit(self, call: BlsCall) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(self.run(call), self._loop)
+
+    async def run(self, call: BlsCall) -> list[Tensors | InferenceError]:
+        """The callee's responses (one unless ``call.decoupled``); a failure is the last, as an error."""
+        responses: list[Tensors | InferenceError] = []
+        timeout = call.timeout_s or self._timeout_s()
+        try:
+            await asyncio.wait_for(self._call(call, responses), timeout)
+        except asyncio.TimeoutError:
+            responses.append(unavailable(f"the call to model '{call.model}' did not finish within {timeout:g} s"))
+        except Exception as exc:
+            responses.append(InferenceError.from_exception(exc))
+        return responses
+
+    async def _call(self, call: BlsCall, responses: list) -> None:
+        handle = sized_for(await self._handle(call.model), call.inputs)
+        parameters = dict(call.parameters)
+        if call.correlation_id not in (0, ""):
+            parameters.update(sequence_id=call.correlation_id, sequence_start=bool(call.flags & SEQUENCE_START),
+                              sequence_end=bool(call.flags & SEQUENCE_END))
+        args = (call.inputs, call.outputs, call.version, parameters or None)
+        context = {"request_id": call.request_id, "callers": call.callers}
+        if call.decoupled:
+            async for _, outputs in handle.options(stream=True).infer_stream.remote(*args, **context):
+                responses.append(outputs)
+        else:
+            _, outputs = await handle.infer_versioned.remote(*args, **context)
+            responses.append(outputs)
+
+
+class ApplicationModels:
+    """The handles of the models a Model replica's BLS calls reach: its application's, and those loaded
+    later as applications of their own (found in Serve's status, once per name)."""
+
+    def __init__(self):
+        self._app = serve.get_replica_context().app_name
+        self._handles: dict[str, Any] = {}
+
+    async def handle(self, model: str) -> Any:
+        if model not in self._handles:
+            status = await asyncio.to_thread(serve.status)
+            apps = [self._app] + sorted(set(status.applications) - {self._app})
+            app = next((a for a in apps if a in status.applications
+                        and model in status.applications[a].deployments), None)
+            if app is None:
+                raise unknown_model(model)
+            self._handles[model] = serve.get_deployment_handle(model, app_name=app)
+        return self._handles[model]
