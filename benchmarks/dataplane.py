@@ -227,8 +227,9 @@ def start(name: str, repository: Path, workdir: Path) -> Iterator[Running]:
 
 # -- one cell --------------------------------------------------------------------------------------------------
 
-def ric_perf(running: Running, protocol: str, concurrency: int, seconds: float, out: Path) -> tuple[int, str]:
-    command = [str(BIN / "ric"), "perf", MODEL, "--url", running.url, "--grpc-url", running.grpc or "127.0.0.1:1",
+def ric_perf(running: Running, protocol: str, concurrency: int, seconds: float, out: Path,
+             model: str = MODEL) -> tuple[int, str]:
+    command = [str(BIN / "ric"), "perf", model, "--url", running.url, "--grpc-url", running.grpc or "127.0.0.1:1",
                "--protocol", protocol, "--concurrency", str(concurrency), "--seconds", str(seconds),
                "--warmup", "0", "--json", str(out)]
     try:
@@ -240,19 +241,21 @@ def ric_perf(running: Running, protocol: str, concurrency: int, seconds: float, 
 
 
 def measure_cell(running: Running, name: str, round_: int, protocol: str, concurrency: int, seconds: float,
-                 warmup: float, workdir: Path, idle_cores: float = 0.0) -> dict:
+                 warmup: float, workdir: Path, idle_cores: float = 0.0, model: str = MODEL) -> dict:
     """An unmeasured warm-up invocation, then the measured one with the server tree's CPU read around it.
 
     The CPU window is the whole invocation: the load, and ric perf's own start and end around it, during
     which the server idles; ``idle_cpu_s_est`` estimates that part (the server's idle rate times the window
     beyond the measured seconds), kept in the JSON beside the raw figure the tables show."""
     cell = {"server": name, "round": round_, "protocol": protocol, "concurrency": concurrency}
+    if model != MODEL:
+        cell["model"] = model
     out = workdir / "perf.json"
     if warmup > 0:
-        ric_perf(running, protocol, concurrency, warmup, out)
+        ric_perf(running, protocol, concurrency, warmup, out, model)
     out.unlink(missing_ok=True)
     before, started = tree_cpu(running.pid), time.monotonic()
-    status, output = ric_perf(running, protocol, concurrency, seconds, out)
+    status, output = ric_perf(running, protocol, concurrency, seconds, out, model)
     after, window = tree_cpu(running.pid), time.monotonic() - started
     cpu_s = cpu_between(before, after)
     if status not in (0, 1) or not out.exists():  # 1: some requests failed, the cell still measured

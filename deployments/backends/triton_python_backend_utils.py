@@ -163,8 +163,9 @@ class InferenceRequest:
     def inputs(self) -> list[Tensor]:
         return self._inputs
 
-    def requested_output_names(self) -> list[str]:
-        return self._requested
+    def requested_output_names(self) -> set[str]:
+        """A set, as Triton's (the outputs the client asked for, or every output)."""
+        return set(self._requested)
 
     def request_id(self) -> str:
         return self._info.request_id
@@ -229,10 +230,15 @@ class InferenceResponse:
 
 
 def _responses(results: list, decoupled: bool) -> "InferenceResponse | Iterator[InferenceResponse]":
-    """A BLS call's results (dicts of arrays or InferenceErrors) as the model reads them."""
+    """A BLS call's results (dicts of arrays or InferenceErrors) as the model reads them; a decoupled call's
+    end with an empty response after the callee's last, as Triton's (unless the last is an error)."""
     responses = [InferenceResponse(error=TritonError(r.message, r.triton_code)) if isinstance(r, Exception)
                  else InferenceResponse([Tensor(name, array) for name, array in r.items()]) for r in results]
-    return iter(responses) if decoupled else responses[0]
+    if not decoupled:
+        return responses[0]
+    if not (responses and responses[-1].has_error()):
+        responses.append(InferenceResponse())
+    return iter(responses)
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

@@ -25,7 +25,7 @@ from ray import serve
 
 from deployments.backends import Tensors
 from deployments.backends.bls import BlsCall
-from deployments.errors import InferenceError, unavailable, unknown_model
+from deployments.errors import ErrorCode, InferenceError, unavailable, unknown_model
 from deployments.serving.served import sized_for
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,12 @@ class ModelCalls:
         return responses
 
     async def _call(self, call: BlsCall, responses: list) -> None:
-        handle = sized_for(await self._handle(call.model), call.inputs)
+        try:
+            handle = sized_for(await self._handle(call.model), call.inputs)
+        except InferenceError as exc:  # a model the application does not serve (now): Triton's code and words
+            raise InferenceError(ErrorCode.INTERNAL, f"Model {call.model} - Error when running inference: Failed "
+                                 f"for execute the inference request. Model '{call.model}' is not ready. "
+                                 f"({exc})") from None
         parameters = dict(call.parameters)
         if call.correlation_id not in (0, ""):
             parameters.update(sequence_id=call.correlation_id, sequence_start=bool(call.flags & SEQUENCE_START),

@@ -15,162 +15,12 @@ import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import write_model
 from tests.integration.conftest import serve_repository
-
-ADD_SUB = """
-import os
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            y = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x + y),
-                                                         pb_utils.Tensor("OUTPUT1", x - y)]))
-        return responses
-"""
-
-TENSORS = """
-  input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 4 ] },
-          { name: "INPUT1" data_type: TYPE_INT32 dims: [ 4 ] } ]
-  output [ { name: "OUTPUT0" data_type: TYPE_INT32 dims: [ 4 ] },
-           { name: "OUTPUT1" data_type: TYPE_INT32 dims: [ 4 ] } ]
-"""
-
-# Calls the model its "target" parameter names (add_sub by default), asking for OUTPUT0 only, once with
-# exec() or "fan_out" times at once with async_exec(); answers the sum and how many tensors one answer held.
-# The callee's error becomes its own, code and all.
-BLS = """
-import asyncio
-import json
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    async def execute(self, requests):
-        responses = []
-        for request in requests:
-            params = json.loads(request.parameters())
-            inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in ("INPUT0", "INPUT1")]
-            call = pb_utils.InferenceRequest(model_name=params.get("target", "add_sub"), inputs=inputs,
-                                             requested_output_names=["OUTPUT0"])
-            fan_out = params.get("fan_out", 0)
-            answers = await asyncio.gather(*(call.async_exec() for _ in range(fan_out))) if fan_out else [call.exec()]
-            failed = next((a for a in answers if a.has_error()), None)
-            if failed is not None:
-                error = pb_utils.TritonError(failed.error().message(), failed.error().code())
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
-            total = sum(pb_utils.get_output_tensor_by_name(a, "OUTPUT0").as_numpy() for a in answers)
-            held = np.full_like(total, len(answers[0].output_tensors()))
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", total),
-                                                         pb_utils.Tensor("OUTPUT1", held)]))
-        return responses
-"""
-
-# Decoupled: N responses, Y = 1..N.
-COUNTER = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        for request in requests:
-            sender = request.get_response_sender()
-            n = int(pb_utils.get_input_tensor_by_name(request, "N").as_numpy()[0])
-            for i in range(1, n + 1):
-                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.array([i], np.int32))]))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-"""
-
-# Calls the decoupled counter and answers the sum and count of its responses.
-BLS_STREAM = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            call = pb_utils.InferenceRequest(model_name="counter", requested_output_names=["Y"],
-                                             inputs=[pb_utils.get_input_tensor_by_name(request, "N")])
-            ys = [int(pb_utils.get_output_tensor_by_name(r, "Y").as_numpy()[0]) for r in call.exec(decoupled=True)]
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SUM", np.array([sum(ys)], np.int32)),
-                                                         pb_utils.Tensor("COUNT", np.array([len(ys)], np.int32))]))
-        return responses
-"""
-
-# What the request API tells a model, as JSON; with "fail" a TritonError of that code.
-INTROSPECT = """
-import json
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            params = json.loads(request.parameters())
-            if "fail" in params:  # a TritonError of that code (-1: the default code)
-                code = params["fail"]
-                error = pb_utils.TritonError("failed on purpose", *([code] if code >= 0 else []))
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
-            seen = {"id": request.request_id(), "requested": request.requested_output_names(),
-                    "correlation_id": request.correlation_id(), "flags": request.flags(),
-                    "timeout": request.timeout(), "cpu": pb_utils.get_input_tensor_by_name(request, "X").is_cpu()}
-            pb_utils.Logger.log_info("introspected")
-            info = np.array([json.dumps(seen).encode()], object)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("INFO", info),
-                                                         pb_utils.Tensor("OTHER", np.array([0], np.int32))]))
-        return responses
-"""
-
-INTROSPECT_TENSORS = """
-  input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]
-  output [ { name: "INFO" data_type: TYPE_STRING dims: [ 1 ] }, { name: "OTHER" data_type: TYPE_INT32 dims: [ 1 ] } ]
-"""
-
-ENSEMBLE = """
-platform: "ensemble"
-max_batch_size: 8
-""" + TENSORS + """
-ensemble_scheduling { step [ { model_name: "add_sub" model_version: -1
-  input_map { key: "INPUT0" value: "INPUT0" } input_map { key: "INPUT1" value: "INPUT1" }
-  output_map { key: "OUTPUT0" value: "OUTPUT0" } output_map { key: "OUTPUT1" value: "OUTPUT1" } } ] }
-"""
-
-
-def python(name: str, extra: str = "", tensors: str = TENSORS, batch: int = 8) -> str:
-    return f'name: "{name}"\nbackend: "python"\nmax_batch_size: {batch}\n{extra}\n{tensors}'
-
+from tests.integration.python_models import write_repository
 
 @pytest.fixture(scope="module", params=["own deployments", "colocated in stubs"])
 def server(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp("repository")
-    write_model(root, "add_sub", python("add_sub", "dynamic_batching {}"), {"1/model.py": ADD_SUB})
-    write_model(root, "bls", python("bls", "dynamic_batching {}"), {"1/model.py": BLS})
-    write_model(root, "counter", python("counter", "model_transaction_policy { decoupled: true }",
-                                        'input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
-                                        'output [ { name: "Y" data_type: TYPE_INT32 dims: [ 1 ] } ]', 0),
-                {"1/model.py": COUNTER})
-    sums = ('input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
-            'output [ { name: "SUM" data_type: TYPE_INT32 dims: [ 1 ] }, '
-            '{ name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]')
-    write_model(root, "bls_stream", python("bls_stream", "", sums, 0), {"1/model.py": BLS_STREAM})
-    write_model(root, "introspect", python("introspect", "", INTROSPECT_TENSORS, 0), {"1/model.py": INTROSPECT})
-    write_model(root, "sequence", python("sequence", "sequence_batching { }", INTROSPECT_TENSORS, 0),
-                {"1/model.py": INTROSPECT})
-    write_model(root, "ensemble", ENSEMBLE, {"1/.keep": ""})
+    root = write_repository(tmp_path_factory.mktemp("repository"))
     colocated = request.param == "colocated in stubs"
     with serve_repository(root, num_cpus=4, colocate=colocated, colocate_python=colocated) as endpoints:
         yield endpoints
@@ -214,9 +64,10 @@ def test_a_decoupled_callee_answers_the_call_with_all_its_responses(server):
     assert outputs(infer(server, "bls_stream", body)) == {"SUM": [10], "COUNT": [4]}
 
 
-def test_a_call_to_an_unknown_model_is_the_callers_error_with_tritons_code(server):
+def test_a_call_to_an_unknown_model_is_the_callers_error_with_tritons_code_and_words(server):
     answer = infer(server, "bls", add_sub_body({"target": "nope"}))
-    assert answer.status_code == 404, answer.text
+    assert answer.status_code == 500, answer.text
+    assert "Failed for execute the inference request. Model 'nope' is not ready" in answer.json()["error"]
     assert "Request for unknown model: 'nope' is not found" in answer.json()["error"]
 
 
@@ -253,8 +104,8 @@ def test_a_sequence_model_reads_its_correlation_id_and_start_end_flags(server, s
 
 
 @pytest.mark.parametrize("code, http, grpc_code", [
-    (-1, 500, "StatusCode.INTERNAL"), (3, 400, "StatusCode.INVALID_ARGUMENT"), (4, 503, "StatusCode.UNAVAILABLE"),
-    (5, 501, "StatusCode.UNIMPLEMENTED")])
+    ("", 500, "StatusCode.INTERNAL"), ("INVALID_ARG", 400, "StatusCode.INVALID_ARGUMENT"),
+    ("UNAVAILABLE", 503, "StatusCode.UNAVAILABLE"), ("UNSUPPORTED", 501, "StatusCode.UNIMPLEMENTED")])
 def test_a_models_triton_error_code_decides_the_status_as_on_triton(server, code, http, grpc_code):
     body = {"inputs": [{"name": "X", "shape": [1], "datatype": "INT32", "data": [1]}], "parameters": {"fail": code}}
     answer = infer(server, "introspect", body)

@@ -113,11 +113,11 @@ def test_generate_answers_one_response_as_json(server):
 def test_errors_before_the_first_response_keep_their_status(server, path):
     if path == "infer":  # a decoupled model over the one-response route, as Triton refuses it
         body = {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
-        message = "is decoupled"
+        status, message = 501, "is decoupled"
     else:
-        body, message = {"TEXT": 5}, "BYTES data must be strings"
+        body, status, message = {"TEXT": 5}, 400, "BYTES data must be strings"
     response = requests.post(f"{server}/v2/models/text_generator/{path}", json=body, timeout=60)
-    assert response.status_code == 400 and message in response.json()["error"]
+    assert response.status_code == status and message in response.json()["error"]
     missing = requests.post(f"{server}/v2/models/nope/{path}", json=body, timeout=60)
     assert missing.status_code == 404
 
