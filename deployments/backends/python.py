@@ -43,7 +43,7 @@ class PythonBackend(Backend):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         args = {
-            "model_config": json.dumps(self.config.to_dict()),
+            "model_config": json.dumps(self.config.served_dict()),
             "model_instance_kind": "GPU" if self.device == "cuda" else "CPU",
             "model_instance_name": f"{self.config.name}_0",
             "model_instance_device_id": "0",

@@ -174,6 +174,24 @@ class ModelConfig(BaseModel):
             data["parameters"]["gpu_fraction"] = {"string_value": str(self.gpus_per_replica())}
         return data
 
+    def served_dict(self) -> dict[str, Any]:
+        """The config as a served model answers it (``/config``, a Python model's ``args``): Triton's JSON
+        form with the instance groups Triton completes: one named after the model when none is configured,
+        names ``<model>_<i>``, KIND_AUTO resolved (KIND_GPU where the model takes GPUs), the empty fields."""
+        data = self.to_dict()
+        kind = "KIND_GPU" if self.gpus_per_replica() else "KIND_CPU"
+        groups = data["instance_group"] or [{"name": self.name, "count": 1}]
+        for i, group in enumerate(groups):
+            group.pop("gpu_fraction", None)
+            group["name"] = group.get("name") or f"{self.name}_{i}"
+            if group.get("kind", "KIND_AUTO") == "KIND_AUTO":
+                group["kind"] = kind
+            for key, empty in (("gpus", []), ("secondary_devices", []), ("profile", []), ("passive", False),
+                               ("host_policy", "")):
+                group.setdefault(key, empty)
+        data["instance_group"] = groups
+        return data
+
     def to_proto(self) -> model_config_pb2.ModelConfig:
         return json_format.ParseDict(self.to_dict(), model_config_pb2.ModelConfig())
 

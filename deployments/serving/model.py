@@ -384,7 +384,7 @@ class ModelService(ServedModel):
 
     def model_config(self) -> dict[str, Any]:
         """The completed config, in Triton's JSON form."""
-        return self.runner.config.to_dict()
+        return self.runner.config.served_dict()
 
     def index(self) -> list[dict[str, str]]:
         return self.runner.index()

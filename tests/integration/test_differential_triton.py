@@ -155,3 +155,10 @@ def test_server_metadata_names_the_same_server_and_no_extension_triton_lacks(ser
     expected, got = (requests.get(f"{endpoints.http}/v2", timeout=30).json() for endpoints in servers)
     assert got["name"] == expected["name"]
     assert set(got["extensions"]) <= set(expected["extensions"])
+
+
+@pytest.mark.parametrize("model", ["add_sub", "bls", "counter", "sequence"])
+def test_config_completes_the_instance_groups_alike(servers, model):
+    triton, ours = (requests.get(f"{endpoints.http}/v2/models/{model}/config", timeout=30).json()
+                    for endpoints in servers)
+    assert ours["instance_group"] == triton["instance_group"]
