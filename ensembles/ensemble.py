@@ -211,6 +211,10 @@ class Ensemble(ServedModel):
     def model_config(self) -> dict[str, Any]:
         return self.config.to_dict()
 
+    def labels(self, outputs: list[str]) -> dict[str, Any]:
+        """For the classification extension: the ensemble's batching; its outputs have no label files."""
+        return {"batched": self.config.batching, "labels": {}}
+
     async def index(self) -> list[dict[str, str]]:
         ready = await self._checked()
         return [{"name": self.config.name, "version": str(ENSEMBLE_VERSION),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from cluster.protocol.classification import class_count
 from cluster.protocol.raw_tensors import check_bytes_elements, decode_raw, encode_raw
 from deployments.config.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
@@ -69,6 +70,8 @@ class InferRequest:
     #: Inputs to read from system shared memory, and outputs to write there (not in the response body).
     shared_inputs: dict[str, SharedInput] = field(default_factory=dict)
     shared_outputs: dict[str, SharedSlice] = field(default_factory=dict)
+    #: Outputs answered as their top classes (Triton's classification extension): name -> class count.
+    classifications: dict[str, int] = field(default_factory=dict)
 
     def wants_binary(self, output: str) -> bool:
         return output in self.binary_outputs or (self.binary_by_default and self.outputs is None)
@@ -125,7 +128,7 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         offset += size
     if offset != len(binary):
         raise invalid(f"{len(binary) - offset} bytes of binary data belong to no input")
-    outputs, binary_outputs, shared_outputs = None, set(), {}
+    outputs, binary_outputs, shared_outputs, classifications = None, set(), {}, {}
     if "outputs" in message:
         raw_outputs = message["outputs"]
         if not isinstance(raw_outputs, list) or not all(
@@ -135,6 +138,8 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         outputs = [o["name"] for o in raw_outputs]
         for o in raw_outputs:
             parameters = _parameters(o, f"output '{o['name']}'")
+            if (count := class_count(o["name"], parameters)) is not None:
+                classifications[o["name"]] = count
             where = shared_slice(parameters, f"output '{o['name']}'")
             if where is not None:
                 if parameters.get("binary_data"):
@@ -147,7 +152,8 @@ def decode_infer_request(body: bytes, header_length: str | None = None) -> Infer
         raise invalid("'id' must be a string")
     parameters = _parameters(message, "request")
     return InferRequest(inputs, outputs, request_id, parameters, binary_outputs,
-                        bool(parameters.get("binary_data_output", False)), shared_inputs, shared_outputs)
+                        bool(parameters.get("binary_data_output", False)), shared_inputs, shared_outputs,
+                        classifications)
 
 
 def _one_source(raw: dict[str, Any], parameters: dict[str, Any], name: str) -> SharedSlice | None:

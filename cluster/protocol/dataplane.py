@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
+from cluster.protocol.classification import classify
 from cluster.protocol.codec import InferRequest
 from cluster.protocol.shared_memory import SharedMemory
 from cluster.repository.model_apps import load_failure
@@ -33,8 +34,8 @@ SERVER_NAME = "triton"
 #: Request parameters the protocol itself uses; the rest reach the model.
 PROTOCOL_PARAMETERS = {"binary_data_output", "triton_enable_empty_final_response"}
 #: Triton's extension names for what this server serves (clients may check them).
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "system_shared_memory",
-              "sequence", "schedule_policy", "parameters", "logging", "trace"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics", "model_repository",
+              "system_shared_memory", "sequence", "schedule_policy", "parameters", "logging", "trace"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 #: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model
@@ -146,6 +147,8 @@ class DataPlane:
             inputs = await self._inputs(request)
             answered, outputs = await self.infer(model, version, inputs, request.outputs, request.parameters,
                                                  span and self.tracer.carried(span), request.id or "")
+            if request.classifications:
+                outputs = await self._classified(model, outputs, request.classifications)
             if request.shared_outputs:
                 await self.shared_memory.write_outputs(outputs, request.shared_outputs)
         except Exception as exc:
@@ -156,6 +159,13 @@ class DataPlane:
                 span.end()
         log_request(request, model, answered, started)
         return answered, outputs
+
+    async def _classified(self, model: str, outputs: Tensors, classifications: dict[str, int]) -> Tensors:
+        """The outputs with those the request classifies replaced by their top classes (Triton's
+        classification extension), labelled from the model's label files."""
+        known = await bounded(self.handle(model).labels.remote(list(classifications)), f"model '{model}'")
+        return {name: classify(name, tensor, classifications[name], known["batched"], known["labels"].get(name))
+                if name in classifications else tensor for name, tensor in outputs.items()}
 
     def _sampled(self, model: str, version: str | None, request: InferRequest):
         """The root span of a request the trace settings sample (None for the others)."""

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2
 
 from cluster.protocol.codec import InferRequest, SharedInput, decode_shape, shared_input, shared_slice
+from cluster.protocol.classification import class_count
 from cluster.protocol.raw_tensors import check_bytes_elements, decode_raw, encode_raw
 from deployments.backends import Tensors
 from deployments.config.dtypes import numpy_dtype, v2_datatype
@@ -71,8 +72,10 @@ def decode_infer_request(request: service_pb2.ModelInferRequest, raw: list[bytes
     outputs = [output.name for output in request.outputs] or None
     shared_outputs = {output.name: where for output in request.outputs
                       if (where := shared_slice(plain_parameters(output.parameters), f"output '{output.name}'"))}
+    classifications = {output.name: count for output in request.outputs
+                       if (count := class_count(output.name, plain_parameters(output.parameters))) is not None}
     return InferRequest(inputs, outputs, request.id or None, plain_parameters(request.parameters),
-                        shared_inputs=shared_inputs, shared_outputs=shared_outputs)
+                        shared_inputs=shared_inputs, shared_outputs=shared_outputs, classifications=classifications)
 
 
 def plain_parameters(parameters) -> dict[str, Any]:

@@ -389,6 +389,11 @@ class ModelService(ServedModel):
     def index(self) -> list[dict[str, str]]:
         return self.runner.index()
 
+    def labels(self, outputs: list[str]) -> dict[str, Any]:
+        """Whether the model batches, and the labels of ``outputs`` from their ``label_filename``s."""
+        found = {name: self.runner.labels(name) for name in outputs}
+        return {"batched": self.runner.config.batching, "labels": {n: v for n, v in found.items() if v is not None}}
+
     def statistics(self) -> dict[int, dict[str, Any]]:
         """This replica's statistics per version, in Triton's form (the collector sums all replicas)."""
         return {v: stats.to_triton(self.runner.name, v) for v, stats in self.runner.stats.items()}

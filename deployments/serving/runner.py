@@ -20,7 +20,7 @@ from deployments.scheduling import batching
 from deployments.backends import Backend, RequestInfo, Tensors, backend_class, resolve_backend
 from deployments.backends.process import ProcessBackend
 from deployments.config.model_config import ModelConfig
-from deployments.errors import (ErrorCode, InferenceError, no_available_versions, unknown_model,
+from deployments.errors import (ErrorCode, InferenceError, invalid, no_available_versions, unknown_model,
                                 version_not_ready, without_paths)
 from deployments.scheduling.sequences import WARMUP_SEQUENCE, Sequences, Step
 from deployments.observability.statistics import VersionStatistics
@@ -95,6 +95,7 @@ class ModelRunner:
         self._in_flight: dict[int, int] = {}  # id(backend) -> requests prepared and not yet executed
         self._running: dict[int, int] = {}  # version -> requests in the backend call now (executor thread)
         self._retired: list[Backend] = []  # swapped out, unloaded once nothing in flight uses them
+        self._labels: dict[tuple[str, int], list[str]] = {}  # (label file, mtime) -> its labels
         self._lock = threading.Lock()
 
     @property
@@ -356,6 +357,24 @@ class ModelRunner:
             stats.record_request(done - request.arrived_ns, ok=not isinstance(result, Exception))
             if not isinstance(result, Exception):
                 stats.inference_count += request.rows
+
+    def labels(self, output: str) -> list[str] | None:
+        """The labels of an output with a ``label_filename`` (a file in the model's folder, a label a line),
+        from the newest version's folder; None without one. Cached per file and modification time."""
+        tensor = next((t for t in self.config.output if t.name == output), None)
+        filename = (tensor.model_extra or {}).get("label_filename") if tensor is not None else None
+        if not filename or not self.backends:
+            return None
+        if Path(filename).name != filename:
+            raise invalid(f"model '{self.name}': label_filename {filename!r} must name a file in the model's folder")
+        path = self.backends[max(self.backends)].version_dir.parent / filename
+        try:
+            key = (str(path), path.stat().st_mtime_ns)
+        except OSError:
+            raise invalid(f"model '{self.name}': its label file {filename!r} is not in the model's folder") from None
+        if key not in self._labels:
+            self._labels = {key: path.read_text(errors="replace").splitlines()}
+        return self._labels[key]
 
     def metadata(self) -> dict[str, Any]:
         """The v2 model metadata: name, versions, platform, inputs and outputs."""

@@ -99,6 +99,11 @@ class ServedModel:
         """The sync generation this copy has applied: every one, for a model that does not follow the sync."""
         return math.inf
 
+    def labels(self, outputs: list[str]) -> dict[str, Any]:
+        """For Triton's classification extension: whether the model batches, and the labels of those
+        ``outputs`` that have a ``label_filename`` (here: none)."""
+        return {"batched": False, "labels": {}}
+
 
 class LocalHandle:
     """A served model held in this process, called as through its DeploymentHandle:

@@ -143,13 +143,37 @@ ensemble_scheduling { step [ { model_name: "add_sub" model_version: -1
 """
 
 
+# Scores for the classification extension: SCORES = X (FP32, labelled from labels.txt), RANKS = X as INT32.
+SCORES = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SCORES", x),
+                                                         pb_utils.Tensor("RANKS", x.astype(np.int32))]))
+        return responses
+"""
+
+SCORES_TENSORS = """
+  input [ { name: "X" data_type: TYPE_FP32 dims: [ 5 ] } ]
+  output [ { name: "SCORES" data_type: TYPE_FP32 dims: [ 5 ] label_filename: "labels.txt" },
+           { name: "RANKS" data_type: TYPE_INT32 dims: [ 5 ] } ]
+"""
+
+
 def python(name: str, extra: str = "", tensors: str = TENSORS, batch: int = 8) -> str:
     return f'name: "{name}"\nbackend: "python"\nmax_batch_size: {batch}\n{extra}\n{tensors}'
 
 
 def write_repository(root: Path) -> Path:
     """The models above in ``root``: add_sub, bls (calls a model), counter (decoupled), bls_stream (calls
-    counter), introspect and sequence (what the request API tells a model), ensemble (add_sub as a step)."""
+    counter), introspect and sequence (what the request API tells a model), ensemble (add_sub as a step),
+    scores (classification, four labels for five classes)."""
     write_model(root, "add_sub", python("add_sub", "dynamic_batching {}"), {"1/model.py": ADD_SUB})
     write_model(root, "bls", python("bls", "dynamic_batching {}"), {"1/model.py": BLS})
     write_model(root, "counter", python("counter", "model_transaction_policy { decoupled: true }",
@@ -164,5 +188,7 @@ def write_repository(root: Path) -> Path:
     write_model(root, "sequence", python("sequence", "sequence_batching { }", INTROSPECT_TENSORS, 0),
                 {"1/model.py": INTROSPECT})
     write_model(root, "ensemble", ENSEMBLE, {"1/.keep": ""})
+    write_model(root, "scores", python("scores", "", SCORES_TENSORS),
+                {"1/model.py": SCORES, "labels.txt": "cat\ndog\nbird\nfish\n"})
     return root
 

@@ -53,6 +53,11 @@ def x(parameters: dict | None = None, **extra) -> dict:
     return {**body, "parameters": parameters} if parameters else body
 
 
+def scores() -> dict:
+    data = [0.5, 2.25, -1.0, 7.125, 3.0, 9.0, 8.0, 7.0, 6.0, 5.0]
+    return {"inputs": [{"name": "X", "shape": [2, 5], "datatype": "FP32", "data": data}]}
+
+
 def answer(endpoints: Endpoints, model: str, body: dict) -> tuple[int, dict]:
     """The status and the answer, outputs by name (order aside)."""
     response = requests.post(f"{endpoints.http}/v2/models/{model}/infer", json=body, timeout=120)
@@ -72,6 +77,11 @@ CASES = {
                                                                outputs=[{"name": "INFO"}])),
     "every output when none is asked for": ("introspect", x(id="req-8")),
     "a missing input": ("add_sub", {"inputs": add_sub()["inputs"][:1]}),
+    "classification with labels": ("scores", {**scores(), "outputs": [
+        {"name": "SCORES", "parameters": {"classification": 3}}]}),
+    "classification of integers, more classes than labels, binary": ("scores", {**scores(), "outputs": [
+        {"name": "RANKS", "parameters": {"classification": 2, "binary_data": False}},
+        {"name": "SCORES", "parameters": {"classification": 5}}]}),
     **{f"TritonError {code or 'default'}": ("introspect", x({"fail": code}))
        for code in ("", "INVALID_ARG", "NOT_FOUND", "UNAVAILABLE", "UNSUPPORTED", "UNKNOWN", "ALREADY_EXISTS",
                     "CANCELLED")},
@@ -157,7 +167,19 @@ def test_server_metadata_names_the_same_server_and_no_extension_triton_lacks(ser
     assert set(got["extensions"]) <= set(expected["extensions"])
 
 
-@pytest.mark.parametrize("model", ["add_sub", "bls", "counter", "sequence"])
+def test_grpc_class_count_answers_alike(servers):
+    def classes(endpoints):
+        tensor = grpcclient.InferInput("X", [2, 5], "FP32")
+        tensor.set_data_from_numpy(np.array(scores()["inputs"][0]["data"], np.float32).reshape(2, 5))
+        wanted = grpcclient.InferRequestedOutput("SCORES", class_count=2)
+        result = grpcclient.InferenceServerClient(endpoints.grpc).infer("scores", [tensor], outputs=[wanted])
+        return result.as_numpy("SCORES").tolist(), result.get_output("SCORES").datatype
+
+    triton, ours = servers
+    assert classes(ours) == classes(triton)
+
+
+@pytest.mark.parametrize("model", ["add_sub", "bls", "counter", "sequence", "scores"])
 def test_config_completes_the_instance_groups_alike(servers, model):
     triton, ours = (requests.get(f"{endpoints.http}/v2/models/{model}/config", timeout=30).json()
                     for endpoints in servers)
