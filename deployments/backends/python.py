@@ -26,6 +26,7 @@ from typing import Callable
 
 from deployments.backends import Backend, RequestInfo, Tensors, bls
 from deployments.backends import triton_python_backend_utils as pb_utils
+from deployments.config.model_config import ModelConfig, parse_yaml
 from deployments.errors import InferenceError
 
 
@@ -42,6 +43,17 @@ class PythonBackend(Backend):
             raise FileNotFoundError(f"no {self.model_path.name} in version {self.version_dir.name}")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        if hasattr(module, "TritonPythonModel"):
+            self._model = module.TritonPythonModel()
+            self._infer = None
+        elif callable(getattr(module, "infer", None)):
+            self._model = module
+            self._infer = module.infer
+        else:
+            raise ValueError("model.py must define a class TritonPythonModel or a function infer(inputs)")
+        complete = getattr(type(self._model), "auto_complete_config", None) if self._infer is None else None
+        if complete is not None:
+            self.config = self._auto_completed(complete)
         args = {
             "model_config": json.dumps(self.config.served_dict()),
             "model_instance_kind": "GPU" if self.device == "cuda" else "CPU",
@@ -51,18 +63,24 @@ class PythonBackend(Backend):
             "model_version": self.version_dir.name,
             "model_name": self.config.name,
         }
-        if hasattr(module, "TritonPythonModel"):
-            self._model = module.TritonPythonModel()
-            self._infer = None
-        elif callable(getattr(module, "infer", None)):
-            self._model = module
-            self._infer = module.infer
-        else:
-            raise ValueError("model.py must define a class TritonPythonModel or a function infer(inputs)")
         self._loop = None
         bls.set_default(self.calls, (self.config.name,))
         if hasattr(self._model, "initialize"):
             self._run(lambda _: self._model.initialize(args), [], [])
+
+    def _auto_completed(self, complete) -> ModelConfig:
+        """The config after the model's static ``auto_complete_config`` (Triton's), checked as a config file
+        would be. A model may add inputs and outputs and set batching, not turn decoupled on or off: where
+        a model runs is chosen from its config before it loads."""
+        given = pb_utils.ModelConfig(self.config.to_dict())
+        returned = complete(given)
+        completed = returned if isinstance(returned, pb_utils.ModelConfig) else given
+        config = parse_yaml(json.dumps(completed.as_dict()), f"{self.config.name}: auto_complete_config",
+                            self.config.name)
+        if config.decoupled != self.config.decoupled:
+            raise ValueError("auto_complete_config may not change model_transaction_policy.decoupled: set it in "
+                             "the model's config file too")
+        return config
 
     def infer(self, inputs: Tensors) -> Tensors:
         outputs = self._infer(inputs)

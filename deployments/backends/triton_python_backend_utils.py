@@ -8,6 +8,7 @@ refused by name when a model reaches for it (module ``__getattr__``), never an A
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from typing import Any, Callable, Iterator
@@ -103,6 +104,43 @@ class Logger:
     def log(cls, message: str, level: int = 0) -> None:
         levels = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.DEBUG}
         cls._log(levels.get(level, logging.INFO), message)
+
+
+class ModelConfig:
+    """The config a model's static ``auto_complete_config(auto_complete_model_config)`` reads and completes
+    (Triton's JSON form); the method returns it."""
+
+    def __init__(self, config: dict[str, Any]):
+        self._config = config
+
+    def as_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._config)
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        configured = self._config.get("max_batch_size", 0)
+        if configured and configured != max_batch_size:
+            raise ValueError(f"the configuration sets max_batch_size {configured}; auto_complete_config "
+                             f"may not change it to {max_batch_size}")
+        self._config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        self._config.setdefault("dynamic_batching", {})
+
+    def set_model_transaction_policy(self, policy: dict[str, Any]) -> None:
+        self._config["model_transaction_policy"] = {**self._config.get("model_transaction_policy", {}), **policy}
+
+    def add_input(self, tensor: dict[str, Any]) -> None:
+        self._add("input", tensor)
+
+    def add_output(self, tensor: dict[str, Any]) -> None:
+        self._add("output", tensor)
+
+    def _add(self, kind: str, tensor: dict[str, Any]) -> None:
+        if not isinstance(tensor, dict) or not {"name", "data_type", "dims"} <= tensor.keys():
+            raise ValueError(f"add_{kind}() takes a dict with 'name', 'data_type' and 'dims', got {tensor!r}")
+        if any(t.get("name") == tensor["name"] for t in self._config.get(kind, [])):
+            raise ValueError(f"{kind} '{tensor['name']}' is already in the model configuration")
+        self._config.setdefault(kind, []).append(dict(tensor))
 
 
 class InferenceResponseSender:

@@ -129,10 +129,12 @@ class VersionStatistics:
             "inference_count": self.inference_count,
             "execution_count": self.execution_count,
             "inference_stats": stats,
+            "response_stats": {},  # Triton 2.51 fills none, decoupled models too (test_differential_triton.py)
             "batch_stats": [
                 {"batch_size": size, **{part.name: duration(getattr(batch, part.name)) for part in fields(BatchStatistics)}}
                 for size, batch in sorted(self.batches.items())
             ],
+            "memory_usage": [],  # Triton's lists GPU and pinned memory; models here hold host memory only
         }
 
 

@@ -32,7 +32,8 @@ TENSORS = """
 """
 
 # Calls the model its "target" parameter names (add_sub by default), asking for OUTPUT0 only, once with
-# exec() or "fan_out" times at once with async_exec() (a request each: Triton's hang when one is sent twice); answers the sum and how many tensors one answer held.
+# exec() or "fan_out" times at once with async_exec() (a request each: Triton hangs when one is sent twice);
+# answers the sum and how many tensors one answer held.
 # The callee's error becomes its own, code and all.
 BLS = """
 import asyncio
@@ -115,7 +116,8 @@ class TritonPythonModel:
             params = json.loads(request.parameters())
             if "fail" in params:  # a TritonError with the code of that name ("": the default code)
                 code = params["fail"]
-                error = pb_utils.TritonError("failed on purpose", *([getattr(pb_utils.TritonError, code)] if code else []))
+                codes = [getattr(pb_utils.TritonError, code)] if code else []
+                error = pb_utils.TritonError("failed on purpose", *codes)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             seen = {"id": request.request_id(), "requested": sorted(request.requested_output_names()),
@@ -166,6 +168,19 @@ SCORES_TENSORS = """
 """
 
 
+# add_sub with a bare config: the model declares its tensors and batching itself (auto_complete_config).
+COMPLETED = ADD_SUB.replace("class TritonPythonModel:", '''class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(config):
+        for kind, add in (("INPUT", config.add_input), ("OUTPUT", config.add_output)):
+            for i in range(2):
+                add({"name": f"{kind}{i}", "data_type": "TYPE_INT32", "dims": [4]})
+        config.set_max_batch_size(8)
+        config.set_dynamic_batching()
+        return config
+''')
+
+
 def python(name: str, extra: str = "", tensors: str = TENSORS, batch: int = 8) -> str:
     return f'name: "{name}"\nbackend: "python"\nmax_batch_size: {batch}\n{extra}\n{tensors}'
 
@@ -173,7 +188,7 @@ def python(name: str, extra: str = "", tensors: str = TENSORS, batch: int = 8) -
 def write_repository(root: Path) -> Path:
     """The models above in ``root``: add_sub, bls (calls a model), counter (decoupled), bls_stream (calls
     counter), introspect and sequence (what the request API tells a model), ensemble (add_sub as a step),
-    scores (classification, four labels for five classes)."""
+    scores (classification, four labels for five classes), completed (add_sub through auto_complete_config)."""
     write_model(root, "add_sub", python("add_sub", "dynamic_batching {}"), {"1/model.py": ADD_SUB})
     write_model(root, "bls", python("bls", "dynamic_batching {}"), {"1/model.py": BLS})
     write_model(root, "counter", python("counter", "model_transaction_policy { decoupled: true }",
@@ -188,6 +203,7 @@ def write_repository(root: Path) -> Path:
     write_model(root, "sequence", python("sequence", "sequence_batching { }", INTROSPECT_TENSORS, 0),
                 {"1/model.py": INTROSPECT})
     write_model(root, "ensemble", ENSEMBLE, {"1/.keep": ""})
+    write_model(root, "completed", 'name: "completed"\nbackend: "python"\n', {"1/model.py": COMPLETED})
     write_model(root, "scores", python("scores", "", SCORES_TENSORS),
                 {"1/model.py": SCORES, "labels.txt": "cat\ndog\nbird\nfish\n"})
     return root

@@ -77,6 +77,8 @@ CASES = {
                                                                outputs=[{"name": "INFO"}])),
     "every output when none is asked for": ("introspect", x(id="req-8")),
     "a missing input": ("add_sub", {"inputs": add_sub()["inputs"][:1]}),
+    "tensors and batching from auto_complete_config": ("completed", add_sub(rows=3)),
+    "past the batch size auto_complete_config set": ("completed", add_sub(rows=9)),
     "classification with labels": ("scores", {**scores(), "outputs": [
         {"name": "SCORES", "parameters": {"classification": 3}}]}),
     "classification of integers, more classes than labels, binary": ("scores", {**scores(), "outputs": [
@@ -179,8 +181,22 @@ def test_grpc_class_count_answers_alike(servers):
     assert classes(ours) == classes(triton)
 
 
-@pytest.mark.parametrize("model", ["add_sub", "bls", "counter", "sequence", "scores"])
-def test_config_completes_the_instance_groups_alike(servers, model):
+@pytest.mark.parametrize("model", ["add_sub", "bls", "counter", "sequence", "scores", "completed"])
+def test_config_completes_the_instance_groups_and_what_the_model_declares_alike(servers, model):
     triton, ours = (requests.get(f"{endpoints.http}/v2/models/{model}/config", timeout=30).json()
                     for endpoints in servers)
     assert ours["instance_group"] == triton["instance_group"]
+    assert ours["max_batch_size"] == triton["max_batch_size"]
+    assert [(t["name"], t["data_type"], t["dims"]) for t in ours["input"] + ours["output"]] == \
+        [(t["name"], t["data_type"], t["dims"]) for t in triton["input"] + triton["output"]]
+    assert ("dynamic_batching" in ours) == ("dynamic_batching" in triton)
+
+
+def test_statistics_have_the_same_fields(servers):
+    def fields(endpoints):
+        answer(endpoints, "add_sub", add_sub())
+        (stats,) = requests.get(f"{endpoints.http}/v2/models/add_sub/stats", timeout=30).json()["model_stats"]
+        return sorted(stats), sorted(stats["inference_stats"]), stats["response_stats"], stats["memory_usage"]
+
+    triton, ours = servers
+    assert fields(ours) == fields(triton)
