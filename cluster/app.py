@@ -28,7 +28,8 @@ from cluster.repository.stores import open_store
 from deployments.config.model_config import ConfigError, ModelConfig
 from deployments.config.messages import Autoscaling
 from deployments.errors import without_paths
-from deployments.serving.model import Model, ServingLimits
+from deployments.scheduling.limits import ServingLimits
+from deployments.serving.model import Model
 from ensembles.ensemble import Ensemble
 from ensembles.graph import check_graph, is_ensemble, scheduling
 

@@ -28,6 +28,8 @@ def classify(name: str, tensor: np.ndarray, count: int, batched: bool, labels: l
     as Triton writes them (values with C's ``%f`` for floats)."""
     if tensor.dtype == object or tensor.dtype.kind not in "biuf":
         raise invalid(f"output '{name}': classification needs a numeric output, not {tensor.dtype}")
+    if batched and tensor.ndim and tensor.shape[0] == 0:
+        return np.empty((0, count), dtype=object)
     rows = tensor.reshape(tensor.shape[0], -1) if batched and tensor.ndim else tensor.reshape(1, -1)
     floating = tensor.dtype.kind == "f"
     answers = []

@@ -30,7 +30,8 @@ from cluster.protocol.restrictions import Restriction, Restrictions
 from cluster.protocol.shared_memory import SharedMemory
 from deployments.observability import settings_follower
 from deployments.config.model_config import ModelConfig
-from deployments.serving.model import ModelService, ServingLimits
+from deployments.scheduling.limits import ServingLimits
+from deployments.serving.model import ModelService
 from deployments.serving.runner import VersionSource
 from deployments.serving.served import LocalHandle
 from ensembles.ensemble import colocated_ensemble

@@ -36,7 +36,8 @@ from ray.serve.handle import DeploymentHandle
 from cluster.names import model_app_name
 from deployments.config.model_config import ModelConfig
 from deployments.errors import InferenceError, invalid, unavailable
-from deployments.serving.model import Model, max_queued
+from deployments.scheduling.limits import max_queued
+from deployments.serving.model import Model
 from deployments.scheduling.sequence_router import ROUTER_CLASS
 from ensembles.ensemble import Ensemble
 

@@ -60,6 +60,7 @@ class _Pipe:
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: dict[int, concurrent.futures.Future] = {}
         self._ids = itertools.count()
+        self._closed = False
         threading.Thread(target=self._read, name="ric-stub-reader", daemon=True).start()
 
     def send(self, message) -> None:
@@ -73,6 +74,9 @@ class _Pipe:
     def submit(self, call: BlsCall) -> concurrent.futures.Future:
         """A BLS call, answered by the replica (bls.Calls)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self._closed:
+            future.set_result([InferenceError(ErrorCode.UNAVAILABLE, "the replica went away")])
+            return future
         number = next(self._ids)
         self._waiting[number] = future
         try:
@@ -95,8 +99,11 @@ class _Pipe:
                     future.set_result(message[2])
             else:
                 self._work.put(message)
-        for future in self._waiting.values():
-            future.set_result([InferenceError(ErrorCode.UNAVAILABLE, "the replica went away")])
+        self._closed = True
+        for number in list(self._waiting):
+            future = self._waiting.pop(number, None)
+            if future is not None:
+                future.set_result([InferenceError(ErrorCode.UNAVAILABLE, "the replica went away")])
         self._work.put(None)
 
 
@@ -146,6 +153,8 @@ class ProcessBackend(Backend):
         self.name = backend_name
         self._lock = threading.Lock()  # one batch at a time on the pipe
         self._send_lock = threading.Lock()  # the batch and the answers to its BLS calls share the pipe
+        # Answers are pickled and written here, not on the event loop that finished the call.
+        self._answers = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-bls-{config.name}")
         self._process = None
         self._connection = None
         self._stopped_because: str | None = None  # why abort() ended the process, for the request in it
@@ -214,15 +223,28 @@ class ProcessBackend(Backend):
             if message[0] != "call":
                 return message
             _, number, call = message
-            if self.calls is None:
-                self._send(connection, ("called", number, [InferenceError(
-                    ErrorCode.UNAVAILABLE, "this replica offers no calls to other models")]))
-                continue
-            self.calls.submit(call).add_done_callback(partial(self._answer, connection, number))
+            try:
+                if self.calls is None:
+                    raise InferenceError(ErrorCode.UNAVAILABLE, "this replica offers no calls to other models")
+                self.calls.submit(call).add_done_callback(partial(self._answer, connection, number))
+            except Exception as exc:
+                self._send(connection, ("called", number, [InferenceError.from_exception(exc)]))
 
     def _answer(self, connection, number: int, future: concurrent.futures.Future) -> None:
+        """Send a call's answer down (on the thread that finished it); a call that failed or was cancelled
+        answers its error, so the model's ``exec()`` never waits for nothing."""
         try:
-            self._send(connection, ("called", number, future.result()))
+            answer = future.result()
+        except BaseException as exc:  # noqa: BLE001 (cancelled with the replica's loop, too)
+            answer = [InferenceError.from_exception(exc)]
+        try:
+            self._answers.submit(self._send_answer, connection, ("called", number, answer))
+        except RuntimeError:  # unloaded meanwhile
+            pass
+
+    def _send_answer(self, connection, message) -> None:
+        try:
+            self._send(connection, message)
         except (OSError, ValueError):  # the stub went away meanwhile
             pass
 
@@ -243,8 +265,12 @@ class ProcessBackend(Backend):
                 return
             try:
                 self._send(connection, ("unload",))
-                if connection.poll(STOP_GRACE_S):
-                    connection.recv()  # finalize() ran
+                while connection.poll(STOP_GRACE_S):  # until finalize() ran; its calls are refused
+                    message = connection.recv()
+                    if message[0] != "call":
+                        break
+                    self._send(connection, ("called", message[1], [InferenceError(
+                        ErrorCode.UNAVAILABLE, "the model is unloading: its calls are not served")]))
             except (EOFError, OSError):
                 pass
             process.join(STOP_GRACE_S)

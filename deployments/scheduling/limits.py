@@ -1,9 +1,34 @@
-"""What a model's config says about scheduling its requests: the queue policy's timeout for a request and
-the batch the dynamic batcher may form. Pure arithmetic over the config; no Ray here."""
+"""What a model's config says about scheduling its requests: the queue policy's timeout for a request,
+the batch the dynamic batcher may form, and the application's bounds where the config sets none. Pure
+arithmetic over the config; no Ray here."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from deployments.config.model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """The application's bounds on a model's requests, where its config does not set its own."""
+
+    #: How long a request may wait in its replica, queue and execution (config: ``execution_timeout_s``).
+    execution_timeout_s: float = 300.0
+    #: Requests that may wait for a model replica (config: ``default_queue_policy.max_queue_size``); over it
+    #: requests answer 503. Serve enforces it for a model's own deployment, ModelService for a colocated copy.
+    max_queued_requests: int = 1024
+    #: Requests a model replica works on at once (Serve's max_ongoing_requests).
+    max_ongoing_requests: int = 64
+    #: Bytes the response cache of each copy of a model with ``response_cache { enable: true }`` may hold.
+    response_cache_bytes: int = 64 * 2**20
+
+
+def max_queued(config: ModelConfig, limits: ServingLimits) -> int:
+    """Requests that may wait for the model: the config's ``max_queue_size`` if it sets one, else the
+    application's default."""
+    policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
+    return (policy.max_queue_size if policy and policy.max_queue_size else 0) or limits.max_queued_requests
 
 
 def queue_timeout_ns(config: ModelConfig, arrived_ns: int, parameters: dict | None, level: int = 0

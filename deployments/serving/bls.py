@@ -6,12 +6,16 @@ process (a model an Ingress colocates, through its LocalHandle), through the cal
 otherwise, so the call gets the callee's dynamic batching, versions, queue policy and statistics as a
 client's request would. A decoupled callee answers with all its responses.
 
-**Why a BLS model cannot deadlock its replica.** A model's batch runs on its replica's one executor thread
+**Why a BLS model does not deadlock its replica.** A model's batch runs on its replica's one executor thread
 (or its stub process), and its BLS calls wait inside that batch. Every call carries the models whose
 batches wait for it (``callers``, outermost first); a model asked to answer a request whose callers hold it
 refuses at once (``ModelService``, INVALID_ARGUMENT naming the chain) instead of queueing the request behind
 the very batch that waits for it. Every other callee runs on its own executor, so the wait ends; and every
 call is bounded by its timeout (the request's ``timeout``, else the calling model's execution timeout).
+What the chain cannot see, the timeout ends: a call from a thread the model started itself carries only the
+model's own name, and two independent requests ``a -> b`` and ``b -> a`` at once on single-replica models
+wait on each other until one call times out. A call from ``initialize`` during the replica's first load
+(which runs on the event loop the call would need) is refused at once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 from typing import Any, Awaitable, Callable
 
 from ray import serve
@@ -42,8 +47,17 @@ class ModelCalls:
         """``handle(model)``: the callee's handle (awaited; raises for a model the application does not
         serve); ``timeout_s()``: a call's bound when it sets none (the caller's execution timeout)."""
         self._handle, self._timeout_s, self._loop = handle, timeout_s, loop
+        self._loop_thread = threading.get_ident()  # built on the loop's thread
 
     def submit(self, call: BlsCall) -> concurrent.futures.Future:
+        if threading.get_ident() == self._loop_thread:
+            # A model's first load runs on the event loop (the replica's constructor): a call from its
+            # initialize would wait for the loop it blocks.
+            refused: concurrent.futures.Future = concurrent.futures.Future()
+            refused.set_result([unavailable(f"model '{call.callers[-1] if call.callers else '?'}' called "
+                                            f"'{call.model}' from initialize while its replica starts: BLS calls "
+                                            "are served from execute (and from initialize on later loads)")])
+            return refused
         return asyncio.run_coroutine_threadsafe(self.run(call), self._loop)
 
     async def run(self, call: BlsCall) -> list[Tensors | InferenceError]:
@@ -81,7 +95,8 @@ class ModelCalls:
 
 class ApplicationModels:
     """The handles of the models a Model replica's BLS calls reach: its application's, and those loaded
-    later as applications of their own (found in Serve's status, once per name)."""
+    later as applications of their own (``<app>-model-<name>``, cluster/repository/model_apps.py), found in
+    Serve's status once per name; no other application's deployments."""
 
     def __init__(self):
         self._app = serve.get_replica_context().app_name
@@ -90,7 +105,7 @@ class ApplicationModels:
     async def handle(self, model: str) -> Any:
         if model not in self._handles:
             status = await asyncio.to_thread(serve.status)
-            apps = [self._app] + sorted(set(status.applications) - {self._app})
+            apps = (self._app, f"{self._app}-model-{model}")
             app = next((a for a in apps if a in status.applications
                         and model in status.applications[a].deployments), None)
             if app is None:

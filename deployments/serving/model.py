@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -28,7 +27,7 @@ from deployments.config.model_config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError, invalid, unavailable
 from deployments.serving.bls import SEQUENCE_END, SEQUENCE_START, ApplicationModels, ModelCalls
 from deployments.serving.runner import ModelRunner, Pending, VersionSource
-from deployments.scheduling.limits import batch_limits, queue_timeout_ns
+from deployments.scheduling.limits import ServingLimits, batch_limits, max_queued, queue_timeout_ns
 from deployments.scheduling.response_cache import ResponseCache, request_key
 from deployments.scheduling.sequences import Sequences, model_parameters, sequence_step
 from deployments.serving.served import ServedModel
@@ -37,28 +36,6 @@ from deployments.observability.statistics import StatisticsReporter, VersionStat
 logger = logging.getLogger(__name__)
 
 UNLOADED = "unloaded through the repository API"
-
-
-@dataclass(frozen=True)
-class ServingLimits:
-    """The application's bounds on a model's requests, where its config does not set its own."""
-
-    #: How long a request may wait in its replica, queue and execution (config: ``execution_timeout_s``).
-    execution_timeout_s: float = 300.0
-    #: Requests that may wait for a model replica (config: ``default_queue_policy.max_queue_size``); over it
-    #: requests answer 503. Serve enforces it for a model's own deployment, ModelService for a colocated copy.
-    max_queued_requests: int = 1024
-    #: Requests a model replica works on at once (Serve's max_ongoing_requests).
-    max_ongoing_requests: int = 64
-    #: Bytes the response cache of each copy of a model with ``response_cache { enable: true }`` may hold.
-    response_cache_bytes: int = 64 * 2**20
-
-
-def max_queued(config: ModelConfig, limits: ServingLimits) -> int:
-    """Requests that may wait for the model: the config's ``max_queue_size`` if it sets one, else the
-    application's default."""
-    policy = config.dynamic_batching and config.dynamic_batching.default_queue_policy
-    return (policy.max_queue_size if policy and policy.max_queue_size else 0) or limits.max_queued_requests
 
 
 class ModelService(ServedModel):

@@ -365,15 +365,16 @@ class ModelRunner:
         filename = (tensor.model_extra or {}).get("label_filename") if tensor is not None else None
         if not filename or not self.backends:
             return None
-        if Path(filename).name != filename:
-            raise invalid(f"model '{self.name}': label_filename {filename!r} must name a file in the model's folder")
         path = self.backends[max(self.backends)].version_dir.parent / filename
         try:
+            if Path(filename).name != filename or filename in (".", "..") or not path.is_file():
+                raise OSError(filename)
             key = (str(path), path.stat().st_mtime_ns)
+            if key not in self._labels:
+                self._labels = {key: path.read_text(errors="replace").splitlines()}
         except OSError:
-            raise invalid(f"model '{self.name}': its label file {filename!r} is not in the model's folder") from None
-        if key not in self._labels:
-            self._labels = {key: path.read_text(errors="replace").splitlines()}
+            raise invalid(f"model '{self.name}': its label_filename {filename!r} is not a file in the model's "
+                          "folder") from None
         return self._labels[key]
 
     def metadata(self) -> dict[str, Any]:

@@ -16,11 +16,33 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import serve_repository
-from tests.integration.python_models import write_repository
+from tests.conftest import write_model
+from tests.integration.python_models import INTROSPECT_TENSORS, python, write_repository
+
+# Calls add_sub from initialize and answers what it got: during the replica's first load, a clear refusal.
+AT_START = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        x = pb_utils.Tensor("INPUT0", np.zeros((1, 4), np.int32))
+        answer = pb_utils.InferenceRequest(model_name="add_sub", inputs=[x, pb_utils.Tensor("INPUT1", x.as_numpy())],
+                                           requested_output_names=["OUTPUT0"]).exec()
+        self.seen = answer.error().message() if answer.has_error() else "answered"
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("INFO", np.array([self.seen.encode()], object)),
+                                            pb_utils.Tensor("OTHER", np.array([0], np.int32))])
+                for _ in requests]
+"""
+
 
 @pytest.fixture(scope="module", params=["own deployments", "colocated in stubs"])
 def server(request, tmp_path_factory):
     root = write_repository(tmp_path_factory.mktemp("repository"))
+    write_model(root, "at_start", python("at_start", "", INTROSPECT_TENSORS, 0), {"1/model.py": AT_START})
     colocated = request.param == "colocated in stubs"
     with serve_repository(root, num_cpus=4, colocate=colocated, colocate_python=colocated) as endpoints:
         yield endpoints
@@ -121,3 +143,9 @@ def test_a_decoupled_model_over_infer_is_unimplemented_as_on_triton(server):
     body = {"inputs": [{"name": "N", "shape": [1], "datatype": "INT32", "data": [2]}]}
     answer = infer(server, "counter", body)
     assert answer.status_code == 501 and "decoupled" in answer.json()["error"], answer.text
+
+
+def test_a_call_from_initialize_while_the_replica_starts_is_refused_not_hung(server):
+    body = {"inputs": [{"name": "X", "shape": [1], "datatype": "INT32", "data": [1]}]}
+    seen = outputs(infer(server, "at_start", body))["INFO"][0]
+    assert "from initialize while its replica starts" in seen
