@@ -36,6 +36,8 @@ class BlsCall:
     timeout_s: float | None = None  # None: the caller's execution timeout
     decoupled: bool = False  # every response of the callee, not one
     callers: tuple[str, ...] = ()
+    #: "infer", or "ready": whether the model (``version``: that version) is ready (pb_utils.is_model_ready).
+    kind: str = "infer"
 
 
 class Calls(Protocol):

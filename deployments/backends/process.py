@@ -154,7 +154,8 @@ class ProcessBackend(Backend):
         self._lock = threading.Lock()  # one batch at a time on the pipe
         self._send_lock = threading.Lock()  # the batch and the answers to its BLS calls share the pipe
         # Answers are pickled and written here, not on the event loop that finished the call.
-        self._answers = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-bls-{config.name}")
+        self._answers = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                              thread_name_prefix=f"ric-bls-{config.name}")
         self._process = None
         self._connection = None
         self._stopped_because: str | None = None  # why abort() ended the process, for the request in it

@@ -279,6 +279,16 @@ def _responses(results: list, decoupled: bool) -> "InferenceResponse | Iterator[
     return iter(responses)
 
 
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    """Whether a model of the application (that version, "" for any) is loaded and ready (BLS's way)."""
+    calling = bls.current()
+    if calling is None or calling.calls is None:
+        raise TritonModelException("is_model_ready() runs inside a served model")
+    call = bls.BlsCall(model_name, {}, version=str(model_version) or None, callers=calling.callers, kind="ready")
+    (ready,) = calling.calls.submit(call).result()
+    return ready is True
+
+
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     return next((t for t in request.inputs() if t.name() == name), None)
 

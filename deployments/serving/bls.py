@@ -73,6 +73,9 @@ class ModelCalls:
         return responses
 
     async def _call(self, call: BlsCall, responses: list) -> None:
+        if call.kind == "ready":
+            responses.append(await self._ready(call.model, call.version))
+            return
         try:
             handle = sized_for(await self._handle(call.model), call.inputs)
         except InferenceError as exc:  # a model the application does not serve (now): Triton's code and words
@@ -91,6 +94,17 @@ class ModelCalls:
         else:
             _, outputs = await handle.infer_versioned.remote(*args, **context)
             responses.append(outputs)
+
+
+    async def _ready(self, model: str, version: str | None) -> bool:
+        """Whether the application serves ``model`` (that ``version``) now, ready to answer."""
+        try:
+            handle = await self._handle(model)
+            if not version:
+                return bool(await handle.ready.remote())
+            return str(version) in (await handle.metadata.remote())["versions"]
+        except Exception:  # unknown, unloaded, failed: not ready
+            return False
 
 
 class ApplicationModels:

@@ -122,7 +122,9 @@ class TritonPythonModel:
                 continue
             seen = {"id": request.request_id(), "requested": sorted(request.requested_output_names()),
                     "correlation_id": request.correlation_id(), "flags": request.flags(),
-                    "timeout": request.timeout(), "cpu": pb_utils.get_input_tensor_by_name(request, "X").is_cpu()}
+                    "timeout": request.timeout(), "cpu": pb_utils.get_input_tensor_by_name(request, "X").is_cpu(),
+                    "ready": [pb_utils.is_model_ready(*m) for m in (("add_sub",), ("nope",), ("add_sub", "1"),
+                                                                     ("add_sub", "9"))]}
             pb_utils.Logger.log_info("introspected")
             info = np.array([json.dumps(seen).encode()], object)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("INFO", info),

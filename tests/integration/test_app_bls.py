@@ -107,7 +107,7 @@ def test_the_request_api_tells_the_model_the_id_and_outputs_the_client_asked_for
     seen = json.loads(outputs(answer)["INFO"][0])
     assert answer.json()["id"] == "req-7"
     assert seen == {"id": "req-7", "requested": ["INFO"], "correlation_id": 0, "flags": 0, "timeout": 5_000_000,
-                    "cpu": True}
+                    "cpu": True, "ready": [True, False, True, False]}
     del body["outputs"]
     everything = json.loads(outputs(infer(server, "introspect", body))["INFO"][0])
     assert everything["requested"] == ["INFO", "OTHER"]
