@@ -247,9 +247,8 @@ def measure_cell(running: Running, name: str, round_: int, protocol: str, concur
     The CPU window is the whole invocation: the load, and ric perf's own start and end around it, during
     which the server idles; ``idle_cpu_s_est`` estimates that part (the server's idle rate times the window
     beyond the measured seconds), kept in the JSON beside the raw figure the tables show."""
-    cell = {"server": name, "round": round_, "protocol": protocol, "concurrency": concurrency}
-    if model != MODEL:
-        cell["model"] = model
+    cell = {"server": name, "round": round_, "protocol": protocol, "concurrency": concurrency,
+            **({"model": model} if model != MODEL else {})}
     out = workdir / "perf.json"
     if warmup > 0:
         ric_perf(running, protocol, concurrency, warmup, out, model)

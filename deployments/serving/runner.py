@@ -359,8 +359,7 @@ class ModelRunner:
                 stats.inference_count += request.rows
 
     def labels(self, output: str) -> list[str] | None:
-        """The labels of an output with a ``label_filename`` (a file in the model's folder, a label a line),
-        from the newest version's folder; None without one. Cached per file and modification time."""
+        """An output's labels from its ``label_filename`` in the model's folder (a label a line; None without)."""
         tensor = next((t for t in self.config.output if t.name == output), None)
         filename = (tensor.model_extra or {}).get("label_filename") if tensor is not None else None
         if not filename or not self.backends:
