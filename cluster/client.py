@@ -33,7 +33,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import numpy as np
 
 from cluster.names import APP_NAME, MODEL_APP_SEPARATOR, RESERVED_NAMES
-
+from deployments.serving.served import answer
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class ModelClient:
         return await asyncio.wrap_future(future)
 
     async def _call(self, inputs, outputs, version, parameters):
-        return await self.handle.infer.remote(inputs, outputs, version, parameters)
+        return await answer(self.handle.infer.remote(inputs, outputs, version, parameters))
 
     def stream(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: int | None = None,
                parameters: dict | None = None, timeout_s: float | None = None) -> Iterator[dict[str, np.ndarray]]:

@@ -135,6 +135,13 @@ def not_found(message: str) -> InferenceError:
     return InferenceError(ErrorCode.NOT_FOUND, message)
 
 
+def decoupled_over_unary(model: str) -> InferenceError:
+    """A decoupled model asked for one response (Triton's code and words)."""
+    return InferenceError(ErrorCode.UNIMPLEMENTED, f"model '{model}' is decoupled (it answers a request with any "
+                          "number of responses): the inference endpoint doesn't support models with decoupled "
+                          "transaction policy; use gRPC ModelStreamInfer, HTTP generate_stream or a handle's stream")
+
+
 def unavailable(message: str) -> InferenceError:
     return InferenceError(ErrorCode.UNAVAILABLE, message)
 

@@ -16,6 +16,7 @@ import orjson
 
 from cluster.protocol.classification import class_count
 from cluster.protocol.raw_tensors import check_bytes_elements, decode_raw, encode_raw
+from deployments.backends import response_parameters
 from deployments.config.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
 
@@ -288,6 +289,8 @@ def encode_infer_response(
     message: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
     if request is not None and request.id is not None:
         message["id"] = request.id
+    if parameters := response_parameters(outputs):
+        message["parameters"] = parameters
     encoded, chunks = [], []
     for name, array in outputs.items():
         if request is not None and name in request.shared_outputs:  # written to shared memory, as Triton

@@ -23,11 +23,11 @@ from cluster.protocol.shared_memory import SharedMemory
 from cluster.repository.model_apps import load_failure
 from cluster.repository.paths import check_file_path, check_model_name
 from deployments.observability import settings_follower, tracing
-from deployments.backends import Tensors
+from deployments.backends import Tensors, keep_parameters
 from deployments.config.model_config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, no_available_versions, unavailable, unknown_model
 from deployments.serving.model import UNLOADED
-from deployments.serving.served import sized_for
+from deployments.serving.served import answer, sized_for, stream_of
 
 #: The name /v2 metadata gives by default: Triton's, which Triton's own clients check for.
 SERVER_NAME = "triton"
@@ -134,8 +134,8 @@ class DataPlane:
         extra = {"trace": trace} if trace is not None else {}
         if request_id:
             extra["request_id"] = request_id
-        return await sized_for(self.handle(model), inputs).infer_versioned.remote(
-            inputs, outputs, version, passed_parameters(parameters), **extra)
+        return await answer(sized_for(self.handle(model), inputs).infer_versioned.remote(
+            inputs, outputs, version, passed_parameters(parameters), **extra))
 
     async def infer_request(self, model: str, version: str | None, request: InferRequest) -> tuple[int, Tensors]:
         """Run a decoded request (either transport's), reading its inputs from and writing its outputs to
@@ -164,8 +164,9 @@ class DataPlane:
         """The outputs with those the request classifies replaced by their top classes (Triton's
         classification extension), labelled from the model's label files."""
         known = await bounded(self.handle(model).labels.remote(list(classifications)), f"model '{model}'")
-        return {name: classify(name, tensor, classifications[name], known["batched"], known["labels"].get(name))
-                if name in classifications else tensor for name, tensor in outputs.items()}
+        return keep_parameters(outputs, {
+            name: classify(name, tensor, classifications[name], known["batched"], known["labels"].get(name))
+            if name in classifications else tensor for name, tensor in outputs.items()})
 
     def _sampled(self, model: str, version: str | None, request: InferRequest):
         """The root span of a request the trace settings sample (None for the others)."""
@@ -198,8 +199,8 @@ class DataPlane:
         if request.id:
             extra["request_id"] = request.id
         try:
-            async for answered, outputs in handle.infer_stream.remote(inputs, request.outputs, version,
-                                                                      passed_parameters(request.parameters), **extra):
+            async for answered, outputs in stream_of(handle.infer_stream.remote(
+                    inputs, request.outputs, version, passed_parameters(request.parameters), **extra)):
                 yield answered, outputs
         finally:
             if span is not None:

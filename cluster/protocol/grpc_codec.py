@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2
 from cluster.protocol.codec import InferRequest, SharedInput, decode_shape, shared_input, shared_slice
 from cluster.protocol.classification import class_count
 from cluster.protocol.raw_tensors import check_bytes_elements, decode_raw, encode_raw
-from deployments.backends import Tensors
+from deployments.backends import Tensors, response_parameters
 from deployments.config.dtypes import numpy_dtype, v2_datatype
 from deployments.errors import invalid
 
@@ -82,6 +82,17 @@ def plain_parameters(parameters) -> dict[str, Any]:
     """A map of InferParameter messages as plain values."""
     return {key: getattr(value, value.WhichOneof("parameter_choice"))
             for key, value in parameters.items() if value.WhichOneof("parameter_choice")}
+
+
+def infer_parameter(value: bool | int | float | str) -> service_pb2.InferParameter:
+    """A plain value as an InferParameter (a response parameter)."""
+    if isinstance(value, bool):
+        return service_pb2.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return service_pb2.InferParameter(int64_param=value)
+    if isinstance(value, float):
+        return service_pb2.InferParameter(double_param=value)
+    return service_pb2.InferParameter(string_param=str(value))
 
 
 def _decode_contents(name: str, tensor: service_pb2.ModelInferRequest.InferInputTensor, shape,
@@ -156,6 +167,8 @@ def encode_infer_response(
     """The response; outputs written to shared memory get an empty raw_output_contents entry (as Triton:
     one entry per output, so clients find each by its index)."""
     head = service_pb2.ModelInferResponse(model_name=model, model_version=str(version), id=request.id or "")
+    for key, value in response_parameters(outputs).items():
+        head.parameters[key].CopyFrom(infer_parameter(value))
     raw = []
     for name, array in outputs.items():
         head.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from deployments.observability.custom_metrics import FamilySnapshot, Histogram
 from deployments.observability.host_usage import HostUsage
 from deployments.observability.statistics import FAILURE_REASONS, LATENCY_BOUNDS_NS, VersionStatistics
 
@@ -119,6 +120,26 @@ def _histogram(per_version) -> Family:
         family.add(labels, s.success.count, "_count")
         family.add(labels, s.success.ns / 1e6, "_sum")
     return family
+
+
+def custom_families(snapshot: dict[str, FamilySnapshot]) -> list[Family]:
+    """The models' own metric families (Triton's custom metrics), their labels as the models gave them."""
+    out = []
+    for name, samples in sorted(snapshot.items()):
+        family = Family(name, samples.description, samples.kind)
+        for key, value in sorted(samples.values.items()):
+            labels = dict(key)
+            if not isinstance(value, Histogram):
+                family.add(labels, value)
+                continue
+            family.add(labels, value.count, "_count")
+            family.add(labels, value.total, "_sum")
+            seen = 0
+            for bound, count in zip((*value.buckets, math.inf), value.counts):
+                seen += count
+                family.add({**labels, "le": _number(float(bound))}, seen, "_bucket")
+        out.append(family)
+    return out
 
 
 def _host_families(hosts: list[HostUsage]) -> list[Family]:

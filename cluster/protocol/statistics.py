@@ -32,6 +32,7 @@ from cluster.private_files import UnsafeFolder, private_folder
 from cluster.protocol import metrics
 from cluster.protocol.app_settings import AppSettings
 from cluster.protocol.ray_metrics import PUBLISH_S, RayMetrics
+from deployments.observability import custom_metrics
 from deployments.observability.host_usage import HostUsage
 from deployments.observability.statistics import HEARTBEAT_S, VersionStatistics, merged
 
@@ -69,12 +70,15 @@ class StatisticsCollector:
         self._between: dict[Replica, float] = {}  # replicas reporting between two polls -> when they left one
         self._asked: dict[Replica, asyncio.Future] = {}  # replicas asked, until their report comes
         self._hosts: dict[str, tuple[HostUsage, float]] = {}  # node -> (latest sample, when reported)
+        self._custom: dict[Replica, dict] = {}  # the models' own metric families, as each replica last sent them
         self._publisher: asyncio.Task | None = None  # copies the metrics into Ray's, from the first report
         self._settings: AppSettings | None = None  # made when first asked for (it reads Ray's KV store)
 
     async def report(self, model: str, replica: str, stats: dict[int, VersionStatistics], in_flight: int = 0,
-                     host: HostUsage | None = None) -> None:
+                     host: HostUsage | None = None, custom: dict | None = None) -> None:
         self._reports[(model, replica)] = stats
+        if custom:
+            self._custom[(model, replica)] = custom
         self._in_flight[(model, replica)] = (in_flight, time.monotonic())
         if host is not None:
             self._hosts[host.node] = (host, time.monotonic())
@@ -135,13 +139,19 @@ class StatisticsCollector:
             if now - reported > GONE_AFTER_S:
                 del self._hosts[node]
         replicas = self._live_totals(lambda _: 1)  # (first: it forgets the replicas gone)
-        return metrics.families(self._merged(), [host for host, _ in self._hosts.values()], replicas)
+        # A replica gone keeps its counts (history), not its gauges (a level no one holds any more).
+        live = {key for key in self._custom if key in self._in_flight}
+        custom = custom_metrics.merge([{name: family for name, family in snapshot.items()
+                                        if key in live or family.kind != custom_metrics.GAUGE}
+                                       for key, snapshot in self._custom.items()])
+        return (metrics.families(self._merged(), [host for host, _ in self._hosts.values()], replicas)
+                + metrics.custom_families(custom))
 
     async def prometheus(self) -> bytes:
         """Triton's metrics for the whole application, in Prometheus's text format (``/metrics``); current,
         as Triton's counters are: every replica is asked for its report first (a scrape waits at most
         FRESH_TIMEOUT_S for them, as a statistics request does)."""
-        await self._fresh({model for model, _ in self._reports})
+        await self._fresh({model for model, _ in [*self._reports, *self._waiting]})  # (a first report too)
         return metrics.exposition(self._families())
 
     # The application's log and trace settings, and the spans of sampled requests (app_settings.py).

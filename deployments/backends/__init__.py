@@ -2,7 +2,8 @@
 
 A backend is imported only when a model needs it, so a replica serving ONNX never imports torch.
 ``process.ProcessBackend`` runs any of them in a stub process of its own (Python models in the ingress).
-May import ``deployments.config``, ``deployments.scheduling`` (batch arithmetic) and ``deployments.errors``;
+May import ``deployments.config``, ``deployments.scheduling`` (batch arithmetic), ``deployments.observability``
+(a model's own metrics) and ``deployments.errors``;
 no Ray.
 """
 
@@ -16,10 +17,33 @@ from typing import ClassVar
 
 import numpy as np
 
+from deployments.backends import cancellation
+from deployments.observability import custom_metrics
 from deployments.scheduling import batching
 from deployments.config.model_config import ModelConfig
 
 Tensors = dict[str, np.ndarray]
+
+
+class Outputs(dict):
+    """A response's tensors by name with the response parameters its model set (Triton's
+    ``InferenceResponse(parameters=...)``), which reach the client beside them. Plain dicts stand for the
+    responses without parameters; ``keep_parameters`` carries them over to a dict made from this one."""
+
+    def __init__(self, tensors: Tensors, parameters: dict):
+        super().__init__(tensors)
+        self.parameters = parameters
+
+
+def response_parameters(outputs: Tensors) -> dict:
+    """The response parameters that came with ``outputs`` (none for a plain dict)."""
+    return getattr(outputs, "parameters", None) or {}
+
+
+def keep_parameters(source: Tensors, tensors: Tensors) -> Tensors:
+    """``tensors`` (made from ``source``: reshaped, chosen) with ``source``'s response parameters."""
+    parameters = response_parameters(source)
+    return Outputs(tensors, parameters) if parameters else tensors
 
 #: Backend name -> "module:Class", imported on first use.
 BACKENDS: dict[str, str] = {
@@ -50,6 +74,7 @@ class RequestInfo:
     flags: int = 0  # TRITONSERVER_REQUEST_FLAG_SEQUENCE_START (1) / _END (2)
     timeout_us: int = 0
     callers: tuple[str, ...] = ()  # the models whose batches wait for this request (BLS), outermost first
+    token: int = 0  # its mark of cancellation in the replica (deployments/backends/cancellation.py); 0: none
 
 
 class Backend(ABC):
@@ -83,6 +108,14 @@ class Backend(ABC):
 
     def unload(self) -> None:
         """Free the model's memory."""
+
+    def custom_metrics(self) -> dict:
+        """A snapshot of the metric families the model made itself (deployments/observability/custom_metrics.py)."""
+        return custom_metrics.REGISTRY.snapshot(self.config.name)
+
+    def cancel(self, token: int) -> None:
+        """The caller of the request with this token has gone: the model's ``is_cancelled()`` says so."""
+        cancellation.cancel(token)
 
     def stream(self, inputs: Tensors, info: RequestInfo, emit) -> None:
         """One request of a decoupled model (zero or more responses); only the Python backend has them."""

@@ -26,10 +26,11 @@ import traceback
 from functools import partial
 from pathlib import Path
 
-from deployments.backends import Backend, RequestInfo, Tensors, backend_class
+from deployments.backends import Backend, RequestInfo, Tensors, backend_class, cancellation
 from deployments.backends.bls import BlsCall
 from deployments.config.model_config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError
+from deployments.observability.custom_metrics import REGISTRY
 
 #: Seconds a stub process gets to finalize its model and exit before it is killed.
 STOP_GRACE_S = 5.0
@@ -97,7 +98,13 @@ class _Pipe:
                 future = self._waiting.pop(message[1], None)
                 if future is not None:
                     future.set_result(message[2])
+            elif message[0] == "cancel":  # a request's caller has gone (marked while its batch is here)
+                cancellation.cancel(message[1])
             else:
+                if message[0] == "execute":  # tracked before a cancel that follows it can come
+                    for info in message[2] or ():
+                        if info.token:
+                            cancellation.begin(info.token)
                 self._work.put(message)
         self._closed = True
         for number in list(self._waiting):
@@ -120,14 +127,20 @@ def _serve(connection, backend_name: str, config: ModelConfig, version_dir: str,
     except Exception as exc:
         pipe.send(("failed", _portable(exc)))
         return
-    pipe.send(("loaded", backend.config))
+    sent = REGISTRY.changes
+    pipe.send(("loaded", backend.config, REGISTRY.snapshot()))
     while (message := pipe.next_work()) is not None and message[0] != "unload":
         _, requests, infos = message
         try:
             results = backend.execute(requests, infos)
-            pipe.send(("done", [_portable(r) if isinstance(r, Exception) else r for r in results]))
+            answer = ("done", [_portable(r) if isinstance(r, Exception) else r for r in results])
         except Exception as exc:
-            pipe.send(("error", _portable(exc)))
+            answer = ("error", _portable(exc))
+        finally:
+            for info in infos or ():
+                cancellation.end(info.token)
+        changed, sent = REGISTRY.changes != sent, REGISTRY.changes  # the model's own metrics, when they moved
+        pipe.send((*answer, REGISTRY.snapshot() if changed else None))
     backend.unload()
     try:
         pipe.send(("unloaded",))
@@ -159,6 +172,7 @@ class ProcessBackend(Backend):
         self._process = None
         self._connection = None
         self._stopped_because: str | None = None  # why abort() ended the process, for the request in it
+        self._metrics: dict = {}  # the stub's latest snapshot of the model's own metrics
 
     def load(self) -> None:
         with self._lock:
@@ -175,7 +189,7 @@ class ProcessBackend(Backend):
         try:
             if not parent.poll(LOAD_TIMEOUT_S):
                 process.kill()
-            kind, value = self._receive()
+            kind, value, *metrics = self._receive()
         except (EOFError, OSError):
             process.join(STOP_GRACE_S)
             self._process = None
@@ -185,7 +199,7 @@ class ProcessBackend(Backend):
             process.join(STOP_GRACE_S)
             self._process = None
             raise value
-        self.config = value
+        self.config, self._metrics = value, metrics[0]
 
     def infer(self, inputs: Tensors) -> Tensors:  # every batch goes through execute
         (result,) = self.execute([inputs])
@@ -199,7 +213,9 @@ class ProcessBackend(Backend):
                 self._start()
             try:
                 self._send(self._connection, ("execute", requests, infos))
-                kind, value = self._receive()
+                kind, value, metrics = self._receive()
+                if metrics is not None:
+                    self._metrics = metrics
             except (EOFError, OSError):
                 self._process.join(STOP_GRACE_S)
                 code, self._process = self._process.exitcode, None
@@ -248,6 +264,16 @@ class ProcessBackend(Backend):
             self._send(connection, message)
         except (OSError, ValueError):  # the stub went away meanwhile
             pass
+
+    def custom_metrics(self) -> dict:
+        return self._metrics
+
+    def cancel(self, token: int) -> None:
+        """Mark the request here and in the stub (where a request not running is not marked)."""
+        super().cancel(token)
+        connection = self._connection
+        if connection is not None and self._process is not None:
+            self._send_answer(connection, ("cancel", token))
 
     def abort(self, why: str) -> bool:
         """End the stub process now (a batch wedged in it), from any thread: the batch fails, the next

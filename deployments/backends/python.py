@@ -24,7 +24,7 @@ import json
 import sys
 from typing import Callable
 
-from deployments.backends import Backend, RequestInfo, Tensors, bls
+from deployments.backends import Backend, Outputs, RequestInfo, Tensors, bls
 from deployments.backends import triton_python_backend_utils as pb_utils
 from deployments.config.model_config import ModelConfig, parse_yaml
 from deployments.errors import InferenceError
@@ -42,6 +42,7 @@ class PythonBackend(Backend):
         if spec is None or not self.model_path.is_file():
             raise FileNotFoundError(f"no {self.model_path.name} in version {self.version_dir.name}")
         module = importlib.util.module_from_spec(spec)
+        bls.set_default(self.calls, (self.config.name,))  # (the module may make metric families as it loads)
         spec.loader.exec_module(module)
         if hasattr(module, "TritonPythonModel"):
             self._model = module.TritonPythonModel()
@@ -64,7 +65,6 @@ class PythonBackend(Backend):
             "model_name": self.config.name,
         }
         self._loop = None
-        bls.set_default(self.calls, (self.config.name,))
         if hasattr(self._model, "initialize"):
             self._run(lambda _: self._model.initialize(args), [], [])
 
@@ -113,7 +113,7 @@ class PythonBackend(Backend):
             emit(None, True)
             return
         sender = pb_utils.InferenceResponseSender(
-            lambda response, final: emit(None if response is None else self._result(response), final))
+            lambda response, final: emit(None if response is None else self._result(response), final), info.token)
         request = pb_utils.InferenceRequest.received([pb_utils.Tensor(n, a) for n, a in inputs.items()], info,
                                                      [tensor.name for tensor in self.config.output], sender)
         if self._run(self._model.execute, [request], [info]) is not None:
@@ -138,7 +138,8 @@ class PythonBackend(Backend):
         if response.has_error():
             error = response.error()
             return InferenceError.from_triton(error.code(), error.message())
-        return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+        tensors = {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+        return Outputs(tensors, response._parameters) if response._parameters else tensors
 
     def unload(self) -> None:
         if hasattr(self._model, "finalize"):

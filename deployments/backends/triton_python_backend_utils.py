@@ -15,8 +15,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from deployments.backends import RequestInfo, bls
+from deployments.backends import RequestInfo, bls, cancellation, response_parameters
 from deployments.config.dtypes import config_to_v2, numpy_dtype
+from deployments.observability import custom_metrics
 
 #: Request flags (``request.flags()``): the first and the last request of a sequence.
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
@@ -106,6 +107,49 @@ class Logger:
         cls._log(levels.get(level, logging.INFO), message)
 
 
+class MetricFamily:
+    """A family of the model's own metrics (Triton's custom metrics API), shown in ``/metrics`` beside
+    Triton's, summed over the model's copies in the cluster: ``MetricFamily(name, description, kind)``, its
+    metrics ``family.Metric(labels={...})`` (a histogram's with ``buckets=[...]``)."""
+
+    COUNTER, GAUGE, HISTOGRAM = custom_metrics.COUNTER, custom_metrics.GAUGE, custom_metrics.HISTOGRAM
+
+    def __init__(self, name: str, description: str, kind: str):
+        if kind not in (self.COUNTER, self.GAUGE, self.HISTOGRAM):
+            raise ValueError(f"MetricFamily kind must be MetricFamily.COUNTER, GAUGE or HISTOGRAM, not {kind!r}")
+        calling = bls.current()
+        owner = calling.callers[-1] if calling and calling.callers else ""
+        custom_metrics.REGISTRY.family(owner, name, str(description), kind)
+        self._name = name
+
+    def __del__(self):
+        if getattr(self, "_name", None) is not None:
+            custom_metrics.REGISTRY.drop(self._name)
+
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> "Metric":  # noqa: N802
+        return Metric(self._name, labels or {}, buckets)
+
+
+class Metric:
+    """One metric of a family: ``increment(v)`` (counters, gauges), ``set(v)`` (gauges), ``observe(v)``
+    (histograms), ``value()``."""
+
+    def __init__(self, family: str, labels: dict[str, str], buckets: list[float] | None = None):
+        self._family, self._key = family, custom_metrics.REGISTRY.metric(family, labels, buckets)
+
+    def increment(self, value: float) -> None:
+        custom_metrics.REGISTRY.update(self._family, self._key, "increment", value)
+
+    def set(self, value: float) -> None:
+        custom_metrics.REGISTRY.update(self._family, self._key, "set", value)
+
+    def observe(self, value: float) -> None:
+        custom_metrics.REGISTRY.update(self._family, self._key, "observe", value)
+
+    def value(self) -> float:
+        return custom_metrics.REGISTRY.value(self._family, self._key)
+
+
 class ModelConfig:
     """The config a model's static ``auto_complete_config(auto_complete_model_config)`` reads and completes
     (Triton's JSON form); the method returns it."""
@@ -147,8 +191,8 @@ class InferenceResponseSender:
     """A decoupled model's way to answer a request with zero, one or many responses, from any thread;
     ``send(flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL)`` (with or without a last response) completes it."""
 
-    def __init__(self, emit: Callable[["InferenceResponse | None", bool], None]):
-        self._emit = emit
+    def __init__(self, emit: Callable[["InferenceResponse | None", bool], None], token: int = 0):
+        self._emit, self._token = emit, token
         self._closed = False
 
     def send(self, response: "InferenceResponse | None" = None, flags: int = 0) -> None:
@@ -159,7 +203,8 @@ class InferenceResponseSender:
         self._emit(response, final)
 
     def is_cancelled(self) -> bool:
-        return False
+        """Whether the request's client has gone (its responses would reach no one)."""
+        return cancellation.is_cancelled(self._token)
 
 
 class InferenceRequest:
@@ -196,7 +241,9 @@ class InferenceRequest:
         return self._sender
 
     def is_cancelled(self) -> bool:
-        return False
+        """Whether the request's caller has gone: the client disconnected, its deadline or the execution
+        timeout passed (the model may stop early; its answer reaches no one)."""
+        return cancellation.is_cancelled(self._info.token)
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -250,9 +297,15 @@ class InferenceRequest:
 class InferenceResponse:
     def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None,
                  parameters: dict | str | None = None):
+        """``parameters``: a dict (or its JSON text) of bool, int, float or str values: the client gets them
+        as the response's parameters."""
         self._outputs = output_tensors or []
         self._error = error
         self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
+        for key, value in self._parameters.items():
+            if not isinstance(key, str) or not isinstance(value, (bool, int, float, str)):
+                raise TypeError(f"InferenceResponse parameters are str keys with bool, int, float or str values; "
+                                f"{key!r} is {type(value).__name__}")
 
     def output_tensors(self) -> list[Tensor]:
         return self._outputs
@@ -271,7 +324,8 @@ def _responses(results: list, decoupled: bool) -> "InferenceResponse | Iterator[
     """A BLS call's results (dicts of arrays or InferenceErrors) as the model reads them; a decoupled call's
     end with an empty response after the callee's last, as Triton's (unless the last is an error)."""
     responses = [InferenceResponse(error=TritonError(r.message, r.triton_code)) if isinstance(r, Exception)
-                 else InferenceResponse([Tensor(name, array) for name, array in r.items()]) for r in results]
+                 else InferenceResponse([Tensor(name, array) for name, array in r.items()], None,
+                                        response_parameters(r)) for r in results]
     if not decoupled:
         return responses[0]
     if not (responses and responses[-1].has_error()):

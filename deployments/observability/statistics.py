@@ -170,10 +170,13 @@ class StatisticsReporter:
     """
 
     def __init__(self, collector: Any, model: str, replica: str,
-                 snapshot: Callable[[], Awaitable[dict[int, VersionStatistics]]], node: str = ""):
-        """``node`` names the replica's node in the host metrics sent with every report (its IP address)."""
+                 snapshot: Callable[[], Awaitable[dict[int, VersionStatistics]]], node: str = "",
+                 custom: Callable[[], dict] = dict):
+        """``node`` names the replica's node in the host metrics sent with every report (its IP address);
+        ``custom()``: the model's own metric families (custom_metrics.py), sent with every report."""
         self._collector = collector  # a handle of the application's StatisticsCollector, or None
         self._model, self._replica, self._snapshot, self._node = model, replica, snapshot, node
+        self._custom = custom
         self._scheduled = False
         self._heartbeat: asyncio.Task | None = None
         try:  # with a collector and a running loop, wait on the collector from the start
@@ -215,6 +218,6 @@ class StatisticsReporter:
         self._scheduled = False
         try:
             await self._collector.report.remote(self._model, self._replica, await self._snapshot(), self.in_flight,
-                                                host_usage.sample(self._node))
+                                                host_usage.sample(self._node), self._custom())
         except Exception as exc:
             logger.warning("model '%s': statistics report failed: %r", self._model, exc)

@@ -30,8 +30,8 @@ from ray import serve
 
 from deployments.backends import Tensors
 from deployments.backends.bls import BlsCall
-from deployments.errors import ErrorCode, InferenceError, unavailable, unknown_model
-from deployments.serving.served import sized_for
+from deployments.errors import ErrorCode, InferenceError, invalid, unavailable, unknown_model
+from deployments.serving.served import answer, sized_for, stream_of
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +89,10 @@ class ModelCalls:
         args = (call.inputs, call.outputs, call.version, parameters or None)
         context = {"request_id": call.request_id, "callers": call.callers}
         if call.decoupled:
-            async for _, outputs in handle.options(stream=True).infer_stream.remote(*args, **context):
+            async for _, outputs in stream_of(handle.options(stream=True).infer_stream.remote(*args, **context)):
                 responses.append(outputs)
         else:
-            _, outputs = await handle.infer_versioned.remote(*args, **context)
+            _, outputs = await answer(handle.infer_versioned.remote(*args, **context))
             responses.append(outputs)
 
 
@@ -105,6 +105,14 @@ class ModelCalls:
             return str(version) in (await handle.metadata.remote())["versions"]
         except Exception:  # unknown, unloaded, failed: not ready
             return False
+
+
+def refuse_cycle(model: str, callers: tuple[str, ...]) -> None:
+    """A request from a BLS call whose callers include ``model`` would wait behind the batch that waits for
+    it: refused at once."""
+    if model in callers:
+        raise invalid(f"model '{model}' cannot answer a BLS call made while its own batch waits for the answer "
+                      f"({' -> '.join([*callers, model])}): the call would wait for itself")
 
 
 class ApplicationModels:

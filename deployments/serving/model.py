@@ -21,11 +21,11 @@ import ray
 from ray import serve
 
 from deployments.observability import settings_follower, tracing
-from deployments.backends import RequestInfo, Tensors
+from deployments.backends import RequestInfo, Tensors, cancellation, keep_parameters
 from deployments.scheduling.batching import DynamicBatcher
 from deployments.config.model_config import ModelConfig
-from deployments.errors import ErrorCode, InferenceError, invalid, unavailable
-from deployments.serving.bls import SEQUENCE_END, SEQUENCE_START, ApplicationModels, ModelCalls
+from deployments.errors import ErrorCode, InferenceError, decoupled_over_unary, invalid, unavailable
+from deployments.serving.bls import SEQUENCE_END, SEQUENCE_START, ApplicationModels, ModelCalls, refuse_cycle
 from deployments.serving.runner import ModelRunner, Pending, VersionSource
 from deployments.scheduling.limits import ServingLimits, batch_limits, max_queued, queue_timeout_ns
 from deployments.scheduling.response_cache import ResponseCache, request_key
@@ -39,10 +39,8 @@ UNLOADED = "unloaded through the repository API"
 
 
 class ModelService(ServedModel):
-    """Serves every loaded version of one model: checks, dynamic batching, statistics, version updates.
-
-    It lives in a Model replica (below), or inside an Ingress replica that colocates the model.
-    """
+    """Serves every loaded version of one model: checks, dynamic batching, statistics, version updates; in a
+    Model replica (below), or inside an Ingress replica that colocates the model."""
 
     def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
                  limits: ServingLimits = ServingLimits(), isolated: bool = False,
@@ -61,7 +59,7 @@ class ModelService(ServedModel):
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
         replica = serve.get_replica_context().replica_id.unique_id
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot,
-                                            ray.util.get_node_ip_address())
+                                            ray.util.get_node_ip_address(), self.runner.custom_metrics)
         self._batcher: DynamicBatcher | None = None
         self._sequences: Sequences | None = None
         self._cache: ResponseCache | None = None
@@ -125,24 +123,13 @@ class ModelService(ServedModel):
         A sampled request (``trace``) gets the spans of its stages here (a cache hit none); ``request_id``
         the client's id, ``callers`` the models whose BLS calls led here (deployments/serving/bls.py)."""
         if self.runner.config.decoupled:
-            raise InferenceError(ErrorCode.UNIMPLEMENTED, f"model '{self.runner.name}' is decoupled (it answers "
-                                 "a request with any number of responses): the inference endpoint doesn't support "
-                                 "models with decoupled transaction policy; use gRPC ModelStreamInfer, HTTP "
-                                 "generate_stream or a handle's stream")
-        self._refuse_cycle(callers)
+            raise decoupled_over_unary(self.runner.name)
+        refuse_cycle(self.runner.name, callers)
         self._refuse_when_full(version)
         info = RequestInfo(request_id=request_id, callers=tuple(callers))
         if self._cache is not None:
             return await self._infer_cached(inputs, outputs, version, parameters, trace, info)
         return await self._infer(inputs, outputs, version, parameters, trace, info)
-
-    def _refuse_cycle(self, callers: tuple[str, ...]) -> None:
-        """A request from a BLS call whose callers include this model would wait behind the batch that waits
-        for it: refused at once."""
-        if self.runner.name in callers:
-            chain = " -> ".join([*callers, self.runner.name])
-            raise invalid(f"model '{self.runner.name}' cannot answer a BLS call made while its own batch waits "
-                          f"for the answer ({chain}): the call would wait for itself")
 
     def _refuse_when_full(self, version: int | str | None) -> None:
         """Over the queue limit a request answers UNAVAILABLE at once, counted as rejected (Triton's full
@@ -171,7 +158,7 @@ class ModelService(ServedModel):
                                                       lambda rows: sequences.controls(step, rows, sequence),
                                                       sequences.state_outputs)
                     if not isinstance(result, Exception):
-                        result = sequences.keep_state(sequence, result)
+                        result = keep_parameters(result, sequences.keep_state(sequence, result))
         finally:
             self._reporter.in_flight -= 1
             self._reporter.schedule()
@@ -219,11 +206,12 @@ class ModelService(ServedModel):
         if not self.runner.config.decoupled:
             yield await self.infer_versioned(inputs, outputs, version, parameters, trace, request_id, callers)
             return
-        self._refuse_cycle(callers)
+        refuse_cycle(self.runner.name, callers)
         self._refuse_when_full(version)
         loop = asyncio.get_running_loop()
         responses: asyncio.Queue = asyncio.Queue()
         self._reporter.in_flight += 1
+        pending = None
         try:
             pending = self.runner.prepare(inputs, outputs, version, parameters,
                                           RequestInfo(request_id=request_id, callers=tuple(callers)))
@@ -244,6 +232,10 @@ class ModelService(ServedModel):
                     yield pending.version, out
                 if final:
                     return
+        except (asyncio.CancelledError, GeneratorExit):  # the client has gone: the sender's is_cancelled() says so
+            if pending is not None:
+                pending.backend.cancel(pending.info.token)
+            raise
         finally:
             self._reporter.in_flight -= 1
             self._reporter.schedule()
@@ -286,12 +278,15 @@ class ModelService(ServedModel):
             (result,) = await asyncio.wait_for(self._run_batch([pending]), timeout)
             return pending, result
         except asyncio.TimeoutError:
+            pending.backend.cancel(pending.info.token)
             raise unavailable(f"model '{self.runner.name}' did not answer within {timeout:g} s "
                               "(execution_timeout_s); retry later") from None
+        except asyncio.CancelledError:  # the caller has gone: a queued request leaves the queue unrun
+            pending.backend.cancel(pending.info.token)
+            raise
 
     async def _snapshot(self):
-        # Copied on the executor thread, which is the one that updates the statistics; the response cache's
-        # counts (kept on the event loop) added to the copy.
+        # Copied on the executor thread (which updates them), with the response cache's counts (event loop's).
         stats = await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.statistics_snapshot)
         for version, counts in self._cached.items():
             stats.setdefault(version, VersionStatistics()).merge(counts)
@@ -304,6 +299,8 @@ class ModelService(ServedModel):
         return await asyncio.shield(loop.run_in_executor(self._executor, self._execute, pending))
 
     def _execute(self, pending: list[Pending]) -> list[Tensors | Exception]:
+        if self._batcher is None and (cancelled := self._cancelled(pending[0])) is not None:
+            return [cancelled]  # (the batcher leaves out those it held itself)
         self._running_since = time.monotonic()
         try:
             return self.runner.execute(pending)
@@ -317,14 +314,23 @@ class ModelService(ServedModel):
         return pending.priority
 
     def _expired(self, pending: Pending) -> Exception | None:
-        """A queued request whose queue timeout passed does not run: it answers UNAVAILABLE and gives its
-        version back (the batcher asks as the request leaves the queue)."""
+        """A queued request whose caller has gone, or whose queue timeout passed, does not run: it answers
+        CANCELLED or UNAVAILABLE and gives its version back (the batcher asks as the request leaves the queue)."""
+        if (cancelled := self._cancelled(pending)) is not None:
+            return cancelled
         if pending.deadline_ns is None or time.perf_counter_ns() <= pending.deadline_ns:
             return None
         self.runner.release([pending], "REJECTED")
         waited_us = (time.perf_counter_ns() - pending.arrived_ns) // 1000
         return unavailable(f"model '{self.runner.name}': request timeout expired after {waited_us} us in the queue "
                            "(default_queue_policy)")
+
+    def _cancelled(self, pending: Pending) -> Exception | None:
+        """The error of a request whose caller has gone, counted as CANCELED (None for the others)."""
+        if not cancellation.is_cancelled(pending.info.token):
+            return None
+        self.runner.release([pending], "CANCELED")
+        return InferenceError(ErrorCode.CANCELLED, f"model '{self.runner.name}': cancelled (its caller has gone)")
 
     def execution_timeout_s(self) -> float:
         runner = getattr(self, "runner", None)  # (asked by BLS calls of a model's initialize too)
@@ -348,16 +354,15 @@ class ModelService(ServedModel):
             raise RuntimeError(f"model '{self.runner.name}': a batch has run for {time.monotonic() - since:.0f} s, "
                                f"past its execution timeout of {timeout:g} s")
 
-    def ready(self) -> bool:
-        return self.runner.ready
-
     def followed(self) -> float:
-        """The sync generation this copy has applied (the repository API waits for it); every one for a copy
-        that does not follow the sync (a model loaded from files)."""
+        """The sync generation this copy has applied (the repository API waits for it); every one without."""
         return self.generation if self._follower is not None else super().followed()
 
     def metadata(self) -> dict[str, Any]:
         return self.runner.metadata()
+
+    def ready(self) -> bool:
+        return self.runner.ready
 
     def model_config(self) -> dict[str, Any]:
         """The completed config, in Triton's JSON form."""

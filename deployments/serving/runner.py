@@ -17,15 +17,16 @@ from typing import Any, Callable, Protocol
 
 
 from deployments.scheduling import batching
-from deployments.backends import Backend, RequestInfo, Tensors, backend_class, resolve_backend
+from deployments.backends import (Backend, RequestInfo, Tensors, backend_class, cancellation, keep_parameters,
+                                  resolve_backend)
 from deployments.backends.process import ProcessBackend
 from deployments.config.model_config import ModelConfig
 from deployments.errors import (ErrorCode, InferenceError, invalid, no_available_versions, unknown_model,
                                 version_not_ready, without_paths)
-from deployments.scheduling.sequences import WARMUP_SEQUENCE, Sequences, Step
+from deployments.observability.custom_metrics import REGISTRY, merge
 from deployments.observability.statistics import VersionStatistics
 from deployments.config.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
-from deployments.serving.warmup import warmup_requests
+from deployments.serving.warmup import run_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class ModelRunner:
             try:
                 backend = self._load_version(version)
                 if warm_up:
-                    self._warm_up(backend)
+                    run_warmup(backend)
             except Exception as exc:
                 logger.warning("model '%s' version %d failed to load: %s", self.name, version, exc)
                 self.states[version] = VersionState("UNAVAILABLE", f"failed to load: {without_paths(str(exc))}")
@@ -161,25 +162,6 @@ class ModelRunner:
         with self._lock:
             self._retired += retired
         self._unload_idle()
-
-    def _warm_up(self, backend: Backend) -> None:
-        """Run the config's ``model_warmup`` samples, or else one request of zeros in the configured shape,
-        before a version takes traffic; a failure keeps the version out."""
-        for inputs, count in warmup_requests(backend.config):
-            inputs = to_backend_shapes(backend.config, inputs)
-            if backend.config.sequence_batching is not None:  # a sequence of one request, as the model expects
-                rows = next(iter(inputs.values())).shape[0] if backend.config.batching else 1
-                inputs.update(Sequences(backend.config).controls(Step(WARMUP_SEQUENCE, True, True), rows))
-            for _ in range(count):
-                if backend.config.decoupled:  # its responses go nowhere; an error response fails the warm-up
-                    errors = []
-                    backend.stream(inputs, RequestInfo(),
-                                   lambda out, final: errors.append(out) if isinstance(out, Exception) else None)
-                    (result,) = errors[:1] or [None]
-                else:
-                    (result,) = backend.execute([inputs])
-                if isinstance(result, Exception):
-                    raise result
 
     def abort_isolated(self, why: str) -> bool:
         """End the stub processes of this model's versions (a wedged batch in one); whether any was ended."""
@@ -249,7 +231,8 @@ class ModelRunner:
             raise
         timeout = (parameters or {}).get("timeout")
         info = dataclasses.replace(info, parameters=dict(parameters or {}), outputs=tuple(requested or ()) or None,
-                                   timeout_us=timeout if isinstance(timeout, int) and timeout > 0 else 0)
+                                   timeout_us=timeout if isinstance(timeout, int) and timeout > 0 else 0,
+                                   token=cancellation.begin())
         return Pending(number, backend, backend_inputs, requested, rows, arrived, time.perf_counter_ns(), info)
 
     def execute(self, pending: list[Pending]) -> list[Tensors | InferenceError]:
@@ -281,11 +264,10 @@ class ModelRunner:
                 if isinstance(output, Exception):
                     results[i] = output if isinstance(output, InferenceError) else InferenceError.from_exception(output)
                     continue
-                output = from_backend_shapes(backend.config, output)
-                wanted = pending[i].outputs
-                results[i] = output if wanted is None else {name: output[name] for name in wanted}
+                shaped, wanted = from_backend_shapes(backend.config, output), pending[i].outputs
+                results[i] = keep_parameters(output, shaped if wanted is None else {n: shaped[n] for n in wanted})
             self._record(stats, [pending[i] for i in group], [results[i] for i in group], start, computed)
-        self._release([p.backend for p in pending])
+        self._done(pending)
         self._running.clear()
         return results
 
@@ -298,9 +280,10 @@ class ModelRunner:
 
         def each(outputs: Tensors | Exception | None, final: bool) -> None:
             if isinstance(outputs, dict):
-                outputs = from_backend_shapes(backend.config, outputs)
+                shaped = from_backend_shapes(backend.config, outputs)
                 if pending.outputs is not None:
-                    outputs = {name: outputs[name] for name in pending.outputs if name in outputs}
+                    shaped = {name: shaped[name] for name in pending.outputs if name in shaped}
+                outputs = keep_parameters(outputs, shaped)
             elif isinstance(outputs, Exception):
                 failed.append(outputs)
             emit(outputs, final)
@@ -316,16 +299,16 @@ class ModelRunner:
         finally:
             self._record(self.stats[version], [pending], [failed[0] if failed else None], start,
                          time.perf_counter_ns())
-            self._release([backend])
+            self._done([pending])
             self._running.clear()
 
     def release(self, pending: list[Pending], reason: str) -> None:
-        """These checked requests will not run (their queue timeout passed, ``reason`` REJECTED; or a bad
-        parameter, OTHER): count them as failed and give their versions back."""
+        """These checked requests will not run (their queue timeout passed, ``reason`` REJECTED; their
+        caller gave up, CANCELED; a bad parameter, OTHER): count them as failed and give their versions back."""
         now = time.perf_counter_ns()
         for request in pending:
             self.stats[request.version].record_request(now - request.arrived_ns, ok=False, reason=reason)
-        self._release([p.backend for p in pending])
+        self._done(pending)
 
     def statistics_snapshot(self) -> dict[int, VersionStatistics]:
         """A copy of the statistics per version, each with the requests now waiting for a backend call
@@ -336,6 +319,12 @@ class ModelRunner:
                 waiting = self._in_flight.get(id(backend), 0) - self._running.get(version, 0)
                 snapshot.setdefault(version, VersionStatistics()).pending = max(0, waiting)
         return snapshot
+
+    def _done(self, pending: list[Pending]) -> None:
+        """These requests are done: no more marks of cancellation for them, their versions given back."""
+        for request in pending:
+            cancellation.end(request.info.token)
+        self._release([request.backend for request in pending])
 
     def _release(self, backends: list[Backend]) -> None:
         """The requests on these backends are done; unload those retired and no longer in use."""
@@ -357,6 +346,13 @@ class ModelRunner:
             stats.record_request(done - request.arrived_ns, ok=not isinstance(result, Exception))
             if not isinstance(result, Exception):
                 stats.inference_count += request.rows
+
+    def custom_metrics(self) -> dict:
+        """The metric families the model made itself: its stub processes' (one per version), summed, or this
+        process's (where its versions share one registry)."""
+        backends = list(self.backends.values())
+        stubs = [b.custom_metrics() for b in backends if isinstance(b, ProcessBackend)]
+        return merge(stubs + [REGISTRY.snapshot(self.name)] * (len(stubs) < len(backends)))
 
     def labels(self, output: str) -> list[str] | None:
         """An output's labels from its ``label_filename`` in the model's folder (a label a line; None without)."""

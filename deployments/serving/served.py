@@ -64,6 +64,28 @@ def sized_for(handle: Any, tensors: Mapping[str, Any]) -> Any:
     return handle.options(_by_reference=True) if by_reference else handle
 
 
+async def answer(response: Any) -> Any:
+    """A handle call's result. A caller that gives up (its client gone, a timeout) cancels the call where it
+    runs, so that its request leaves the model's queue (Serve cancels a call only when told)."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        if hasattr(response, "cancel"):  # a DeploymentResponse (a LocalHandle's call is cancelled with us)
+            response.cancel()
+        raise
+
+
+async def stream_of(responses: Any) -> AsyncIterator[Any]:
+    """A streaming handle call's items; a caller that stops early (its client gone) cancels the call."""
+    try:
+        async for item in responses:
+            yield item
+    except (asyncio.CancelledError, GeneratorExit):
+        if hasattr(responses, "cancel"):
+            responses.cancel()
+        raise
+
+
 class ServedModel:
     async def infer(
         self, inputs: Mapping[str, Any], outputs: list[str] | None = None, version: int | str | None = None,

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from deployments.backends import Tensors
+from deployments.backends import Backend, RequestInfo, Tensors
 from deployments.config.dtypes import config_to_v2, numpy_dtype
 from deployments.config.model_config import ModelConfig
+from deployments.config.validation import to_backend_shapes
+from deployments.scheduling.sequences import WARMUP_SEQUENCE, Sequences, Step
 
 
 def warmup_requests(config: ModelConfig) -> list[tuple[Tensors, int]]:
@@ -40,3 +42,23 @@ def _fill(datatype: str, shape: list[int], random: bool) -> np.ndarray:
     if not random:
         return np.zeros(shape, dtype)
     return np.random.default_rng(0).integers(0, 2, size=shape).astype(dtype)
+
+
+def run_warmup(backend: Backend) -> None:
+    """Run the config's ``model_warmup`` samples, or else one request of zeros in the configured shape,
+    before a version takes traffic; a failure keeps the version out."""
+    for inputs, count in warmup_requests(backend.config):
+        inputs = to_backend_shapes(backend.config, inputs)
+        if backend.config.sequence_batching is not None:  # a sequence of one request, as the model expects
+            rows = next(iter(inputs.values())).shape[0] if backend.config.batching else 1
+            inputs.update(Sequences(backend.config).controls(Step(WARMUP_SEQUENCE, True, True), rows))
+        for _ in range(count):
+            if backend.config.decoupled:  # its responses go nowhere; an error response fails the warm-up
+                errors = []
+                backend.stream(inputs, RequestInfo(),
+                               lambda out, final: errors.append(out) if isinstance(out, Exception) else None)
+                (result,) = errors[:1] or [None]
+            else:
+                (result,) = backend.execute([inputs])
+            if isinstance(result, Exception):
+                raise result

@@ -38,6 +38,11 @@ def free_port() -> int:
 class Endpoints:
     http: str  # base URL
     grpc: str  # host:port
+    metrics: str = ""  # the metrics URL where it is not the HTTP port's /metrics (Triton's :8002)
+
+    @property
+    def metrics_url(self) -> str:
+        return self.metrics or f"{self.http}/metrics"
 
 
 @contextmanager

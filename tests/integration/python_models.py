@@ -183,6 +183,63 @@ COMPLETED = ADD_SUB.replace("class TritonPythonModel:", '''class TritonPythonMod
 ''')
 
 
+# Its own metrics (Triton's custom metrics API): a counter by X, a gauge set to 2X then up 1, a histogram of X.
+METERED = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        family = pb_utils.MetricFamily  # (a family lives as long as its object: kept here)
+        self.families = [family(name="metered_requests", description="Requests seen", kind=family.COUNTER),
+                         family(name="metered_level", description="A level", kind=family.GAUGE),
+                         family(name="metered_sizes", description="Sizes seen", kind=family.HISTOGRAM)]
+        self.requests = self.families[0].Metric(labels={"model": "metered", "kind": "x"})
+        self.level = self.families[1].Metric(labels={"model": "metered"})
+        self.sizes = self.families[2].Metric(labels={"model": "metered"}, buckets=[1.0, 5.0, 10.0])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = int(pb_utils.get_input_tensor_by_name(request, "X").as_numpy()[0])
+            self.requests.increment(x)
+            self.level.set(2 * x)
+            self.level.increment(1)
+            self.sizes.observe(x)
+            seen = np.array([self.requests.value(), self.level.value()], np.float32)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", seen)]))
+        return responses
+"""
+
+# Works for X seconds unless the request is cancelled first; counts what it ran and saw in its own metric.
+PATIENT = """
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.family = pb_utils.MetricFamily(name="patient_requests", description="Requests run and seen cancelled",
+                                            kind=pb_utils.MetricFamily.COUNTER)
+        self.ran = self.family.Metric(labels={"what": "ran"})
+        self.cancelled = self.family.Metric(labels={"what": "cancelled"})
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            self.ran.increment(1)
+            until = time.monotonic() + float(pb_utils.get_input_tensor_by_name(request, "X").as_numpy()[0])
+            while time.monotonic() < until and not request.is_cancelled():
+                time.sleep(0.01)
+            if request.is_cancelled():
+                self.cancelled.increment(1)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.array([1], np.int32))]))
+        return responses
+"""
+
+
 def python(name: str, extra: str = "", tensors: str = TENSORS, batch: int = 8) -> str:
     return f'name: "{name}"\nbackend: "python"\nmax_batch_size: {batch}\n{extra}\n{tensors}'
 
@@ -190,7 +247,8 @@ def python(name: str, extra: str = "", tensors: str = TENSORS, batch: int = 8) -
 def write_repository(root: Path) -> Path:
     """The models above in ``root``: add_sub, bls (calls a model), counter (decoupled), bls_stream (calls
     counter), introspect and sequence (what the request API tells a model), ensemble (add_sub as a step),
-    scores (classification, four labels for five classes), completed (add_sub through auto_complete_config)."""
+    scores (classification, four labels for five classes), completed (add_sub through auto_complete_config),
+    metered (its own metrics), patient (works until its request is cancelled)."""
     write_model(root, "add_sub", python("add_sub", "dynamic_batching {}"), {"1/model.py": ADD_SUB})
     write_model(root, "bls", python("bls", "dynamic_batching {}"), {"1/model.py": BLS})
     write_model(root, "counter", python("counter", "model_transaction_policy { decoupled: true }",
@@ -208,5 +266,11 @@ def write_repository(root: Path) -> Path:
     write_model(root, "completed", 'name: "completed"\nbackend: "python"\n', {"1/model.py": COMPLETED})
     write_model(root, "scores", python("scores", "", SCORES_TENSORS),
                 {"1/model.py": SCORES, "labels.txt": "cat\ndog\nbird\nfish\n"})
+    write_model(root, "metered", python("metered", "", 'input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+                                        'output [ { name: "SEEN" data_type: TYPE_FP32 dims: [ 2 ] } ]', 0),
+                {"1/model.py": METERED})
+    write_model(root, "patient", python("patient", "", 'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+                                        'output [ { name: "Y" data_type: TYPE_INT32 dims: [ 1 ] } ]', 0),
+                {"1/model.py": PATIENT})
     return root
 

@@ -7,7 +7,9 @@ itself is refused, a decoupled model over ``/infer`` is 501."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import serve_repository
+from tests.integration.conftest import serve_repository, wait_for
 from tests.conftest import write_model
 from tests.integration.python_models import INTROSPECT_TENSORS, python, write_repository
 
@@ -39,10 +41,26 @@ class TritonPythonModel:
 """
 
 
+# Answers X with response parameters (Triton 2.51's Python backend has no response parameters; later ones do).
+PARAMETERS = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.get_input_tensor_by_name(r, "X")],
+                                           parameters={"answer": 42, "note": "hi", "exact": True, "ratio": 0.5})
+                for r in requests]
+"""
+
+
 @pytest.fixture(scope="module", params=["own deployments", "colocated in stubs"])
 def server(request, tmp_path_factory):
     root = write_repository(tmp_path_factory.mktemp("repository"))
     write_model(root, "at_start", python("at_start", "", INTROSPECT_TENSORS, 0), {"1/model.py": AT_START})
+    tensors = ('input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+               'output [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]')
+    write_model(root, "parameters", python("parameters", "", tensors, 0), {"1/model.py": PARAMETERS})
     colocated = request.param == "colocated in stubs"
     with serve_repository(root, num_cpus=4, colocate=colocated, colocate_python=colocated) as endpoints:
         yield endpoints
@@ -149,3 +167,48 @@ def test_a_call_from_initialize_while_the_replica_starts_is_refused_not_hung(ser
     body = {"inputs": [{"name": "X", "shape": [1], "datatype": "INT32", "data": [1]}]}
     seen = outputs(infer(server, "at_start", body))["INFO"][0]
     assert "from initialize while its replica starts" in seen
+
+
+def test_a_responses_parameters_reach_the_client_over_http_and_grpc(server):
+    body = {"inputs": [{"name": "X", "shape": [1], "datatype": "INT32", "data": [3]}]}
+    expected = {"answer": 42, "note": "hi", "exact": True, "ratio": 0.5}
+    answer = infer(server, "parameters", body)
+    assert answer.json()["parameters"] == expected and outputs(answer) == {"X": [3]}
+    x = grpcclient.InferInput("X", [1], "INT32")
+    x.set_data_from_numpy(np.array([3], np.int32))
+    got = grpcclient.InferenceServerClient(server.grpc).infer("parameters", [x]).get_response().parameters
+    assert {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in got.items()} == expected
+
+
+def metric(server, line_start: str) -> float:
+    """A sample's value in /metrics (0 when it is not there yet)."""
+    text = requests.get(f"{server.http}/metrics", timeout=30).text
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)), 0.0)
+
+
+def patient(server, seconds: float, client_timeout: float | None = None):
+    x = grpcclient.InferInput("X", [1], "FP32")
+    x.set_data_from_numpy(np.array([seconds], np.float32))
+    return grpcclient.InferenceServerClient(server.grpc).infer("patient", [x], client_timeout=client_timeout)
+
+
+def test_a_client_gone_cancels_its_request_the_running_one_sees_it_a_queued_one_never_runs(server):
+    ran, seen = 'patient_requests{what="ran"}', 'patient_requests{what="cancelled"}'
+    canceled = 'nv_inference_request_failure{model="patient",version="1",reason="CANCELED"}'
+    before = {key: metric(server, key) for key in (ran, seen, canceled)}
+    with pytest.raises(InferenceServerException, match="Deadline"):
+        patient(server, 30, client_timeout=0.5)  # the model sees is_cancelled() and stops
+    wait_for(lambda: metric(server, seen) == before[seen] + 1, 30, "the model to see the cancellation")
+    with pytest.raises(requests.exceptions.Timeout):  # an HTTP client that hangs up: the same
+        requests.post(f"{server.http}/v2/models/patient/infer", timeout=0.5,
+                      json={"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [30]}]})
+    wait_for(lambda: metric(server, seen) == before[seen] + 2, 30, "the model to see the HTTP client gone")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(patient, server, 2)  # the model's one instance is busy for 2 s
+        time.sleep(0.5)
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            patient(server, 0.1, client_timeout=0.5)  # gives up while queued behind it
+        busy.result(timeout=60)
+    wait_for(lambda: metric(server, canceled) == before[canceled] + 1, 30, "the queued request to be dropped")
+    assert metric(server, ran) == before[ran] + 3  # the dropped one never ran
+    assert patient(server, 0).as_numpy("Y").tolist() == [1]

@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.triton_peer import run_triton, triton_binary
-from tests.integration.conftest import Endpoints, free_port, serve_repository
+from tests.integration.conftest import Endpoints, free_port, serve_repository, wait_for
 from tests.integration.python_models import write_repository
 
 pytestmark = pytest.mark.skipif(
@@ -34,9 +34,9 @@ def repository(tmp_path_factory):
 def servers(repository):
     """Both servers on the same repository: Triton's endpoints, then ours (as ric serve runs it: Python
     models colocated in the ingress's stub processes)."""
-    http_port, grpc_port = free_port(), free_port()
-    with run_triton(repository, http_port, grpc_port) as url:
-        triton = Endpoints(url, f"127.0.0.1:{grpc_port}")
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    with run_triton(repository, http_port, grpc_port, metrics_port) as url:
+        triton = Endpoints(url, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
         with serve_repository(repository, num_cpus=4, colocate=True, colocate_python=True) as ours:
             yield triton, ours
 
@@ -46,6 +46,10 @@ def add_sub(parameters: dict | None = None, rows: int = 2) -> dict:
     body = {"inputs": [{"name": "INPUT0", "shape": [rows, 4], "datatype": "INT32", "data": x.tolist()},
                        {"name": "INPUT1", "shape": [rows, 4], "datatype": "INT32", "data": [1] * 4 * rows}]}
     return {**body, "parameters": parameters} if parameters else body
+
+
+def x_of(name: str, value: int) -> dict:
+    return {"inputs": [{"name": name, "shape": [1], "datatype": "INT32", "data": [value]}]}
 
 
 def x(parameters: dict | None = None, **extra) -> dict:
@@ -200,3 +204,33 @@ def test_statistics_have_the_same_fields(servers):
 
     triton, ours = servers
     assert fields(ours) == fields(triton)
+
+
+def own_metrics(endpoints: Endpoints, prefix: str) -> list[str]:
+    """The lines of a model's own metric families (those named ``prefix``...) in the server's /metrics."""
+    text = requests.get(endpoints.metrics_url, timeout=30).text
+    return sorted(line for line in text.splitlines() if line.split(" ")[-2 if line.startswith("#") else 0]
+                  .startswith(prefix))
+
+
+def test_a_models_own_metrics_read_alike(servers):
+    for endpoints in servers:
+        for value in (3, 2):
+            assert answer(endpoints, "metered", x_of("X", value))[0] == 200
+    triton, ours = (own_metrics(endpoints, "metered_") for endpoints in servers)
+    assert 'metered_requests{kind="x",model="metered"} 5' in triton
+    assert ours == triton
+
+
+def test_a_request_whose_grpc_deadline_passes_is_cancelled_for_the_model_alike(servers):
+    def cancelled(endpoints):
+        tensor = grpcclient.InferInput("X", [1], "FP32")
+        tensor.set_data_from_numpy(np.array([30], np.float32))
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            grpcclient.InferenceServerClient(endpoints.grpc).infer("patient", [tensor], client_timeout=0.5)
+        wait_for(lambda: any(line.startswith('patient_requests{what="cancelled"} 1')
+                             for line in own_metrics(endpoints, "patient_")), 30, "the model to see it cancelled")
+        return own_metrics(endpoints, "patient_")
+
+    triton, ours = servers
+    assert cancelled(ours) == cancelled(triton)
