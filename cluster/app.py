@@ -341,7 +341,7 @@ def build(args: AppArgs) -> Application:
     sync = ModelStoreSync.options(name=SYNC_NAME).bind(store, plain, args, statistics, steps)
     models = {
         name: Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync,
-                                                                     args.serving_limits())
+                                                                     args.serving_limits(), INGRESS_NAME)
         for name, config in plain.items()
     }
     bind_ensembles({n: c for n, c in configs.items() if is_ensemble(c)}, models, failed, args, statistics)

@@ -18,9 +18,30 @@ os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 # .../gcs_server_port_..."). Waiting longer costs nothing when it is quick.
 os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
 
+import time  # noqa: E402
+
 import pytest  # noqa: E402
+import ray  # noqa: E402
 
 from cluster.repository.examples import example_repository  # noqa: E402
+
+#: Ray's words when a fresh local node does not come up in time (its raylet's 30 s are not configurable).
+_STARTUP_TIMEOUTS = ("The current node timed out during startup", "Timed out waiting for file")
+
+
+def start_local_ray(**kwargs) -> None:
+    """``ray.init(address="local", ...)``, once more after a pause when the node does not come up in time:
+    seen on 2 busy cores just after the previous module's Ray stopped (every test of a module then failed at
+    setup with one of ``_STARTUP_TIMEOUTS``; the same start seconds later succeeds)."""
+    try:
+        ray.init(address="local", **kwargs)
+    except Exception as exc:
+        if not any(words in str(exc) for words in _STARTUP_TIMEOUTS):
+            raise
+        ray.shutdown()
+        time.sleep(5)
+        ray.init(address="local", **kwargs)
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: A plain-form Python model for the stub tests: crashes its process on X == 13, hangs on X == 7, else answers

@@ -99,7 +99,7 @@ class Ingress(GrpcInferenceService):
         register_message_modules()
         settings_follower.follow(statistics)
         self.colocated = [ModelService(config, source, statistics, sync, options.serving_limits, isolated=True,
-                                       handles=self._handle)
+                                       handles=self._handle, control=self.set_loaded)
                           for config, source in (colocated or {}).values()]
         local = {service.runner.name: LocalHandle(service) for service in self.colocated}
         for name, config in (colocated_ensembles or {}).items():
@@ -123,6 +123,10 @@ class Ingress(GrpcInferenceService):
         """The handle a colocated model's BLS call to ``model`` takes: in process where this replica serves
         it, else its deployment's (the data plane's, which knows every model of the application)."""
         return self.plane.handle(model)
+
+    async def set_loaded(self, model: str, loaded: bool, parameters: dict | None = None) -> None:
+        """The repository API's load / unload (a model's ``pb_utils.load_model`` / ``unload_model`` come here)."""
+        await self.plane.set_loaded(model, loaded, parameters)
 
     def check_health(self) -> None:
         """Serve's health check: a colocated model wedged past its execution timeout fails this replica."""

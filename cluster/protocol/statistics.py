@@ -79,6 +79,8 @@ class StatisticsCollector:
         self._reports[(model, replica)] = stats
         if custom:
             self._custom[(model, replica)] = custom
+        else:  # (none, or none left: an unloaded model's families go)
+            self._custom.pop((model, replica), None)
         self._in_flight[(model, replica)] = (in_flight, time.monotonic())
         if host is not None:
             self._hosts[host.node] = (host, time.monotonic())
@@ -133,7 +135,8 @@ class StatisticsCollector:
             totals[model] = totals.get(model, 0) + value(count)
         return totals
 
-    def _families(self) -> list[metrics.Family]:
+    def _families(self, with_custom: bool = True) -> list[metrics.Family]:
+        """The server's families, and the models' own (not copied into Ray's: their label sets may vary)."""
         now = time.monotonic()
         for node, (_, reported) in list(self._hosts.items()):
             if now - reported > GONE_AFTER_S:
@@ -145,7 +148,7 @@ class StatisticsCollector:
                                         if key in live or family.kind != custom_metrics.GAUGE}
                                        for key, snapshot in self._custom.items()])
         return (metrics.families(self._merged(), [host for host, _ in self._hosts.values()], replicas)
-                + metrics.custom_families(custom))
+                + (metrics.custom_families(custom) if with_custom else []))
 
     async def prometheus(self) -> bytes:
         """Triton's metrics for the whole application, in Prometheus's text format (``/metrics``); current,
@@ -179,7 +182,7 @@ class StatisticsCollector:
         ray_copies = RayMetrics()
         while True:
             try:
-                ray_copies.publish(self._families())
+                ray_copies.publish(self._families(with_custom=False))
             except Exception as exc:  # Ray's metrics are a copy: never let them stop the collector
                 logger.warning("publishing metrics to Ray failed: %r", exc)
             await asyncio.sleep(PUBLISH_S)

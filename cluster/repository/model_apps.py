@@ -33,7 +33,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
-from cluster.names import model_app_name
+from cluster.names import INGRESS_NAME, model_app_name
 from deployments.config.model_config import ModelConfig
 from deployments.errors import InferenceError, invalid, unavailable
 from deployments.scheduling.limits import max_queued
@@ -81,7 +81,7 @@ def deployment_options(config: ModelConfig, args: Any) -> dict:
 
 def model_application(config: ModelConfig, store: Any, args: Any, statistics: Any, sync: Any) -> Application:
     return Model.options(**deployment_options(config, args)).bind(config, store, statistics, sync,
-                                                                  args.serving_limits())
+                                                                  args.serving_limits(), INGRESS_NAME)
 
 
 def ensemble_application(config: ModelConfig, steps: dict[str, DeploymentHandle], args: Any,

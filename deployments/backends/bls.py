@@ -36,7 +36,8 @@ class BlsCall:
     timeout_s: float | None = None  # None: the caller's execution timeout
     decoupled: bool = False  # every response of the callee, not one
     callers: tuple[str, ...] = ()
-    #: "infer", or "ready": whether the model (``version``: that version) is ready (pb_utils.is_model_ready).
+    #: "infer"; "ready": whether the model (``version``: that version) is ready (pb_utils.is_model_ready);
+    #: "load" (``parameters``: the repository load's) or "unload": the repository API's (pb_utils.load_model).
     kind: str = "infer"
 
 

@@ -273,7 +273,10 @@ class ProcessBackend(Backend):
         super().cancel(token)
         connection = self._connection
         if connection is not None and self._process is not None:
-            self._send_answer(connection, ("cancel", token))
+            try:  # written off the event loop (a batch being sent holds the pipe)
+                self._answers.submit(self._send_answer, connection, ("cancel", token))
+            except RuntimeError:  # unloaded meanwhile
+                pass
 
     def abort(self, why: str) -> bool:
         """End the stub process now (a batch wedged in it), from any thread: the batch fails, the next

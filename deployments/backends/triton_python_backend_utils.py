@@ -343,6 +343,34 @@ def is_model_ready(model_name: str, model_version: str = "") -> bool:
     return ready is True
 
 
+def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
+    """Load (or load again) a model of the repository through the repository API, as a client's load: allowed
+    in explicit model control mode only. ``config``: its config as JSON; ``files``: {"file:<path>": bytes}."""
+    if files and not all(isinstance(key, str) and key.startswith("file:") for key in files):
+        raise TritonModelException("load_model files are named 'file:<version>/<name>'")
+    _control(model_name, "load", {**({"config": config} if config else {}), **(files or {})})
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload a model through the repository API (explicit model control mode only)."""
+    if unload_dependents:
+        raise TritonModelException("unload_model(unload_dependents=True) is not served by ric: ensembles here "
+                                   "follow their steps and are not unloaded")
+    _control(model_name, "unload", {})
+
+
+def _control(model_name: str, kind: str, parameters: dict) -> None:
+    calling = bls.current()
+    if calling is None or calling.calls is None:
+        raise TritonModelException(f"{kind}_model() runs inside a served model")
+    if model_name in calling.callers:  # its replica would wait for the batch that waits for it
+        raise TritonModelException(f"model '{model_name}' cannot be {kind}ed while its own batch waits for it")
+    call = bls.BlsCall(model_name, {}, parameters=parameters, callers=calling.callers, kind=kind)
+    (answer,) = calling.calls.submit(call).result()
+    if isinstance(answer, Exception):
+        raise TritonModelException(f"failed to {kind} model '{model_name}': {answer.message}")
+
+
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     return next((t for t in request.inputs() if t.name() == name), None)
 

@@ -11,6 +11,7 @@ one server's gauge is on Triton) and ``/metrics`` shows them beside Triton's ``n
 from __future__ import annotations
 
 import bisect
+import collections
 import re
 import threading
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Registry:
         self._lock = threading.Lock()
         self._families: dict[str, tuple[str, FamilySnapshot]] = {}  # name -> (owning model, samples)
         self._holders: dict[str, int] = {}  # name -> MetricFamily objects alive (at 0 the family goes)
+        self._dropped: collections.deque[str] = collections.deque()  # names whose objects went, to apply
         self.changes = 0  # grows with every change (a stub sends its snapshot when it moved)
 
     def family(self, owner: str, name: str, description: str, kind: str) -> None:
@@ -64,6 +66,7 @@ class Registry:
             raise ValueError(f"a metric family's name must match [a-zA-Z_:][a-zA-Z0-9_:]* and not start with "
                              f"{' or '.join(RESERVED_PREFIXES)} (the server's own): {name!r}")
         with self._lock:
+            self._drain()
             known = self._families.get(name)
             if known is not None and known[1].kind != kind:
                 raise ValueError(f"metric family '{name}' is already a {known[1].kind}, not a {kind}")
@@ -74,8 +77,14 @@ class Registry:
 
     def drop(self, name: str) -> None:
         """A MetricFamily object of ``name`` is gone; with the last one, the family and its metrics go (Triton's
-        families live as long as their objects: a model's are gone once it unloads)."""
-        with self._lock:
+        families live as long as their objects: a model's are gone once it unloads). Applied at the next call:
+        this runs from ``__del__``, which the garbage collector may run while this thread holds the lock."""
+        self._dropped.append(name)
+
+    def _drain(self) -> None:
+        """Apply the drops (with the lock held)."""
+        while self._dropped:
+            name = self._dropped.popleft()
             self._holders[name] = self._holders.get(name, 1) - 1
             if self._holders[name] <= 0:
                 self._holders.pop(name, None)
@@ -97,6 +106,7 @@ class Registry:
                              f"{labels!r}")
         key = tuple(sorted(labels.items()))
         with self._lock:
+            self._drain()
             samples = self._samples(name)
             if samples.kind == HISTOGRAM:
                 bounds = tuple(float(b) for b in buckets or ())
@@ -116,6 +126,7 @@ class Registry:
         (histograms)."""
         value = float(value)
         with self._lock:
+            self._drain()
             samples = self._samples(name)
             allowed = {COUNTER: ("increment",), GAUGE: ("increment", "set"), HISTOGRAM: ("observe",)}[samples.kind]
             if how not in allowed:
@@ -132,6 +143,7 @@ class Registry:
 
     def value(self, name: str, key: Labels) -> float:
         with self._lock:
+            self._drain()
             value = self._samples(name).values[key]
         if isinstance(value, Histogram):
             raise ValueError(f"a histogram metric ('{name}') has no single value")
@@ -140,6 +152,7 @@ class Registry:
     def snapshot(self, owner: str | None = None) -> Snapshot:
         """A copy of the families ``owner`` made (None: every model's)."""
         with self._lock:
+            self._drain()
             return {name: FamilySnapshot(s.description, s.kind, {
                         key: Histogram(v.buckets, list(v.counts), v.total, v.count) if isinstance(v, Histogram)
                         else v for key, v in s.values.items()})

@@ -43,10 +43,11 @@ class ModelCalls:
     """Where the BLS requests of the models in one replica go (``bls.Calls``)."""
 
     def __init__(self, handle: Callable[[str], Awaitable[Any]], timeout_s: Callable[[], float],
-                 loop: asyncio.AbstractEventLoop):
+                 loop: asyncio.AbstractEventLoop, control: Callable[[str, bool, dict], Awaitable[None]] | None = None):
         """``handle(model)``: the callee's handle (awaited; raises for a model the application does not
-        serve); ``timeout_s()``: a call's bound when it sets none (the caller's execution timeout)."""
-        self._handle, self._timeout_s, self._loop = handle, timeout_s, loop
+        serve); ``timeout_s()``: a call's bound when it sets none (the caller's execution timeout);
+        ``control(model, loaded, parameters)``: the repository API's load / unload (None: not offered)."""
+        self._handle, self._timeout_s, self._loop, self._control = handle, timeout_s, loop, control
         self._loop_thread = threading.get_ident()  # built on the loop's thread
 
     def submit(self, call: BlsCall) -> concurrent.futures.Future:
@@ -63,7 +64,8 @@ class ModelCalls:
     async def run(self, call: BlsCall) -> list[Tensors | InferenceError]:
         """The callee's responses (one unless ``call.decoupled``); a failure is the last, as an error."""
         responses: list[Tensors | InferenceError] = []
-        timeout = call.timeout_s or self._timeout_s()
+        # A load or unload is bounded by the repository API's own timeout.
+        timeout = None if call.kind in ("load", "unload") else call.timeout_s or self._timeout_s()
         try:
             await asyncio.wait_for(self._call(call, responses), timeout)
         except asyncio.TimeoutError:
@@ -75,6 +77,12 @@ class ModelCalls:
     async def _call(self, call: BlsCall, responses: list) -> None:
         if call.kind == "ready":
             responses.append(await self._ready(call.model, call.version))
+            return
+        if call.kind in ("load", "unload"):
+            if self._control is None:
+                raise unavailable("this replica offers no model control to its models")
+            await self._control(call.model, call.kind == "load", call.parameters)
+            responses.append(True)
             return
         try:
             handle = sized_for(await self._handle(call.model), call.inputs)
@@ -120,8 +128,9 @@ class ApplicationModels:
     later as applications of their own (``<app>-model-<name>``, cluster/repository/model_apps.py), found in
     Serve's status once per name; no other application's deployments."""
 
-    def __init__(self):
-        self._app = serve.get_replica_context().app_name
+    def __init__(self, ingress: str = ""):
+        """``ingress``: the name of the application's Ingress deployment (for ``control``)."""
+        self._app, self._ingress = serve.get_replica_context().app_name, ingress
         self._handles: dict[str, Any] = {}
 
     async def handle(self, model: str) -> Any:
@@ -134,3 +143,14 @@ class ApplicationModels:
                 raise unknown_model(model)
             self._handles[model] = serve.get_deployment_handle(model, app_name=app)
         return self._handles[model]
+
+    async def control(self, model: str, loaded: bool, parameters: dict) -> None:
+        """Load or unload ``model`` through an Ingress replica's repository API (its model control mode decides),
+        the Ingress of this application or, for a model loaded later, of the one it was loaded into."""
+        status = await asyncio.to_thread(serve.status)
+        app = next((a for a, s in status.applications.items() if self._ingress in s.deployments
+                    and (a == self._app or self._app.startswith(f"{a}-model-"))), None) if self._ingress else None
+        if app is None:
+            raise unavailable("no Ingress of this application answers model control")
+        await answer(serve.get_deployment_handle(self._ingress, app_name=app).set_loaded.remote(model, loaded,
+                                                                                                  parameters))

@@ -44,15 +44,16 @@ class ModelService(ServedModel):
 
     def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
                  limits: ServingLimits = ServingLimits(), isolated: bool = False,
-                 handles: Callable[[str], Awaitable[Any]] | None = None):
+                 handles: Callable[[str], Awaitable[Any]] | None = None, control=None):
         """``statistics`` and ``sync`` are the handles of the application's StatisticsCollector and
         ModelStoreSync (either may be None); ``limits`` the application's defaults where the model's config
         sets none; ``isolated``: a Python model runs in stub processes (ModelRunner); ``handles(model)``:
-        the handles its BLS calls use (default: the application's deployments). Call it with an event loop
-        running (it starts the follower)."""
+        the handles its BLS calls use (default: the application's deployments), ``control`` their loads and
+        unloads (bls.ModelCalls). Call it with an event loop running (it starts the follower)."""
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         self._limits = limits
-        calls = ModelCalls(handles or ApplicationModels().handle, self.execution_timeout_s, asyncio.get_running_loop())
+        calls = ModelCalls(handles or ApplicationModels().handle, self.execution_timeout_s, asyncio.get_running_loop(),
+                           control)
         self.runner = ModelRunner(config, source, device, isolated, calls)
         self.runner.load()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
@@ -224,6 +225,7 @@ class ModelService(ServedModel):
                 try:
                     out, final = await asyncio.wait_for(responses.get(), max(0.0, deadline - loop.time()))
                 except asyncio.TimeoutError:
+                    pending.backend.cancel(pending.info.token)
                     raise unavailable(f"model '{self.runner.name}' did not finish its responses within "
                                       f"{timeout:g} s (execution_timeout_s)") from None
                 if isinstance(out, Exception):
@@ -299,11 +301,12 @@ class ModelService(ServedModel):
         return await asyncio.shield(loop.run_in_executor(self._executor, self._execute, pending))
 
     def _execute(self, pending: list[Pending]) -> list[Tensors | Exception]:
-        if self._batcher is None and (cancelled := self._cancelled(pending[0])) is not None:
-            return [cancelled]  # (the batcher leaves out those it held itself)
+        dropped = {i: error for i, p in enumerate(pending) if (error := self._cancelled(p)) is not None}
         self._running_since = time.monotonic()
         try:
-            return self.runner.execute(pending)
+            results = iter(self.runner.execute([p for i, p in enumerate(pending) if i not in dropped])
+                           if len(dropped) < len(pending) else [])
+            return [dropped[i] if i in dropped else next(results) for i in range(len(pending))]
         finally:
             self._running_since = None
 
@@ -395,5 +398,9 @@ class Model(ModelService):
     """A model's own Serve deployment: one ModelService per replica; call ``infer`` through a handle."""
 
     async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
-                       limits: ServingLimits = ServingLimits()):
-        ModelService.__init__(self, config, source, statistics, sync, limits)
+                       limits: ServingLimits = ServingLimits(), ingress: str = ""):
+        """``ingress``: the name of the application's Ingress deployment, whose repository API a model's
+        ``pb_utils.load_model`` / ``unload_model`` use."""
+        models = ApplicationModels(ingress)
+        ModelService.__init__(self, config, source, statistics, sync, limits, handles=models.handle,
+                              control=models.control)

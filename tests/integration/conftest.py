@@ -26,6 +26,7 @@ from ray import serve
 from cluster.app import AppArgs, build
 from cluster.names import APP_NAME
 from cluster.protocol.grpc_service import SERVICER_FUNCTION
+from tests.conftest import start_local_ray
 
 
 def free_port() -> int:
@@ -51,8 +52,8 @@ def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, proxi
     """Start Ray and Serve, serve a repository, yield its endpoints; shut everything down after. The
     endpoints are the ingress replicas' own listeners (as ``ric serve``'s); with ``proxied`` they are Serve's
     HTTP and gRPC proxies (as ``serve deploy``'s)."""
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
-             include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+                    log_to_driver=False)
     try:
         http_port, grpc_port = free_port(), free_port()
         if proxied:

@@ -240,6 +240,33 @@ class TritonPythonModel:
 """
 
 
+# Loads or unloads the model its "load" / "unload" parameter names (pb_utils.load_model / unload_model) and
+# answers "done" or the error's text.
+CONTROLLER = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            params = json.loads(request.parameters())
+            try:
+                if "load" in params:
+                    pb_utils.load_model(params["load"])
+                else:
+                    pb_utils.unload_model(params["unload"])
+                seen = "done"
+            except Exception as exc:
+                seen = str(exc)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("INFO", np.array([seen.encode()], object)),
+                                                         pb_utils.Tensor("OTHER", np.array([0], np.int32))]))
+        return responses
+"""
+
+
 def python(name: str, extra: str = "", tensors: str = TENSORS, batch: int = 8) -> str:
     return f'name: "{name}"\nbackend: "python"\nmax_batch_size: {batch}\n{extra}\n{tensors}'
 
@@ -248,7 +275,8 @@ def write_repository(root: Path) -> Path:
     """The models above in ``root``: add_sub, bls (calls a model), counter (decoupled), bls_stream (calls
     counter), introspect and sequence (what the request API tells a model), ensemble (add_sub as a step),
     scores (classification, four labels for five classes), completed (add_sub through auto_complete_config),
-    metered (its own metrics), patient (works until its request is cancelled)."""
+    metered (its own metrics), patient (works until its request is cancelled), controller (loads and unloads
+    models)."""
     write_model(root, "add_sub", python("add_sub", "dynamic_batching {}"), {"1/model.py": ADD_SUB})
     write_model(root, "bls", python("bls", "dynamic_batching {}"), {"1/model.py": BLS})
     write_model(root, "counter", python("counter", "model_transaction_policy { decoupled: true }",
@@ -272,5 +300,6 @@ def write_repository(root: Path) -> Path:
     write_model(root, "patient", python("patient", "", 'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
                                         'output [ { name: "Y" data_type: TYPE_INT32 dims: [ 1 ] } ]', 0),
                 {"1/model.py": PATIENT})
+    write_model(root, "controller", python("controller", "", INTROSPECT_TENSORS, 0), {"1/model.py": CONTROLLER})
     return root
 

@@ -14,15 +14,15 @@ import tritonclient.grpc as grpcclient
 import yaml
 from ray import serve
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, start_local_ray
 from tests.integration.conftest import free_port, wait_for
 
 
 @pytest.fixture(scope="module")
 def dashboard_url():
     port = free_port()
-    ray.init(address="local", num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=port)
+    start_local_ray(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+                    dashboard_port=port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -234,3 +234,4 @@ def test_a_request_whose_grpc_deadline_passes_is_cancelled_for_the_model_alike(s
 
     triton, ours = servers
     assert cancelled(ours) == cancelled(triton)
+

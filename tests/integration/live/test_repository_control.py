@@ -271,6 +271,47 @@ def uploaded_files_kept() -> list[bytes]:
     return internal_kv._internal_kv_list(KV_PREFIX, namespace=KV_NAMESPACE)
 
 
+def test_a_model_loads_and_unloads_another_through_the_repository_api(served):
+    """pb_utils.load_model / unload_model from a Python model loaded later (an application of its own, whose
+    calls reach the Ingress of the application it joined), in explicit model control mode."""
+    import shutil
+
+    import tritonclient.http as httpclient
+
+    from tests.integration.python_models import CONTROLLER, INTROSPECT_TENSORS, python
+
+    root, endpoints = served
+    client = httpclient.InferenceServerClient(endpoints.http.removeprefix("http://"))
+    write_model(root, "controller", python("controller", "", INTROSPECT_TENSORS, 0), {"1/model.py": CONTROLLER})
+    write_model(root, "second", 'platform: "onnxruntime_onnx" max_batch_size: 8', {"1/model.onnx": onnx_mlp(seed=7)})
+
+    def control(**parameters) -> str:
+        body = {"inputs": [{"name": "X", "shape": [1], "datatype": "INT32", "data": [1]}], "parameters": parameters}
+        reply = requests.post(f"{endpoints.http}/v2/models/controller/infer", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["outputs"][0]["data"][0]
+
+    try:
+        wait_for(lambda: {"controller", "second"} <= {r["name"] for r in client.get_model_repository_index()},
+                 timeout_s=30, what="the new models listed")
+        client.load_model("controller")
+        assert control(load="second") == "done"
+        assert client.is_model_ready("second")
+        answer = requests.post(f"{endpoints.http}/v2/models/second/infer", json=BODY, timeout=30).json()
+        np.testing.assert_allclose(np.array(answer["outputs"][0]["data"], np.float32).reshape(1, 10), expected(7),
+                                   rtol=1e-4, atol=1e-5)
+        assert control(unload="second") == "done"
+        assert not client.is_model_ready("second")
+        assert control(load="nope").startswith("failed to load model 'nope'")  # the API's refusal, as it words it
+    finally:
+        for model in ("second", "controller"):
+            try:
+                client.unload_model(model)
+            except Exception:  # noqa: BLE001 (already unloaded)
+                pass
+            shutil.rmtree(root / model)
+
+
 def test_models_loaded_later_and_config_overrides_survive_a_sync_restart_and_go_with_the_application(served):
     """The last test of the module: it deletes the application."""
     import ray
