@@ -192,7 +192,11 @@ class ModelClient:
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: int | None = None,
               timeout_s: float | None = None, parameters: dict | None = None) -> dict[str, np.ndarray]:
         future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version, parameters), self._loop)
-        return future.result(timeout_s)
+        try:
+            return future.result(timeout_s)
+        except TimeoutError:
+            future.cancel()  # the call too (its request leaves the model's queue)
+            raise
 
     async def infer_async(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
                           version: int | None = None, parameters: dict | None = None) -> dict[str, np.ndarray]:

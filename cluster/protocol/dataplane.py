@@ -35,7 +35,8 @@ SERVER_NAME = "triton"
 PROTOCOL_PARAMETERS = {"binary_data_output", "triton_enable_empty_final_response"}
 #: Triton's extension names for what this server serves (clients may check them).
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics", "model_repository",
-              "system_shared_memory", "sequence", "schedule_policy", "parameters", "logging", "trace"]
+              "model_repository(unload_dependents)", "system_shared_memory", "sequence", "schedule_policy",
+              "parameters", "logging", "trace"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 #: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model
@@ -198,11 +199,13 @@ class DataPlane:
         extra = {"trace": self.tracer.carried(span)} if span is not None else {}
         if request.id:
             extra["request_id"] = request.id
+        responses = stream_of(handle.infer_stream.remote(inputs, request.outputs, version,
+                                                         passed_parameters(request.parameters), **extra))
         try:
-            async for answered, outputs in stream_of(handle.infer_stream.remote(
-                    inputs, request.outputs, version, passed_parameters(request.parameters), **extra)):
+            async for answered, outputs in responses:
                 yield answered, outputs
         finally:
+            await responses.aclose()  # a client that stopped early: the model's stream is cancelled now
             if span is not None:
                 span.end()
 
@@ -286,7 +289,8 @@ class DataPlane:
         application on load and deleted on unload. A load may carry a ``config`` parameter (Triton's model
         config as JSON) that replaces the repository's config until the next load, and with it ``file:``
         parameters that serve the model from those files; a load after which no version is ready fails,
-        naming the reasons."""
+        naming the reasons. An ensemble is not loaded or unloaded itself (it follows its steps); an unload
+        with ``unload_dependents`` (Triton's parameter) unloads its steps, nested ensembles' too."""
         self.check_model_control()
         parameters = parameters or {}
         if not isinstance(parameters, dict):
@@ -296,7 +300,13 @@ class DataPlane:
         if self.sync is None:
             raise invalid("this application has no model store sync: models cannot be loaded or unloaded")
         if model in self.built and model not in (await self.sync.status.remote())["desired"]:
-            raise invalid(f"model '{model}' cannot be loaded or unloaded (ensembles follow their steps)")
+            if loaded or parameters.get("unload_dependents") is not True:
+                raise invalid(f"model '{model}' cannot be loaded or unloaded (ensembles follow their steps); "
+                              "an unload with the parameter unload_dependents unloads its steps")
+            steps = (await self.model_config(model)).get("ensemble_scheduling", {}).get("step", [])
+            for name in dict.fromkeys(step["model_name"] for step in steps):
+                await self.set_loaded(name, False, {"unload_dependents": True})
+            return
         config = override_config(model, parameters.get("config")) if loaded and "config" in parameters else None
         generation = await self.sync.set_loaded.remote(model, loaded, config, files or None)
         deadline = time.monotonic() + CONTROL_TIMEOUT_S

@@ -285,7 +285,9 @@ class GrpcInferenceService:
 
     @rpc("model-repository")
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
-        await self.plane.set_loaded(request.model_name, False)
+        parameters = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                      for key, value in request.parameters.items()}
+        await self.plane.set_loaded(request.model_name, False, parameters)
         return pb.RepositoryModelUnloadResponse()
 
     @rpc("model-repository")

@@ -104,7 +104,8 @@ class S3Store:
         return digest.hexdigest()
 
     def fetch(self, model: str, version: int) -> Path:
-        """The version's files in the node-local cache, downloading what is missing or changed."""
+        """The version's files in the node-local cache, downloading what is missing or changed, and beside
+        its folder the files of the model's own folder (label files; the config is read from S3)."""
         check_model_name(model)
         objects = self._objects(model, str(int(version)))
         if not objects:
@@ -116,7 +117,19 @@ class S3Store:
             if root.resolve() not in target.parents:
                 raise invalid(f"object {obj['Key']} would leave the cache folder")
             self._download(obj, target)
+        for obj in self._model_files(model):
+            name = obj["Key"].rsplit("/", 1)[-1]
+            if name not in CONFIG_FILES and not name.startswith("."):
+                self._download(obj, root.parent / name)
         return root
+
+    def _model_files(self, model: str) -> list[dict]:
+        """The objects directly in the model's folder (not in its version folders)."""
+        prefix, files = self._key(model) + "/", []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix,
+                                                                          Delimiter="/"):
+            files += [o for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+        return files
 
     def _download(self, obj: dict, target: Path) -> None:
         etag = obj["ETag"].strip('"')

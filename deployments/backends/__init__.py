@@ -75,6 +75,7 @@ class RequestInfo:
     timeout_us: int = 0
     callers: tuple[str, ...] = ()  # the models whose batches wait for this request (BLS), outermost first
     token: int = 0  # its mark of cancellation in the replica (deployments/backends/cancellation.py); 0: none
+    trace: dict | None = None  # a sampled request's span context (its BLS calls' spans join the trace)
 
 
 class Backend(ABC):

@@ -16,7 +16,7 @@ import concurrent.futures
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from deployments.backends import Tensors
 
@@ -36,6 +36,7 @@ class BlsCall:
     timeout_s: float | None = None  # None: the caller's execution timeout
     decoupled: bool = False  # every response of the callee, not one
     callers: tuple[str, ...] = ()
+    trace: dict | None = None  # the calling request's span context (``trace=request.trace()``): a span per call
     #: "infer"; "ready": whether the model (``version``: that version) is ready (pb_utils.is_model_ready);
     #: "load" (``parameters``: the repository load's) or "unload": the repository API's (pb_utils.load_model).
     kind: str = "infer"
@@ -43,9 +44,11 @@ class BlsCall:
 
 class Calls(Protocol):
     """Where a model's BLS requests go. ``submit`` may be called from any thread; its future's result is the
-    list of the callee's responses, each a dict of arrays or an InferenceError (never raises)."""
+    list of the callee's responses, each a dict of arrays or an InferenceError (never raises). With ``each``,
+    every response is handed to ``each(response)`` as it comes (from any thread) instead, in order, all of
+    them before the future is done (whose list then holds none, or only a refusal)."""
 
-    def submit(self, call: BlsCall) -> concurrent.futures.Future: ...
+    def submit(self, call: BlsCall, each: Callable[[Any], None] | None = None) -> concurrent.futures.Future: ...
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import sys
 import threading
 import traceback
 from functools import partial
+from typing import Callable
 from pathlib import Path
 
 from deployments.backends import Backend, RequestInfo, Tensors, backend_class, cancellation
@@ -60,6 +61,7 @@ class _Pipe:
         self._send_lock = threading.Lock()
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: dict[int, concurrent.futures.Future] = {}
+        self._streams: dict[int, Callable] = {}  # calls whose responses come one by one -> where each goes
         self._ids = itertools.count()
         self._closed = False
         threading.Thread(target=self._read, name="ric-stub-reader", daemon=True).start()
@@ -72,7 +74,7 @@ class _Pipe:
         """The replica's next message: ("execute", ...), ("unload",), or None once the pipe closed."""
         return self._work.get()
 
-    def submit(self, call: BlsCall) -> concurrent.futures.Future:
+    def submit(self, call: BlsCall, each: Callable | None = None) -> concurrent.futures.Future:
         """A BLS call, answered by the replica (bls.Calls)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         if self._closed:
@@ -80,8 +82,10 @@ class _Pipe:
             return future
         number = next(self._ids)
         self._waiting[number] = future
+        if each is not None:
+            self._streams[number] = each
         try:
-            self.send(("call", number, call))
+            self.send(("call", number, call, each is not None))
         except Exception as exc:  # the replica went away, or the call does not pickle
             self._waiting.pop(number, None)
             future.set_result([InferenceError(ErrorCode.INTERNAL, f"the call to model '{call.model}' could "
@@ -94,7 +98,12 @@ class _Pipe:
                 message = self._connection.recv()
             except (EOFError, OSError):
                 break
-            if message[0] == "called":
+            if message[0] == "part":  # one response of a call answered one by one
+                each = self._streams.get(message[1])
+                if each is not None:
+                    each(message[2])
+            elif message[0] == "called":
+                self._streams.pop(message[1], None)
                 future = self._waiting.pop(message[1], None)
                 if future is not None:
                     future.set_result(message[2])
@@ -213,6 +222,9 @@ class ProcessBackend(Backend):
                 self._start()
             try:
                 self._send(self._connection, ("execute", requests, infos))
+                for info in infos or ():  # a cancel sent before the batch was not kept there: again
+                    if cancellation.is_cancelled(info.token):
+                        self._send(self._connection, ("cancel", info.token))
                 kind, value, metrics = self._receive()
                 if metrics is not None:
                     self._metrics = metrics
@@ -239,11 +251,12 @@ class ProcessBackend(Backend):
             message = connection.recv()
             if message[0] != "call":
                 return message
-            _, number, call = message
+            _, number, call, one_by_one = message
+            each = partial(self._part, connection, number) if one_by_one else None
             try:
                 if self.calls is None:
                     raise InferenceError(ErrorCode.UNAVAILABLE, "this replica offers no calls to other models")
-                self.calls.submit(call).add_done_callback(partial(self._answer, connection, number))
+                self.calls.submit(call, each).add_done_callback(partial(self._answer, connection, number))
             except Exception as exc:
                 self._send(connection, ("called", number, [InferenceError.from_exception(exc)]))
 
@@ -256,6 +269,13 @@ class ProcessBackend(Backend):
             answer = [InferenceError.from_exception(exc)]
         try:
             self._answers.submit(self._send_answer, connection, ("called", number, answer))
+        except RuntimeError:  # unloaded meanwhile
+            pass
+
+    def _part(self, connection, number: int, response) -> None:
+        """One response of a call answered one by one, sent down before the call's end (one sender thread)."""
+        try:
+            self._answers.submit(self._send_answer, connection, ("part", number, response))
         except RuntimeError:  # unloaded meanwhile
             pass
 

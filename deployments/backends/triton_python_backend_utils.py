@@ -8,16 +8,16 @@ refused by name when a model reaches for it (module ``__getattr__``), never an A
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
+import queue
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from deployments.backends import RequestInfo, bls, cancellation, response_parameters
+from deployments.backends.python_api import Metric, MetricFamily, ModelConfig  # noqa: F401 (its names)
 from deployments.config.dtypes import config_to_v2, numpy_dtype
-from deployments.observability import custom_metrics
 
 #: Request flags (``request.flags()``): the first and the last request of a sequence.
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
@@ -107,86 +107,6 @@ class Logger:
         cls._log(levels.get(level, logging.INFO), message)
 
 
-class MetricFamily:
-    """A family of the model's own metrics (Triton's custom metrics API), shown in ``/metrics`` beside
-    Triton's, summed over the model's copies in the cluster: ``MetricFamily(name, description, kind)``, its
-    metrics ``family.Metric(labels={...})`` (a histogram's with ``buckets=[...]``)."""
-
-    COUNTER, GAUGE, HISTOGRAM = custom_metrics.COUNTER, custom_metrics.GAUGE, custom_metrics.HISTOGRAM
-
-    def __init__(self, name: str, description: str, kind: str):
-        if kind not in (self.COUNTER, self.GAUGE, self.HISTOGRAM):
-            raise ValueError(f"MetricFamily kind must be MetricFamily.COUNTER, GAUGE or HISTOGRAM, not {kind!r}")
-        calling = bls.current()
-        owner = calling.callers[-1] if calling and calling.callers else ""
-        custom_metrics.REGISTRY.family(owner, name, str(description), kind)
-        self._name = name
-
-    def __del__(self):
-        if getattr(self, "_name", None) is not None:
-            custom_metrics.REGISTRY.drop(self._name)
-
-    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> "Metric":  # noqa: N802
-        return Metric(self._name, labels or {}, buckets)
-
-
-class Metric:
-    """One metric of a family: ``increment(v)`` (counters, gauges), ``set(v)`` (gauges), ``observe(v)``
-    (histograms), ``value()``."""
-
-    def __init__(self, family: str, labels: dict[str, str], buckets: list[float] | None = None):
-        self._family, self._key = family, custom_metrics.REGISTRY.metric(family, labels, buckets)
-
-    def increment(self, value: float) -> None:
-        custom_metrics.REGISTRY.update(self._family, self._key, "increment", value)
-
-    def set(self, value: float) -> None:
-        custom_metrics.REGISTRY.update(self._family, self._key, "set", value)
-
-    def observe(self, value: float) -> None:
-        custom_metrics.REGISTRY.update(self._family, self._key, "observe", value)
-
-    def value(self) -> float:
-        return custom_metrics.REGISTRY.value(self._family, self._key)
-
-
-class ModelConfig:
-    """The config a model's static ``auto_complete_config(auto_complete_model_config)`` reads and completes
-    (Triton's JSON form); the method returns it."""
-
-    def __init__(self, config: dict[str, Any]):
-        self._config = config
-
-    def as_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._config)
-
-    def set_max_batch_size(self, max_batch_size: int) -> None:
-        configured = self._config.get("max_batch_size", 0)
-        if configured and configured != max_batch_size:
-            raise ValueError(f"the configuration sets max_batch_size {configured}; auto_complete_config "
-                             f"may not change it to {max_batch_size}")
-        self._config["max_batch_size"] = max_batch_size
-
-    def set_dynamic_batching(self) -> None:
-        self._config.setdefault("dynamic_batching", {})
-
-    def set_model_transaction_policy(self, policy: dict[str, Any]) -> None:
-        self._config["model_transaction_policy"] = {**self._config.get("model_transaction_policy", {}), **policy}
-
-    def add_input(self, tensor: dict[str, Any]) -> None:
-        self._add("input", tensor)
-
-    def add_output(self, tensor: dict[str, Any]) -> None:
-        self._add("output", tensor)
-
-    def _add(self, kind: str, tensor: dict[str, Any]) -> None:
-        if not isinstance(tensor, dict) or not {"name", "data_type", "dims"} <= tensor.keys():
-            raise ValueError(f"add_{kind}() takes a dict with 'name', 'data_type' and 'dims', got {tensor!r}")
-        if any(t.get("name") == tensor["name"] for t in self._config.get(kind, [])):
-            raise ValueError(f"{kind} '{tensor['name']}' is already in the model configuration")
-        self._config.setdefault(kind, []).append(dict(tensor))
-
-
 class InferenceResponseSender:
     """A decoupled model's way to answer a request with zero, one or many responses, from any thread;
     ``send(flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL)`` (with or without a last response) completes it."""
@@ -207,6 +127,18 @@ class InferenceResponseSender:
         return cancellation.is_cancelled(self._token)
 
 
+class Trace:
+    """A request's trace (``request.trace()``), passed to the requests a model sends (``InferenceRequest(...,
+    trace=request.trace())``) so that each call is a span of the request's trace, as on Triton."""
+
+    def __init__(self, context: dict | None = None):
+        self._context = context
+
+    def get_context(self) -> str | None:
+        """The W3C trace context of a sampled request as JSON (None for a request that is not traced)."""
+        return json.dumps(self._context) if self._context else None
+
+
 class InferenceRequest:
     """A request: the one ``execute`` receives, or one a model builds to call another model (BLS) with
     ``exec()`` or ``await async_exec()``."""
@@ -223,7 +155,7 @@ class InferenceRequest:
         self._inputs = list(inputs or [])
         self._requested = list(requested_output_names or [])
         self._info = RequestInfo(parameters or {}, tuple(self._requested), request_id, correlation_id, flags,
-                                 timeout)
+                                 timeout, trace=trace._context if isinstance(trace, Trace) else None)
         self._sender: InferenceResponseSender | None = None
 
     @classmethod
@@ -267,19 +199,29 @@ class InferenceRequest:
     def model_name(self) -> str:
         return self._model
 
+    def trace(self) -> Trace:
+        return Trace(self._info.trace)
+
     def parameters(self) -> str:
         """The request's parameters as a JSON string, as Triton gives them."""
         return json.dumps(self._info.parameters)
 
     def exec(self, decoupled: bool = False) -> "InferenceResponse | Iterator[InferenceResponse]":
-        """Run this request on its model and wait: its response, or (``decoupled``) an iterator of them."""
-        return _responses(self._submit(decoupled).result(), decoupled)
+        """Run this request on its model and wait: its response, or (``decoupled``) an iterator of them that
+        gives each as the callee sends it."""
+        if not decoupled:
+            return _responses(self._submit(False).result(), False)
+        arrived: queue.SimpleQueue = queue.SimpleQueue()
+        done = self._submit(True, arrived.put)
+        done.add_done_callback(lambda _: arrived.put(_END))
+        return _one_by_one(arrived, done)
 
     async def async_exec(self, decoupled: bool = False) -> "InferenceResponse | Iterator[InferenceResponse]":
-        """As ``exec``, awaited (calls gathered together run at once)."""
+        """As ``exec``, awaited (calls gathered together run at once); a decoupled callee's responses all
+        come before the iterator is returned."""
         return _responses(await asyncio.wrap_future(self._submit(decoupled)), decoupled)
 
-    def _submit(self, decoupled: bool):
+    def _submit(self, decoupled: bool, each: Callable | None = None):
         calling = bls.current()
         if calling is None or calling.calls is None:
             raise TritonModelException("InferenceRequest.exec() runs inside a served model's initialize or "
@@ -290,8 +232,9 @@ class InferenceRequest:
         call = bls.BlsCall(self._model, {t.name(): t.as_numpy() for t in self._inputs}, self._requested or None,
                            None if self._version in (-1, None) else str(self._version), dict(info.parameters),
                            info.request_id, info.correlation_id, info.flags,
-                           info.timeout_us / 1e6 if info.timeout_us else None, decoupled, calling.callers)
-        return calling.calls.submit(call)
+                           info.timeout_us / 1e6 if info.timeout_us else None, decoupled, calling.callers,
+                           info.trace)
+        return calling.calls.submit(call, each) if each is not None else calling.calls.submit(call)
 
 
 class InferenceResponse:
@@ -301,11 +244,15 @@ class InferenceResponse:
         as the response's parameters."""
         self._outputs = output_tensors or []
         self._error = error
-        self._parameters = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
+        self._parameters = json.loads(parameters) if isinstance(parameters, str) else parameters or {}
+        if not isinstance(self._parameters, dict):
+            raise TypeError(f"InferenceResponse parameters are a dict, not {type(self._parameters).__name__}")
+        self._parameters = dict(self._parameters)
         for key, value in self._parameters.items():
-            if not isinstance(key, str) or not isinstance(value, (bool, int, float, str)):
-                raise TypeError(f"InferenceResponse parameters are str keys with bool, int, float or str values; "
-                                f"{key!r} is {type(value).__name__}")
+            if not isinstance(key, str) or not isinstance(value, (bool, int, float, str)) or (
+                    type(value) is int and not -2**63 <= value < 2**63):
+                raise TypeError(f"InferenceResponse parameters are str keys with bool, int (64-bit), float or str "
+                                f"values; {key!r} is {value!r}")
 
     def output_tensors(self) -> list[Tensor]:
         return self._outputs
@@ -320,17 +267,38 @@ class InferenceResponse:
         return json.dumps(self._parameters)
 
 
+_END = object()
+
+
+def _response(result) -> "InferenceResponse":
+    """One result of a BLS call (a dict of arrays or an InferenceError) as the model reads it."""
+    if isinstance(result, Exception):
+        return InferenceResponse(error=TritonError(result.message, result.triton_code))
+    return InferenceResponse([Tensor(name, array) for name, array in result.items()], None, response_parameters(result))
+
+
 def _responses(results: list, decoupled: bool) -> "InferenceResponse | Iterator[InferenceResponse]":
-    """A BLS call's results (dicts of arrays or InferenceErrors) as the model reads them; a decoupled call's
-    end with an empty response after the callee's last, as Triton's (unless the last is an error)."""
-    responses = [InferenceResponse(error=TritonError(r.message, r.triton_code)) if isinstance(r, Exception)
-                 else InferenceResponse([Tensor(name, array) for name, array in r.items()], None,
-                                        response_parameters(r)) for r in results]
+    """A BLS call's results as the model reads them; a decoupled call's end with an empty response after the
+    callee's last, as Triton's (unless the last is an error)."""
+    responses = [_response(r) for r in results]
     if not decoupled:
         return responses[0]
     if not (responses and responses[-1].has_error()):
         responses.append(InferenceResponse())
     return iter(responses)
+
+
+def _one_by_one(arrived: "queue.SimpleQueue", done) -> Iterator["InferenceResponse"]:
+    """A decoupled call's responses as they arrive, then (unless the last is an error) Triton's empty one."""
+    last = None
+    while (result := arrived.get()) is not _END:
+        last = _response(result)
+        yield last
+    for result in done.result():  # (a call refused before it was sent answers here)
+        last = _response(result)
+        yield last
+    if last is None or not last.has_error():
+        yield InferenceResponse()
 
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
@@ -352,11 +320,9 @@ def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None
 
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
-    """Unload a model through the repository API (explicit model control mode only)."""
-    if unload_dependents:
-        raise TritonModelException("unload_model(unload_dependents=True) is not served by ric: ensembles here "
-                                   "follow their steps and are not unloaded")
-    _control(model_name, "unload", {})
+    """Unload a model through the repository API (explicit model control mode only); an ensemble's steps with
+    ``unload_dependents``."""
+    _control(model_name, "unload", {"unload_dependents": True} if unload_dependents else {})
 
 
 def _control(model_name: str, kind: str, parameters: dict) -> None:

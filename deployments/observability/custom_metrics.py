@@ -23,6 +23,7 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 RESERVED_PREFIXES = ("nv_", "ric_", "ray_")
 
 Labels = tuple[tuple[str, str], ...]  # sorted (name, value) pairs
+FamilyId = tuple[str, str]  # (the model that made it, its name): models in one process keep theirs apart
 
 
 @dataclass
@@ -55,59 +56,61 @@ class Registry:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._families: dict[str, tuple[str, FamilySnapshot]] = {}  # name -> (owning model, samples)
-        self._holders: dict[str, int] = {}  # name -> MetricFamily objects alive (at 0 the family goes)
-        self._dropped: collections.deque[str] = collections.deque()  # names whose objects went, to apply
+        self._families: dict[FamilyId, FamilySnapshot] = {}
+        self._holders: dict[FamilyId, int] = {}  # MetricFamily objects alive (at 0 the family goes)
+        self._dropped: collections.deque[FamilyId] = collections.deque()  # those whose objects went, to apply
         self.changes = 0  # grows with every change (a stub sends its snapshot when it moved)
 
-    def family(self, owner: str, name: str, description: str, kind: str) -> None:
-        """Declare a family (again: the same one, if its kind agrees)."""
+    def family(self, owner: str, name: str, description: str, kind: str) -> FamilyId:
+        """Declare a family of ``owner``'s (again: the same one, if its kind agrees); returns its id."""
         if not isinstance(name, str) or not _NAME.match(name) or name.startswith(RESERVED_PREFIXES):
             raise ValueError(f"a metric family's name must match [a-zA-Z_:][a-zA-Z0-9_:]* and not start with "
                              f"{' or '.join(RESERVED_PREFIXES)} (the server's own): {name!r}")
+        family = (owner, name)
         with self._lock:
             self._drain()
-            known = self._families.get(name)
-            if known is not None and known[1].kind != kind:
-                raise ValueError(f"metric family '{name}' is already a {known[1].kind}, not a {kind}")
+            known = self._families.get(family)
+            if known is not None and known.kind != kind:
+                raise ValueError(f"metric family '{name}' is already a {known.kind}, not a {kind}")
             if known is None:
-                self._families[name] = (owner, FamilySnapshot(description, kind))
-            self._holders[name] = self._holders.get(name, 0) + 1
+                self._families[family] = FamilySnapshot(description, kind)
+            self._holders[family] = self._holders.get(family, 0) + 1
             self.changes += 1
+        return family
 
-    def drop(self, name: str) -> None:
-        """A MetricFamily object of ``name`` is gone; with the last one, the family and its metrics go (Triton's
-        families live as long as their objects: a model's are gone once it unloads). Applied at the next call:
-        this runs from ``__del__``, which the garbage collector may run while this thread holds the lock."""
-        self._dropped.append(name)
+    def drop(self, family: FamilyId) -> None:
+        """A MetricFamily object of ``family`` is gone; with the last one, the family and its metrics go
+        (Triton's families live as long as their objects: a model's are gone once it unloads). Applied at the
+        next call: this runs from ``__del__``, which the garbage collector may run while the lock is held."""
+        self._dropped.append(family)
 
     def _drain(self) -> None:
         """Apply the drops (with the lock held)."""
         while self._dropped:
-            name = self._dropped.popleft()
-            self._holders[name] = self._holders.get(name, 1) - 1
-            if self._holders[name] <= 0:
-                self._holders.pop(name, None)
-                self._families.pop(name, None)
+            family = self._dropped.popleft()
+            self._holders[family] = self._holders.get(family, 1) - 1
+            if self._holders[family] <= 0:
+                self._holders.pop(family, None)
+                self._families.pop(family, None)
                 self.changes += 1
 
-    def _samples(self, name: str) -> FamilySnapshot:
-        known = self._families.get(name)
+    def _samples(self, family: FamilyId) -> FamilySnapshot:
+        known = self._families.get(family)
         if known is None:
-            raise ValueError(f"metric family '{name}' has been deleted: keep its MetricFamily object as long as "
-                             "its metrics are used")
-        return known[1]
+            raise ValueError(f"metric family '{family[1]}' has been deleted: keep its MetricFamily object as long "
+                             "as its metrics are used")
+        return known
 
-    def metric(self, name: str, labels: dict[str, str], buckets: list[float] | None) -> Labels:
+    def metric(self, family: FamilyId, labels: dict[str, str], buckets: list[float] | None) -> Labels:
         """Add a metric of a family (its samples start at zero); returns its key."""
         if not isinstance(labels, dict) or not all(isinstance(k, str) and _LABEL.match(k) and isinstance(v, str)
                                                    for k, v in labels.items()):
             raise ValueError(f"a metric's labels are a dict of str names ([a-zA-Z_][a-zA-Z0-9_]*) to str values: "
                              f"{labels!r}")
-        key = tuple(sorted(labels.items()))
+        key, name = tuple(sorted(labels.items())), family[1]
         with self._lock:
             self._drain()
-            samples = self._samples(name)
+            samples = self._samples(family)
             if samples.kind == HISTOGRAM:
                 bounds = tuple(float(b) for b in buckets or ())
                 if not bounds or list(bounds) != sorted(set(bounds)):
@@ -121,13 +124,13 @@ class Registry:
             self.changes += 1
         return key
 
-    def update(self, name: str, key: Labels, how: str, value: float) -> None:
+    def update(self, family: FamilyId, key: Labels, how: str, value: float) -> None:
         """``how``: "increment" (counters and gauges; a counter only up), "set" (gauges), "observe"
         (histograms)."""
-        value = float(value)
+        value, name = float(value), family[1]
         with self._lock:
             self._drain()
-            samples = self._samples(name)
+            samples = self._samples(family)
             allowed = {COUNTER: ("increment",), GAUGE: ("increment", "set"), HISTOGRAM: ("observe",)}[samples.kind]
             if how not in allowed:
                 raise ValueError(f"a {samples.kind} metric ('{name}') takes {' or '.join(allowed)}(), not {how}()")
@@ -141,22 +144,23 @@ class Registry:
                 samples.values[key] += value
             self.changes += 1
 
-    def value(self, name: str, key: Labels) -> float:
+    def value(self, family: FamilyId, key: Labels) -> float:
         with self._lock:
             self._drain()
-            value = self._samples(name).values[key]
+            value = self._samples(family).values[key]
         if isinstance(value, Histogram):
-            raise ValueError(f"a histogram metric ('{name}') has no single value")
+            raise ValueError(f"a histogram metric ('{family[1]}') has no single value")
         return value
 
     def snapshot(self, owner: str | None = None) -> Snapshot:
-        """A copy of the families ``owner`` made (None: every model's)."""
+        """A copy of the families ``owner`` made (None: every model's, summed by name)."""
         with self._lock:
             self._drain()
-            return {name: FamilySnapshot(s.description, s.kind, {
-                        key: Histogram(v.buckets, list(v.counts), v.total, v.count) if isinstance(v, Histogram)
-                        else v for key, v in s.values.items()})
-                    for name, (who, s) in self._families.items() if owner is None or who == owner}
+            copies = [{name: FamilySnapshot(s.description, s.kind, {
+                           key: Histogram(v.buckets, list(v.counts), v.total, v.count) if isinstance(v, Histogram)
+                           else v for key, v in s.values.items()})}
+                      for (who, name), s in self._families.items() if owner is None or who == owner]
+        return merge(copies)
 
 
 #: This process's registry.

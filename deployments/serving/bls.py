@@ -43,14 +43,17 @@ class ModelCalls:
     """Where the BLS requests of the models in one replica go (``bls.Calls``)."""
 
     def __init__(self, handle: Callable[[str], Awaitable[Any]], timeout_s: Callable[[], float],
-                 loop: asyncio.AbstractEventLoop, control: Callable[[str, bool, dict], Awaitable[None]] | None = None):
+                 loop: asyncio.AbstractEventLoop, control: Callable[[str, bool, dict], Awaitable[None]] | None = None,
+                 tracer: Callable[[], Any] = lambda: None):
         """``handle(model)``: the callee's handle (awaited; raises for a model the application does not
         serve); ``timeout_s()``: a call's bound when it sets none (the caller's execution timeout);
-        ``control(model, loaded, parameters)``: the repository API's load / unload (None: not offered)."""
+        ``control(model, loaded, parameters)``: the repository API's load / unload (None: not offered);
+        ``tracer()``: the replica's Tracer (a call with its request's trace is a span of it), or None."""
         self._handle, self._timeout_s, self._loop, self._control = handle, timeout_s, loop, control
+        self._tracer = tracer
         self._loop_thread = threading.get_ident()  # built on the loop's thread
 
-    def submit(self, call: BlsCall) -> concurrent.futures.Future:
+    def submit(self, call: BlsCall, each: Callable[[Any], None] | None = None) -> concurrent.futures.Future:
         if threading.get_ident() == self._loop_thread:
             # A model's first load runs on the event loop (the replica's constructor): a call from its
             # initialize would wait for the loop it blocks.
@@ -59,11 +62,12 @@ class ModelCalls:
                                             f"'{call.model}' from initialize while its replica starts: BLS calls "
                                             "are served from execute (and from initialize on later loads)")])
             return refused
-        return asyncio.run_coroutine_threadsafe(self.run(call), self._loop)
+        return asyncio.run_coroutine_threadsafe(self.run(call, each), self._loop)
 
-    async def run(self, call: BlsCall) -> list[Tensors | InferenceError]:
-        """The callee's responses (one unless ``call.decoupled``); a failure is the last, as an error."""
-        responses: list[Tensors | InferenceError] = []
+    async def run(self, call: BlsCall, each: Callable[[Any], None] | None = None) -> list[Tensors | InferenceError]:
+        """The callee's responses (one unless ``call.decoupled``); a failure is the last, as an error. With
+        ``each``, each is handed to it as it comes instead (the list returned is then empty)."""
+        responses: list[Tensors | InferenceError] = _Passing(each) if each is not None else []
         # A load or unload is bounded by the repository API's own timeout.
         timeout = None if call.kind in ("load", "unload") else call.timeout_s or self._timeout_s()
         try:
@@ -72,7 +76,7 @@ class ModelCalls:
             responses.append(unavailable(f"the call to model '{call.model}' did not finish within {timeout:g} s"))
         except Exception as exc:
             responses.append(InferenceError.from_exception(exc))
-        return responses
+        return list(responses)
 
     async def _call(self, call: BlsCall, responses: list) -> None:
         if call.kind == "ready":
@@ -96,12 +100,21 @@ class ModelCalls:
                               sequence_end=bool(call.flags & SEQUENCE_END))
         args = (call.inputs, call.outputs, call.version, parameters or None)
         context = {"request_id": call.request_id, "callers": call.callers}
-        if call.decoupled:
-            async for _, outputs in stream_of(handle.options(stream=True).infer_stream.remote(*args, **context)):
+        tracer = self._tracer() if call.trace else None
+        span = tracer and tracer.span(f"BLS {call.model}", call.trace, model=call.model,
+                                      caller=call.callers[-1] if call.callers else None)
+        if span is not None:  # the callee's spans go below this one
+            context["trace"] = tracer.carried(span)
+        try:
+            if call.decoupled:
+                async for _, outputs in stream_of(handle.options(stream=True).infer_stream.remote(*args, **context)):
+                    responses.append(outputs)
+            else:
+                _, outputs = await answer(handle.infer_versioned.remote(*args, **context))
                 responses.append(outputs)
-        else:
-            _, outputs = await answer(handle.infer_versioned.remote(*args, **context))
-            responses.append(outputs)
+        finally:
+            if span is not None:
+                span.end()
 
 
     async def _ready(self, model: str, version: str | None) -> bool:
@@ -115,6 +128,17 @@ class ModelCalls:
             return False
 
 
+class _Passing(list):
+    """A list of responses that hands each on as it is appended instead of keeping it."""
+
+    def __init__(self, each: Callable[[Any], None]):
+        super().__init__()
+        self._each = each
+
+    def append(self, response: Any) -> None:
+        self._each(response)
+
+
 def refuse_cycle(model: str, callers: tuple[str, ...]) -> None:
     """A request from a BLS call whose callers include ``model`` would wait behind the batch that waits for
     it: refused at once."""
@@ -126,30 +150,39 @@ def refuse_cycle(model: str, callers: tuple[str, ...]) -> None:
 class ApplicationModels:
     """The handles of the models a Model replica's BLS calls reach: its application's, and those loaded
     later as applications of their own (``<app>-model-<name>``, cluster/repository/model_apps.py), found in
-    Serve's status once per name; no other application's deployments."""
+    Serve's status once per name; no other application's deployments. A replica of a model loaded later
+    reaches the application it was loaded into the same way."""
 
     def __init__(self, ingress: str = ""):
-        """``ingress``: the name of the application's Ingress deployment (for ``control``)."""
+        """``ingress``: the name of the application's Ingress deployment (which finds the application a model
+        loaded later belongs to, and answers ``control``)."""
         self._app, self._ingress = serve.get_replica_context().app_name, ingress
         self._handles: dict[str, Any] = {}
 
+    @staticmethod
+    async def _status():
+        return (await asyncio.to_thread(serve.status)).applications
+
+    def _parent(self, applications) -> str | None:
+        """The application with the Ingress: this one, or the one this model was loaded into."""
+        return next((a for a, s in applications.items() if self._ingress and self._ingress in s.deployments
+                     and (a == self._app or self._app.startswith(f"{a}-model-"))), None)
+
     async def handle(self, model: str) -> Any:
         if model not in self._handles:
-            status = await asyncio.to_thread(serve.status)
-            apps = (self._app, f"{self._app}-model-{model}")
-            app = next((a for a in apps if a in status.applications
-                        and model in status.applications[a].deployments), None)
+            applications = await self._status()
+            parent = self._parent(applications) or self._app
+            apps = (self._app, parent, f"{parent}-model-{model}")
+            app = next((a for a in apps if a in applications and model in applications[a].deployments), None)
             if app is None:
                 raise unknown_model(model)
             self._handles[model] = serve.get_deployment_handle(model, app_name=app)
         return self._handles[model]
 
     async def control(self, model: str, loaded: bool, parameters: dict) -> None:
-        """Load or unload ``model`` through an Ingress replica's repository API (its model control mode decides),
-        the Ingress of this application or, for a model loaded later, of the one it was loaded into."""
-        status = await asyncio.to_thread(serve.status)
-        app = next((a for a, s in status.applications.items() if self._ingress in s.deployments
-                    and (a == self._app or self._app.startswith(f"{a}-model-"))), None) if self._ingress else None
+        """Load or unload ``model`` through an Ingress replica's repository API (its model control mode
+        decides)."""
+        app = self._parent(await self._status())
         if app is None:
             raise unavailable("no Ingress of this application answers model control")
         await answer(serve.get_deployment_handle(self._ingress, app_name=app).set_loaded.remote(model, loaded,

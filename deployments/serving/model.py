@@ -53,7 +53,7 @@ class ModelService(ServedModel):
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         self._limits = limits
         calls = ModelCalls(handles or ApplicationModels().handle, self.execution_timeout_s, asyncio.get_running_loop(),
-                           control)
+                           control, lambda: self._tracer)
         self.runner = ModelRunner(config, source, device, isolated, calls)
         self.runner.load()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
@@ -127,7 +127,7 @@ class ModelService(ServedModel):
             raise decoupled_over_unary(self.runner.name)
         refuse_cycle(self.runner.name, callers)
         self._refuse_when_full(version)
-        info = RequestInfo(request_id=request_id, callers=tuple(callers))
+        info = RequestInfo(request_id=request_id, callers=tuple(callers), trace=trace)
         if self._cache is not None:
             return await self._infer_cached(inputs, outputs, version, parameters, trace, info)
         return await self._infer(inputs, outputs, version, parameters, trace, info)
@@ -215,10 +215,10 @@ class ModelService(ServedModel):
         pending = None
         try:
             pending = self.runner.prepare(inputs, outputs, version, parameters,
-                                          RequestInfo(request_id=request_id, callers=tuple(callers)))
+                                          RequestInfo(request_id=request_id, callers=tuple(callers), trace=trace))
             emit = lambda out, final: loop.call_soon_threadsafe(responses.put_nowait, (out, final))  # noqa: E731
             # Shielded: a client that goes away leaves the model to finish (its responses are dropped).
-            asyncio.shield(loop.run_in_executor(self._executor, self._execute_stream, pending, emit))
+            asyncio.shield(loop.run_in_executor(self._executor, self._timed, self.runner.execute_stream, pending, emit))
             timeout = self.execution_timeout_s()
             deadline = loop.time() + timeout
             while True:
@@ -242,10 +242,11 @@ class ModelService(ServedModel):
             self._reporter.in_flight -= 1
             self._reporter.schedule()
 
-    def _execute_stream(self, pending: Pending, emit) -> None:
+    def _timed(self, run, *args):
+        """``run(*args)`` on the executor, its start kept for the health check."""
         self._running_since = time.monotonic()
         try:
-            self.runner.execute_stream(pending, emit)
+            return run(*args)
         finally:
             self._running_since = None
 
@@ -267,12 +268,9 @@ class ModelService(ServedModel):
             self.runner.release([pending], "OTHER")
             raise invalid(f"model '{self.runner.name}': {exc}") from None
         timeout = queue_timeout_ns(self.runner.config, pending.arrived_ns, parameters, pending.priority)
-        if timeout is not None:
+        if timeout is not None:  # REJECT: it may no longer start; DELAY: past it, it waits behind every level
             action, at_ns = timeout
-            if action == "REJECT":
-                pending.deadline_ns = at_ns
-            else:  # DELAY: past its timeout the request waits behind every level
-                pending.delay_after_ns = at_ns
+            pending.deadline_ns, pending.delay_after_ns = (at_ns, None) if action == "REJECT" else (None, at_ns)
         timeout = self.execution_timeout_s()
         try:
             if self._batcher is not None:
@@ -302,13 +300,9 @@ class ModelService(ServedModel):
 
     def _execute(self, pending: list[Pending]) -> list[Tensors | Exception]:
         dropped = {i: error for i, p in enumerate(pending) if (error := self._cancelled(p)) is not None}
-        self._running_since = time.monotonic()
-        try:
-            results = iter(self.runner.execute([p for i, p in enumerate(pending) if i not in dropped])
-                           if len(dropped) < len(pending) else [])
-            return [dropped[i] if i in dropped else next(results) for i in range(len(pending))]
-        finally:
-            self._running_since = None
+        kept = [p for i, p in enumerate(pending) if i not in dropped]
+        results = iter(self._timed(self.runner.execute, kept) if kept else [])
+        return [dropped[i] if i in dropped else next(results) for i in range(len(pending))]
 
     def _priority(self, pending: Pending) -> int:
         """A queued request's level (1 first; 0 for models without levels), past a DELAY timeout the last."""
@@ -399,8 +393,7 @@ class Model(ModelService):
 
     async def __init__(self, config: ModelConfig, source: VersionSource, statistics: Any = None, sync: Any = None,
                        limits: ServingLimits = ServingLimits(), ingress: str = ""):
-        """``ingress``: the name of the application's Ingress deployment, whose repository API a model's
-        ``pb_utils.load_model`` / ``unload_model`` use."""
+        """``ingress``: the Ingress deployment's name (its repository API serves ``pb_utils.load_model``)."""
         models = ApplicationModels(ingress)
         ModelService.__init__(self, config, source, statistics, sync, limits, handles=models.handle,
                               control=models.control)

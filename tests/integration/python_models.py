@@ -49,7 +49,7 @@ class TritonPythonModel:
             params = json.loads(request.parameters())
             inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in ("INPUT0", "INPUT1")]
             calls = [pb_utils.InferenceRequest(model_name=params.get("target", "add_sub"), inputs=inputs,
-                                               requested_output_names=["OUTPUT0"])
+                                               requested_output_names=["OUTPUT0"], trace=request.trace())
                      for _ in range(params.get("fan_out", 1))]
             if "fan_out" in params:
                 answers = await asyncio.gather(*(call.async_exec() for call in calls))
@@ -241,7 +241,7 @@ class TritonPythonModel:
 
 
 # Loads or unloads the model its "load" / "unload" parameter names (pb_utils.load_model / unload_model) and
-# answers "done" or the error's text.
+# answers "done" or the error's text; with "ready", whether that model is ready (pb_utils.is_model_ready).
 CONTROLLER = """
 import json
 import numpy as np
@@ -254,11 +254,14 @@ class TritonPythonModel:
         for request in requests:
             params = json.loads(request.parameters())
             try:
-                if "load" in params:
+                if "ready" in params:
+                    seen = str(pb_utils.is_model_ready(params["ready"]))
+                elif "load" in params:
                     pb_utils.load_model(params["load"])
+                    seen = "done"
                 else:
                     pb_utils.unload_model(params["unload"])
-                seen = "done"
+                    seen = "done"
             except Exception as exc:
                 seen = str(exc)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("INFO", np.array([seen.encode()], object)),

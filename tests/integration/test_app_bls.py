@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,60 @@ class TritonPythonModel:
 """
 
 
+# Decoupled: sends Y = 1, then waits for the file its "path" parameter names (its caller makes it on seeing
+# that first response) before Y = 2; an error response if it never comes.
+HANDSHAKE = """
+import json, os, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender, path = request.get_response_sender(), json.loads(request.parameters())["path"]
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.array([1], np.int32))]))
+            until = time.monotonic() + 20
+            while not os.path.exists(path) and time.monotonic() < until:
+                time.sleep(0.01)
+            if os.path.exists(path):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.array([2], np.int32))]))
+            else:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("no one saw my first response")))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+"""
+
+# Calls handshake (exec(decoupled=True)) and makes its file once the first response is in; answers the sum.
+STREAMER = """
+import json, pathlib
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            params = json.loads(request.parameters())
+            call = pb_utils.InferenceRequest(model_name="handshake", requested_output_names=["Y"],
+                                             inputs=[pb_utils.get_input_tensor_by_name(request, "N")],
+                                             parameters={"path": params["path"]})
+            ys, failed = [], None
+            for response in call.exec(decoupled=True):
+                if response.has_error():
+                    failed = response.error().message()
+                elif (y := pb_utils.get_output_tensor_by_name(response, "Y")) is not None:
+                    ys.append(int(y.as_numpy()[0]))
+                    pathlib.Path(params["path"]).touch()
+            if failed:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(failed)))
+                continue
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SUM", np.array([sum(ys)], np.int32)),
+                                                         pb_utils.Tensor("COUNT", np.array([len(ys)], np.int32))]))
+        return responses
+"""
+
+
 @pytest.fixture(scope="module", params=["own deployments", "colocated in stubs"])
 def server(request, tmp_path_factory):
     root = write_repository(tmp_path_factory.mktemp("repository"))
@@ -61,8 +116,18 @@ def server(request, tmp_path_factory):
     tensors = ('input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
                'output [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]')
     write_model(root, "parameters", python("parameters", "", tensors, 0), {"1/model.py": PARAMETERS})
+    write_model(root, "handshake", python("handshake", "model_transaction_policy { decoupled: true }",
+                                          'input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+                                          'output [ { name: "Y" data_type: TYPE_INT32 dims: [ 1 ] } ]', 0),
+                {"1/model.py": HANDSHAKE})
+    write_model(root, "streamer", python("streamer", "", 'input [ { name: "N" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+                                         'output [ { name: "SUM" data_type: TYPE_INT32 dims: [ 1 ] }, '
+                                         '{ name: "COUNT" data_type: TYPE_INT32 dims: [ 1 ] } ]', 0),
+                {"1/model.py": STREAMER})
     colocated = request.param == "colocated in stubs"
-    with serve_repository(root, num_cpus=4, colocate=colocated, colocate_python=colocated) as endpoints:
+    # (each model has a deployment whose replica takes 0.25 CPUs, beside the ingress: 16 models here)
+    with serve_repository(root, num_cpus=8, colocate=colocated, colocate_python=colocated,
+                          model_control_mode="explicit") as endpoints:
         yield endpoints
 
 
@@ -102,6 +167,13 @@ def test_an_ensemble_is_a_callee_like_any_model(server):
 def test_a_decoupled_callee_answers_the_call_with_all_its_responses(server):
     body = {"inputs": [{"name": "N", "shape": [1], "datatype": "INT32", "data": [4]}]}
     assert outputs(infer(server, "bls_stream", body)) == {"SUM": [10], "COUNT": [4]}
+
+
+def test_a_decoupled_callees_responses_reach_the_caller_one_by_one(server, tmp_path):
+    """The callee waits for its caller to have seen its first response: answered only if they come one by one."""
+    body = {"inputs": [{"name": "N", "shape": [1], "datatype": "INT32", "data": [2]}],
+            "parameters": {"path": str(tmp_path / "seen")}}
+    assert outputs(infer(server, "streamer", body)) == {"SUM": [3], "COUNT": [2]}
 
 
 def test_a_call_to_an_unknown_model_is_the_callers_error_with_tritons_code_and_words(server):
@@ -212,3 +284,52 @@ def test_a_client_gone_cancels_its_request_the_running_one_sees_it_a_queued_one_
     wait_for(lambda: metric(server, canceled) == before[canceled] + 1, 30, "the queued request to be dropped")
     assert metric(server, ran) == before[ran] + 3  # the dropped one never ran
     assert patient(server, 0).as_numpy("Y").tolist() == [1]
+
+
+def test_a_bls_call_with_its_requests_trace_is_a_span_of_that_trace_with_the_callee_below(server):
+    def post(path: str, body: dict) -> dict:
+        answer = requests.post(f"{server.http}{path}", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    path = Path(post("/v2/trace/setting", {"trace_file": "bls.jsonl"})["trace_file"])
+    post("/v2/models/bls/trace/setting", {"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "trace_count": "1"})
+    try:
+        assert infer(server, "bls", add_sub_body()).status_code == 200
+
+        def spans() -> list[dict]:
+            return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+        wait_for(lambda: {"BLS add_sub", "model add_sub"} <= {s["name"] for s in spans()}, 60,
+                 lambda: f"the call's spans: {[s['name'] for s in spans()]}")
+        by_name = {s["name"]: s for s in spans()}
+        root, call, callee = by_name["infer bls"], by_name["BLS add_sub"], by_name["model add_sub"]
+        assert root["parent_id"] is None and call["parent_id"] == root["span_id"]
+        assert callee["parent_id"] == call["span_id"] and call["trace_id"] == callee["trace_id"] == root["trace_id"]
+        assert call["attributes"]["caller"] == "bls"
+    finally:
+        post("/v2/models/bls/trace/setting", {"trace_level": None, "trace_rate": None, "trace_count": None})
+        post("/v2/trace/setting", {"trace_file": None})
+
+
+def test_an_ensemble_unloads_with_its_steps_given_unload_dependents_and_a_model_loads_them_back(server):
+    """Triton's unload_dependents (stock tritonclient), and pb_utils.load_model from a model in explicit mode."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.http.removeprefix("http://"))
+    body = {"inputs": [{"name": "X", "shape": [1], "datatype": "INT32", "data": [1]}]}
+
+    def control(**parameters) -> str:
+        return outputs(infer(server, "controller", {**body, "parameters": parameters}))["INFO"][0]
+
+    with pytest.raises(InferenceServerException, match="follow their steps"):
+        client.unload_model("ensemble")
+    try:
+        client.unload_model("ensemble", unload_dependents=True)
+        assert control(ready="add_sub") == "False" and not client.is_model_ready("add_sub")
+        assert infer(server, "ensemble", add_sub_body()).status_code == 503
+    finally:
+        assert control(load="add_sub") == "done"
+    assert control(ready="add_sub") == "True"
+    assert outputs(infer(server, "ensemble", add_sub_body()))["OUTPUT0"] == [i + 1 for i in range(8)]
+    assert "cannot be unloaded while its own batch waits" in control(unload="controller")

@@ -85,6 +85,9 @@ def test_fetch_downloads_once_and_verifies(s3):
     assert not [p for p in path.iterdir() if p.name.startswith(".model.onnx.") and not p.name.endswith(".etag")]
     with pytest.raises(FileNotFoundError, match="has no version 7"):
         store.fetch("mlp", 7)
+    s3.client.put_object(Bucket=BUCKET, Key="repo/mlp/labels.txt", Body=b"cat\ndog\n")  # the model's own files
+    assert (store.fetch("mlp", 1).parent / "labels.txt").read_text() == "cat\ndog\n"  # beside the version
+    assert not (path.parent / "config.pbtxt").exists()
 
 
 def test_serving_from_s3_and_a_version_update_pushed_live(s3):

@@ -273,7 +273,7 @@ def uploaded_files_kept() -> list[bytes]:
 
 def test_a_model_loads_and_unloads_another_through_the_repository_api(served):
     """pb_utils.load_model / unload_model from a Python model loaded later (an application of its own, whose
-    calls reach the Ingress of the application it joined), in explicit model control mode."""
+    calls reach the Ingress and the models of the application it joined), in explicit model control mode."""
     import shutil
 
     import tritonclient.http as httpclient
@@ -295,6 +295,7 @@ def test_a_model_loads_and_unloads_another_through_the_repository_api(served):
         wait_for(lambda: {"controller", "second"} <= {r["name"] for r in client.get_model_repository_index()},
                  timeout_s=30, what="the new models listed")
         client.load_model("controller")
+        assert control(ready="live") == "True"  # a model loaded later reaches the application's models
         assert control(load="second") == "done"
         assert client.is_model_ready("second")
         answer = requests.post(f"{endpoints.http}/v2/models/second/infer", json=BODY, timeout=30).json()
