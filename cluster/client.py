@@ -21,6 +21,7 @@ Calls run on the client's own event loop thread, so synchronous ``infer`` works 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -194,7 +195,7 @@ class ModelClient:
         future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version, parameters), self._loop)
         try:
             return future.result(timeout_s)
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:
             future.cancel()  # the call too (its request leaves the model's queue)
             raise
 

@@ -8,9 +8,6 @@ and the repository's listing; every failure is an InferenceError with a transpor
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -19,12 +16,12 @@ from ray import serve
 
 from cluster.protocol.classification import classify
 from cluster.protocol.codec import InferRequest
+from cluster.protocol.repository_control import ensemble_steps, override_config, unload_dependents, uploaded_files
 from cluster.protocol.shared_memory import SharedMemory
 from cluster.repository.model_apps import load_failure
-from cluster.repository.paths import check_file_path, check_model_name
+from cluster.repository.paths import check_model_name
 from deployments.observability import settings_follower, tracing
 from deployments.backends import Tensors, keep_parameters
-from deployments.config.model_config import ConfigError, ModelConfig, parse_yaml
 from deployments.errors import invalid, no_available_versions, unavailable, unknown_model
 from deployments.serving.model import UNLOADED
 from deployments.serving.served import answer, sized_for, stream_of
@@ -199,15 +196,19 @@ class DataPlane:
         extra = {"trace": self.tracer.carried(span)} if span is not None else {}
         if request.id:
             extra["request_id"] = request.id
-        responses = stream_of(handle.infer_stream.remote(inputs, request.outputs, version,
-                                                         passed_parameters(request.parameters), **extra))
+        responses = None
         try:
+            responses = stream_of(handle.infer_stream.remote(inputs, request.outputs, version,
+                                                             passed_parameters(request.parameters), **extra))
             async for answered, outputs in responses:
                 yield answered, outputs
         finally:
-            await responses.aclose()  # a client that stopped early: the model's stream is cancelled now
-            if span is not None:
-                span.end()
+            try:
+                if responses is not None:  # a client that stopped early: the model's stream is cancelled now
+                    await responses.aclose()
+            finally:
+                if span is not None:
+                    span.end()
 
     async def trace_settings(self, model: str | None = None, changes: dict[str, Any] | None = None
                              ) -> dict[str, Any]:
@@ -289,8 +290,9 @@ class DataPlane:
         application on load and deleted on unload. A load may carry a ``config`` parameter (Triton's model
         config as JSON) that replaces the repository's config until the next load, and with it ``file:``
         parameters that serve the model from those files; a load after which no version is ready fails,
-        naming the reasons. An ensemble is not loaded or unloaded itself (it follows its steps); an unload
-        with ``unload_dependents`` (Triton's parameter) unloads its steps, nested ensembles' too."""
+        naming the reasons. An ensemble the application was built with is not loaded or unloaded itself (it
+        follows its steps); an unload with ``unload_dependents`` (Triton's parameter) also unloads the steps
+        of an ensemble that no other ensemble uses, nested ensembles' too."""
         self.check_model_control()
         parameters = parameters or {}
         if not isinstance(parameters, dict):
@@ -299,14 +301,26 @@ class DataPlane:
         files = uploaded_files(model, parameters) if loaded else {}
         if self.sync is None:
             raise invalid("this application has no model store sync: models cannot be loaded or unloaded")
+        dependents = not loaded and unload_dependents(parameters)
+        steps = ensemble_steps(await self.model_config(model)) if dependents and model in self.models else []
         if model in self.built and model not in (await self.sync.status.remote())["desired"]:
-            if loaded or parameters.get("unload_dependents") is not True:
+            if not dependents:
                 raise invalid(f"model '{model}' cannot be loaded or unloaded (ensembles follow their steps); "
                               "an unload with the parameter unload_dependents unloads its steps")
-            steps = (await self.model_config(model)).get("ensemble_scheduling", {}).get("step", [])
-            for name in dict.fromkeys(step["model_name"] for step in steps):
-                await self.set_loaded(name, False, {"unload_dependents": True})
-            return
+        else:
+            await self._follow_control(model, loaded, parameters, files)
+        for step in steps:  # those no other ensemble uses
+            if not any(step in ensemble_steps(config) for config in await self._other_configs(model, step)):
+                await self.set_loaded(step, False, {"unload_dependents": True})
+
+    async def _other_configs(self, *models: str) -> list[dict[str, Any]]:
+        """The configs of the served models other than ``models`` (those awake that answer)."""
+        names = [name for name in self._awake() if name not in models]
+        configs = await asyncio.gather(*(self.model_config(name) for name in names), return_exceptions=True)
+        return [config for config in configs if isinstance(config, dict)]
+
+    async def _follow_control(self, model: str, loaded: bool, parameters: dict, files: dict) -> None:
+        """A load or unload through the sync, once this plane and the model's replica have followed it."""
         config = override_config(model, parameters.get("config")) if loaded and "config" in parameters else None
         generation = await self.sync.set_loaded.remote(model, loaded, config, files or None)
         deadline = time.monotonic() + CONTROL_TIMEOUT_S
@@ -344,32 +358,6 @@ async def bounded(call, what: str, timeout_s: float | None = None):
         return await asyncio.wait_for(call, timeout_s)
     except asyncio.TimeoutError:
         raise unavailable(f"{what} did not answer within {timeout_s:g} s") from None
-
-
-def uploaded_files(model: str, parameters: dict) -> dict[str, bytes]:
-    """Triton's ``file:<path>`` parameters of a load: base64 text over HTTP, bytes over gRPC."""
-    files = {}
-    for key, value in parameters.items():
-        if not key.startswith("file:"):
-            continue
-        if isinstance(value, str):
-            try:
-                value = base64.b64decode(value, validate=True)
-            except binascii.Error:
-                raise invalid(f"parameter '{key}' of the load of '{model}' is not base64") from None
-        if not isinstance(value, bytes):
-            raise invalid(f"parameter '{key}' of the load of '{model}' must be base64 text or bytes")
-        files[check_file_path(key.removeprefix("file:"))] = value
-    return files
-
-
-def override_config(model: str, config: Any) -> ModelConfig:
-    """The ``config`` parameter of a repository load (a JSON string, as tritonclient sends it, or an object)."""
-    text = config if isinstance(config, str) else json.dumps(config)
-    try:
-        return parse_yaml(text, f"the config parameter of the load of '{model}'", model)
-    except ConfigError as exc:
-        raise invalid(str(exc)) from None
 
 
 def check_version(version: str | None) -> None:

@@ -88,6 +88,7 @@ class _Pipe:
             self.send(("call", number, call, each is not None))
         except Exception as exc:  # the replica went away, or the call does not pickle
             self._waiting.pop(number, None)
+            self._streams.pop(number, None)
             future.set_result([InferenceError(ErrorCode.INTERNAL, f"the call to model '{call.model}' could "
                                               f"not be sent: {type(exc).__name__}: {exc}")])
         return future
@@ -116,6 +117,7 @@ class _Pipe:
                             cancellation.begin(info.token)
                 self._work.put(message)
         self._closed = True
+        self._streams.clear()
         for number in list(self._waiting):
             future = self._waiting.pop(number, None)
             if future is not None:
@@ -284,6 +286,10 @@ class ProcessBackend(Backend):
             self._send(connection, message)
         except (OSError, ValueError):  # the stub went away meanwhile
             pass
+        except Exception as exc:  # noqa: BLE001 (an answer that does not pickle: the call still ends)
+            if message[0] == "called":
+                self._send_answer(connection, ("called", message[1], [InferenceError(
+                    ErrorCode.INTERNAL, f"the answer could not be sent: {type(exc).__name__}: {exc}")]))
 
     def custom_metrics(self) -> dict:
         return self._metrics

@@ -4,7 +4,7 @@ model of the application, on any node.
 ``ModelCalls`` runs each call on the replica's event loop: in process when the callee is served in this
 process (a model an Ingress colocates, through its LocalHandle), through the callee's Serve handle
 otherwise, so the call gets the callee's dynamic batching, versions, queue policy and statistics as a
-client's request would. A decoupled callee answers with all its responses.
+client's request would. A decoupled callee's responses are handed on as they come (``submit(call, each)``).
 
 **Why a BLS model does not deadlock its replica.** A model's batch runs on its replica's one executor thread
 (or its stub process), and its BLS calls wait inside that batch. Every call carries the models whose

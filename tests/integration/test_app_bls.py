@@ -324,6 +324,9 @@ def test_an_ensemble_unloads_with_its_steps_given_unload_dependents_and_a_model_
 
     with pytest.raises(InferenceServerException, match="follow their steps"):
         client.unload_model("ensemble")
+    not_a_bool = requests.post(f"{server.http}/v2/repository/models/ensemble/unload", timeout=30,
+                               json={"parameters": {"unload_dependents": "yes"}})
+    assert not_a_bool.status_code == 400 and "Unable to parse 'unload_dependents'" in not_a_bool.json()["error"]
     try:
         client.unload_model("ensemble", unload_dependents=True)
         assert control(ready="add_sub") == "False" and not client.is_model_ready("add_sub")
