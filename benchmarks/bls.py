@@ -64,6 +64,31 @@ def write_repository(root: Path) -> Path:
     return root
 
 
+def rows(cells: list[dict], names, concurrencies, cpu: bool = True) -> list[str]:
+    """The table's rows: per server (or layout) and concurrency, add_sub direct and through BLS (median req/s
+    over the rounds, p99 the rounds' worst, and server CPU per 1,000 requests where ``cpu``)."""
+    lines = []
+    for name in names:
+        for concurrency in concurrencies:
+            def of(model, key, pick=statistics.median):
+                values = [c[key] for c in cells if c["server"] == name and c["concurrency"] == concurrency
+                          and c.get("model", DIRECT) == model and c.get(key) is not None]
+                return pick(values) if values else None
+            direct, bls = of(DIRECT, "requests_per_s"), of(BLS, "requests_per_s")
+            ratio = bls / direct if direct and bls else None
+            line = (f"| {name} | {concurrency} | {fmt(direct, ',.0f')} | {fmt(bls, ',.0f')} | {fmt(ratio, '.2f')}x | "
+                    f"{fmt(of(DIRECT, 'p99_ms', max), '.2f')} / {fmt(of(BLS, 'p99_ms', max), '.2f')} |")
+            if cpu:
+                line += f" {fmt(of(DIRECT, 'cpu_s_per_1k'), '.2f')} / {fmt(of(BLS, 'cpu_s_per_1k'), '.2f')} |"
+            lines.append(line)
+    return lines
+
+
+def failures(results: dict) -> list[str]:
+    failed = [c for c in results["cells"] if "error" in c]
+    return ["", f"{len(failed)} cells failed: " + "; ".join(describe_line(c)[:200] for c in failed)] if failed else []
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     cells = [c for c in results["cells"] if "error" not in c]
@@ -74,62 +99,64 @@ def markdown(results: dict) -> str:
              "| server | c | add_sub req/s | through BLS req/s | BLS / direct | p99 direct / BLS ms "
              "| CPU s/1k direct / BLS |",
              "|---|---|---|---|---|---|---|"]
-    for server in SERVERS:
-        for concurrency in results["settings"]["concurrency"]:
-            def of(model, key, pick=statistics.median):
-                values = [c[key] for c in cells if c["server"] == server and c["concurrency"] == concurrency
-                          and c.get("model", DIRECT) == model and c.get(key) is not None]
-                return pick(values) if values else None
-            direct, bls = of(DIRECT, "requests_per_s"), of(BLS, "requests_per_s")
-            ratio = bls / direct if direct and bls else None
-            lines.append(f"| {server} | {concurrency} | {fmt(direct, ',.0f')} | {fmt(bls, ',.0f')} | "
-                         f"{fmt(ratio, '.2f')}x | {fmt(of(DIRECT, 'p99_ms', max), '.2f')} / "
-                         f"{fmt(of(BLS, 'p99_ms', max), '.2f')} | {fmt(of(DIRECT, 'cpu_s_per_1k'), '.2f')} / "
-                         f"{fmt(of(BLS, 'cpu_s_per_1k'), '.2f')} |")
-    failed = [c for c in results["cells"] if "error" in c]
-    if failed:
-        lines += ["", f"{len(failed)} cells failed: " + "; ".join(describe_line(c)[:200] for c in failed)]
-    return "\n".join(lines) + "\n"
+    lines += rows(cells, SERVERS, results["settings"]["concurrency"])
+    return "\n".join(lines + failures(results)) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(argv: list[str], description: str, out: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=positive_float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-bls.json"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / out))
     parser.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def started(argv: list[str], args: argparse.Namespace, script: str) -> dict:
+    command = f"python {script}" + (" " + " ".join(argv) if argv else "")
+    return {"environment": environment(argv) | {"command": command},
+            "settings": {"seconds": args.seconds, "rounds": args.rounds, "concurrency": args.concurrency},
+            "cells": []}
+
+
+def measure_models(running, name: str, round_: int, args: argparse.Namespace, workdir: Path, results: dict) -> None:
+    """add_sub and bls_add_sub at every concurrency on one running server, into ``results``."""
+    for model in (DIRECT, BLS):
+        for concurrency in args.concurrency:
+            cell = measure_cell(running, name, round_, "http-binary", concurrency, args.seconds, args.warmup,
+                                workdir, model=model)
+            cell["model"] = model
+            results["cells"].append(cell)
+            print(f"[round {round_}] {name:<12} {model:<12} {describe_line(cell)}", flush=True)
+
+
+def finish(results: dict, args: argparse.Namespace, section: str, source: str) -> int:
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print()
+    print(section)
+    if args.write_docs:
+        report.write_section(DOCS, section, source)
+    return 1 if any("error" in c for c in results["cells"]) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = arguments(argv, __doc__, "benchmarks-bls.json")
     if triton_binary() is None:
         print(f"bls: Triton is not installed in {TRITON_VENV}: run bash benchmarks/install_triton.sh",
               file=sys.stderr)
         return 2
-    command = "python benchmarks/bls.py" + (" " + " ".join(argv) if argv else "")
-    results = {"environment": environment(argv) | {"command": command},
-               "settings": {"seconds": args.seconds, "rounds": args.rounds, "concurrency": args.concurrency},
-               "cells": []}
+    results = started(argv, args, SOURCE)
     with tempfile.TemporaryDirectory(prefix="ric-bls-") as tmp:
         workdir = Path(tmp)
         repository = write_repository(workdir / "repository")
         for round_ in range(1, args.rounds + 1):
             for server in SERVERS:
                 with start(server, repository, workdir) as running:
-                    for model in (DIRECT, BLS):
-                        for concurrency in args.concurrency:
-                            cell = measure_cell(running, server, round_, "http-binary", concurrency, args.seconds,
-                                                args.warmup, workdir, model=model)
-                            cell["model"] = model
-                            results["cells"].append(cell)
-                            print(f"[round {round_}] {model:<12} {describe_line(cell)}", flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
-    section = markdown(results)
-    print()
-    print(section)
-    if args.write_docs:
-        report.write_section(DOCS, section, SOURCE)
-    return 1 if any("error" in c for c in results["cells"]) else 0
+                    measure_models(running, server, round_, args, workdir, results)
+    return finish(results, args, markdown(results), SOURCE)
 
 
 if __name__ == "__main__":
