@@ -17,6 +17,7 @@ as on Triton.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
 import inspect
@@ -41,6 +42,9 @@ class PythonBackend(Backend):
         spec = importlib.util.spec_from_file_location(module_name, self.model_path)
         if spec is None or not self.model_path.is_file():
             raise FileNotFoundError(f"no {self.model_path.name} in version {self.version_dir.name}")
+        if unserved := unserved_names(self.model_path.read_text(errors="replace")):
+            raise ValueError(f"model.py uses {', '.join(f'pb_utils.{n}' for n in unserved)}, which ric does not "
+                             "serve (docs/python_backend.md lists what it does)")
         module = importlib.util.module_from_spec(spec)
         bls.set_default(self.calls, (self.config.name,))  # (the module may make metric families as it loads)
         spec.loader.exec_module(module)
@@ -146,3 +150,21 @@ class PythonBackend(Backend):
             self._run(lambda _: self._model.finalize(), [], [])
         if self._loop is not None:
             self._loop.close()
+
+
+def unserved_names(source: str) -> list[str]:
+    """The names of Triton's ``pb_utils`` a model's source uses (``pb_utils.X``, ``from ... import X``) that it
+    does not serve: refused when the model loads, not when a request reaches that line."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []  # (loading it says so)
+    aliases, used = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name for a in node.names if a.name == "triton_python_backend_utils"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "triton_python_backend_utils":
+            used += [a.name for a in node.names if a.name != "*"]
+    used += [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+             and isinstance(node.value, ast.Name) and node.value.id in aliases]
+    return sorted({name for name in used if not hasattr(pb_utils, name)})

@@ -171,6 +171,17 @@ def test_python_model_without_an_entry_point(tmp_path):
     assert "TritonPythonModel or a function infer" in runner(tmp_path, "empty").index()[0]["reason"]
 
 
+def test_a_python_model_using_what_pb_utils_does_not_serve_is_refused_at_load_by_name(tmp_path):
+    config = ('backend: "python" input [ { name: "X", data_type: TYPE_INT64, dims: [1] } ] '
+              'output [ { name: "Y", data_type: TYPE_INT64, dims: [1] } ]')
+    source = ("import triton_python_backend_utils as pb\nfrom triton_python_backend_utils import Tensor, Nope\n"
+              "class TritonPythonModel:\n    def execute(self, requests):\n        return pb.get_model_dir(), "
+              "pb.MetricFamily.COUNTER, pb.InferenceResponse\n")
+    write_model(tmp_path, "unserved", config, {"1/model.py": source})
+    (row,) = runner(tmp_path, "unserved").index()
+    assert row["state"] == "UNAVAILABLE" and "uses pb_utils.Nope, pb_utils.get_model_dir, which" in row["reason"]
+
+
 def test_tensorrt_backend_needs_a_gpu(tmp_path):
     write_model(tmp_path, "plan", 'platform: "tensorrt_plan"', {"1/model.plan": b"engine"})
     reason = runner(tmp_path, "plan").index()[0]["reason"]
