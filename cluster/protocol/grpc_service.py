@@ -278,19 +278,21 @@ class GrpcInferenceService:
     @rpc("model-repository")
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
         self._check_size(request)  # a load may carry model files
-        parameters = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-                      for key, value in request.parameters.items()}
-        await self.plane.set_loaded(request.model_name, True, parameters)
+        await self.plane.set_loaded(request.model_name, True, _control_parameters(request))
         return pb.RepositoryModelLoadResponse()
 
     @rpc("model-repository")
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
-        parameters = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-                      for key, value in request.parameters.items()}
-        await self.plane.set_loaded(request.model_name, False, parameters)
+        await self.plane.set_loaded(request.model_name, False, _control_parameters(request))
         return pb.RepositoryModelUnloadResponse()
 
     @rpc("model-repository")
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
         rows = await self.plane.repository_index(ready_only=request.ready)
         return grpc_codec.to_message({"models": rows}, pb.RepositoryIndexResponse)
+
+
+def _control_parameters(request) -> dict:
+    """A repository load's or unload's parameters as plain values (an unset one as an empty string)."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in request.parameters.items()}

@@ -7,8 +7,10 @@ the results (numpy arrays travel pickled, protocol 5). A model whose code kills 
 else: the ingress and every other model serve on, and the model's next request starts a fresh process.
 The model's BLS calls (``InferenceRequest.exec()``) come up the same pipe while its batch runs: the parent
 hands each to ``calls`` (deployments/serving/bls.py) and sends the answer down when it comes, so calls
-gathered with ``async_exec`` run at once. Decoupled models (zero or more responses, sent from any thread of
-the model's) are not run this way.
+gathered with ``async_exec`` run at once; a decoupled callee's responses come down as ``part`` messages
+before the call's answer. A request whose caller has gone is marked down the pipe (``cancel``), and the stub
+sends a snapshot of the model's own metrics with a batch's answer when they changed. Decoupled models (zero
+or more responses, sent from any thread of the model's) are not run this way.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import sys
 import threading
 import traceback
 from functools import partial
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 from deployments.backends import Backend, RequestInfo, Tensors, backend_class, cancellation
 from deployments.backends.bls import BlsCall
