@@ -33,7 +33,7 @@ PROTOCOL_PARAMETERS = {"binary_data_output", "triton_enable_empty_final_response
 #: Triton's extension names for what this server serves (clients may check them).
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics", "model_repository",
               "model_repository(unload_dependents)", "system_shared_memory", "sequence", "schedule_policy",
-              "parameters", "logging", "trace"]
+              "parameters", "logging", "trace", "ric_traffic"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 #: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model
@@ -312,6 +312,20 @@ class DataPlane:
         for step in steps:  # those no other ensemble uses
             if not any(step in ensemble_steps(config) for config in await self._other_configs(model, step)):
                 await self.set_loaded(step, False, {"unload_dependents": True})
+
+    async def traffic(self, model: str, change: dict | None = None) -> dict[str, Any]:
+        """A model's traffic split between its versions (``{"traffic": null}`` without one); a ``change``
+        (``{"weights": {...}, "sticky_by": ...}``, or ``{"weights": null}``: the config's again) returns once
+        the model's replica it asks has followed. In every model control mode: it loads nothing."""
+        if self.sync is None:
+            raise invalid("this application has no model store sync: its traffic cannot change")
+        self.handle(model)
+        generation, split = await self.sync.traffic.remote(model, change)
+        if change is not None:
+            deadline = time.monotonic() + CONTROL_TIMEOUT_S
+            while not await self._followed(model, True, generation) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        return {"model": model, "traffic": split}
 
     async def _other_configs(self, *models: str) -> list[dict[str, Any]]:
         """The configs of the served models other than ``models`` (those awake that answer)."""

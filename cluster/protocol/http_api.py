@@ -118,6 +118,10 @@ class HttpApi:
                     parameters = codec.decode_json_object(body).get("parameters") if body else None
                     await self.plane.set_loaded(model, action == "load", parameters)
                     return empty_response()
+                case ["repository", "models", model, "traffic"], ("GET" | "POST"):
+                    body = await self._read_body(request, limit=CONTROL_BODY_BYTES) if method == "POST" else None
+                    return json_response(await self.plane.traffic(model, codec.decode_json_object(body)
+                                                                  if body is not None else None))
                 case ["models", "stats"], "GET":
                     return json_response(await self.plane.statistics())
                 case ["trace", "setting"], _:

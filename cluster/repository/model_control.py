@@ -21,7 +21,10 @@ from ray.serve.handle import DeploymentHandle
 from cluster.repository import model_apps
 from cluster.repository.paths import check_model_name
 from cluster.repository.uploaded import UploadedModel
+from pydantic import ValidationError
+
 from deployments.config.model_config import ConfigError, ModelConfig
+from deployments.config.operations import Traffic
 from deployments.errors import InferenceError, invalid, unavailable, unknown_model, without_paths
 from ensembles.graph import check_graph, is_ensemble, scheduling
 
@@ -59,6 +62,36 @@ class ModelControl:
         if model in self.built or model in self.added:
             return await self._reload(model, config)
         return await self._deploy(model, config)
+
+    async def traffic(self, model: str, change: dict | None = None) -> tuple[int, dict | None]:
+        """A model's traffic split: the one served (None: none), after ``change`` when given (the repository
+        API's ``traffic`` extension): ``{"weights": {version: weight}, "sticky_by": ...}`` replaces the split
+        of the model's config until ``{"weights": null}`` returns to it. Versions must be among those the
+        model serves (its version policy's). Returns the generation that carries it, and the split."""
+        async with self._control:
+            if self.config(model) is None or is_ensemble(self.config(model)):
+                raise unknown_model(model, detail="no plain model of that name is served (ensembles have no "
+                                                  "versions of their own)")
+            if change is None:
+                return self.generation, _dumped(self.config(model).traffic)
+            if not isinstance(change, dict):
+                raise invalid("a traffic change must be a JSON object")
+            if change.get("weights", ...) is None:
+                self.traffic.pop(model, None)
+            else:
+                try:
+                    split = Traffic.model_validate(change)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    raise invalid(f"traffic of '{model}': {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+                served = sorted(self.desired.get(model, {}))
+                unknown = sorted(set(split.weights) - set(served))
+                if unknown:
+                    raise invalid(f"traffic of '{model}': version {unknown[0]} is not served (its version policy "
+                                  f"selects {served})")
+                self.traffic[model] = split
+            await self._save()
+            return await self._raise_generation(), _dumped(self.config(model).traffic)
 
     async def _unload_built(self, model: str) -> int:
         self.unloaded.add(model)
@@ -197,6 +230,11 @@ class ModelControl:
         return generation
 
     def _forget(self, model: str) -> None:
-        for state in (self.configs, self.overrides, self.desired, self.errors, self.ensemble_steps):
+        for state in (self.configs, self.overrides, self.traffic, self.desired, self.errors, self.ensemble_steps):
             state.pop(model, None)
         self.uploads.forget(model)  # an uploaded model's files go too, but those another upload holds
+
+
+def _dumped(traffic: Traffic | None) -> dict | None:
+    return None if traffic is None else {"weights": {str(v): w for v, w in traffic.weights.items()},
+                                         "sticky_by": traffic.sticky_by}

@@ -6,7 +6,8 @@ Triton would name it; fields we do not model (``optimization``, ``model_warmup``
 and written back unchanged, so a config round-trips.
 
 Ray-specific additions live where Triton leaves room for them: ``parameters`` (``gpu_fraction``,
-``num_cpus``, ``execution_timeout_s``, ``autoscaling.<field>``) and, in YAML, ``instance_group[].gpu_fraction`` and ``autoscaling``.
+``num_cpus``, ``execution_timeout_s``, ``<block>.<field>``) and, in YAML, ``instance_group[].gpu_fraction`` and the
+blocks ``autoscaling``, ``traffic``, ``shadow`` and ``payload_log`` (``deployments.config.operations``).
 The nested messages (tensors, batching, instance groups, version policy, autoscaling) live in
 ``deployments.config.messages``.
 """
@@ -22,6 +23,7 @@ from google.protobuf import json_format, text_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tritonclient.grpc import model_config_pb2
 
+from deployments.config.operations import BLOCKS, PayloadLog, Shadow, Traffic
 from deployments.config.messages import (
     Autoscaling, DynamicBatching, InputConfig, InstanceGroup, ModelParameter, SequenceBatching, TensorConfig,
     VersionPolicy,
@@ -59,6 +61,8 @@ class ConfigError(ValueError):
 
 
 AUTOSCALING_PREFIX = "autoscaling."
+#: ric's blocks of fields: YAML mappings, or ``<block>.<field>`` parameters.
+RIC_BLOCKS: dict[str, type[BaseModel]] = {"autoscaling": Autoscaling, **BLOCKS}
 #: ric's number parameters: (key, bound, whether the bound itself is excluded).
 NUMBER_PARAMETERS = (("gpu_fraction", 0.0, True), ("num_cpus", 0.0, False), ("execution_timeout_s", 0.0, True))
 
@@ -98,6 +102,9 @@ class ModelConfig(BaseModel):
     default_model_filename: str = Field(default="", description="The model file in each version folder.")
     parameters: dict[str, ModelParameter] = Field(default_factory=dict)
     autoscaling: Autoscaling | None = Field(default=None, description="Replica autoscaling (ric extension).")
+    traffic: Traffic | None = Field(default=None, description="A traffic split between versions (ric extension).")
+    shadow: Shadow | None = Field(default=None, description="A shadow of the model's requests (ric extension).")
+    payload_log: PayloadLog | None = Field(default=None, description="Payload logging (ric extension).")
 
     @field_validator("default_model_filename")
     @classmethod
@@ -170,6 +177,9 @@ class ModelConfig(BaseModel):
             group.pop("gpu_fraction", None)
         for key, value in (data.pop("autoscaling", None) or {}).items():
             data["parameters"][AUTOSCALING_PREFIX + key] = {"string_value": f"{value:g}"}
+        for block in BLOCKS:
+            if data.pop(block, None) is not None:
+                data["parameters"].update(getattr(self, block).parameters(block))
         if self.gpus_per_replica() and "gpu_fraction" not in self.parameters:
             data["parameters"]["gpu_fraction"] = {"string_value": str(self.gpus_per_replica())}
         return data
@@ -272,18 +282,34 @@ class ModelConfig(BaseModel):
                                   "or bool_false_true with two values (false, true)")
 
 
-def _autoscaling(parameters: dict[str, Any], yaml_form: Any, source: str) -> dict[str, Any] | None:
-    """The autoscaling fields from YAML's ``autoscaling`` mapping or the ``autoscaling.<field>`` parameters
-    (which are taken out of ``parameters``); an unknown field is refused by name."""
-    from_parameters = {key.removeprefix(AUTOSCALING_PREFIX): parameters.pop(key).get("string_value", "")
-                       for key in [k for k in parameters if k.startswith(AUTOSCALING_PREFIX)]}
+def _ric_block(parameters: dict[str, Any], yaml_form: Any, source: str, block: str, known: type[BaseModel]
+               ) -> dict[str, Any] | None:
+    """A ric block's fields (``autoscaling``, ``traffic``, ...) from YAML's mapping or the ``<block>.<field>``
+    parameters (which are taken out of ``parameters``); an unknown field is refused by name."""
+    prefix = f"{block}."
+    from_parameters = {key.removeprefix(prefix): parameters.pop(key).get("string_value", "")
+                       for key in [k for k in parameters if k.startswith(prefix)]}
     if yaml_form is not None and not isinstance(yaml_form, dict):
-        raise ConfigError(source, "autoscaling", "must be a mapping of fields")
+        raise ConfigError(source, block, "must be a mapping of fields")
     fields = {**from_parameters, **(yaml_form or {})}
-    unknown = sorted(set(fields) - set(Autoscaling.model_fields))
+    unknown = sorted(set(fields) - set(known.model_fields))
     if unknown:
-        raise ConfigError(source, f"autoscaling.{unknown[0]}", f"unknown field; known: {sorted(Autoscaling.model_fields)}")
+        raise ConfigError(source, f"{block}.{unknown[0]}", f"unknown field; known: {sorted(known.model_fields)}")
     return fields if yaml_form is not None or from_parameters else None
+
+
+def with_operations(config: ModelConfig, source: ModelConfig) -> ModelConfig:
+    """``config`` with the operations blocks (traffic, shadow, payload log) of ``source``."""
+    blocks = {block: getattr(source, block) for block in BLOCKS}
+    if all(getattr(config, block) == value for block, value in blocks.items()):
+        return config
+    return config.model_copy(update=blocks)
+
+
+def same_model(one: ModelConfig, other: ModelConfig) -> bool:
+    """Whether two configs serve the same model, whatever their operations blocks (which change without a
+    load)."""
+    return with_operations(one, other) == other
 
 
 def _count(dims: list[int]) -> int:
@@ -310,17 +336,17 @@ def parse_yaml(text: str, source: str, folder_name: str | None = None) -> ModelC
         raise ConfigError(source, "", f"invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(source, "", "the config must be a mapping of fields")
-    # gpu_fraction and autoscaling are ours, not Triton's: take them out before protobuf checks the rest.
+    # gpu_fraction and the ric blocks (autoscaling, traffic, ...) are ours, not Triton's: take them out before protobuf checks the rest.
     fractions = {}
     for i, group in enumerate(data.get("instance_group") or []):
         if isinstance(group, dict) and "gpu_fraction" in group:
             fractions[i] = group.pop("gpu_fraction")
-    autoscaling = data.pop("autoscaling", None)
+    blocks = {block: data.pop(block) for block in RIC_BLOCKS if block in data}
     try:
         message = json_format.ParseDict(data, model_config_pb2.ModelConfig())
     except json_format.ParseError as exc:
         raise ConfigError(source, "", str(exc)) from None
-    return _from_proto(message, fractions, source, folder_name, autoscaling)
+    return _from_proto(message, fractions, source, folder_name, blocks)
 
 
 def load_config(folder: Path) -> ModelConfig:
@@ -334,12 +360,13 @@ def load_config(folder: Path) -> ModelConfig:
 
 def _from_proto(
     message: model_config_pb2.ModelConfig, fractions: dict[int, Any], source: str, folder_name: str | None,
-    autoscaling: Any = None,
+    blocks: dict[str, Any] | None = None,
 ) -> ModelConfig:
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
     for i, fraction in fractions.items():
         data["instance_group"][i]["gpu_fraction"] = fraction
-    data["autoscaling"] = _autoscaling(data.get("parameters", {}), autoscaling, source)
+    for block, known in RIC_BLOCKS.items():
+        data[block] = _ric_block(data.get("parameters", {}), (blocks or {}).get(block), source, block, known)
     try:
         config = ModelConfig.model_validate(data)
     except ValidationError as exc:
@@ -351,6 +378,9 @@ def _from_proto(
             config.name = folder_name
         elif config.name != folder_name:
             raise ConfigError(source, "name", f"{config.name!r} does not match its folder {folder_name!r}")
+    for block in BLOCKS:
+        if getattr(config, block) is not None and config.platform == "ensemble":
+            raise ConfigError(source, block, "is not served for ensembles (operate their steps instead)")
     if not MODEL_NAME.fullmatch(config.name) or config.name in (".", ".."):
         raise ConfigError(source, "name", f"{config.name!r} is not a valid model name")
     for key, least, strict in NUMBER_PARAMETERS:

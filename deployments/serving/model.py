@@ -176,7 +176,7 @@ class ModelService(ServedModel):
                             ) -> tuple[int, Tensors]:
         """Answer from the response cache, or run the request and keep its answer."""
         started = time.perf_counter_ns()
-        number = self.runner.version_for(version)
+        number = self.runner.version_for(version, parameters=parameters)
         key = request_key(number, inputs, outputs, parameters)
         counts = self._cached.setdefault(number, VersionStatistics())
         answer = self._cache.get(key)

@@ -20,7 +20,7 @@ from deployments.scheduling import batching
 from deployments.backends import (Backend, RequestInfo, Tensors, backend_class, cancellation, keep_parameters,
                                   resolve_backend)
 from deployments.backends.process import ProcessBackend
-from deployments.config.model_config import ModelConfig
+from deployments.config.model_config import ModelConfig, same_model, with_operations
 from deployments.errors import (ErrorCode, InferenceError, invalid, no_available_versions, unknown_model,
                                 version_not_ready, without_paths)
 from deployments.observability.custom_metrics import REGISTRY, merge
@@ -122,9 +122,9 @@ class ModelRunner:
 
         Call from one thread at a time (the replica's loader thread); requests keep being served meanwhile.
         """
-        reload = config is not None and config != self.base_config
-        if reload:
-            self.base_config = config
+        reload = config is not None and not same_model(config, self.base_config)
+        if config is not None:
+            self.base_config = config  # (an operations block alone changes without loading anything)
         serving: dict[int, Backend] = {}
         for version in sorted(selected):
             if version in self.backends and not reload:
@@ -143,6 +143,8 @@ class ModelRunner:
             self.stats.setdefault(version, VersionStatistics())
         if not serving and self.backends:
             return  # none of the selected versions loaded: the served ones serve on, the index says why
+        for backend in serving.values():
+            backend.config = with_operations(backend.config, self.base_config)
         retired = [backend for version, backend in self.backends.items() if version not in serving]
         self.states = {v: s for v, s in self.states.items() if v in selected}
         self.backends = serving  # the swap
@@ -190,14 +192,21 @@ class ModelRunner:
     def ready(self) -> bool:
         return bool(self.backends)
 
-    def version_for(self, version: int | str | None, backends: dict[int, Backend] | None = None) -> int:
-        """The version a request asks for (the newest when it names none) among ``backends`` (default: the
-        loaded ones)."""
+    def version_for(self, version: int | str | None, backends: dict[int, Backend] | None = None,
+                    parameters: dict | None = None, sequence: int | str = 0) -> int:
+        """The version a request asks for among ``backends`` (default: the loaded ones); when it names none,
+        the model's traffic split chooses (by the request's sticky parameter in ``parameters``, else by the
+        correlation id of its ``sequence``, which stays on one version), else the newest."""
         backends = self.backends if backends is None else backends
         if not backends:
             raise no_available_versions(self.name, self.reason)
         if version in (None, ""):
-            return max(backends)
+            traffic = self.base_config.traffic
+            if traffic is None:
+                return max(backends)
+            key = (parameters or {}).get(traffic.sticky_by) if traffic.sticky_by else None
+            key = key if key is not None else (f"sequence {sequence}" if sequence not in (0, "") else None)
+            return traffic.choose(backends, None if key is None else str(key)) or max(backends)
         try:
             number = int(version)
         except (TypeError, ValueError):
@@ -217,7 +226,7 @@ class ModelRunner:
         arrived = time.perf_counter_ns()
         with self._lock:  # chosen and counted at once: an update cannot retire and unload it in between
             backends = self.backends
-            number = self.version_for(version, backends)
+            number = self.version_for(version, backends, parameters, info.correlation_id)
             backend = backends[number]
             self._in_flight[id(backend)] = self._in_flight.get(id(backend), 0) + 1
         config = backend.config
