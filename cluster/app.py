@@ -58,6 +58,11 @@ class AppArgs(BaseModel):
         description="The folder, on the statistics collector's node, that trace files (Triton's trace_file "
                     "setting) are written in; clients may name files in it, nowhere else.",
     )
+    payload_log: str = Field(
+        default="",
+        description="Where models with a payload_log block write their sampled requests and answers, as JSON "
+                    "lines: a folder on each model replica's node, or s3://bucket/prefix (empty: nowhere).",
+    )
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="Largest request body accepted (413 above).")
     max_inflight_bytes: int = Field(
         default=1 << 30, gt=0,
@@ -181,7 +186,7 @@ class AppArgs(BaseModel):
     def serving_limits(self) -> ServingLimits:
         return ServingLimits(execution_timeout_s=self.execution_timeout_s, max_queued_requests=self.max_queued_requests,
                              max_ongoing_requests=self.max_ongoing_requests,
-                             response_cache_bytes=self.response_cache_bytes)
+                             response_cache_bytes=self.response_cache_bytes, payload_log=self.payload_log)
 
     def polls(self) -> bool:
         """Whether the sync reads the store for new versions and configs while serving."""

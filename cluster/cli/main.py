@@ -1,12 +1,12 @@
 """The ``ric`` command line: ``ric serve [REPOSITORY]`` serves a model repository on Ray Serve, ``ric status``
-shows what it is doing, ``ric perf`` measures it."""
+shows what it is doing, ``ric perf`` measures it, ``ric traffic`` splits a model's traffic between versions."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from cluster.cli import perf, ports, status
+from cluster.cli import perf, ports, status, traffic
 from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
 from cluster.cli.haproxy import HEADER_TIMEOUT_S, MAX_CLIENT_CONNECTIONS, limit_idle_clients
 from cluster.cli.ingress_setup import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages
@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--trace-dir",
                            help="folder for trace files (Triton's trace_file setting names a file in it; default "
                                 "/tmp/ric-traces)")
+    serve_cmd.add_argument("--payload-log", default="", metavar="FOLDER|s3://BUCKET/PREFIX",
+                           help="where models with a payload_log block write their sampled requests and answers "
+                                "(JSON lines; a folder on each replica's node, or S3)")
     serve_cmd.add_argument("--models", help="comma-separated models to serve (default: all)")
     serve_cmd.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     serve_cmd.add_argument("--num-cpus", type=non_negative(float), help="CPUs of the local Ray (default: this machine's)")
@@ -102,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      description=status.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     status.add_arguments(status_cmd)
+    traffic_cmd = commands.add_parser("traffic", help="show or change a model's traffic split between its versions",
+                                      description=traffic.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    traffic.add_arguments(traffic_cmd)
     perf_cmd = commands.add_parser("perf", help="measure a running server: throughput, latency, errors",
                                    description=perf.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     perf.add_arguments(perf_cmd)
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return perf.main(args)
     if args.command == "status":
         return status.main(args)
+    if args.command == "traffic":
+        return traffic.main(args)
     return 0
 
 

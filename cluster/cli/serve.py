@@ -244,7 +244,8 @@ def serve_repository(args: argparse.Namespace) -> int:
                            replica_num_cpus=args.replica_num_cpus,
                            ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode,
                            restricted_apis=args.restricted_api, server_name=args.server_name,
-                           **({"trace_dir": args.trace_dir} if args.trace_dir else {}), **own_listeners(args))
+                           **({"trace_dir": args.trace_dir} if args.trace_dir else {}),
+                           payload_log=args.payload_log, **own_listeners(args))
     except ValueError as exc:  # arguments that only conflict together, e.g. one API group restricted twice
         print(f"ric serve: {reasons(exc)}", file=sys.stderr, flush=True)
         return 2

@@ -19,8 +19,8 @@ from typing import Any
 
 from cluster.cli.arguments import positive
 from cluster.cli.serve import status_name
-from cluster.names import MODEL_APP_SEPARATOR, RESERVED_NAMES, STATISTICS_NAME
-from deployments.observability.statistics import VersionStatistics, percentile_ns
+from cluster.names import MODEL_APP_SEPARATOR, RESERVED_NAMES, STATISTICS_NAME, SYNC_NAME
+from deployments.observability.statistics import ShadowStatistics, VersionStatistics, percentile_ns
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +60,17 @@ def window_numbers(before: VersionStatistics | None, after: VersionStatistics, s
         "p99_ms": None if p99 is None else round(p99 / 1e6, 2),
         "queue_ms": round((after.queue.ns - before.queue.ns) / queued / 1e6, 2) if queued else None,
         "requests_total": after.success.count,
+        "shadow": {candidate: shadow_numbers(counts) for candidate, counts in sorted(after.shadow.items())},
     }
+
+
+def shadow_numbers(counts: ShadowStatistics) -> dict[str, Any]:
+    """A shadow candidate's totals: outcomes, the share that agreed of those answered, its p99."""
+    answered = counts.agreed + counts.differed
+    p99 = percentile_ns(counts.latency, 0.99)
+    return {"agreed": counts.agreed, "differed": counts.differed, "failed": counts.failed, "dropped": counts.dropped,
+            "agreement": round(counts.agreed / answered, 4) if answered else None,
+            "p99_ms": None if p99 is None else round(p99 / 1e6, 2)}
 
 
 def collect(app: str, window: float) -> dict[str, Any]:
@@ -73,6 +83,7 @@ def collect(app: str, window: float) -> dict[str, Any]:
     second = collector_snapshot(app)
     in_flight = serve.get_deployment_handle(STATISTICS_NAME, app_name=app).in_flight.remote().result(timeout_s=30)
     seconds = time.monotonic() - started
+    traffic = serve.get_deployment_handle(SYNC_NAME, app_name=app).status.remote().result(timeout_s=30)["traffic"]
     details = serve_details()
     models, pending = {}, []
     for app_name, app_details in sorted(details.get("applications", {}).items()):
@@ -105,14 +116,15 @@ def collect(app: str, window: float) -> dict[str, Any]:
                 },
                 "versions": {str(v): window_numbers(first.get(name, {}).get(v), stats, seconds)
                              for v, stats in sorted(versions.items())},
+                "traffic": traffic.get(name),
             }
     return {"application": app, "window_s": round(seconds, 1), "models": models, "pending": pending}
 
 
 def render(status: dict[str, Any]) -> str:
     """Plain text that fits a terminal."""
-    header = ("MODEL", "STATUS", "REPLICAS (node: n)", "GPU", "AUTOSCALING", "IN FLIGHT", "VER", "REQ/S", "P50 ms",
-              "P99 ms", "QUEUE ms")
+    header = ("MODEL", "STATUS", "REPLICAS (node: n)", "GPU", "AUTOSCALING", "IN FLIGHT", "VER", "WEIGHT", "REQ/S",
+              "P50 ms", "P99 ms", "QUEUE ms", "SHADOW")
     rows = [header]
     dash = lambda value: "-" if value in (None, 0, "") else f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
     for name, model in status["models"].items():
@@ -123,12 +135,15 @@ def render(status: dict[str, Any]) -> str:
         scaling = (f"{scaling['min_replicas']}..{scaling['max_replicas']} at {scaling['target_ongoing_requests']:g}, "
                    f"target {model['target_replicas']}") if scaling else "-"
         versions = model["versions"] or {"-": {}}
+        weights = (model.get("traffic") or {}).get("weights") or {}
         for i, (version, numbers) in enumerate(versions.items()):
+            weight = f"{weights.get(version, 0) / sum(weights.values()):.0%}" if weights else "-"
             rows.append((name if i == 0 else "", model["status"] if i == 0 else "", nodes if i == 0 else "",
                          dash(model["gpus_per_replica"]) if i == 0 else "", scaling if i == 0 else "",
-                         str(model["in_flight"]) if i == 0 else "", version,
+                         str(model["in_flight"]) if i == 0 else "", version, weight,
                          dash(numbers.get("requests_per_s")), dash(numbers.get("p50_ms")),
-                         dash(numbers.get("p99_ms")), dash(numbers.get("queue_ms"))))
+                         dash(numbers.get("p99_ms")), dash(numbers.get("queue_ms")),
+                         _shadow_cell(numbers.get("shadow") or {})))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = [f"application '{status['application']}', rates over the last {status['window_s']:g} s"]
     lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
@@ -136,6 +151,17 @@ def render(status: dict[str, Any]) -> str:
         lines.append("pending:")
         lines += [f"  {p['deployment']} ({p['status']}): {p['reason']}" for p in status["pending"]]
     return "\n".join(lines)
+
+
+def _shadow_cell(shadow: dict[str, dict[str, Any]]) -> str:
+    """Each candidate's agreement over the copies it answered, with its failures and drops."""
+    cells = []
+    for candidate, n in shadow.items():
+        agreement = "-" if n["agreement"] is None else f"{n['agreement']:.1%}"
+        cells.append(f"{candidate.rstrip(':')} agreed {agreement} of {n['agreed'] + n['differed']}"
+                     + (f", {n['failed']} failed" if n["failed"] else "")
+                     + (f", {n['dropped']} dropped" if n["dropped"] else ""))
+    return "; ".join(cells) or "-"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -88,6 +88,7 @@ def families(stats: dict[str, dict[int, VersionStatistics]], hosts: Iterable[Hos
     if cached:
         out.extend(_per_version(name, text, "counter", cached, value) for name, text, value in _CACHE_COUNTERS)
     out.append(_histogram(per_version))
+    out.extend(_shadow_families(per_version) + _payload_family(per_version))
     copies = Family("ric_model_replicas", "Copies serving each model that reported in the last 30 s (its "
                     "replicas, and the Ingress replicas that colocate it)", "gauge")
     for model, count in sorted(replicas.items()):
@@ -120,6 +121,40 @@ def _histogram(per_version) -> Family:
         family.add(labels, s.success.count, "_count")
         family.add(labels, s.success.ns / 1e6, "_sum")
     return family
+
+
+def _shadow_families(per_version) -> list[Family]:
+    """What the shadow candidates did with the copies of each version's requests (for models with one)."""
+    outcomes = Family("ric_shadow_requests", "Copies of a model version's requests sent to its shadow candidate, "
+                      "by outcome (agreed, differed, failed, dropped: its queue was full)", "counter")
+    latency = Family("ric_shadow_duration_ms", "Duration of the shadow candidate's answers in milliseconds",
+                     "histogram")
+    for model, version, s in per_version:
+        for candidate, counts in sorted(s.shadow.items()):
+            name, _, candidate_version = candidate.rpartition(":")
+            labels = {"model": model, "version": str(version), "candidate": name,
+                      "candidate_version": candidate_version}
+            for outcome in ("agreed", "differed", "failed", "dropped"):
+                outcomes.add({**labels, "outcome": outcome}, getattr(counts, outcome))
+            seen = 0
+            for bound, count in zip(_BOUNDS_MS, counts.latency):
+                seen += count
+                latency.add({**labels, "le": _number(bound)}, seen, "_bucket")
+            latency.add({**labels, "le": "+Inf"}, counts.duration.count, "_bucket")
+            latency.add(labels, counts.duration.count, "_count")
+            latency.add(labels, counts.duration.ns / 1e6, "_sum")
+    return [family for family in (outcomes, latency) if family.samples]
+
+
+def _payload_family(per_version) -> list[Family]:
+    """Payload logging's records per version: sampled and queued, written, dropped (its queue was full)."""
+    family = Family("ric_payload_records", "Requests of a model version sampled for its payload log, by outcome "
+                    "(logged: queued, written, dropped: the queue was full)", "counter")
+    for model, version, s in per_version:
+        if s.payloads.logged or s.payloads.dropped:
+            for outcome in ("logged", "written", "dropped"):
+                family.add({"model": model, "version": str(version), "outcome": outcome}, getattr(s.payloads, outcome))
+    return [family] if family.samples else []
 
 
 def custom_families(snapshot: dict[str, FamilySnapshot]) -> list[Family]:

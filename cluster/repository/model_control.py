@@ -73,11 +73,11 @@ class ModelControl:
                 raise unknown_model(model, detail="no plain model of that name is served (ensembles have no "
                                                   "versions of their own)")
             if change is None:
-                return self.generation, _dumped(self.config(model).traffic)
+                return self.generation, dumped(self.config(model).traffic)
             if not isinstance(change, dict):
                 raise invalid("a traffic change must be a JSON object")
             if change.get("weights", ...) is None:
-                self.traffic.pop(model, None)
+                self.splits.pop(model, None)
             else:
                 try:
                     split = Traffic.model_validate(change)
@@ -89,9 +89,9 @@ class ModelControl:
                 if unknown:
                     raise invalid(f"traffic of '{model}': version {unknown[0]} is not served (its version policy "
                                   f"selects {served})")
-                self.traffic[model] = split
+                self.splits[model] = split
             await self._save()
-            return await self._raise_generation(), _dumped(self.config(model).traffic)
+            return await self._raise_generation(), dumped(self.config(model).traffic)
 
     async def _unload_built(self, model: str) -> int:
         self.unloaded.add(model)
@@ -230,11 +230,12 @@ class ModelControl:
         return generation
 
     def _forget(self, model: str) -> None:
-        for state in (self.configs, self.overrides, self.traffic, self.desired, self.errors, self.ensemble_steps):
+        for state in (self.configs, self.overrides, self.splits, self.desired, self.errors, self.ensemble_steps):
             state.pop(model, None)
         self.uploads.forget(model)  # an uploaded model's files go too, but those another upload holds
 
 
-def _dumped(traffic: Traffic | None) -> dict | None:
+def dumped(traffic: Traffic | None) -> dict | None:
+    """A traffic split as JSON (versions as strings), None without one."""
     return None if traffic is None else {"weights": {str(v): w for v, w in traffic.weights.items()},
                                          "sticky_by": traffic.sticky_by}

@@ -31,7 +31,7 @@ from ray import serve
 
 from cluster.repository import model_apps
 from cluster.repository.control_state import SETTINGS_PREFIX, SavedState, Uploads
-from cluster.repository.model_control import ModelControl
+from cluster.repository.model_control import ModelControl, dumped
 from deployments.config.model_config import ModelConfig, parse_yaml
 from deployments.config.operations import Traffic
 from ensembles.graph import is_ensemble, scheduling
@@ -58,7 +58,7 @@ class ModelStoreSync(ModelControl):
         self.ensemble_steps: dict[str, set[str]] = {}  # ensemble loaded later -> its step models
         self.scaled_down: set[str] = set()  # built models unloaded down to zero replicas
         self.overrides: dict[str, ModelConfig] = {}  # model -> config given with a repository load
-        self.traffic: dict[str, Traffic] = {}  # model -> traffic split set through the repository API
+        self.splits: dict[str, Traffic] = {}  # model -> traffic split set through the repository API
         self.args = args
         self.statistics = statistics
         self.poll_interval_s = args.poll_interval_s if args.polls() else 0.0
@@ -123,7 +123,7 @@ class ModelStoreSync(ModelControl):
         for model, config in state.get("overrides", {}).items():
             if model in self.built or model in self.added:
                 self.overrides[model] = parse_yaml(json.dumps(config), f"the saved config of '{model}'", model)
-        self.traffic = {model: Traffic.model_validate(split) for model, split in state.get("traffic", {}).items()
+        self.splits = {model: Traffic.model_validate(split) for model, split in state.get("traffic", {}).items()
                         if model in self.built or model in self.added}
         self.unloaded |= set(state.get("unloaded", [])) & self.built
         self.uploads.restore(state.get("uploads", {}), set(self.added))
@@ -133,15 +133,15 @@ class ModelStoreSync(ModelControl):
     async def _save(self) -> None:
         """Keep what users changed through the repository API where a restarted replica finds it."""
         state = {"overrides": {m: c.to_dict() for m, c in self.overrides.items()}, "unloaded": sorted(self.unloaded),
-                 "uploads": self.uploads.files, "traffic": {m: t.model_dump() for m, t in self.traffic.items()}}
+                 "uploads": self.uploads.files, "traffic": {m: t.model_dump() for m, t in self.splits.items()}}
         await asyncio.to_thread(self.saved.write, state)
 
     def config(self, model: str) -> ModelConfig | None:
         """The config a model is served with: the one given with its last load, else the store's; with the
         traffic split set through the repository API, if any."""
         config = self.overrides.get(model) or self.configs.get(model)
-        if config is not None and model in self.traffic:
-            config = config.model_copy(update={"traffic": self.traffic[model]})
+        if config is not None and model in self.splits:
+            config = config.model_copy(update={"traffic": self.splits[model]})
         return config
 
     def _scan(self) -> tuple[dict[str, dict[int, str]], dict[str, ModelConfig], list[str], dict[str, str]]:
@@ -218,7 +218,7 @@ class ModelStoreSync(ModelControl):
     def status(self) -> dict[str, Any]:
         return {"generation": self.generation, "errors": dict(self.errors), "unloaded": sorted(self.unloaded),
                 "desired": {m: sorted(v) for m, v in self.desired.items()}, "overridden": sorted(self.overrides),
-                "traffic": {m: t.model_dump() for m, t in self.traffic.items()},
+                "traffic": {m: dumped(self.config(m).traffic) for m in self.configs if self.config(m).traffic},
                 "added": dict(self.added), "scaled_down": sorted(self.scaled_down)}
 
     async def __del__(self):

@@ -124,6 +124,8 @@ class PayloadLog(_Block):
                                                                 "written (their name, type and shape are).")
     digest_over_bytes: int = Field(default=4096, ge=0, description="A tensor larger than this is written as its "
                                                                    "SHA-256 digest instead of its values.")
+    queue_size: int = Field(default=10_000, ge=1, description="Records waiting to be written at most (per copy "
+                                                              "of the model); past it they are dropped, counted.")
 
 
 #: The blocks, by their name in a config.

@@ -60,6 +60,47 @@ class BatchStatistics:
 
 
 @dataclass
+class ShadowStatistics:
+    """What a shadow candidate did with the copies of one version's requests (ric's, not Triton's): answers
+    that agreed with the version's, that differed, that failed, copies dropped (its queue was full), and the
+    candidate's latency (buckets as ``VersionStatistics.latency``)."""
+
+    agreed: int = 0
+    differed: int = 0
+    failed: int = 0
+    dropped: int = 0
+    duration: Duration = field(default_factory=Duration)
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_NS) + 1))
+
+    def record(self, outcome: str, ns: int) -> None:
+        """One answered copy: ``outcome`` agreed, differed or failed, after ``ns``."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.duration.add(ns)
+        self.latency[bisect.bisect_left(LATENCY_BOUNDS_NS, ns)] += 1
+
+    def merge(self, other: "ShadowStatistics") -> None:
+        for outcome in ("agreed", "differed", "failed", "dropped"):
+            setattr(self, outcome, getattr(self, outcome) + getattr(other, outcome))
+        self.duration.merge(other.duration)
+        self.latency = [a + b for a, b in zip(self.latency, other.latency)]
+
+
+@dataclass
+class PayloadStatistics:
+    """Payload logging of one version's requests (ric's): records sampled and queued, written, and dropped
+    (the queue was full: the sink slow or down)."""
+
+    logged: int = 0
+    written: int = 0
+    dropped: int = 0
+
+    def merge(self, other: "PayloadStatistics") -> None:
+        self.logged += other.logged
+        self.written += other.written
+        self.dropped += other.dropped
+
+
+@dataclass
 class VersionStatistics:
     """Statistics of one model version, as Triton's ``ModelStatistics`` message."""
 
@@ -81,6 +122,9 @@ class VersionStatistics:
     failures: dict[str, int] = field(default_factory=dict)
     #: Requests checked and waiting for a backend call when the snapshot was taken (a gauge, not a count).
     pending: int = 0
+    #: Shadow candidate ("model:version", version empty for the newest) -> what it did with the copies.
+    shadow: dict[str, ShadowStatistics] = field(default_factory=dict)
+    payloads: PayloadStatistics = field(default_factory=PayloadStatistics)
 
     def record_request(self, ns: int, ok: bool = True, reason: str = "BACKEND") -> None:
         """One request's whole time in the replica: success (with its latency bucket) or failure (with its
@@ -113,6 +157,9 @@ class VersionStatistics:
         for reason, count in other.failures.items():
             self.failures[reason] = self.failures.get(reason, 0) + count
         self.pending += other.pending
+        self.payloads.merge(other.payloads)
+        for candidate, theirs in other.shadow.items():
+            self.shadow.setdefault(candidate, ShadowStatistics()).merge(theirs)
         for size, theirs in other.batches.items():
             ours = self.batches.setdefault(size, BatchStatistics())
             for part in fields(BatchStatistics):

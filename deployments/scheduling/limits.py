@@ -22,6 +22,9 @@ class ServingLimits:
     max_ongoing_requests: int = 64
     #: Bytes the response cache of each copy of a model with ``response_cache { enable: true }`` may hold.
     response_cache_bytes: int = 64 * 2**20
+    #: Where models with a ``payload_log`` block write their payloads: a folder or ``s3://bucket/prefix``
+    #: (empty: nowhere, and such a model logs an error instead).
+    payload_log: str = ""
 
 
 def max_queued(config: ModelConfig, limits: ServingLimits) -> int:

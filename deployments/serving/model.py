@@ -21,17 +21,19 @@ import ray
 from ray import serve
 
 from deployments.observability import settings_follower, tracing
-from deployments.backends import RequestInfo, Tensors, cancellation, keep_parameters
+from deployments.backends import RequestInfo, Tensors, keep_parameters
 from deployments.scheduling.batching import DynamicBatcher
 from deployments.config.model_config import ModelConfig
-from deployments.errors import ErrorCode, InferenceError, decoupled_over_unary, invalid, unavailable
+from deployments.errors import decoupled_over_unary, invalid, unavailable
 from deployments.serving.bls import SEQUENCE_END, SEQUENCE_START, ApplicationModels, ModelCalls, refuse_cycle
+from deployments.serving.queued import QueuedRequests
 from deployments.serving.runner import ModelRunner, Pending, VersionSource
 from deployments.scheduling.limits import ServingLimits, batch_limits, max_queued, queue_timeout_ns
 from deployments.scheduling.response_cache import ResponseCache, request_key
 from deployments.scheduling.sequences import Sequences, model_parameters, sequence_step
 from deployments.serving.served import ServedModel
 from deployments.observability.statistics import StatisticsReporter, VersionStatistics
+from deployments.operations.operated import Operated
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class ModelService(ServedModel):
                            control, lambda: self._tracer)
         self.runner = ModelRunner(config, source, device, isolated, calls)
         self.runner.load()
+        self._queued = QueuedRequests(self.runner)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
         replica = serve.get_replica_context().replica_id.unique_id
@@ -65,6 +68,8 @@ class ModelService(ServedModel):
         self._sequences: Sequences | None = None
         self._cache: ResponseCache | None = None
         self._cached: dict[int, VersionStatistics] = {}  # the cache's counts per version (event loop only)
+        # The payload log and the shadow copies (deployments/operations).
+        self._operated = Operated(config.name, replica, limits.payload_log, calls.run, self._reporter.schedule)
         self._configure_batching()
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied
@@ -79,7 +84,8 @@ class ModelService(ServedModel):
         if limits is None:
             self._batcher = None
         elif self._batcher is None:
-            self._batcher = DynamicBatcher(self._run_batch, *limits, expired=self._expired, priority=self._priority)
+            self._batcher = DynamicBatcher(self._run_batch, *limits, expired=self._queued.expired,
+                                          priority=self._queued.priority)
         else:
             self._batcher.max_rows, self._batcher.max_delay_s = limits
         if not config.caches_responses:
@@ -128,9 +134,20 @@ class ModelService(ServedModel):
         refuse_cycle(self.runner.name, callers)
         self._refuse_when_full(version)
         info = RequestInfo(request_id=request_id, callers=tuple(callers), trace=trace)
-        if self._cache is not None:
-            return await self._infer_cached(inputs, outputs, version, parameters, trace, info)
-        return await self._infer(inputs, outputs, version, parameters, trace, info)
+        arrived_s, started = time.time(), time.perf_counter_ns()
+        try:
+            if self._cache is not None:
+                answered, result = await self._infer_cached(inputs, outputs, version, parameters, trace, info)
+            else:
+                answered, result = await self._infer(inputs, outputs, version, parameters, trace, info)
+        except Exception as exc:
+            number = int(version) if str(version or "").isdigit() else max(self.runner.backends, default=0)
+            self._operated.failed(self.runner.base_config, callers, number, request_id, arrived_s, started, inputs,
+                                  exc)
+            raise
+        self._operated.answered(self.runner.base_config, callers, answered, request_id, arrived_s, started, inputs,
+                                outputs, parameters, result)
+        return answered, result
 
     def _refuse_when_full(self, version: int | str | None) -> None:
         """Over the queue limit a request answers UNAVAILABLE at once, counted as rejected (Triton's full
@@ -290,6 +307,7 @@ class ModelService(ServedModel):
         stats = await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.statistics_snapshot)
         for version, counts in self._cached.items():
             stats.setdefault(version, VersionStatistics()).merge(counts)
+        self._operated.merge_into(stats)
         return stats
 
     async def _run_batch(self, pending: list[Pending]) -> list[Tensors | Exception]:
@@ -299,35 +317,10 @@ class ModelService(ServedModel):
         return await asyncio.shield(loop.run_in_executor(self._executor, self._execute, pending))
 
     def _execute(self, pending: list[Pending]) -> list[Tensors | Exception]:
-        dropped = {i: error for i, p in enumerate(pending) if (error := self._cancelled(p)) is not None}
+        dropped = {i: error for i, p in enumerate(pending) if (error := self._queued.cancelled(p)) is not None}
         kept = [p for i, p in enumerate(pending) if i not in dropped]
         results = iter(self._timed(self.runner.execute, kept) if kept else [])
         return [dropped[i] if i in dropped else next(results) for i in range(len(pending))]
-
-    def _priority(self, pending: Pending) -> int:
-        """A queued request's level (1 first; 0 for models without levels), past a DELAY timeout the last."""
-        if pending.delay_after_ns is not None and time.perf_counter_ns() > pending.delay_after_ns:
-            return (self.runner.config.dynamic_batching.priority_levels or 0) + 1
-        return pending.priority
-
-    def _expired(self, pending: Pending) -> Exception | None:
-        """A queued request whose caller has gone, or whose queue timeout passed, does not run: it answers
-        CANCELLED or UNAVAILABLE and gives its version back (the batcher asks as the request leaves the queue)."""
-        if (cancelled := self._cancelled(pending)) is not None:
-            return cancelled
-        if pending.deadline_ns is None or time.perf_counter_ns() <= pending.deadline_ns:
-            return None
-        self.runner.release([pending], "REJECTED")
-        waited_us = (time.perf_counter_ns() - pending.arrived_ns) // 1000
-        return unavailable(f"model '{self.runner.name}': request timeout expired after {waited_us} us in the queue "
-                           "(default_queue_policy)")
-
-    def _cancelled(self, pending: Pending) -> Exception | None:
-        """The error of a request whose caller has gone, counted as CANCELED (None for the others)."""
-        if not cancellation.is_cancelled(pending.info.token):
-            return None
-        self.runner.release([pending], "CANCELED")
-        return InferenceError(ErrorCode.CANCELLED, f"model '{self.runner.name}': cancelled (its caller has gone)")
 
     def execution_timeout_s(self) -> float:
         runner = getattr(self, "runner", None)  # (asked by BLS calls of a model's initialize too)
@@ -382,6 +375,8 @@ class ModelService(ServedModel):
             self._follower.cancel()
         if getattr(self, "_reporter", None) is not None:
             self._reporter.stop()
+        if getattr(self, "_operated", None) is not None:
+            self._operated.stop()
         self.runner.unload()
         self._executor.shutdown(wait=False)
         self._loader.shutdown(wait=False)

@@ -74,6 +74,43 @@ def serve_repository(repository, num_cpus: float = 4, num_gpus: float = 0, proxi
         ray.shutdown()
 
 
+@contextmanager
+def moto_s3(port: int | None = None, cache_dir: str | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A real S3-compatible server over HTTP (moto's standalone server) on 127.0.0.1, with the AWS settings
+    boto3 reads in the environment for the time it runs (started before Ray, Ray's workers inherit them);
+    yields the server process and its port."""
+    port = port or free_port()
+    server = start_moto(port)
+    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                **({"RIC_CACHE_DIR": cache_dir} if cache_dir else {})}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield server, port
+    finally:
+        stop_moto(server)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_moto(port: int) -> subprocess.Popen:
+    """A moto S3 server on ``port``, once it answers (its buckets live in its memory only)."""
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}", timeout=2).ok, timeout_s=30, what="moto server")
+    return server
+
+
+def stop_moto(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def _app_status() -> str | None:
     app = serve.status().applications.get(APP_NAME)
     return app.status if app else None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import requests
 
 from cluster.repository.examples import onnx_mlp
 from cluster.repository.s3_store import S3Store
-from tests.integration.conftest import free_port, serve_repository, wait_for
+from tests.integration.conftest import moto_s3, serve_repository, wait_for
 
 BUCKET = "models"
 CONFIG = 'platform: "onnxruntime_onnx" max_batch_size: 8 dynamic_batching { }'
@@ -35,30 +34,13 @@ class S3:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server process; AWS settings in the environment, so Ray's workers inherit them."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                "RIC_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
-        wait_for(lambda: requests.get(settings["AWS_ENDPOINT_URL"], timeout=2).ok, timeout_s=30, what="moto server")
+    with moto_s3(cache_dir=str(tmp_path_factory.mktemp("cache"))) as (server, _):
         client = boto3.client("s3")
         client.create_bucket(Bucket=BUCKET)
         client.put_object(Bucket=BUCKET, Key="repo/mlp/config.pbtxt", Body=CONFIG.encode())
         client.put_object(Bucket=BUCKET, Key="repo/mlp/1/model.onnx", Body=onnx_mlp(seed=1))
         client.put_object(Bucket=BUCKET, Key="repo/bare/1/model.onnx", Body=onnx_mlp(seed=4))
         yield S3(client, server)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_store_lists_models_versions_and_configs(s3):

@@ -99,3 +99,16 @@ def test_a_statistics_request_wakes_the_waiting_replicas_and_counts_their_report
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_table_shows_each_versions_weight_and_its_shadows_agreement():
+    shadow = {"canary:2": {"agreed": 90, "differed": 10, "failed": 2, "dropped": 5, "agreement": 0.9, "p99_ms": 3.0}}
+    status = {"application": "ric", "window_s": 5.0, "pending": [], "models": {"canary": {
+        "status": "HEALTHY", "replicas_by_node": {"10.0.0.1": 1}, "replicas_starting": 0, "target_replicas": 1,
+        "gpus_per_replica": 0, "in_flight": 0, "autoscaling": None,
+        "traffic": {"weights": {"1": 3, "2": 1}, "sticky_by": ""},
+        "versions": {"1": {"requests_per_s": 3.0, "shadow": shadow}, "2": {"requests_per_s": 1.0}}}}}
+    lines = render(status).splitlines()
+    assert "WEIGHT" in lines[1] and "SHADOW" in lines[1]
+    assert " 75% " in lines[2] and "canary:2 agreed 90.0% of 100, 2 failed, 5 dropped" in lines[2]
+    assert " 25% " in lines[3]

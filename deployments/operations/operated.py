@@ -1,0 +1,78 @@
+"""What a served model does once it has answered a request (or failed to): log the payload, send the shadow
+copy. One ``Operated`` per model and replica, called on its event loop; no Ray here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+from deployments.backends import Tensors
+from deployments.config.model_config import ModelConfig
+from deployments.observability.statistics import ShadowStatistics, VersionStatistics
+from deployments.operations.payloads import PayloadWriter, sink_for
+from deployments.operations.shadow import ShadowCopies, shadowable
+
+logger = logging.getLogger(__name__)
+
+
+class Operated:
+    """The payload log and the shadow copies of one model in one replica, with their counts."""
+
+    def __init__(self, model: str, replica: str, destination: str, run: Callable[..., Awaitable[list]],
+                 counted: Callable[[], None]):
+        """``destination``: where payloads go (ServingLimits.payload_log; empty: nowhere); ``run(call)``: a
+        BLS call's responses (the shadow copies'); ``counted()``: new counts to report."""
+        self.model, self.replica, self.destination = model, replica, destination
+        self._shadow_counts: dict[int, dict[str, ShadowStatistics]] = {}  # (event loop only)
+        self.shadow = ShadowCopies(model, run, self._counts, counted)
+        self.payloads: PayloadWriter | None = None  # made when a request is first logged
+        self._refused = False
+
+    def _counts(self, version: int, candidate: str) -> ShadowStatistics:
+        return self._shadow_counts.setdefault(version, {}).setdefault(candidate, ShadowStatistics())
+
+    def answered(self, config: ModelConfig, callers: tuple[str, ...], version: int, request_id: str,
+                 arrived_s: float, started_ns: int, inputs: Tensors, outputs: list[str] | None,
+                 parameters: dict | None, result: Tensors) -> None:
+        """A request answered: its payload logged (if sampled), its copy sent to the shadow; not for a shadow
+        copy itself."""
+        if not shadowable(callers):
+            return
+        self._log(config, version, request_id, arrived_s, started_ns, inputs, result)
+        if config.shadow is not None:
+            self.shadow.offer(config.shadow, version, inputs, outputs, parameters, result)
+
+    def failed(self, config: ModelConfig, callers: tuple[str, ...], version: int, request_id: str,
+               arrived_s: float, started_ns: int, inputs: Tensors, error: Exception) -> None:
+        if shadowable(callers):
+            self._log(config, version, request_id, arrived_s, started_ns, inputs, None, error)
+
+    def _log(self, config: ModelConfig, version: int, request_id: str, arrived_s: float, started_ns: int,
+             inputs: Tensors, outputs: Tensors | None, error: Exception | None = None) -> None:
+        if config.payload_log is None:
+            return
+        if self.payloads is None:
+            if not self.destination:
+                if not self._refused:
+                    logger.error("model '%s' sets payload_log, but the application has no payload log destination "
+                                 "(ric serve --payload-log, AppArgs.payload_log): nothing is logged", self.model)
+                self._refused = True
+                return
+            self.payloads = PayloadWriter(self.model, self.replica, sink_for(self.destination))
+        self.payloads.offer(config.payload_log, version, request_id, arrived_s, time.perf_counter_ns() - started_ns,
+                            inputs, outputs, error)
+
+    def merge_into(self, stats: dict[int, VersionStatistics]) -> None:
+        """Add the shadow's and the payload log's counts to a statistics snapshot (on the event loop)."""
+        for version, candidates in self._shadow_counts.items():
+            for candidate, counts in candidates.items():
+                stats.setdefault(version, VersionStatistics()).shadow.setdefault(
+                    candidate, ShadowStatistics()).merge(counts)
+        for version, counts in (self.payloads.counts() if self.payloads is not None else {}).items():
+            stats.setdefault(version, VersionStatistics()).payloads.merge(counts)
+
+    def stop(self) -> None:
+        self.shadow.stop()
+        if self.payloads is not None:
+            self.payloads.stop()

@@ -1,0 +1,224 @@
+"""Payload logging: a sampled share of a model's requests, with their answers, written as JSON lines to a
+folder or ``s3://`` (boto3), off the request path.
+
+A sampled request is queued as it finishes (its tensors copied: a client may reuse shared memory once it has
+its answer); one writer thread per model and replica takes the queue in batches and writes each batch as a
+file of its own, cut at ``MAX_FILE_BYTES``, at half the queue's bound, or ``MAX_FILE_S`` after its first
+record, whichever comes first (``<model>/<yyyy-mm-dd>/<time>-<replica>-<n>.jsonl``; a folder's files appear
+whole, by rename). A batch is taken off only once it is written: a sink that fails is retried with backoff, meanwhile requests fill the
+queue until the records held (queued, and in the file being written) reach the config's ``queue_size``
+(default 10,000); those past it are dropped and counted, and inference never waits. What was accepted is
+written at least once (a retried write that had in fact landed writes it twice); a replica that dies loses
+what it held: at most ``queue_size`` records.
+
+Each line: ``id`` (the client's request id), ``model``, ``version``, ``time`` (seconds since the epoch, when
+the request arrived), ``latency_ms``, ``status`` ("OK" or the error code) and ``error``, ``replica``, and
+``inputs`` / ``outputs``: per tensor ``datatype``, ``shape`` and ``data`` (row-major values; BYTES as text),
+or ``sha256`` for a tensor over the config's ``digest_over_bytes``, or ``redacted: true``. pandas reads the
+files with ``pandas.read_json(path, lines=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import random
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+
+from deployments.backends import Tensors
+from deployments.config.dtypes import v2_datatype
+from deployments.config.operations import PayloadLog
+from deployments.observability.statistics import PayloadStatistics
+
+logger = logging.getLogger(__name__)
+
+#: A file is cut at this many bytes of lines, or this long after its first record.
+MAX_FILE_BYTES = 4 << 20
+MAX_FILE_S = 5.0
+#: The longest wait between two tries of a write that failed.
+MAX_BACKOFF_S = 10.0
+
+
+class Sink(Protocol):
+    def write(self, name: str, data: bytes) -> None: ...
+
+
+class FolderSink:
+    """Files under a local folder, each written under a temporary name and renamed into place."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+
+    def write(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".writing-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+class S3Sink:
+    """Objects under ``s3://bucket/prefix`` (boto3 takes its settings the usual way, as the S3 store's)."""
+
+    def __init__(self, uri: str):
+        parsed = urlparse(uri)
+        self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
+        self._client = None
+
+    def write(self, name: str, data: bytes) -> None:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client("s3", config=Config(connect_timeout=3, read_timeout=10,
+                                                            retries={"mode": "standard", "max_attempts": 2}))
+        self._client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}".lstrip("/"), Body=data)
+
+
+def sink_for(destination: str) -> Sink:
+    """The sink of a destination: ``s3://bucket/prefix`` or a folder."""
+    if destination.startswith("s3://"):
+        if not urlparse(destination).netloc:
+            raise ValueError(f"{destination!r} is not an s3://bucket/prefix address")
+        return S3Sink(destination)
+    return FolderSink(destination)
+
+
+@dataclass
+class _Record:
+    version: int
+    request_id: str
+    arrived_s: float
+    latency_ns: int
+    status: str
+    error: str
+    inputs: Tensors
+    outputs: Tensors
+    settings: PayloadLog = field(repr=False, default=None)
+
+
+class PayloadWriter:
+    """The payload log of one model in one replica: ``offer`` on the request path, a thread that writes."""
+
+    def __init__(self, model: str, replica: str, sink: Sink):
+        self.model, self.replica, self.sink = model, replica, sink
+        self._queue: queue.Queue[_Record] = queue.Queue()
+        self._held = 0  # records queued or in the file being written (at most the settings' queue_size)
+        self._counts: dict[int, PayloadStatistics] = {}
+        self._lock = threading.Lock()
+        self._files = 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._write_forever, name=f"ric-payloads-{model}", daemon=True)
+        self._thread.start()
+
+    def offer(self, settings: PayloadLog, version: int, request_id: str, arrived_s: float, latency_ns: int,
+              inputs: Tensors, outputs: Tensors | None, error: Exception | None = None) -> None:
+        """Log one finished request if it is sampled; never blocks (a full queue drops it, counted)."""
+        if not settings.sample_rate or random.random() >= settings.sample_rate:
+            return
+        status = "OK" if error is None else getattr(getattr(error, "code", None), "name", type(error).__name__)
+        copied = lambda tensors: {n: np.array(a, copy=True) for n, a in (tensors or {}).items()}  # noqa: E731
+        record = _Record(version, request_id, arrived_s, latency_ns, status, "" if error is None else str(error),
+                         copied(inputs), copied(outputs), settings)
+        with self._lock:
+            counts = self._counts.setdefault(version, PayloadStatistics())
+            if self._held >= settings.queue_size:
+                counts.dropped += 1
+                return
+            counts.logged += 1
+            self._held += 1
+        self._queue.put_nowait(record)
+
+    def counts(self) -> dict[int, PayloadStatistics]:
+        """Per version: records logged (queued), written, dropped; a copy."""
+        with self._lock:
+            return {v: PayloadStatistics(c.logged, c.written, c.dropped) for v, c in self._counts.items()}
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _write_forever(self) -> None:
+        while not self._stopped.is_set():
+            batch, size, deadline, most = [], 0, None, 1 << 62
+            # A file is cut early at half the queue's bound, so a healthy sink never fills the queue.
+            while size < MAX_FILE_BYTES and len(batch) < most and not self._stopped.is_set():
+                timeout = 0.5 if deadline is None else deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    record = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    continue
+                deadline = deadline or time.monotonic() + MAX_FILE_S
+                most = max(1, record.settings.queue_size // 2)
+                line = json.dumps(self._line(record), separators=(",", ":")).encode() + b"\n"
+                batch.append((record.version, line))
+                size += len(line)
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[tuple[int, bytes]]) -> None:
+        """Write one file, trying until it is written (or the writer stops)."""
+        self._files += 1
+        now = time.time()
+        name = (f"{self.model}/{time.strftime('%Y-%m-%d', time.gmtime(now))}/"
+                f"{time.strftime('%H%M%S', time.gmtime(now))}-{self.replica}-{self._files}.jsonl")
+        data, backoff = b"".join(line for _, line in batch), 0.5
+        while True:
+            try:
+                self.sink.write(name, data)
+                break
+            except Exception as exc:
+                logger.warning("model '%s': payload log write of %d records failed (trying again in %.1f s): %r",
+                               self.model, len(batch), backoff, exc)
+                if self._stopped.wait(backoff):
+                    return
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        with self._lock:
+            for version, _ in batch:
+                self._counts.setdefault(version, PayloadStatistics()).written += 1
+            self._held -= len(batch)
+
+    def _line(self, record: _Record) -> dict[str, Any]:
+        settings = record.settings
+        return {"id": record.request_id, "model": self.model, "version": record.version, "time": record.arrived_s,
+                "latency_ms": round(record.latency_ns / 1e6, 3), "status": record.status, "error": record.error,
+                "replica": self.replica,
+                "inputs": {n: tensor(a, n in settings.redact, settings.digest_over_bytes)
+                           for n, a in record.inputs.items()},
+                "outputs": {n: tensor(a, n in settings.redact, settings.digest_over_bytes)
+                            for n, a in record.outputs.items()}}
+
+
+def tensor(array: np.ndarray, redacted: bool, digest_over_bytes: int) -> dict[str, Any]:
+    """A tensor as a payload line holds it: its values, its digest when large, or neither when redacted."""
+    entry: dict[str, Any] = {"datatype": v2_datatype(array.dtype), "shape": list(array.shape)}
+    if redacted:
+        entry["redacted"] = True
+    elif array.dtype == object:
+        values = [v if isinstance(v, (bytes, bytearray)) else str(v).encode() for v in array.ravel()]
+        if sum(len(v) for v in values) > digest_over_bytes:
+            entry["sha256"] = hashlib.sha256(b"".join(len(v).to_bytes(4, "little") + v for v in values)).hexdigest()
+        else:
+            entry["data"] = [bytes(v).decode("utf-8", "replace") for v in values]
+    elif array.nbytes > digest_over_bytes:
+        entry["sha256"] = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    else:
+        entry["data"] = array.ravel().tolist()
+    return entry
