@@ -1,12 +1,13 @@
 """The ``ric`` command line: ``ric serve [REPOSITORY]`` serves a model repository on Ray Serve, ``ric status``
-shows what it is doing, ``ric perf`` measures it, ``ric traffic`` splits a model's traffic between versions."""
+shows what it is doing, ``ric perf`` measures it, ``ric traffic`` splits a model's traffic between versions,
+``ric profile`` writes a model's drift reference."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from cluster.cli import perf, ports, status, traffic
+from cluster.cli import perf, ports, profile, status, traffic
 from cluster.cli.arguments import ingress_autoscaling, non_negative, positive, restriction
 from cluster.cli.haproxy import HEADER_TIMEOUT_S, MAX_CLIENT_CONNECTIONS, limit_idle_clients
 from cluster.cli.ingress_setup import choose_ingress, keep_local_ray_on_loopback, limit_grpc_messages
@@ -108,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     traffic_cmd = commands.add_parser("traffic", help="show or change a model's traffic split between its versions",
                                       description=traffic.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     traffic.add_arguments(traffic_cmd)
+    profile_cmd = commands.add_parser("profile", help="write a model's drift reference profile from reference data",
+                                      description=profile.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    profile.add_arguments(profile_cmd)
     perf_cmd = commands.add_parser("perf", help="measure a running server: throughput, latency, errors",
                                    description=perf.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     perf.add_arguments(perf_cmd)
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return status.main(args)
     if args.command == "traffic":
         return traffic.main(args)
+    if args.command == "profile":
+        return profile.main(args)
     return 0
 
 

@@ -61,6 +61,8 @@ def window_numbers(before: VersionStatistics | None, after: VersionStatistics, s
         "queue_ms": round((after.queue.ns - before.queue.ns) / queued / 1e6, 2) if queued else None,
         "requests_total": after.success.count,
         "shadow": {candidate: shadow_numbers(counts) for candidate, counts in sorted(after.shadow.items())},
+        "drift": {key: {**window.scores(), "values": window.count, "threshold": window.threshold}
+                  for key, window in sorted(after.drift.items()) if window.count},
     }
 
 
@@ -124,7 +126,7 @@ def collect(app: str, window: float) -> dict[str, Any]:
 def render(status: dict[str, Any]) -> str:
     """Plain text that fits a terminal."""
     header = ("MODEL", "STATUS", "REPLICAS (node: n)", "GPU", "AUTOSCALING", "IN FLIGHT", "VER", "WEIGHT", "REQ/S",
-              "P50 ms", "P99 ms", "QUEUE ms", "SHADOW")
+              "P50 ms", "P99 ms", "QUEUE ms", "SHADOW", "DRIFT (PSI)")
     rows = [header]
     dash = lambda value: "-" if value in (None, 0, "") else f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
     for name, model in status["models"].items():
@@ -143,7 +145,7 @@ def render(status: dict[str, Any]) -> str:
                          str(model["in_flight"]) if i == 0 else "", version, weight,
                          dash(numbers.get("requests_per_s")), dash(numbers.get("p50_ms")),
                          dash(numbers.get("p99_ms")), dash(numbers.get("queue_ms")),
-                         _shadow_cell(numbers.get("shadow") or {})))
+                         _shadow_cell(numbers.get("shadow") or {}), _drift_cell(numbers.get("drift") or {})))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = [f"application '{status['application']}', rates over the last {status['window_s']:g} s"]
     lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
@@ -162,6 +164,15 @@ def _shadow_cell(shadow: dict[str, dict[str, Any]]) -> str:
                      + (f", {n['failed']} failed" if n["failed"] else "")
                      + (f", {n['dropped']} dropped" if n["dropped"] else ""))
     return "; ".join(cells) or "-"
+
+
+def _drift_cell(drift: dict[str, dict[str, Any]]) -> str:
+    """The feature that has drifted most, and how many pass their threshold."""
+    if not drift:
+        return "-"
+    key, worst = max(drift.items(), key=lambda item: item[1]["psi"])
+    over = sum(1 for n in drift.values() if n["psi"] > n["threshold"])
+    return f"{key} {worst['psi']:.3f}" + (f", {over} of {len(drift)} over threshold" if over else "")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -88,7 +88,7 @@ def families(stats: dict[str, dict[int, VersionStatistics]], hosts: Iterable[Hos
     if cached:
         out.extend(_per_version(name, text, "counter", cached, value) for name, text, value in _CACHE_COUNTERS)
     out.append(_histogram(per_version))
-    out.extend(_shadow_families(per_version) + _payload_family(per_version))
+    out.extend(_shadow_families(per_version) + _payload_family(per_version) + _drift_families(per_version))
     copies = Family("ric_model_replicas", "Copies serving each model that reported in the last 30 s (its "
                     "replicas, and the Ingress replicas that colocate it)", "gauge")
     for model, count in sorted(replicas.items()):
@@ -155,6 +155,29 @@ def _payload_family(per_version) -> list[Family]:
             for outcome in ("logged", "written", "dropped"):
                 family.add({"model": model, "version": str(version), "outcome": outcome}, getattr(s.payloads, outcome))
     return [family] if family.samples else []
+
+
+def _drift_families(per_version) -> list[Family]:
+    """Drift monitoring per feature over its window, summed over the live copies: scores against the
+    reference (PSI, KS), the threshold, the values counted and their mean and std (numbers)."""
+    score = Family("ric_drift_score", "Drift of a feature over its window from its reference profile, by method "
+                   "(psi: population stability index, ks: largest gap between the distributions)", "gauge")
+    threshold = Family("ric_drift_threshold", "The PSI above which a feature's drift is logged as a warning", "gauge")
+    count = Family("ric_drift_window_values", "Values of a feature counted in its window", "gauge")
+    mean = Family("ric_drift_window_mean", "Mean of a number feature over its window", "gauge")
+    std = Family("ric_drift_window_std", "Standard deviation of a number feature over its window", "gauge")
+    for model, version, s in per_version:
+        for key, window in sorted(s.drift.items()):
+            tensor, _, feature = key.rpartition("/")
+            labels = {"model": model, "version": str(version), "tensor": tensor, "feature": feature}
+            count.add(labels, window.count)
+            threshold.add(labels, window.threshold)
+            for method, value in (window.scores() or {}).items():
+                score.add({**labels, "method": method}, value)
+            if (moments := window.mean_std()) is not None:
+                mean.add(labels, moments[0])
+                std.add(labels, moments[1])
+    return [family for family in (score, threshold, count, mean, std) if family.samples]
 
 
 def custom_families(snapshot: dict[str, FamilySnapshot]) -> list[Family]:

@@ -73,6 +73,7 @@ class StatisticsCollector:
         self._custom: dict[Replica, dict] = {}  # the models' own metric families, as each replica last sent them
         self._publisher: asyncio.Task | None = None  # copies the metrics into Ray's, from the first report
         self._settings: AppSettings | None = None  # made when first asked for (it reads Ray's KV store)
+        self._drifting: set[tuple[str, int, str]] = set()  # features over their drift threshold, as last seen
 
     async def report(self, model: str, replica: str, stats: dict[int, VersionStatistics], in_flight: int = 0,
                      host: HostUsage | None = None, custom: dict | None = None) -> None:
@@ -185,7 +186,23 @@ class StatisticsCollector:
                 ray_copies.publish(self._families(with_custom=False))
             except Exception as exc:  # Ray's metrics are a copy: never let them stop the collector
                 logger.warning("publishing metrics to Ray failed: %r", exc)
+            self._warn_of_drift()
             await asyncio.sleep(PUBLISH_S)
+
+    def _warn_of_drift(self) -> None:
+        """Log a warning when a feature's PSI over its window passes its threshold (once, until it is back)."""
+        drifting = set()
+        for model, versions in self._merged().items():
+            for version, stats in versions.items():
+                for key, window in stats.drift.items():
+                    scores = window.scores()
+                    if scores is not None and scores["psi"] > window.threshold:
+                        drifting.add((model, version, key))
+                        if (model, version, key) not in self._drifting:
+                            logger.warning("model '%s' version %s: %s has drifted from its reference: PSI %.3f over "
+                                           "%d values (threshold %g)", model, version, key, scores["psi"],
+                                           window.count, window.threshold)
+        self._drifting = drifting
 
     async def merged(self) -> dict[str, dict[int, VersionStatistics]]:
         """Every model's statistics per version, summed over its replicas (``ric status`` reads these)."""
@@ -195,8 +212,9 @@ class StatisticsCollector:
         found: dict[str, dict[int, list[VersionStatistics]]] = {}
         for key, stats in self._reports.items():
             for version, report in stats.items():
-                if report.pending and key not in self._in_flight:  # gone: its history counts, not its queue
-                    report = dataclasses.replace(report, pending=0)
+                if (report.pending or report.drift) and key not in self._in_flight:
+                    report = dataclasses.replace(report, pending=0, drift={})  # gone: its history counts, not
+                    # its queue or its window
                 found.setdefault(key[0], {}).setdefault(version, []).append(report)
         return {model: {v: merged(r) for v, r in versions.items()} for model, versions in found.items()}
 

@@ -7,7 +7,7 @@ and written back unchanged, so a config round-trips.
 
 Ray-specific additions live where Triton leaves room for them: ``parameters`` (``gpu_fraction``,
 ``num_cpus``, ``execution_timeout_s``, ``<block>.<field>``) and, in YAML, ``instance_group[].gpu_fraction`` and the
-blocks ``autoscaling``, ``traffic``, ``shadow`` and ``payload_log`` (``deployments.config.operations``).
+blocks ``autoscaling``, ``traffic``, ``shadow``, ``payload_log`` and ``drift`` (``deployments.config.operations``).
 The nested messages (tensors, batching, instance groups, version policy, autoscaling) live in
 ``deployments.config.messages``.
 """
@@ -23,7 +23,7 @@ from google.protobuf import json_format, text_format
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tritonclient.grpc import model_config_pb2
 
-from deployments.config.operations import BLOCKS, PayloadLog, Shadow, Traffic
+from deployments.config.operations import BLOCKS, Drift, PayloadLog, Shadow, Traffic
 from deployments.config.messages import (
     Autoscaling, DynamicBatching, InputConfig, InstanceGroup, ModelParameter, SequenceBatching, TensorConfig,
     VersionPolicy,
@@ -105,6 +105,7 @@ class ModelConfig(BaseModel):
     traffic: Traffic | None = Field(default=None, description="A traffic split between versions (ric extension).")
     shadow: Shadow | None = Field(default=None, description="A shadow of the model's requests (ric extension).")
     payload_log: PayloadLog | None = Field(default=None, description="Payload logging (ric extension).")
+    drift: Drift | None = Field(default=None, description="Drift monitoring (ric extension).")
 
     @field_validator("default_model_filename")
     @classmethod
@@ -336,7 +337,7 @@ def parse_yaml(text: str, source: str, folder_name: str | None = None) -> ModelC
         raise ConfigError(source, "", f"invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(source, "", "the config must be a mapping of fields")
-    # gpu_fraction and the ric blocks (autoscaling, traffic, ...) are ours, not Triton's: take them out before protobuf checks the rest.
+    # gpu_fraction and the ric blocks (autoscaling, traffic, ...) are ours, not Triton's: out before protobuf.
     fractions = {}
     for i, group in enumerate(data.get("instance_group") or []):
         if isinstance(group, dict) and "gpu_fraction" in group:

@@ -1,5 +1,5 @@
 """How a model is operated once it is live (ric extensions, none of them Triton's): a traffic split between
-its versions, a shadow that gets a copy of its requests, and payload logging. No Ray here.
+its versions, a shadow that gets a copy of its requests, payload logging and drift monitoring. No Ray here.
 
 Each is a block of its own in ``config.yaml`` (``traffic: {weights: {1: 90, 2: 10}}``) or, in
 ``config.pbtxt``, one ``parameters`` entry per field named ``<block>.<field>`` (as ``autoscaling.<field>``):
@@ -128,5 +128,22 @@ class PayloadLog(_Block):
                                                               "of the model); past it they are dropped, counted.")
 
 
+class Drift(_Block):
+    """Drift monitoring: the model's inputs and outputs over a sliding window, scored against a reference
+    profile (``ric profile`` writes one) by PSI and KS, per feature (deployments/operations/drift.py)."""
+
+    reference: str = Field(description="The profile's file in the model's folder (beside config.pbtxt).")
+    window_s: float = Field(default=300.0, gt=0, description="The sliding window's length.")
+    threshold: float = Field(default=0.25, gt=0, description="A feature whose PSI passes it is logged as a "
+                                                             "warning (and shown in ric status).")
+
+    @field_validator("reference")
+    @classmethod
+    def _a_file_in_the_folder(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"{value!r} must name a file in the model's folder")
+        return value
+
+
 #: The blocks, by their name in a config.
-BLOCKS: dict[str, type[_Block]] = {"traffic": Traffic, "shadow": Shadow, "payload_log": PayloadLog}
+BLOCKS: dict[str, type[_Block]] = {"traffic": Traffic, "shadow": Shadow, "payload_log": PayloadLog, "drift": Drift}

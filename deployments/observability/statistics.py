@@ -125,6 +125,9 @@ class VersionStatistics:
     #: Shadow candidate ("model:version", version empty for the newest) -> what it did with the copies.
     shadow: dict[str, ShadowStatistics] = field(default_factory=dict)
     payloads: PayloadStatistics = field(default_factory=PayloadStatistics)
+    #: Drift monitoring's window per feature ("tensor/feature" -> deployments.operations.drift.FeatureWindow):
+    #: a window, not a count, so a replica gone leaves it out (as its queue).
+    drift: dict[str, Any] = field(default_factory=dict)
 
     def record_request(self, ns: int, ok: bool = True, reason: str = "BACKEND") -> None:
         """One request's whole time in the replica: success (with its latency bucket) or failure (with its
@@ -158,6 +161,11 @@ class VersionStatistics:
             self.failures[reason] = self.failures.get(reason, 0) + count
         self.pending += other.pending
         self.payloads.merge(other.payloads)
+        for key, theirs in other.drift.items():
+            if key in self.drift:
+                self.drift[key].merge(theirs)
+            else:
+                self.drift[key] = theirs.copy()
         for candidate, theirs in other.shadow.items():
             self.shadow.setdefault(candidate, ShadowStatistics()).merge(theirs)
         for size, theirs in other.batches.items():

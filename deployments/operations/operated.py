@@ -1,15 +1,19 @@
-"""What a served model does once it has answered a request (or failed to): log the payload, send the shadow
-copy. One ``Operated`` per model and replica, called on its event loop; no Ray here."""
+"""What a served model does once it has answered a request (or failed to): log the payload, count its tensors
+into the drift windows, send the shadow copy. One ``Operated`` per model and replica, called on its event
+loop; no Ray here."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from deployments.backends import Tensors
 from deployments.config.model_config import ModelConfig
+from deployments.errors import without_paths
 from deployments.observability.statistics import ShadowStatistics, VersionStatistics
+from deployments.operations.drift import Windows, read_profile
 from deployments.operations.payloads import PayloadWriter, sink_for
 from deployments.operations.shadow import ShadowCopies, shadowable
 
@@ -20,10 +24,13 @@ class Operated:
     """The payload log and the shadow copies of one model in one replica, with their counts."""
 
     def __init__(self, model: str, replica: str, destination: str, run: Callable[..., Awaitable[list]],
-                 counted: Callable[[], None]):
+                 counted: Callable[[], None], folder: Callable[[], Path | None] = lambda: None):
         """``destination``: where payloads go (ServingLimits.payload_log; empty: nowhere); ``run(call)``: a
-        BLS call's responses (the shadow copies'); ``counted()``: new counts to report."""
-        self.model, self.replica, self.destination = model, replica, destination
+        BLS call's responses (the shadow copies'); ``counted()``: new counts to report; ``folder()``: the
+        model's folder (where its drift reference is), None while no version is loaded."""
+        self.model, self.replica, self.destination, self._folder = model, replica, destination, folder
+        self._drift: dict[int, Windows] = {}  # version -> its windows, under the profile read last
+        self._profile: tuple[tuple, dict] | None = None  # ((path, mtime, settings), profile)
         self._shadow_counts: dict[int, dict[str, ShadowStatistics]] = {}  # (event loop only)
         self.shadow = ShadowCopies(model, run, self._counts, counted)
         self.payloads: PayloadWriter | None = None  # made when a request is first logged
@@ -40,6 +47,10 @@ class Operated:
         if not shadowable(callers):
             return
         self._log(config, version, request_id, arrived_s, started_ns, inputs, result)
+        if config.drift is not None:
+            windows = self._windows(config, version)
+            if windows is not None:
+                windows.observe({**inputs, **result})
         if config.shadow is not None:
             self.shadow.offer(config.shadow, version, inputs, outputs, parameters, result)
 
@@ -63,6 +74,32 @@ class Operated:
         self.payloads.offer(config.payload_log, version, request_id, arrived_s, time.perf_counter_ns() - started_ns,
                             inputs, outputs, error)
 
+    def _windows(self, config: ModelConfig, version: int) -> Windows | None:
+        """The version's drift windows under the model's reference profile (read again when its file or the
+        config's drift block changes; a missing or broken file is logged once and nothing is counted)."""
+        folder = self._folder()
+        if folder is None:
+            return None
+        path = folder / config.drift.reference
+        try:
+            key = (str(path), path.stat().st_mtime_ns, config.drift)
+        except OSError:
+            key = (str(path), None, config.drift)
+        if self._profile is None or self._profile[0] != key:
+            try:
+                profile = read_profile(path)
+            except (OSError, ValueError) as exc:
+                logger.error("model '%s': its drift reference %r cannot be read (%s): drift is not monitored",
+                             self.model, config.drift.reference, without_paths(str(exc)))
+                profile = None
+            self._profile, self._drift = (key, profile), {}
+        profile = self._profile[1]
+        if profile is None:
+            return None
+        if version not in self._drift:
+            self._drift[version] = Windows(profile, config.drift.window_s, config.drift.threshold)
+        return self._drift[version]
+
     def merge_into(self, stats: dict[int, VersionStatistics]) -> None:
         """Add the shadow's and the payload log's counts to a statistics snapshot (on the event loop)."""
         for version, candidates in self._shadow_counts.items():
@@ -71,6 +108,8 @@ class Operated:
                     candidate, ShadowStatistics()).merge(counts)
         for version, counts in (self.payloads.counts() if self.payloads is not None else {}).items():
             stats.setdefault(version, VersionStatistics()).payloads.merge(counts)
+        for version, windows in self._drift.items():
+            stats.setdefault(version, VersionStatistics()).drift = windows.window()
 
     def stop(self) -> None:
         self.shadow.stop()

@@ -5,11 +5,11 @@ A sampled request is queued as it finishes (its tensors copied: a client may reu
 its answer); one writer thread per model and replica takes the queue in batches and writes each batch as a
 file of its own, cut at ``MAX_FILE_BYTES``, at half the queue's bound, or ``MAX_FILE_S`` after its first
 record, whichever comes first (``<model>/<yyyy-mm-dd>/<time>-<replica>-<n>.jsonl``; a folder's files appear
-whole, by rename). A batch is taken off only once it is written: a sink that fails is retried with backoff, meanwhile requests fill the
-queue until the records held (queued, and in the file being written) reach the config's ``queue_size``
-(default 10,000); those past it are dropped and counted, and inference never waits. What was accepted is
-written at least once (a retried write that had in fact landed writes it twice); a replica that dies loses
-what it held: at most ``queue_size`` records.
+whole, by rename). A batch is taken off only once it is written: a sink that fails is retried with
+backoff, meanwhile requests fill the queue until the records held (queued, and in the file being written)
+reach the config's ``queue_size`` (default 10,000); those past it are dropped and counted, and inference
+never waits. What was accepted is written at least once (a retried write that had in fact landed writes
+it twice); a replica that dies loses what it held: at most ``queue_size`` records.
 
 Each line: ``id`` (the client's request id), ``model``, ``version``, ``time`` (seconds since the epoch, when
 the request arrived), ``latency_ms``, ``status`` ("OK" or the error code) and ``error``, ``replica``, and

@@ -69,7 +69,8 @@ class ModelService(ServedModel):
         self._cache: ResponseCache | None = None
         self._cached: dict[int, VersionStatistics] = {}  # the cache's counts per version (event loop only)
         # The payload log and the shadow copies (deployments/operations).
-        self._operated = Operated(config.name, replica, limits.payload_log, calls.run, self._reporter.schedule)
+        self._operated = Operated(config.name, replica, limits.payload_log, calls.run, self._reporter.schedule,
+                                  self.runner.folder)
         self._configure_batching()
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied

@@ -21,11 +21,12 @@ from deployments.backends import (Backend, RequestInfo, Tensors, backend_class, 
                                   resolve_backend)
 from deployments.backends.process import ProcessBackend
 from deployments.config.model_config import ModelConfig, same_model, with_operations
-from deployments.errors import (ErrorCode, InferenceError, invalid, no_available_versions, unknown_model,
+from deployments.errors import (ErrorCode, InferenceError, no_available_versions, unknown_model,
                                 version_not_ready, without_paths)
 from deployments.observability.custom_metrics import REGISTRY, merge
 from deployments.observability.statistics import VersionStatistics
 from deployments.config.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
+from deployments.serving.labels import LabelFiles
 from deployments.serving.warmup import run_warmup
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class ModelRunner:
         self._in_flight: dict[int, int] = {}  # id(backend) -> requests prepared and not yet executed
         self._running: dict[int, int] = {}  # version -> requests in the backend call now (executor thread)
         self._retired: list[Backend] = []  # swapped out, unloaded once nothing in flight uses them
-        self._labels: dict[tuple[str, int], list[str]] = {}  # (label file, mtime) -> its labels
+        self._labels = LabelFiles()
         self._lock = threading.Lock()
 
     @property
@@ -363,23 +364,14 @@ class ModelRunner:
         stubs = [b.custom_metrics() for b in backends if isinstance(b, ProcessBackend)]
         return merge(stubs + [REGISTRY.snapshot(self.name)] * (len(stubs) < len(backends)))
 
+    def folder(self) -> Path | None:
+        """The model's folder (the newest version's parent: its label and reference files), None unloaded."""
+        backends = self.backends
+        return backends[max(backends)].version_dir.parent if backends else None
+
     def labels(self, output: str) -> list[str] | None:
-        """An output's labels from its ``label_filename`` in the model's folder (a label a line; None without)."""
-        tensor = next((t for t in self.config.output if t.name == output), None)
-        filename = (tensor.model_extra or {}).get("label_filename") if tensor is not None else None
-        if not filename or not self.backends:
-            return None
-        path = self.backends[max(self.backends)].version_dir.parent / filename
-        try:
-            if Path(filename).name != filename or filename in (".", "..") or not path.is_file():
-                raise OSError(filename)
-            key = (str(path), path.stat().st_mtime_ns)
-            if key not in self._labels:
-                self._labels = {key: path.read_text(errors="replace").splitlines()}
-        except OSError:
-            raise invalid(f"model '{self.name}': its label_filename {filename!r} is not a file in the model's "
-                          "folder") from None
-        return self._labels[key]
+        """An output's labels from its ``label_filename`` in the model's folder (None without)."""
+        return self._labels.labels(self.config, self.folder(), output)
 
     def metadata(self) -> dict[str, Any]:
         """The v2 model metadata: name, versions, platform, inputs and outputs."""

@@ -1,10 +1,11 @@
 """Operating live models on a real Ray + Serve: a traffic split between versions (from the config, changed
 live with `ric traffic`, kept across a restart of the sync), shadow copies compared and counted, and payloads
-logged to a real S3 server (moto's, over HTTP) that is killed mid-run."""
+logged to a real S3 server (moto's, over HTTP) that is killed mid-run, and drift scored against a reference."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 import requests
 
 from cluster.repository.examples import onnx_mlp
+from deployments.operations.drift import profile_of
 from tests.conftest import write_model
 from tests.integration.conftest import moto_s3, serve_repository, start_moto, stop_moto, wait_for
 
@@ -61,6 +63,10 @@ def server(tmp_path_factory):
                 {"1/model.py": SLOW})
     write_model(root, "logged", MLP + param("payload_log.sample_rate", 1) + param("payload_log.queue_size", 100)
                 + param("payload_log.redact", "OUTPUT0"), {"1/model.onnx": onnx_mlp(seed=1)})
+    profile = json.dumps(profile_of({"INPUT0": np.random.default_rng(1).normal(0, 1, (2000, 64))}))
+    for model in ("steady", "drifting"):
+        write_model(root, model, MLP + param("drift.reference", "reference.json") + param("drift.threshold", 0.25),
+                    {"1/model.onnx": onnx_mlp(seed=1), "reference.json": profile})
     with moto_s3() as (moto, port):
         boto3.client("s3").create_bucket(Bucket=PAYLOADS)
         with serve_repository(root, model_control_mode="explicit", payload_log=f"s3://{PAYLOADS}/run") as endpoints:
@@ -234,6 +240,32 @@ def test_payloads_reach_s3_and_a_sink_killed_mid_run_loses_nothing_it_accepted(s
     # every request is accounted for: written (before the outage, or after it) or counted as dropped
     assert after <= {f"r{i}" for i in range(30, 330)}
     assert len(after) + counts["dropped"] == 300 and counts["logged"] == 30 + len(after)
+
+
+def test_a_shifted_input_distribution_passes_the_drift_threshold_and_the_reference_one_stays_under(server):
+    from cluster.cli.status import collect
+    from cluster.names import APP_NAME
+
+    url, rng = server.http, np.random.default_rng(2)
+    session = requests.Session()
+    for model, mean in (("steady", 0.0), ("drifting", 1.0)):
+        for _ in range(60):
+            x = rng.normal(mean, 1, 64)
+            body = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32", "data": x.tolist()}]}
+            assert session.post(f"{url}/v2/models/{model}/infer", json=body, timeout=30).status_code == 200
+
+    def psi(model: str) -> float | None:
+        text = requests.get(f"{url}/metrics", timeout=30).text
+        found = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ric_drift_score{")
+                 and f'model="{model}"' in line and 'feature="value"' in line and 'method="psi"' in line]
+        return found[0] if found else None
+
+    wait_for(lambda: psi("drifting") is not None and psi("steady") is not None, timeout_s=30,
+             what="drift scores of both models")
+    assert psi("steady") < 0.1 and psi("drifting") > 0.25, (psi("steady"), psi("drifting"))
+    status = collect(APP_NAME, 0.5)["models"]
+    assert status["drifting"]["versions"]["1"]["drift"]["INPUT0/value"]["values"] == 60 * 64
+    assert status["drifting"]["versions"]["1"]["drift"]["INPUT0/value"]["psi"] > 0.25
 
 
 def test_a_split_set_live_outlives_a_restart_of_the_sync(server):
