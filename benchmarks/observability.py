@@ -42,13 +42,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(folder: Path, repository: str = "example") -> tuple[subprocess.Popen, str, int, str]:
-    """`ric serve` on ``repository`` (default the example repository) with HOME=``folder``: the process, the
-    HTTP base URL, the metrics port and the gRPC target."""
+def start_server(folder: Path, repository: str = "example", extra: list[str] = ()
+                 ) -> tuple[subprocess.Popen, str, int, str]:
+    """`ric serve` on ``repository`` (default the example repository) with HOME=``folder`` and ``extra``
+    arguments: the process, the HTTP base URL, the metrics port and the gRPC target."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     ric = Path(sys.executable).parent / "ric"
     process = subprocess.Popen([str(ric), "serve", repository, "--no-dashboard", "--http-port", str(http), "--grpc-port",
-                                str(grpc), "--metrics-port", str(metrics), "--trace-dir", str(folder / "traces")],
+                                str(grpc), "--metrics-port", str(metrics), "--trace-dir", str(folder / "traces"), *extra],
                                stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                env={**os.environ, "HOME": str(folder)})

@@ -32,9 +32,11 @@ from cluster.private_files import UnsafeFolder, private_folder
 from cluster.protocol import metrics
 from cluster.protocol.app_settings import AppSettings
 from cluster.protocol.ray_metrics import PUBLISH_S, RayMetrics
+from cluster.repository.control_state import DRIFT_PREFIX, SavedState
 from deployments.observability import custom_metrics
 from deployments.observability.host_usage import HostUsage
 from deployments.observability.statistics import HEARTBEAT_S, VersionStatistics, merged
+from deployments.operations.drift import ReferenceSamples, Sample
 
 #: Where trace files go unless the application says otherwise (AppArgs.trace_dir).
 DEFAULT_TRACE_DIR = "/tmp/ric-traces"
@@ -74,9 +76,15 @@ class StatisticsCollector:
         self._publisher: asyncio.Task | None = None  # copies the metrics into Ray's, from the first report
         self._settings: AppSettings | None = None  # made when first asked for (it reads Ray's KV store)
         self._drifting: set[tuple[str, int, str]] = set()  # features over their drift threshold, as last seen
+        self._samples = ReferenceSamples()  # the replicas' first requests, for drift references taken of them
+        self._references: dict[str, dict] | None = None  # model -> reference built (read from Ray's KV at first)
+        self._saved_references: SavedState | None = None
 
     async def report(self, model: str, replica: str, stats: dict[int, VersionStatistics], in_flight: int = 0,
-                     host: HostUsage | None = None, custom: dict | None = None) -> None:
+                     host: HostUsage | None = None, custom: dict | None = None, drift_sample: Sample | None = None
+                     ) -> dict | None:
+        """A replica's report; the answer carries the model's drift reference taken from its first requests
+        (``drift_sample``: the replica's share of them, sent until it has the reference) once it is built."""
         self._reports[(model, replica)] = stats
         if custom:
             self._custom[(model, replica)] = custom
@@ -90,6 +98,26 @@ class StatisticsCollector:
         asked = self._asked.pop((model, replica), None)
         if asked is not None and not asked.done():
             asked.set_result(None)
+        if drift_sample is not None:
+            return {"drift_profile": await self._drift_reference(model, replica, drift_sample)}
+        return None
+
+    async def _drift_reference(self, model: str, replica: str, sample: Sample) -> dict | None:
+        """The model's reference from its first ``sample.wanted`` requests: built once every replica's samples
+        hold them, kept in Ray's KV store (a restarted collector hands out the same one)."""
+        if self._references is None:
+            self._saved_references = SavedState(serve.get_replica_context().app_name, DRIFT_PREFIX)
+            self._references = await asyncio.to_thread(self._saved_references.read)
+        profile = self._references.get(model)
+        if profile is not None and profile.get("reference_requests") == sample.wanted:
+            return profile
+        self._samples.add(model, replica, sample)
+        profile = self._samples.profile(model, sample.wanted)
+        if profile is not None:
+            self._references[model] = profile
+            await asyncio.to_thread(self._saved_references.write, self._references)
+            logger.info("model '%s': drift reference taken from its first %d requests", model, sample.wanted)
+        return profile
 
     async def next_report(self, model: str, replica: str, timeout_s: float) -> None:
         """A replica's long poll: returns when a statistics request wants its report, or after

@@ -19,6 +19,8 @@ NAMESPACE = "ric"
 KEY_PREFIX = "sync-state:"
 #: The key prefix of an application's log and trace settings (kept by the statistics collector).
 SETTINGS_PREFIX = "settings:"
+#: The key prefix of an application's drift references taken from first requests (the collector's too).
+DRIFT_PREFIX = "drift-references:"
 
 
 class SavedState:

@@ -30,7 +30,7 @@ from typing import Any
 from ray import serve
 
 from cluster.repository import model_apps
-from cluster.repository.control_state import SETTINGS_PREFIX, SavedState, Uploads
+from cluster.repository.control_state import DRIFT_PREFIX, SETTINGS_PREFIX, SavedState, Uploads
 from cluster.repository.model_control import ModelControl, dumped
 from deployments.config.model_config import ModelConfig, parse_yaml
 from deployments.config.operations import Traffic
@@ -231,6 +231,7 @@ class ModelStoreSync(ModelControl):
                 for app in getattr(self, "added", {}).values():
                     await asyncio.to_thread(model_apps.delete, app)
                 await asyncio.to_thread(self.saved.delete)
-                await asyncio.to_thread(SavedState(self.app, SETTINGS_PREFIX).delete)  # the collector's
+                for prefix in (SETTINGS_PREFIX, DRIFT_PREFIX):  # the collector's
+                    await asyncio.to_thread(SavedState(self.app, prefix).delete)
         except Exception as exc:
             logger.warning("could not delete the models' applications %s: %r", sorted(self.added.values()), exc)

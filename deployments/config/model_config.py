@@ -382,9 +382,12 @@ def _from_proto(
     for block in BLOCKS:
         if getattr(config, block) is not None and config.platform == "ensemble":
             raise ConfigError(source, block, "is not served for ensembles (operate their steps instead)")
-    if config.shadow is not None and (config.sequence_batching is not None or config.decoupled):
-        raise ConfigError(source, "shadow", "is not served for sequence or decoupled models (a copy would be a "
-                                            "second request of the sequence, or a stream)")
+    if config.shadow is not None and config.sequence_batching is not None:
+        raise ConfigError(source, "shadow", "is not served for sequence models (a copy would be a second request "
+                                            "of the sequence)")
+    for block in ("shadow", "payload_log", "drift"):
+        if getattr(config, block) is not None and config.decoupled:
+            raise ConfigError(source, block, "is not served for decoupled models yet (their streams pass it by)")
     if not MODEL_NAME.fullmatch(config.name) or config.name in (".", ".."):
         raise ConfigError(source, "name", f"{config.name!r} is not a valid model name")
     for key, least, strict in NUMBER_PARAMETERS:

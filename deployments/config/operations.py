@@ -132,7 +132,10 @@ class Drift(_Block):
     """Drift monitoring: the model's inputs and outputs over a sliding window, scored against a reference
     profile (``ric profile`` writes one) by PSI and KS, per feature (deployments/operations/drift.py)."""
 
-    reference: str = Field(description="The profile's file in the model's folder (beside config.pbtxt).")
+    reference: str = Field(default="", description="The profile's file in the model's folder (beside "
+                                                   "config.pbtxt), or empty with reference_requests.")
+    reference_requests: int = Field(default=0, ge=0, description="Take the profile from the model's first "
+                                                                 "this many requests instead (across its copies).")
     window_s: float = Field(default=300.0, gt=0, description="The sliding window's length.")
     threshold: float = Field(default=0.25, gt=0, description="A feature whose PSI passes it is logged as a "
                                                              "warning (and shown in ric status).")
@@ -140,9 +143,15 @@ class Drift(_Block):
     @field_validator("reference")
     @classmethod
     def _a_file_in_the_folder(cls, value: str) -> str:
-        if not value or "/" in value or "\\" in value or value in (".", ".."):
+        if value and ("/" in value or "\\" in value or value in (".", "..")):
             raise ValueError(f"{value!r} must name a file in the model's folder")
         return value
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> "Drift":
+        if bool(self.reference) == bool(self.reference_requests):
+            raise ValueError("drift needs a reference file or reference_requests (one of them)")
+        return self
 
 
 #: The blocks, by their name in a config.

@@ -226,12 +226,15 @@ class StatisticsReporter:
 
     def __init__(self, collector: Any, model: str, replica: str,
                  snapshot: Callable[[], Awaitable[dict[int, VersionStatistics]]], node: str = "",
-                 custom: Callable[[], dict] = dict):
+                 custom: Callable[[], dict] = dict, sample: Callable[[], Any] = lambda: None,
+                 adopt: Callable[[dict], None] = lambda answer: None):
         """``node`` names the replica's node in the host metrics sent with every report (its IP address);
-        ``custom()``: the model's own metric families (custom_metrics.py), sent with every report."""
+        ``custom()``: the model's own metric families (custom_metrics.py), sent with every report;
+        ``sample()``: the values a drift reference is to be taken from (operations/drift.py; None: none
+        wanted), sent with every report; ``adopt(answer)`` takes what the collector answers to one."""
         self._collector = collector  # a handle of the application's StatisticsCollector, or None
         self._model, self._replica, self._snapshot, self._node = model, replica, snapshot, node
-        self._custom = custom
+        self._custom, self._sample, self._adopt = custom, sample, adopt
         self._scheduled = False
         self._heartbeat: asyncio.Task | None = None
         try:  # with a collector and a running loop, wait on the collector from the start
@@ -272,7 +275,10 @@ class StatisticsReporter:
     async def _report(self) -> None:
         self._scheduled = False
         try:
-            await self._collector.report.remote(self._model, self._replica, await self._snapshot(), self.in_flight,
-                                                host_usage.sample(self._node), self._custom())
+            answer = await self._collector.report.remote(self._model, self._replica, await self._snapshot(),
+                                                         self.in_flight, host_usage.sample(self._node),
+                                                         self._custom(), self._sample())
+            if answer:
+                self._adopt(answer)
         except Exception as exc:
             logger.warning("model '%s': statistics report failed: %r", self._model, exc)

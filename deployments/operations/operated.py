@@ -13,7 +13,7 @@ from deployments.backends import Tensors
 from deployments.config.model_config import ModelConfig
 from deployments.errors import without_paths
 from deployments.observability.statistics import ShadowStatistics, VersionStatistics
-from deployments.operations.drift import Windows, read_profile
+from deployments.operations.drift import Sample, Windows, read_profile
 from deployments.operations.payloads import PayloadWriter, sink_for
 from deployments.operations.shadow import ShadowCopies, shadowable
 
@@ -31,6 +31,8 @@ class Operated:
         self.model, self.replica, self.destination, self._folder = model, replica, destination, folder
         self._drift: dict[int, Windows] = {}  # version -> its windows, under the profile read last
         self._profile: tuple[tuple, dict] | None = None  # ((path, mtime, settings), profile)
+        self._sample = Sample()  # the first requests' values, while the collector builds a reference of them
+        self._learned: dict | None = None  # the reference the collector built from the first requests
         self._shadow_counts: dict[int, dict[str, ShadowStatistics]] = {}  # (event loop only)
         self.shadow = ShadowCopies(model, run, self._counts, counted)
         self.payloads: PayloadWriter | None = None  # made when a request is first logged
@@ -51,6 +53,8 @@ class Operated:
             windows = self._windows(config, version)
             if windows is not None:
                 windows.observe({**inputs, **result})
+            elif config.drift.reference_requests:
+                self._sample.add({**inputs, **result}, config.drift.reference_requests)
         if config.shadow is not None:
             self.shadow.offer(config.shadow, version, inputs, outputs, parameters, result)
 
@@ -77,6 +81,13 @@ class Operated:
     def _windows(self, config: ModelConfig, version: int) -> Windows | None:
         """The version's drift windows under the model's reference profile (read again when its file or the
         config's drift block changes; a missing or broken file is logged once and nothing is counted)."""
+        if config.drift.reference_requests:
+            profile = self._learned if (self._learned or {}).get("reference_requests") == \
+                config.drift.reference_requests else None
+            key = ("first requests", config.drift)
+            if profile is not None and (self._profile is None or self._profile[0] != key):
+                self._profile, self._drift = (key, profile), {}
+            return self._windows_of(profile, config, version)
         folder = self._folder()
         if folder is None:
             return None
@@ -93,12 +104,29 @@ class Operated:
                              self.model, config.drift.reference, without_paths(str(exc)))
                 profile = None
             self._profile, self._drift = (key, profile), {}
-        profile = self._profile[1]
+        return self._windows_of(self._profile[1], config, version)
+
+    def _windows_of(self, profile: dict | None, config: ModelConfig, version: int) -> Windows | None:
         if profile is None:
             return None
         if version not in self._drift:
             self._drift[version] = Windows(profile, config.drift.window_s, config.drift.threshold)
         return self._drift[version]
+
+    def drift_sample(self, config: ModelConfig) -> Sample | None:
+        """The first requests' values for the collector, while the model's drift reference is to be taken
+        from them and this copy has not got it yet (a copy that starts later sends an empty one, to get it)."""
+        drift = config.drift
+        if drift is None or not drift.reference_requests or (self._learned or {}).get(
+                "reference_requests") == drift.reference_requests:
+            return None
+        self._sample.wanted = drift.reference_requests
+        return self._sample
+
+    def adopt(self, answer: dict) -> None:
+        """What the collector answered a report: the reference built from the first requests, once it is."""
+        if answer.get("drift_profile") is not None:
+            self._learned, self._sample = answer["drift_profile"], Sample()
 
     def merge_into(self, stats: dict[int, VersionStatistics]) -> None:
         """Add the shadow's and the payload log's counts to a statistics snapshot (on the event loop)."""

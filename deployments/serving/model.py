@@ -63,7 +63,9 @@ class ModelService(ServedModel):
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
         replica = serve.get_replica_context().replica_id.unique_id
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot,
-                                            ray.util.get_node_ip_address(), self.runner.custom_metrics)
+                                            ray.util.get_node_ip_address(), self.runner.custom_metrics,
+                                            lambda: self._operated.drift_sample(self.runner.base_config),
+                                            lambda answer: self._operated.adopt(answer))
         self._batcher: DynamicBatcher | None = None
         self._sequences: Sequences | None = None
         self._cache: ResponseCache | None = None

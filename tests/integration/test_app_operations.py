@@ -67,6 +67,7 @@ def server(tmp_path_factory):
     for model in ("steady", "drifting"):
         write_model(root, model, MLP + param("drift.reference", "reference.json") + param("drift.threshold", 0.25),
                     {"1/model.onnx": onnx_mlp(seed=1), "reference.json": profile})
+    write_model(root, "learned", MLP + param("drift.reference_requests", 40), {"1/model.onnx": onnx_mlp(seed=1)})
     with moto_s3() as (moto, port):
         boto3.client("s3").create_bucket(Bucket=PAYLOADS)
         with serve_repository(root, model_control_mode="explicit", payload_log=f"s3://{PAYLOADS}/run") as endpoints:
@@ -266,6 +267,29 @@ def test_a_shifted_input_distribution_passes_the_drift_threshold_and_the_referen
     status = collect(APP_NAME, 0.5)["models"]
     assert status["drifting"]["versions"]["1"]["drift"]["INPUT0/value"]["values"] == 60 * 64
     assert status["drifting"]["versions"]["1"]["drift"]["INPUT0/value"]["psi"] > 0.25
+
+
+def test_a_reference_taken_from_the_first_requests_then_scores_the_next(server):
+    url, rng = server.http, np.random.default_rng(3)
+    session = requests.Session()
+
+    def send(mean: float, n: int) -> None:
+        for _ in range(n):
+            body = {"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32",
+                                "data": rng.normal(mean, 1, 64).tolist()}]}
+            assert session.post(f"{url}/v2/models/learned/infer", json=body, timeout=30).status_code == 200
+
+    def psi() -> float | None:
+        text = requests.get(f"{url}/metrics", timeout=30).text
+        found = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ric_drift_score{")
+                 and 'model="learned"' in line and 'tensor="INPUT0"' in line and 'method="psi"' in line]
+        return found[0] if found else None
+
+    send(0.0, 40)  # the reference
+    wait_for(lambda: requests.get(f"{url}/metrics", timeout=30) and psi() is None, timeout_s=5, what="no score yet")
+    time.sleep(1.5)  # the next reports carry the reference back to the copies
+    send(2.0, 40)
+    wait_for(lambda: (psi() or 0) > 0.25, timeout_s=30, what=lambda: f"a drift score past 0.25: {psi()}")
 
 
 def test_a_split_set_live_outlives_a_restart_of_the_sync(server):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deployments.observability.statistics import VersionStatistics
-from deployments.operations.drift import MAX_ELEMENTS, SLICES, Windows, profile_of
+from deployments.operations.drift import MAX_ELEMENTS, SLICES, ReferenceSamples, Sample, Windows, profile_of
 
 RNG = np.random.default_rng(7)
 REFERENCE = {"X": RNG.normal(0, 1, (4000, 8)).astype(np.float32),
@@ -80,3 +80,18 @@ def test_ric_profile_writes_the_reference_a_drift_block_names(tmp_path):
     bad = subprocess.run([str(Path(sys.executable).parent / "ric"), "profile", str(folder), "--data",
                           str(tmp_path / "none.csv")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "must be a .npz or .parquet file" in bad.stdout
+
+
+def test_a_reference_from_the_first_requests_waits_for_all_of_them_across_replicas():
+    samples, first, second = ReferenceSamples(), Sample(), Sample()
+    for i in range(30):
+        (first if i % 2 else second).add({"X": RNG.normal(0, 1, (1, 8))}, wanted=20)
+    assert first.requests == second.requests == 15
+    first.add({"X": np.zeros((1, 8))}, wanted=15)  # past its share: not kept
+    assert first.requests == 15
+    samples.add("m", "r1", first)
+    assert samples.profile("m", 40) is None  # 15 of 40
+    samples.add("m", "r2", second)
+    profile = samples.profile("m", 30)
+    assert profile["reference_requests"] == 30 and profile["features"]["X/value"]["count"] == 30 * 8
+    assert abs(profile["features"]["X/value"]["mean"]) < 0.3

@@ -69,6 +69,11 @@ def test_a_new_split_changes_no_backend_and_versions_without_weight_or_load_get_
     ("traffic: {weights: '1-3'}", "is not a list of key:value pairs"),
     ("shadow: {tolerance: 0.1}", "a shadow needs a model, or a version of this model"),
     ("payload_log: {sample_rate: 1.5}", "payload_log.sample_rate"),
+    ("drift: {window_s: 30}", "drift needs a reference file or reference_requests"),
+    ("drift: {reference: ../x.json}", "must name a file in the model's folder"),
+    ("shadow: {version: 2}\nsequence_batching: {}", "shadow: is not served for sequence models"),
+    ("payload_log: {sample_rate: 1}\nmodel_transaction_policy: {decoupled: true}", "payload_log: is not served for "
+     "decoupled models"),
     ("platform: ensemble\ntraffic: {weights: {1: 1}}", "traffic: is not served for ensembles"),
 ])
 def test_operations_blocks_are_checked_and_refused_by_name(block, problem):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.protocol.metrics import HISTOGRAM, exposition, families
 from deployments.observability.host_usage import GpuUsage, HostUsage
-from deployments.observability.statistics import VersionStatistics
+from deployments.observability.statistics import PayloadStatistics, ShadowStatistics, VersionStatistics
+from deployments.operations.drift import Windows, profile_of
 from tests.conftest import dashboard_queries
 
 
@@ -90,8 +92,38 @@ def test_label_values_are_escaped():
     assert _value(parsed["nv_inference_count"], model='we"ird\\name\n') == 0
 
 
-def test_every_dashboard_query_names_a_metric_we_export():
+def _operated() -> VersionStatistics:
+    """Statistics of a version with a shadow, a payload log and drift monitoring at work."""
     stats = _stats()
+    stats.shadow["m:2"] = ShadowStatistics(agreed=3, differed=1, dropped=2)
+    for ns in (1_000_000, 3_000_000, 3_000_000, 9_000_000):
+        stats.shadow["m:2"].record("failed" if ns == 9_000_000 else "agreed", ns)
+    stats.payloads = PayloadStatistics(logged=10, written=8, dropped=5)
+    profile = profile_of({"X": np.linspace(-1, 1, 100)})
+    windows = Windows(profile, 60.0, 0.25)
+    windows.observe({"X": np.full(10, 0.9)}, now=100.0)
+    stats.drift = windows.window(100.0)
+    return stats
+
+
+def test_shadow_payload_and_drift_families_per_version():
+    parsed, text = _parsed({"m": {1: _operated()}, "plain": {1: _stats()}})
+    shadow = {"model": "m", "version": "1", "candidate": "m", "candidate_version": "2"}
+    assert _value(parsed["ric_shadow_requests"], **shadow, outcome="agreed") == 6
+    assert _value(parsed["ric_shadow_requests"], **shadow, outcome="failed") == 1
+    assert _value(parsed["ric_shadow_requests"], **shadow, outcome="dropped") == 2
+    (count,) = [s.value for s in parsed["ric_shadow_duration_ms"].samples if s.name.endswith("_count")]
+    assert count == 4
+    assert _value(parsed["ric_payload_records"], model="m", outcome="dropped") == 5
+    drift = {"model": "m", "version": "1", "tensor": "X", "feature": "value"}
+    assert _value(parsed["ric_drift_score"], **drift, method="psi") > 1  # every value in the last bin
+    assert _value(parsed["ric_drift_window_values"], **drift) == 10
+    assert _value(parsed["ric_drift_window_mean"], **drift) == 0.9
+    assert 'model="plain"' not in text.split("ric_shadow_requests", 1)[1].split("# HELP", 1)[0]
+
+
+def test_every_dashboard_query_names_a_metric_we_export():
+    stats = _operated()
     stats.cache_hit.add(1)
     gpu = GpuUsage("GPU-1", 0.5, 1, 2, 3.0, 4.0)
     exported = {name for family in families({"m": {1: stats}}, [HostUsage("n", 0.1, 1, 2, (gpu,))], {"m": 1})
