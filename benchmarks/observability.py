@@ -68,17 +68,22 @@ def set_tracing(url: str, rate: str | None) -> None:
     time.sleep(1.0)  # every replica has the settings (each holds a watch on them)
 
 
-async def cell(url: str, seconds: float, concurrency: int) -> float:
+async def measure(url: str, model: str, seconds: float, concurrency: int):
+    """One closed-loop cell of `ric perf` on ``model`` over binary HTTP: its ``Measured``."""
     from cluster.cli import perf
     from cluster.cli.perf_clients import fetch_metadata, make_client, output_names, request_tensors
 
-    metadata = await fetch_metadata("http-binary", "simple", url, "", None)
-    client = make_client("http-binary", "simple", request_tensors(metadata), output_names(metadata), url, "",
+    metadata = await fetch_metadata("http-binary", model, url, "", None)
+    client = make_client("http-binary", model, request_tensors(metadata), output_names(metadata), url, "",
                          None, None, concurrency)
     try:
-        measured = await perf.closed_loop(client, concurrency, seconds)
+        return await perf.closed_loop(client, concurrency, seconds)
     finally:
         await client.close()
+
+
+async def cell(url: str, seconds: float, concurrency: int) -> float:
+    measured = await measure(url, "simple", seconds, concurrency)
     return len(measured.latencies_ms) / measured.seconds
 
 

@@ -8,10 +8,12 @@ differ only in their operations blocks:
   payloads 100%  payload_log { sample_rate: 1 }
   drift          drift { reference } (a profile of random data for both inputs and both outputs)
   shadow         shadow { version: 2 } (version 2 is version 1 again; a traffic weight keeps clients on 1)
+  shadow 10%     the same with shadow { sample_rate: 0.1 }
 serves it with `ric serve` (the README's way: direct listeners, models colocated in the ingress), and drives
 each copy with `ric perf`'s closed loop (binary HTTP, concurrency 16) in interleaved rounds, so the machine's
-drift falls on every cell alike. Prints a Markdown table (median req/s and p99 over the rounds, each as a
-ratio to `off`); `--out FILE` also writes it.
+drift falls on every cell alike; after each cell it waits until the payload logs have written what they
+took (a writer's backlog would fall on the next cell). Prints a Markdown table (median req/s and p99 over
+the rounds, each as a ratio to `off`); `--out FILE` also writes it.
 
     python benchmarks/operations.py --seconds 5 --rounds 3
 """
@@ -27,13 +29,15 @@ import signal
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+import requests
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.observability import start_server  # noqa: E402
+from benchmarks.observability import measure, start_server  # noqa: E402
 from cluster.repository.examples import onnx_add_sub  # noqa: E402
 from deployments.operations.drift import profile_of  # noqa: E402
 
@@ -44,6 +48,9 @@ CELLS = {
     "drift": 'parameters { key: "drift.reference" value { string_value: "reference.json" } }',
     "shadow": ('version_policy { all { } } parameters { key: "traffic.weights" value { string_value: "1:1" } } '
                'parameters { key: "shadow.version" value { string_value: "2" } }'),
+    "shadow 10%": ('version_policy { all { } } parameters { key: "traffic.weights" value { string_value: "1:1" } } '
+                   'parameters { key: "shadow.version" value { string_value: "2" } } '
+                   'parameters { key: "shadow.sample_rate" value { string_value: "0.1" } }'),
 }
 CONFIG = ('platform: "onnxruntime_onnx" max_batch_size: 8 dynamic_batching { } '
           'input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] }, '
@@ -62,7 +69,7 @@ def write_repository(root: Path) -> None:
     reference = json.dumps(profile_of({"INPUT0": a, "INPUT1": b, "OUTPUT0": a + b, "OUTPUT1": a - b}))
     for cell, extra in CELLS.items():
         folder = root / model_name(cell)
-        for version in (1, 2) if cell == "shadow" else (1,):
+        for version in (1, 2) if cell.startswith("shadow") else (1,):
             (folder / str(version)).mkdir(parents=True)
             (folder / str(version) / "model.onnx").write_bytes(onnx_add_sub())
         (folder / "config.pbtxt").write_text(CONFIG + extra)
@@ -71,18 +78,24 @@ def write_repository(root: Path) -> None:
 
 async def cell(url: str, model: str, seconds: float, concurrency: int) -> tuple[float, float]:
     """Requests per second and p99 latency (ms) of one closed-loop cell."""
-    from cluster.cli import perf
-    from cluster.cli.perf_clients import fetch_metadata, make_client, output_names, request_tensors
-
-    metadata = await fetch_metadata("http-binary", model, url, "", None)
-    client = make_client("http-binary", model, request_tensors(metadata), output_names(metadata), url, "", None,
-                         None, concurrency)
-    try:
-        measured = await perf.closed_loop(client, concurrency, seconds)
-    finally:
-        await client.close()
+    measured = await measure(url, model, seconds, concurrency)
     assert not measured.errors, f"{model}: {measured.errors} requests failed"
     return len(measured.latencies_ms) / measured.seconds, float(np.percentile(measured.latencies_ms, 99))
+
+
+def settle(metrics_port: int, timeout_s: float = 60.0) -> None:
+    """Wait until every payload log has written what it accepted, so its writer's backlog does not fall on
+    the next cell."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts: dict[str, float] = {}
+        for line in requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text.splitlines():
+            if line.startswith("ric_payload_records{") and 'outcome="dropped"' not in line:
+                outcome = line.split('outcome="')[1].split('"')[0]
+                counts[outcome] = counts.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
+        if counts.get("logged", 0) == counts.get("written", 0):
+            return
+        time.sleep(0.5)
 
 
 def main() -> None:
@@ -96,13 +109,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "repository"
         write_repository(root)
-        process, url, _, _ = start_server(Path(folder), str(root), ["--payload-log", str(Path(folder) / "payloads")])
+        process, url, metrics_port, _ = start_server(Path(folder), str(root),
+                                                     ["--payload-log", str(Path(folder) / "payloads")])
         try:
             for name in CELLS:  # warm up
                 asyncio.run(cell(url, model_name(name), 1.0, args.concurrency))
             for _ in range(args.rounds):
                 for name in CELLS:
                     results[name].append(asyncio.run(cell(url, model_name(name), args.seconds, args.concurrency)))
+                    settle(metrics_port)
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=120)

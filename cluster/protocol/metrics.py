@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from deployments.observability.custom_metrics import FamilySnapshot, Histogram
 from deployments.observability.host_usage import HostUsage
-from deployments.observability.statistics import FAILURE_REASONS, LATENCY_BOUNDS_NS, VersionStatistics
+from deployments.observability.statistics import FAILURE_REASONS, LATENCY_BOUNDS_NS, Duration, VersionStatistics
 
 #: Per model version, Triton's counters: name, help, the value from a version's statistics.
 _COUNTERS = (
@@ -112,15 +112,19 @@ def _histogram(per_version) -> Family:
     family = Family(HISTOGRAM, "Duration from request to first response in milliseconds (a decoupled model's "
                     "last)", "histogram")
     for model, version, s in per_version:
-        labels = {"model": model, "version": str(version)}
-        seen = 0
-        for bound, count in zip(_BOUNDS_MS, s.latency):
-            seen += count
-            family.add({**labels, "le": _number(bound)}, seen, "_bucket")
-        family.add({**labels, "le": "+Inf"}, s.success.count, "_bucket")
-        family.add(labels, s.success.count, "_count")
-        family.add(labels, s.success.ns / 1e6, "_sum")
+        _add_latency(family, {"model": model, "version": str(version)}, s.latency, s.success)
     return family
+
+
+def _add_latency(family: Family, labels: dict[str, str], latency: list[int], total: Duration) -> None:
+    """A latency histogram's samples: cumulative buckets (``LATENCY_BOUNDS_NS``, in ms), count and sum."""
+    seen = 0
+    for bound, count in zip(_BOUNDS_MS, latency):
+        seen += count
+        family.add({**labels, "le": _number(bound)}, seen, "_bucket")
+    family.add({**labels, "le": "+Inf"}, total.count, "_bucket")
+    family.add(labels, total.count, "_count")
+    family.add(labels, total.ns / 1e6, "_sum")
 
 
 def _shadow_families(per_version) -> list[Family]:
@@ -136,13 +140,7 @@ def _shadow_families(per_version) -> list[Family]:
                       "candidate_version": candidate_version}
             for outcome in ("agreed", "differed", "failed", "dropped"):
                 outcomes.add({**labels, "outcome": outcome}, getattr(counts, outcome))
-            seen = 0
-            for bound, count in zip(_BOUNDS_MS, counts.latency):
-                seen += count
-                latency.add({**labels, "le": _number(bound)}, seen, "_bucket")
-            latency.add({**labels, "le": "+Inf"}, counts.duration.count, "_bucket")
-            latency.add(labels, counts.duration.count, "_count")
-            latency.add(labels, counts.duration.ns / 1e6, "_sum")
+            _add_latency(latency, labels, counts.latency, counts.duration)
     return [family for family in (outcomes, latency) if family.samples]
 
 

@@ -107,6 +107,7 @@ class Shadow(_Block):
                                                             "agrees (0: exact).")
     tolerances: dict[str, float] = Field(default_factory=dict, description="Output -> its own tolerance.")
     queue_size: int = Field(default=64, ge=1, description="Copies waiting or running at most; more are dropped.")
+    sample_rate: float = Field(default=1.0, ge=0, le=1, description="The share of requests copied, 0 to 1.")
 
     @model_validator(mode="after")
     def _candidate(self) -> "Shadow":

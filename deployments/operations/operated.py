@@ -33,6 +33,7 @@ class Operated:
         self._profile: tuple[tuple, dict] | None = None  # ((path, mtime, settings), profile)
         self._sample = Sample()  # the first requests' values, while the collector builds a reference of them
         self._learned: dict | None = None  # the reference the collector built from the first requests
+        self._recheck_at = 0.0  # when to look at the reference file's modification time again
         self._shadow_counts: dict[int, dict[str, ShadowStatistics]] = {}  # (event loop only)
         self.shadow = ShadowCopies(model, run, self._counts, counted)
         self.payloads: PayloadWriter | None = None  # made when a request is first logged
@@ -88,6 +89,10 @@ class Operated:
             if profile is not None and (self._profile is None or self._profile[0] != key):
                 self._profile, self._drift = (key, profile), {}
             return self._windows_of(profile, config, version)
+        now = time.monotonic()
+        if self._profile is not None and self._profile[0][2] is config.drift and now < self._recheck_at:
+            return self._windows_of(self._profile[1], config, version)  # (the file looked at once a second)
+        self._recheck_at = now + 1.0
         folder = self._folder()
         if folder is None:
             return None

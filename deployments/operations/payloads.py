@@ -21,7 +21,6 @@ files with ``pandas.read_json(path, lines=True)``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
+import orjson
 
 from deployments.backends import Tensors
 from deployments.config.dtypes import v2_datatype
@@ -167,7 +167,7 @@ class PayloadWriter:
                     continue
                 deadline = deadline or time.monotonic() + MAX_FILE_S
                 most = max(1, record.settings.queue_size // 2)
-                line = json.dumps(self._line(record), separators=(",", ":")).encode() + b"\n"
+                line = orjson.dumps(self._line(record), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
                 batch.append((record.version, line))
                 size += len(line)
             if batch:
@@ -208,7 +208,11 @@ class PayloadWriter:
 
 def tensor(array: np.ndarray, redacted: bool, digest_over_bytes: int) -> dict[str, Any]:
     """A tensor as a payload line holds it: its values, its digest when large, or neither when redacted."""
-    entry: dict[str, Any] = {"datatype": v2_datatype(array.dtype), "shape": list(array.shape)}
+    try:
+        datatype = v2_datatype(array.dtype)
+    except ValueError:  # (no tensor the server decodes has such a dtype; a model's output might)
+        datatype = str(array.dtype)
+    entry: dict[str, Any] = {"datatype": datatype, "shape": list(array.shape)}
     if redacted:
         entry["redacted"] = True
     elif array.dtype == object:
@@ -219,6 +223,8 @@ def tensor(array: np.ndarray, redacted: bool, digest_over_bytes: int) -> dict[st
             entry["data"] = [bytes(v).decode("utf-8", "replace") for v in values]
     elif array.nbytes > digest_over_bytes:
         entry["sha256"] = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-    else:
-        entry["data"] = array.ravel().tolist()
+    elif array.dtype.kind in "biuf":  # (orjson writes the array as a list, faster than tolist)
+        entry["data"] = np.ascontiguousarray(array, array.dtype.newbyteorder("=")).ravel()
+    else:  # BF16 (ml_dtypes), as its float32 values
+        entry["data"] = np.asarray(array, np.float32).ravel()
     return entry

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import Awaitable, Callable
 
@@ -50,7 +51,10 @@ class ShadowCopies:
 
     def offer(self, shadow: Shadow, version: int, inputs: Tensors, outputs: list[str] | None,
               parameters: dict | None, answer: Tensors) -> None:
-        """Send a copy of an answered request to the candidate, unless ``queue_size`` copies are held."""
+        """Send a copy of an answered request to the candidate (a ``sample_rate`` share of them), unless
+        ``queue_size`` copies are held."""
+        if shadow.sample_rate < 1 and random.random() >= shadow.sample_rate:
+            return
         counts = self._counts(version, candidate_label(self._model, shadow))
         if self._held >= shadow.queue_size:
             counts.dropped += 1
