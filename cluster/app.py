@@ -8,6 +8,7 @@ with the typed :class:`AppArgs`; ``ric serve`` calls it directly.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
@@ -18,6 +19,7 @@ from ray.serve import Application
 from cluster.names import INGRESS_NAME, RESERVED_NAMES, STATISTICS_NAME, SYNC_NAME
 from cluster.repository.examples import EXAMPLE, example_repository
 from cluster.protocol.dataplane import SERVER_NAME
+from cluster.protocol.forwarded_headers import compile_pattern
 from cluster.protocol.http_server import ServerLimits
 from cluster.protocol.ingress import Ingress, IngressOptions, Listeners
 from cluster.protocol.restrictions import Restriction, check_unique
@@ -123,6 +125,11 @@ class AppArgs(BaseModel):
                     "(Triton's restricted APIs; gRPC clients send the key with the 'triton-grpc-protocol-' "
                     "prefix), e.g. [{apis: [model-repository], key: admin-key, value: ...}].",
     )
+    http_header_forward_pattern: str = Field(
+        default="", description="HTTP headers of inference requests whose names match this regular expression "
+                                "reach the model as request parameters (Triton's --http-header-forward-pattern).")
+    grpc_header_forward_pattern: str = Field(
+        default="", description="The same for gRPC metadata (Triton's --grpc-header-forward-pattern).")
     poll_interval_s: float = Field(
         default=2.0, ge=0, description="How often the sync deployment reads the store for new versions; 0 never."
     )
@@ -171,6 +178,15 @@ class AppArgs(BaseModel):
                     "fails the requests in it; the next request starts it again). Decoupled Python models keep "
                     "to their own deployments.",
     )
+
+    @field_validator("http_header_forward_pattern", "grpc_header_forward_pattern")
+    @classmethod
+    def _a_regular_expression(cls, pattern: str) -> str:
+        try:
+            compile_pattern(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return pattern
 
     @field_validator("restricted_apis")
     @classmethod
@@ -355,6 +371,8 @@ def build(args: AppArgs) -> Application:
                              max_request_bytes=args.max_request_bytes,
                              on_demand=on_demand, model_control_mode=args.model_control_mode,
                              restricted_apis=tuple(args.restricted_apis),
+                             header_forward_patterns=(args.http_header_forward_pattern,
+                                                      args.grpc_header_forward_pattern),
                              serving_limits=args.serving_limits(), max_inflight_bytes=args.max_inflight_bytes,
                              body_timeout_s=args.body_timeout_s, listeners=listeners(args))
     colocated = {name: (config, store) for name, config in plain.items() if args.colocates(config)}

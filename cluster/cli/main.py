@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve_cmd.add_argument("--payload-log", default="", metavar="FOLDER|s3://BUCKET/PREFIX",
                            help="where models with a payload_log block write their sampled requests and answers "
                                 "(JSON lines; a folder on each replica's node, or S3)")
+    serve_cmd.add_argument("--http-header-forward-pattern", default="", metavar="REGEX",
+                           help="HTTP headers of inference requests whose names match reach the model as request "
+                                "parameters, as Triton's flag (case-insensitive; a (?-i) prefix: case-sensitive)")
+    serve_cmd.add_argument("--grpc-header-forward-pattern", default="", metavar="REGEX",
+                           help="the same for gRPC metadata")
     serve_cmd.add_argument("--models", help="comma-separated models to serve (default: all)")
     serve_cmd.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     serve_cmd.add_argument("--num-cpus", type=non_negative(float), help="CPUs of the local Ray (default: this machine's)")

@@ -245,7 +245,8 @@ def serve_repository(args: argparse.Namespace) -> int:
                            ingress_autoscaling=args.ingress_autoscaling, model_control_mode=args.model_control_mode,
                            restricted_apis=args.restricted_api, server_name=args.server_name,
                            **({"trace_dir": args.trace_dir} if args.trace_dir else {}),
-                           payload_log=args.payload_log, **own_listeners(args))
+                           payload_log=args.payload_log, http_header_forward_pattern=args.http_header_forward_pattern,
+                           grpc_header_forward_pattern=args.grpc_header_forward_pattern, **own_listeners(args))
     except ValueError as exc:  # arguments that only conflict together, e.g. one API group restricted twice
         print(f"ric serve: {reasons(exc)}", file=sys.stderr, flush=True)
         return 2

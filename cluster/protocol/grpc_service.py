@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
+from contextvars import ContextVar
 from typing import AsyncIterator
 
 import grpc
@@ -19,6 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from cluster.protocol import grpc_codec
 from cluster.protocol.budget import ByteBudget, needed_bytes, off_loop_if_large
 from cluster.protocol.dataplane import DataPlane
+from cluster.protocol.forwarded_headers import forward
 from cluster.protocol.restrictions import ApiGroup, Restrictions
 from cluster.protocol.shared_memory import NO_CUDA
 from deployments.errors import GRPC_STATUS, ErrorCode, InferenceError, invalid, not_found
@@ -46,6 +49,10 @@ def add_servicer_to_server(servicer, server) -> None:
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 
+#: The metadata of the RPC being answered (its header forwarding reads it).
+_METADATA: ContextVar[dict[str, str]] = ContextVar("ric_grpc_metadata", default={})
+
+
 def rpc(group: ApiGroup):
     """An RPC method of API group ``group`` (checked against the restricted APIs first), any failure of
     which becomes its gRPC status and a clear message."""
@@ -54,7 +61,9 @@ def rpc(group: ApiGroup):
         async def wrapper(self, request, grpc_context):
             self.ongoing_rpcs += 1
             try:
-                self.restrictions.check_grpc(group, dict(grpc_context.invocation_metadata()))
+                metadata = dict(grpc_context.invocation_metadata())
+                self.restrictions.check_grpc(group, metadata)
+                _METADATA.set(metadata)
                 return await method(self, request)
             except Exception as exc:
                 error = InferenceError.from_exception(exc)
@@ -77,6 +86,8 @@ class GrpcInferenceService:
     """The RPCs of Triton's GRPCInferenceService; mixed into the Ingress, which provides ``plane``."""
 
     plane: DataPlane
+    #: The metadata of inference requests that reach the model (forwarded_headers.py; None: none).
+    grpc_forward: re.Pattern | None = None
     max_request_bytes: int
     restrictions: Restrictions
     budget: ByteBudget
@@ -136,7 +147,9 @@ class GrpcInferenceService:
         ``triton_enable_empty_final_response`` each request ends with an empty response whose
         ``triton_final_response`` parameter is true (false on the others), as Triton."""
         try:
-            self.restrictions.check_grpc("inference", dict(grpc_context.invocation_metadata()))
+            metadata = dict(grpc_context.invocation_metadata())
+            self.restrictions.check_grpc("inference", metadata)
+            _METADATA.set(metadata)  # (the tasks answering the stream's requests start with it)
         except InferenceError as error:
             grpc_context.set_code(grpc.StatusCode[GRPC_STATUS[error.code]])
             grpc_context.set_details(error.message)
@@ -199,6 +212,7 @@ class GrpcInferenceService:
         raw, size = self._raw_and_size(request)
         with self.budget.reserve(needed_bytes(size, binary=True)):
             decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request, raw)
+            forward(decoded.parameters, _METADATA.get(), self.grpc_forward)
             version, outputs = await self.plane.infer_request(request.model_name, request.model_version or None,
                                                               decoded)
             return grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded)
@@ -209,6 +223,7 @@ class GrpcInferenceService:
         raw, size = self._raw_and_size(request)
         with self.budget.reserve(needed_bytes(size, binary=True)):
             decoded = await off_loop_if_large(size, grpc_codec.decode_infer_request, request, raw)
+            forward(decoded.parameters, _METADATA.get(), self.grpc_forward)
             async for version, outputs in self.plane.stream_request(request.model_name, request.model_version or None,
                                                                     decoded):
                 yield grpc_codec.encode_infer_response(request.model_name, version, outputs, decoded).message()

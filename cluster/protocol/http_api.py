@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import numpy as np
 
 from cluster.protocol import codec, compression, metrics
 from cluster.protocol.budget import ByteBudget, Reservation, needed_bytes, off_loop_if_large
 from cluster.protocol.dataplane import DataPlane, bounded
+from cluster.protocol.forwarded_headers import forward
 from cluster.protocol.http_messages import HttpRequest, Reply
 from cluster.protocol.restrictions import Restrictions, http_api_group
 from cluster.protocol.shared_memory import NO_CUDA
@@ -73,8 +75,10 @@ class HttpApi:
     """The routes; ``respond`` answers any request, errors included."""
 
     def __init__(self, plane: DataPlane, restrictions: Restrictions, budget: ByteBudget, max_request_bytes: int,
-                 body_timeout_s: float):
+                 body_timeout_s: float, forwarded: re.Pattern | None = None):
+        """``forwarded``: the headers of inference requests that reach the model (forwarded_headers.py)."""
         self.plane = plane
+        self.forwarded = forwarded
         self.restrictions = restrictions
         self.budget = budget
         self.max_request_bytes = max_request_bytes
@@ -197,6 +201,7 @@ class HttpApi:
                                                   encoding, self.max_request_bytes)
                     held.resize(needed_bytes(len(body), header is not None))
                     decoded = await off_loop_if_large(len(body), codec.decode_infer_request, body, header)
+                    forward(decoded.parameters, request.headers, self.forwarded)
                     answered, outputs = await self.plane.infer_request(model, version, decoded)
                     size = sum(getattr(array, "nbytes", 0) for array in outputs.values())
                     content, header_length = await off_loop_if_large(size, codec.encode_infer_response, model,
@@ -233,6 +238,7 @@ class HttpApi:
             held.resize(needed_bytes(len(body), False))
             decoded = await off_loop_if_large(len(body), codec.decode_generate_request, body, metadata["inputs"],
                                               batching)
+            forward(decoded.parameters, request.headers, self.forwarded)
         responses = self.plane.stream_request(model, version, decoded)
         encode = lambda answered, outputs: codec.encode_generate_response(  # noqa: E731
             model, answered, outputs, decoded, batching)

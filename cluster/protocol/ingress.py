@@ -23,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from cluster.protocol.budget import ByteBudget
 from cluster.protocol.dataplane import SERVER_NAME, DataPlane
 from cluster.protocol.grpc_server import start_grpc_server
+from cluster.protocol.forwarded_headers import compile_pattern
 from cluster.protocol.grpc_service import GrpcInferenceService, register_message_modules
 from cluster.protocol.http_api import HttpApi
 from cluster.protocol.http_server import HttpServer, ServerLimits
@@ -67,6 +68,8 @@ class IngressOptions:
     model_control_mode: str = "explicit"
     #: API groups that answer only requests with a given header (Triton's restricted APIs).
     restricted_apis: tuple[Restriction, ...] = ()
+    #: The HTTP and gRPC header forward patterns (AppArgs.http_/grpc_header_forward_pattern; "": none).
+    header_forward_patterns: tuple[str, str] = ("", "")
     #: The colocated models' bounds where their configs set none.
     serving_limits: ServingLimits = ServingLimits()
     #: Bytes the requests in flight in one Ingress replica may hold (AppArgs.max_inflight_bytes).
@@ -112,8 +115,9 @@ class Ingress(GrpcInferenceService):
         self.max_request_bytes = options.max_request_bytes
         self.restrictions = Restrictions(list(options.restricted_apis))
         self.budget = ByteBudget(options.max_inflight_bytes)
+        http_forward, self.grpc_forward = map(compile_pattern, options.header_forward_patterns)
         self.http = HttpApi(self.plane, self.restrictions, self.budget, options.max_request_bytes,
-                            options.body_timeout_s)
+                            options.body_timeout_s, http_forward)
         self.listening = None
         if options.listeners is not None:
             self.listening = await Listening.start(options.listeners, self.http.respond, self,

@@ -61,6 +61,8 @@ def server(tmp_path_factory):
     write_model(root, "slow", 'backend: "python" max_batch_size: 8 input [ { name: "INPUT0" data_type: TYPE_FP32 '
                 'dims: [ 64 ] } ] output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 10 ] } ]',
                 {"1/model.py": SLOW})
+    write_model(root, "by_header", MLP + ALL + param("traffic.weights", "1:1,2:1") + param("traffic.sticky_by", "x-user"),
+                two)
     write_model(root, "logged", MLP + param("payload_log.sample_rate", 1) + param("payload_log.queue_size", 100)
                 + param("payload_log.redact", "OUTPUT0"), {"1/model.onnx": onnx_mlp(seed=1)})
     profile = json.dumps(profile_of({"INPUT0": np.random.default_rng(1).normal(0, 1, (2000, 64))}))
@@ -70,8 +72,10 @@ def server(tmp_path_factory):
     write_model(root, "learned", MLP + param("drift.reference_requests", 40), {"1/model.onnx": onnx_mlp(seed=1)})
     with moto_s3() as (moto, port):
         boto3.client("s3").create_bucket(Bucket=PAYLOADS)
-        with serve_repository(root, model_control_mode="explicit", payload_log=f"s3://{PAYLOADS}/run") as endpoints:
-            served = Served(endpoints.http, moto, port)
+        with serve_repository(root, model_control_mode="explicit", payload_log=f"s3://{PAYLOADS}/run",
+                              http_header_forward_pattern="^x-user$", grpc_header_forward_pattern="^x-user$"
+                              ) as endpoints:
+            served = Served(endpoints.http, endpoints.grpc, moto, port)
             try:
                 yield served
             finally:
@@ -81,6 +85,7 @@ def server(tmp_path_factory):
 @dataclass
 class Served:
     http: str
+    grpc: str
     moto: subprocess.Popen
     moto_port: int
 
@@ -139,6 +144,23 @@ def test_a_sticky_split_keeps_each_user_on_one_version(server):
     chosen = {user: answered_versions(url, "canary", 3, {"user": user}) for user in (f"u{i}" for i in range(40))}
     assert all(len(set(versions)) == 1 for versions in chosen.values())
     assert {versions[0] for versions in chosen.values()} == {"1", "2"}
+
+
+def test_a_split_sticky_by_a_forwarded_header_keeps_each_user_on_one_version_over_http_and_grpc(server):
+    import tritonclient.grpc as grpcclient
+
+    session, client = requests.Session(), grpcclient.InferenceServerClient(server.grpc)
+    x = grpcclient.InferInput("INPUT0", [1, 64], "FP32")
+    x.set_data_from_numpy(X)
+    chosen = {}
+    for user in (f"u{i}" for i in range(30)):
+        over_http = {session.post(f"{server.http}/v2/models/by_header/infer", json=BODY, headers={"X-User": user},
+                                  timeout=30).json()["model_version"] for _ in range(3)}
+        over_grpc = {client.infer("by_header", [x], headers={"x-user": user}).get_response().model_version
+                     for _ in range(3)}
+        assert len(over_http) == 1 and over_http == over_grpc, (user, over_http, over_grpc)
+        chosen[user] = over_http.pop()
+    assert set(chosen.values()) == {"1", "2"}
 
 
 def test_bad_splits_are_refused_by_name_and_change_nothing(server):

@@ -93,3 +93,20 @@ def test_operations_blocks_round_trip_between_yaml_and_pbtxt_parameters():
         f'parameters {{ key: "{key}" value {{ string_value: "{value["string_value"]}" }} }}'
         for key, value in parameters.items())
     assert parse_pbtxt(text, "m/config.pbtxt", "m") == config
+
+
+def test_headers_matching_the_forward_pattern_become_parameters_as_triton_forwards_them():
+    from cluster.protocol.forwarded_headers import compile_pattern, forward
+    from deployments.errors import InferenceError
+
+    parameters = {"user": "own"}
+    forward(parameters, {"x-user": "u1", "X-Tenant": "t", "accept": "*/*", "user": "header"},
+            compile_pattern("X-(user|tenant)|^user$"))
+    assert parameters == {"user": "own", "x-user": "u1", "X-Tenant": "t"}  # (the request's own kept)
+    sensitive = {}
+    forward(sensitive, {"x-user": "u1", "X-USER": "u2"}, compile_pattern("(?-i)X-USER"))
+    assert sensitive == {"X-USER": "u2"}
+    forward(unchanged := {}, {"x-user": "u1"}, compile_pattern(""))
+    assert unchanged == {}
+    with pytest.raises(InferenceError, match="Header 'timeout' is reserved for Triton usage and cannot be forwarded"):
+        forward({}, {"timeout": "5"}, compile_pattern(".*"))
