@@ -72,7 +72,9 @@ def server(tmp_path_factory):
     write_model(root, "learned", MLP + param("drift.reference_requests", 40), {"1/model.onnx": onnx_mlp(seed=1)})
     with moto_s3() as (moto, port):
         boto3.client("s3").create_bucket(Bucket=PAYLOADS)
-        with serve_repository(root, model_control_mode="explicit", payload_log=f"s3://{PAYLOADS}/run",
+        # colocated as `ric serve` runs them: the ONNX models in the ingress (shadow copies in process), the
+        # Python candidate in its own deployment (copies through its handle)
+        with serve_repository(root, model_control_mode="explicit", payload_log=f"s3://{PAYLOADS}/run", colocate=True,
                               http_header_forward_pattern="^x-user$", grpc_header_forward_pattern="^x-user$"
                               ) as endpoints:
             served = Served(endpoints.http, endpoints.grpc, moto, port)
