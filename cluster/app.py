@@ -30,6 +30,7 @@ from cluster.repository.stores import open_store
 from deployments.config.model_config import ConfigError, ModelConfig
 from deployments.config.messages import Autoscaling
 from deployments.errors import without_paths
+from deployments.operations.payloads import sink_for
 from deployments.scheduling.limits import ServingLimits
 from deployments.serving.model import Model
 from ensembles.ensemble import Ensemble
@@ -178,6 +179,13 @@ class AppArgs(BaseModel):
                     "fails the requests in it; the next request starts it again). Decoupled Python models keep "
                     "to their own deployments.",
     )
+
+    @field_validator("payload_log")
+    @classmethod
+    def _a_payload_destination(cls, destination: str) -> str:
+        if destination:
+            sink_for(destination)  # (raises ValueError for an s3:// address without a bucket)
+        return destination
 
     @field_validator("http_header_forward_pattern", "grpc_header_forward_pattern")
     @classmethod

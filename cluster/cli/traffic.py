@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a request parameter whose value keeps its requests on one version")
     parser.add_argument("--reset", action="store_true", help="serve the split of the model's config again")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server's HTTP URL")
+    parser.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                        help="a header to send, e.g. the key of a restricted model-repository API (repeatable)")
 
 
 def parse_weights(items: list[str]) -> dict[str, float]:
@@ -43,14 +45,17 @@ def parse_weights(items: list[str]) -> dict[str, float]:
 def main(args: argparse.Namespace) -> int:
     url = f"{args.url.rstrip('/')}/v2/repository/models/{args.model}/traffic"
     try:
+        headers = dict(item.split("=", 1) for item in args.header if "=" in item)
+        if len(headers) != len(args.header):
+            raise argparse.ArgumentTypeError("--header takes KEY=VALUE")
         if args.reset or args.weights:
             if args.reset and args.weights:
                 raise argparse.ArgumentTypeError("--reset takes no weights")
             change = {"weights": None} if args.reset else {"weights": parse_weights(args.weights),
                                                            "sticky_by": args.sticky_by}
-            reply = requests.post(url, json=change, timeout=150)
+            reply = requests.post(url, json=change, headers=headers, timeout=150)
         else:
-            reply = requests.get(url, timeout=30)
+            reply = requests.get(url, headers=headers, timeout=30)
     except argparse.ArgumentTypeError as exc:
         print(f"ric traffic: {exc}")
         return 2

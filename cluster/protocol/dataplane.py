@@ -316,15 +316,21 @@ class DataPlane:
     async def traffic(self, model: str, change: dict | None = None) -> dict[str, Any]:
         """A model's traffic split between its versions (``{"traffic": null}`` without one); a ``change``
         (``{"weights": {...}, "sticky_by": ...}``, or ``{"weights": null}``: the config's again) returns once
-        the model's replica it asks has followed. In every model control mode: it loads nothing."""
+        the model's replica it asks has followed (its other copies follow the same push). In the model
+        control modes that let the repository change (``poll``, ``explicit``): it loads nothing."""
         if self.sync is None:
             raise invalid("this application has no model store sync: its traffic cannot change")
+        if change is not None and self.control_mode == "none":
+            raise unavailable("a traffic split cannot change in model control mode 'none' (nothing changes after "
+                              "start); the server's operator can choose 'poll' or 'explicit'")
         self.handle(model)
-        generation, split = await self.sync.traffic.remote(model, change)
-        if change is not None:
-            deadline = time.monotonic() + CONTROL_TIMEOUT_S
-            while not await self._followed(model, True, generation) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+        generation, split = await bounded(self.sync.traffic.remote(model, change), "the model store sync")
+        deadline = time.monotonic() + CONTROL_TIMEOUT_S
+        while change is not None and not await bounded(self._followed(model, True, generation), f"model '{model}'"):
+            if time.monotonic() > deadline:
+                raise unavailable(f"model '{model}' did not follow its new traffic split within "
+                                  f"{CONTROL_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.1)
         return {"model": model, "traffic": split}
 
     async def _other_configs(self, *models: str) -> list[dict[str, Any]]:

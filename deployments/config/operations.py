@@ -127,6 +127,8 @@ class PayloadLog(_Block):
                                                                    "SHA-256 digest instead of its values.")
     queue_size: int = Field(default=10_000, ge=1, description="Records waiting to be written at most (per copy "
                                                               "of the model); past it they are dropped, counted.")
+    queue_bytes: int = Field(default=256 << 20, ge=1, description="Bytes of tensors those records may hold at "
+                                                                  "most; past it they are dropped too.")
 
 
 class Drift(_Block):

@@ -261,8 +261,8 @@ class StatisticsReporter:
             self._heartbeat.cancel()
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._collector is not None and self._heartbeat is None:
-            self._heartbeat = loop.create_task(self._beat())
+        if self._collector is not None and (self._heartbeat is None or self._heartbeat.done()):
+            self._heartbeat = loop.create_task(self._beat())  # (again, should one ever have ended)
 
     def schedule(self) -> None:
         """Report shortly (and wait on the collector from now on, if not already)."""

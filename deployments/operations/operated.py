@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 from deployments.backends import Tensors
 from deployments.config.model_config import ModelConfig
@@ -34,6 +35,7 @@ class Operated:
         self._sample = Sample()  # the first requests' values, while the collector builds a reference of them
         self._learned: dict | None = None  # the reference the collector built from the first requests
         self._recheck_at = 0.0  # when to look at the reference file's modification time again
+        self._quiet_until: dict[str, float] = {}  # what failed -> until when its errors are not logged again
         self._shadow_counts: dict[int, dict[str, ShadowStatistics]] = {}  # (event loop only)
         self.shadow = ShadowCopies(model, run, self._counts, counted)
         self.payloads: PayloadWriter | None = None  # made when a request is first logged
@@ -49,33 +51,54 @@ class Operated:
         copy itself."""
         if not shadowable(callers):
             return
-        self._log(config, version, request_id, arrived_s, started_ns, inputs, result)
+        with self._never_failing("its payload log"):
+            self._log(config, version, request_id, arrived_s, started_ns, inputs, result)
         if config.drift is not None:
-            windows = self._windows(config, version)
-            if windows is not None:
-                windows.observe({**inputs, **result})
-            elif config.drift.reference_requests:
-                self._sample.add({**inputs, **result}, config.drift.reference_requests)
+            with self._never_failing("its drift monitoring"):
+                windows = self._windows(config, version)
+                if windows is not None:
+                    windows.observe({**inputs, **result})
+                elif config.drift.reference_requests:
+                    self._sample.add({**inputs, **result}, config.drift.reference_requests)
         if config.shadow is not None:
-            self.shadow.offer(config.shadow, version, inputs, outputs, parameters, result)
+            with self._never_failing("its shadow"):
+                self.shadow.offer(config.shadow, version, inputs, outputs, parameters, result)
 
     def failed(self, config: ModelConfig, callers: tuple[str, ...], version: int, request_id: str,
                arrived_s: float, started_ns: int, inputs: Tensors, error: Exception) -> None:
         if shadowable(callers):
-            self._log(config, version, request_id, arrived_s, started_ns, inputs, None, error)
+            with self._never_failing("its payload log"):
+                self._log(config, version, request_id, arrived_s, started_ns, inputs, None, error)
+
+    @contextmanager
+    def _never_failing(self, what: str) -> Iterator[None]:
+        """What is done beside a request never fails it: an error is logged (once a minute at most)."""
+        try:
+            yield
+        except Exception as exc:
+            if time.monotonic() >= self._quiet_until.get(what, 0.0):
+                self._quiet_until[what] = time.monotonic() + 60.0
+                logger.exception("model '%s': %s failed (the request was answered): %r", self.model, what, exc)
 
     def _log(self, config: ModelConfig, version: int, request_id: str, arrived_s: float, started_ns: int,
              inputs: Tensors, outputs: Tensors | None, error: Exception | None = None) -> None:
         if config.payload_log is None:
             return
         if self.payloads is None:
+            if self._refused:
+                return
             if not self.destination:
-                if not self._refused:
-                    logger.error("model '%s' sets payload_log, but the application has no payload log destination "
-                                 "(ric serve --payload-log, AppArgs.payload_log): nothing is logged", self.model)
+                logger.error("model '%s' sets payload_log, but the application has no payload log destination "
+                             "(ric serve --payload-log, AppArgs.payload_log): nothing is logged", self.model)
                 self._refused = True
                 return
-            self.payloads = PayloadWriter(self.model, self.replica, sink_for(self.destination))
+            try:
+                sink = sink_for(self.destination)
+            except ValueError as exc:
+                logger.error("model '%s': payload log destination: %s; nothing is logged", self.model, exc)
+                self._refused = True
+                return
+            self.payloads = PayloadWriter(self.model, self.replica, sink)
         self.payloads.offer(config.payload_log, version, request_id, arrived_s, time.perf_counter_ns() - started_ns,
                             inputs, outputs, error)
 

@@ -111,6 +111,7 @@ class _Record:
     inputs: Tensors
     outputs: Tensors
     settings: PayloadLog = field(repr=False, default=None)
+    nbytes: int = 0  # its tensors' bytes, held until written
 
 
 class PayloadWriter:
@@ -119,7 +120,9 @@ class PayloadWriter:
     def __init__(self, model: str, replica: str, sink: Sink):
         self.model, self.replica, self.sink = model, replica, sink
         self._queue: queue.Queue[_Record] = queue.Queue()
-        self._held = 0  # records queued or in the file being written (at most the settings' queue_size)
+        # Records queued or in the file being written, and their tensors' bytes (at most the settings'
+        # queue_size and queue_bytes).
+        self._held, self._held_bytes = 0, 0
         self._counts: dict[int, PayloadStatistics] = {}
         self._lock = threading.Lock()
         self._files = 0
@@ -133,67 +136,96 @@ class PayloadWriter:
         if not settings.sample_rate or random.random() >= settings.sample_rate:
             return
         status = "OK" if error is None else getattr(getattr(error, "code", None), "name", type(error).__name__)
-        copied = lambda tensors: {n: np.array(a, copy=True) for n, a in (tensors or {}).items()}  # noqa: E731
-        record = _Record(version, request_id, arrived_s, latency_ns, status, "" if error is None else str(error),
-                         copied(inputs), copied(outputs), settings)
+        inputs, outputs = _kept(inputs, settings), _kept(outputs, settings)
+        size = sum(_nbytes(a) for a in (*inputs.values(), *outputs.values()))
         with self._lock:
             counts = self._counts.setdefault(version, PayloadStatistics())
-            if self._held >= settings.queue_size:
+            if self._held >= settings.queue_size or (self._held and self._held_bytes + size > settings.queue_bytes):
                 counts.dropped += 1
                 return
             counts.logged += 1
             self._held += 1
-        self._queue.put_nowait(record)
+            self._held_bytes += size
+        copied = lambda tensors: {n: a if _stand_in(a) else np.array(a, copy=True)  # noqa: E731
+                                  for n, a in tensors.items()}
+        self._queue.put_nowait(_Record(version, request_id, arrived_s, latency_ns, status,
+                                       "" if error is None else str(error), copied(inputs), copied(outputs),
+                                       settings, size))
 
     def counts(self) -> dict[int, PayloadStatistics]:
         """Per version: records logged (queued), written, dropped; a copy."""
         with self._lock:
             return {v: PayloadStatistics(c.logged, c.written, c.dropped) for v, c in self._counts.items()}
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 5.0) -> None:
+        """Write what is held (a few tries, within ``wait_s``), then end the writer."""
         self._stopped.set()
+        self._thread.join(wait_s)
 
     def _write_forever(self) -> None:
-        while not self._stopped.is_set():
+        while True:
             batch, size, deadline, most = [], 0, None, 1 << 62
             # A file is cut early at half the queue's bound, so a healthy sink never fills the queue.
-            while size < MAX_FILE_BYTES and len(batch) < most and not self._stopped.is_set():
-                timeout = 0.5 if deadline is None else deadline - time.monotonic()
-                if timeout <= 0:
+            while size < MAX_FILE_BYTES and len(batch) < most:
+                if self._stopped.is_set():  # stopping: everything queued goes into this last file
+                    timeout = 0.0
+                elif (timeout := 0.5 if deadline is None else deadline - time.monotonic()) <= 0:
                     break
                 try:
-                    record = self._queue.get(timeout=timeout)
+                    record = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
                 except queue.Empty:
+                    if self._stopped.is_set():
+                        break
                     continue
                 deadline = deadline or time.monotonic() + MAX_FILE_S
-                most = max(1, record.settings.queue_size // 2)
-                line = orjson.dumps(self._line(record), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
-                batch.append((record.version, line))
-                size += len(line)
+                most = max(1, record.settings.queue_size // 2) if not self._stopped.is_set() else 1 << 62
+                line = self._serialised(record)
+                if line is not None:
+                    batch.append((record, line))
+                    size += len(line)
             if batch:
                 self._write(batch)
+            if self._stopped.is_set() and self._queue.empty():
+                return
 
-    def _write(self, batch: list[tuple[int, bytes]]) -> None:
-        """Write one file, trying until it is written (or the writer stops)."""
+    def _serialised(self, record: _Record) -> bytes | None:
+        try:
+            return orjson.dumps(self._line(record), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        except Exception as exc:  # a tensor no line can hold: that record is dropped, counted, the writer goes on
+            logger.warning("model '%s': a payload record cannot be written as JSON: %r", self.model, exc)
+            self._done([record], "dropped")
+            return None
+
+    def _write(self, batch: list[tuple[_Record, bytes]]) -> None:
+        """Write one file, trying until it is written (stopping: a few tries, then what it held is lost)."""
         self._files += 1
         now = time.time()
         name = (f"{self.model}/{time.strftime('%Y-%m-%d', time.gmtime(now))}/"
                 f"{time.strftime('%H%M%S', time.gmtime(now))}-{self.replica}-{self._files}.jsonl")
-        data, backoff = b"".join(line for _, line in batch), 0.5
+        data, backoff, tries = b"".join(line for _, line in batch), 0.5, 0
         while True:
             try:
                 self.sink.write(name, data)
                 break
             except Exception as exc:
+                tries += 1
                 logger.warning("model '%s': payload log write of %d records failed (trying again in %.1f s): %r",
                                self.model, len(batch), backoff, exc)
-                if self._stopped.wait(backoff):
+                if self._stopped.is_set() and tries >= 3:
                     return
+                time.sleep(backoff) if self._stopped.is_set() else self._stopped.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+        self._done([record for record, _ in batch], "written")
+
+    def _done(self, records: list[_Record], outcome: str) -> None:
         with self._lock:
-            for version, _ in batch:
-                self._counts.setdefault(version, PayloadStatistics()).written += 1
-            self._held -= len(batch)
+            for record in records:
+                counts = self._counts.setdefault(record.version, PayloadStatistics())
+                if outcome == "dropped":
+                    counts.logged -= 1
+                setattr(counts, outcome, getattr(counts, outcome) + 1)
+            self._held -= len(records)
+            self._held_bytes -= sum(record.nbytes for record in records)
 
     def _line(self, record: _Record) -> dict[str, Any]:
         settings = record.settings
@@ -206,6 +238,26 @@ class PayloadWriter:
                             for n, a in record.outputs.items()}}
 
 
+def _kept(tensors: Tensors | None, settings: PayloadLog) -> Tensors:
+    """A record's tensors: a redacted one as a stand-in of its dtype and shape (no bytes of it kept)."""
+    return {name: np.broadcast_to(np.zeros((), np.asarray(array).dtype), np.shape(array))
+            if name in settings.redact else array for name, array in (tensors or {}).items()}
+
+
+def _stand_in(array: np.ndarray) -> bool:
+    array = np.asarray(array)
+    return array.size > 1 and not any(array.strides)
+
+
+def _nbytes(array: np.ndarray) -> int:
+    array = np.asarray(array)
+    if _stand_in(array):
+        return 0
+    if array.dtype == object:
+        return sum(len(v) if isinstance(v, (bytes, bytearray, str)) else 8 for v in array.ravel())
+    return array.nbytes
+
+
 def tensor(array: np.ndarray, redacted: bool, digest_over_bytes: int) -> dict[str, Any]:
     """A tensor as a payload line holds it: its values, its digest when large, or neither when redacted."""
     try:
@@ -215,7 +267,7 @@ def tensor(array: np.ndarray, redacted: bool, digest_over_bytes: int) -> dict[st
     entry: dict[str, Any] = {"datatype": datatype, "shape": list(array.shape)}
     if redacted:
         entry["redacted"] = True
-    elif array.dtype == object:
+    elif array.dtype == object or array.dtype.kind in "SU":
         values = [v if isinstance(v, (bytes, bytearray)) else str(v).encode() for v in array.ravel()]
         if sum(len(v) for v in values) > digest_over_bytes:
             entry["sha256"] = hashlib.sha256(b"".join(len(v).to_bytes(4, "little") + v for v in values)).hexdigest()

@@ -12,6 +12,7 @@ does not shadow (or log) it again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -63,7 +64,9 @@ class ShadowCopies:
         call = BlsCall(model=shadow.model or self._model, inputs=inputs, outputs=outputs,
                        version=str(shadow.version) if shadow.version else None, parameters=dict(parameters or {}),
                        callers=(SHADOW_CALLER,))
-        task = asyncio.get_running_loop().create_task(self._copy(shadow, call, answer, counts))
+        # A context of its own: not a child of the client's request (Serve would cancel it with that request).
+        task = asyncio.get_running_loop().create_task(self._copy(shadow, call, answer, counts),
+                                                      context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -84,6 +87,9 @@ class ShadowCopies:
         except Exception as exc:  # never let a copy disturb the replica
             logger.warning("model '%s': shadow copy to '%s' failed: %r", self._model, call.model, exc)
             counts.record("failed", time.perf_counter_ns() - started)
+        except asyncio.CancelledError:  # (the replica stopping): counted, so every copy is accounted for
+            counts.record("failed", time.perf_counter_ns() - started)
+            raise
         finally:
             self._held -= 1
             self._counted()

@@ -34,6 +34,7 @@ from deployments.scheduling.sequences import Sequences, model_parameters, sequen
 from deployments.serving.served import ServedModel
 from deployments.observability.statistics import StatisticsReporter, VersionStatistics
 from deployments.operations.operated import Operated
+from deployments.operations.shadow import shadowable
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +285,8 @@ class ModelService(ServedModel):
         batching = self.runner.config.dynamic_batching
         try:
             pending.priority = batching.priority((parameters or {}).get("priority")) if batching else 0
+            if not shadowable(info.callers):  # a shadow copy waits behind every client's request
+                pending.priority = (batching.priority_levels if batching else 0) + 2
         except ValueError as exc:
             self.runner.release([pending], "OTHER")
             raise invalid(f"model '{self.runner.name}': {exc}") from None

@@ -196,8 +196,8 @@ class ModelRunner:
     def version_for(self, version: int | str | None, backends: dict[int, Backend] | None = None,
                     parameters: dict | None = None, sequence: int | str = 0) -> int:
         """The version a request asks for among ``backends`` (default: the loaded ones); when it names none,
-        the model's traffic split chooses (by the request's sticky parameter in ``parameters``, else by the
-        correlation id of its ``sequence``, which stays on one version), else the newest."""
+        the model's traffic split chooses (by the correlation id of its ``sequence``, which stays on one
+        version, else by the request's sticky parameter in ``parameters``), else the newest."""
         backends = self.backends if backends is None else backends
         if not backends:
             raise no_available_versions(self.name, self.reason)
@@ -205,8 +205,9 @@ class ModelRunner:
             traffic = self.base_config.traffic
             if traffic is None:
                 return max(backends)
-            key = (parameters or {}).get(traffic.sticky_by) if traffic.sticky_by else None
-            key = key if key is not None else (f"sequence {sequence}" if sequence not in (0, "") else None)
+            key = f"sequence {sequence}" if sequence not in (0, "") else None  # (a sequence keeps one version)
+            if key is None and traffic.sticky_by:
+                key = (parameters or {}).get(traffic.sticky_by)
             return traffic.choose(backends, None if key is None else str(key)) or max(backends)
         try:
             number = int(version)

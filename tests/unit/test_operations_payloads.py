@@ -115,3 +115,20 @@ def test_shadow_answers_agree_within_their_tolerance_only():
     assert not agree(ours, {"Y": ours["Y"][:1], "L": ours["L"]}, loose)  # another shape
     assert not agree(ours, {"Y": ours["Y"], "L": np.array([b"b"], object)}, loose)
     assert agree({"Y": np.array([np.nan])}, {"Y": np.array([np.nan])}, exact)
+
+
+def test_string_outputs_queue_bytes_and_a_stop_that_writes_what_is_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(payloads, "MAX_FILE_S", 30.0)  # nothing is cut before the stop
+    writer = PayloadWriter("m", "r1", FolderSink(str(tmp_path)))
+    settings = PayloadLog(sample_rate=1.0, queue_bytes=10_000, redact=["HUGE"])
+    writer.offer(settings, 1, "text", 0.0, 0, {"X": np.zeros(2)}, {"Y": np.array([b"cat", b"dog"])})
+    writer.offer(settings, 1, "redacted", 0.0, 0, {"HUGE": np.zeros((1000, 1000))}, {})  # keeps no bytes of it
+    writer.offer(settings, 1, "big", 0.0, 0, {"X": np.zeros(2000)}, {})  # 16 kB: past the bound, dropped
+    assert (writer.counts()[1].logged, writer.counts()[1].dropped) == (2, 1)
+    writer.stop()
+    lines = pandas.concat([pandas.read_json(p, lines=True) for p in tmp_path.rglob("*.jsonl")], ignore_index=True)
+    assert sorted(lines["id"]) == ["redacted", "text"] and writer.counts()[1].written == 2
+    text = lines[lines["id"] == "text"].iloc[0]
+    assert text["outputs"]["Y"] == {"datatype": "BYTES", "shape": [2], "data": ["cat", "dog"]}
+    assert lines[lines["id"] == "redacted"].iloc[0]["inputs"]["HUGE"] == {"datatype": "FP64", "shape": [1000, 1000],
+                                                                          "redacted": True}
