@@ -61,7 +61,8 @@ def window_numbers(before: VersionStatistics | None, after: VersionStatistics, s
         "queue_ms": round((after.queue.ns - before.queue.ns) / queued / 1e6, 2) if queued else None,
         "requests_total": after.success.count,
         "shadow": {candidate: shadow_numbers(counts) for candidate, counts in sorted(after.shadow.items())},
-        "drift": {key: {**window.scores(), "values": window.count, "threshold": window.threshold}
+        "drift": {key: {**window.scores(), "values": window.count, "threshold": window.threshold,
+                        "mean_std": window.mean_std(), "median": window.quantile(0.5)}
                   for key, window in sorted(after.drift.items()) if window.count},
     }
 

@@ -51,6 +51,8 @@ _CACHE_COUNTERS = (
 #: The latency histogram's bucket bounds in milliseconds (the statistics keep them in nanoseconds).
 _BOUNDS_MS = tuple(bound / 1e6 for bound in LATENCY_BOUNDS_NS)
 HISTOGRAM = "nv_inference_first_response_histogram_ms"
+#: The quantiles of drift windows exported (their reference profiles keep the same and two more).
+QUANTILES = (0.05, 0.5, 0.95)
 
 
 @dataclass
@@ -164,6 +166,8 @@ def _drift_families(per_version) -> list[Family]:
     count = Family("ric_drift_window_values", "Values of a feature counted in its window", "gauge")
     mean = Family("ric_drift_window_mean", "Mean of a number feature over its window", "gauge")
     std = Family("ric_drift_window_std", "Standard deviation of a number feature over its window", "gauge")
+    quantile = Family("ric_drift_window_quantile", "Quantiles of a number feature over its window, read from its "
+                      "reference's bins", "gauge")
     for model, version, s in per_version:
         for key, window in sorted(s.drift.items()):
             tensor, _, feature = key.rpartition("/")
@@ -175,7 +179,9 @@ def _drift_families(per_version) -> list[Family]:
             if (moments := window.mean_std()) is not None:
                 mean.add(labels, moments[0])
                 std.add(labels, moments[1])
-    return [family for family in (score, threshold, count, mean, std) if family.samples]
+                for q in QUANTILES:
+                    quantile.add({**labels, "quantile": str(q)}, window.quantile(q))
+    return [family for family in (score, threshold, count, mean, std, quantile) if family.samples]
 
 
 def custom_families(snapshot: dict[str, FamilySnapshot]) -> list[Family]:

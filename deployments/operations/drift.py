@@ -164,6 +164,21 @@ class FeatureWindow:
         mean = self.total / self.count
         return mean, math.sqrt(max(0.0, self.total_sq / self.count - mean * mean))
 
+    def quantile(self, q: float) -> float | None:
+        """A number feature's ``q`` quantile over the window, read from its bins: interpolated within an
+        inner bin, the nearest edge in the two open-ended ones (so accurate to a bin of the reference)."""
+        if not self.count or self.kind != "number" or not self.edges:
+            return None
+        rank, seen = q * self.count, 0
+        for i, count in enumerate(self.counts):
+            if count and seen + count >= rank:
+                if i == 0 or i == len(self.edges):
+                    return self.edges[min(i, len(self.edges) - 1)]
+                low, high = self.edges[i - 1], self.edges[i]
+                return low + (high - low) * (rank - seen) / count
+            seen += count
+        return self.edges[-1]
+
 
 class Windows:
     """The sliding windows of one model version's features in one replica (on its event loop)."""

@@ -38,6 +38,8 @@ def test_the_reference_distribution_scores_low_and_a_shifted_one_passes_the_thre
     assert high["T/category"].scores()["psi"] > low["T/category"].scores()["psi"]  # "eel": none of the reference
     mean, std = high["X/value"].mean_std()
     assert 0.9 < mean < 1.1 and 0.9 < std < 1.1
+    assert 0.8 < high["X/value"].quantile(0.5) < 1.2 and abs(low["X/value"].quantile(0.5)) < 0.15
+    assert low["X/value"].quantile(0.25) < low["X/value"].quantile(0.5) < low["X/value"].quantile(0.75)
 
 
 def test_windows_slide_and_large_tensors_count_a_bounded_sample():

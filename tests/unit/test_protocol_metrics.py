@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.protocol.metrics import HISTOGRAM, exposition, families
@@ -119,6 +120,7 @@ def test_shadow_payload_and_drift_families_per_version():
     assert _value(parsed["ric_drift_score"], **drift, method="psi") > 1  # every value in the last bin
     assert _value(parsed["ric_drift_window_values"], **drift) == 10
     assert _value(parsed["ric_drift_window_mean"], **drift) == 0.9
+    assert _value(parsed["ric_drift_window_quantile"], **drift, quantile="0.5") == pytest.approx(0.8)  # the last bin
     assert 'model="plain"' not in text.split("ric_shadow_requests", 1)[1].split("# HELP", 1)[0]
 
 
