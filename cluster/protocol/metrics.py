@@ -51,8 +51,9 @@ _CACHE_COUNTERS = (
 #: The latency histogram's bucket bounds in milliseconds (the statistics keep them in nanoseconds).
 _BOUNDS_MS = tuple(bound / 1e6 for bound in LATENCY_BOUNDS_NS)
 HISTOGRAM = "nv_inference_first_response_histogram_ms"
-#: The quantiles of drift windows exported (their reference profiles keep the same and two more).
-QUANTILES = (0.05, 0.5, 0.95)
+#: The quantiles of drift windows exported (within the inner bins of a reference of 4 bins or more; their
+#: profiles keep the same and two more).
+QUANTILES = (0.25, 0.5, 0.75)
 
 
 @dataclass
@@ -149,10 +150,11 @@ def _shadow_families(per_version) -> list[Family]:
 def _payload_family(per_version) -> list[Family]:
     """Payload logging's records per version: sampled and queued, written, dropped (its queue was full)."""
     family = Family("ric_payload_records", "Requests of a model version sampled for its payload log, by outcome "
-                    "(logged: queued, written, dropped: the queue was full)", "counter")
+                    "(logged: accepted, written, dropped: not accepted, the queue was full; lost: accepted and "
+                    "never written)", "counter")
     for model, version, s in per_version:
         if s.payloads.logged or s.payloads.dropped:
-            for outcome in ("logged", "written", "dropped"):
+            for outcome in ("logged", "written", "dropped", "lost"):
                 family.add({"model": model, "version": str(version), "outcome": outcome}, getattr(s.payloads, outcome))
     return [family] if family.samples else []
 

@@ -106,7 +106,8 @@ class Shadow(_Block):
     tolerance: float = Field(default=0.0, ge=0, description="Largest absolute difference in a number that still "
                                                             "agrees (0: exact).")
     tolerances: dict[str, float] = Field(default_factory=dict, description="Output -> its own tolerance.")
-    queue_size: int = Field(default=64, ge=1, description="Copies waiting or running at most; more are dropped.")
+    queue_size: int = Field(default=16, ge=1, description="Copies waiting or running at most (per copy of the "
+                                                          "model); more are dropped.")
     sample_rate: float = Field(default=1.0, ge=0, le=1, description="The share of requests copied, 0 to 1.")
 
     @model_validator(mode="after")

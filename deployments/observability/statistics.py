@@ -87,17 +87,20 @@ class ShadowStatistics:
 
 @dataclass
 class PayloadStatistics:
-    """Payload logging of one version's requests (ric's): records sampled and queued, written, and dropped
-    (the queue was full: the sink slow or down)."""
+    """Payload logging of one version's requests (ric's): records sampled and accepted (logged), written,
+    not accepted (dropped: the queue was full, the sink slow or down), and accepted but never written (lost:
+    no JSON line could hold one, or the sink still failed as its replica stopped)."""
 
     logged: int = 0
     written: int = 0
     dropped: int = 0
+    lost: int = 0
 
     def merge(self, other: "PayloadStatistics") -> None:
         self.logged += other.logged
         self.written += other.written
         self.dropped += other.dropped
+        self.lost += other.lost
 
 
 @dataclass

@@ -68,11 +68,11 @@ def _combined(arrays: list[np.ndarray], columns: bool) -> np.ndarray:
     """Several requests' values of one tensor as one array, each request's at most ``MAX_ELEMENTS``
     (rows of its last dim kept whole where columns are features)."""
     arrays = [np.asarray(array) for array in arrays]
-    if columns and arrays[0].ndim >= 2 and arrays[0].dtype.kind in "biuf":
-        width = arrays[0].shape[-1]
-        rows = [a.reshape(-1, width) for a in arrays if a.shape[-1] == width]
-        return np.concatenate([_sample(r, max(1, MAX_ELEMENTS // width)) for r in rows])
-    return np.concatenate([_sample(a.ravel(), MAX_ELEMENTS) for a in arrays])
+    widths = {a.shape[-1] if a.ndim >= 2 else None for a in arrays}
+    if columns and len(widths) == 1 and None not in widths and 0 not in widths and arrays[0].dtype.kind in "biuf":
+        (width,) = widths
+        return np.concatenate([_sample(a.reshape(-1, width), max(1, MAX_ELEMENTS // width)) for a in arrays])
+    return np.concatenate([_sample(a.ravel(), MAX_ELEMENTS) for a in arrays])  # (columns of other widths: none)
 
 
 def _sample(values: np.ndarray, most: int | None) -> np.ndarray:

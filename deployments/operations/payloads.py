@@ -140,7 +140,8 @@ class PayloadWriter:
         size = sum(_nbytes(a) for a in (*inputs.values(), *outputs.values()))
         with self._lock:
             counts = self._counts.setdefault(version, PayloadStatistics())
-            if self._held >= settings.queue_size or (self._held and self._held_bytes + size > settings.queue_bytes):
+            if self._stopped.is_set() or self._held >= settings.queue_size or (
+                    self._held and self._held_bytes + size > settings.queue_bytes):
                 counts.dropped += 1
                 return
             counts.logged += 1
@@ -153,9 +154,10 @@ class PayloadWriter:
                                        settings, size))
 
     def counts(self) -> dict[int, PayloadStatistics]:
-        """Per version: records logged (queued), written, dropped; a copy."""
+        """Per version: records logged (accepted), written, dropped (not accepted), lost (accepted, never
+        written: no JSON could hold it, or the sink still failed as the replica stopped); a copy."""
         with self._lock:
-            return {v: PayloadStatistics(c.logged, c.written, c.dropped) for v, c in self._counts.items()}
+            return {v: PayloadStatistics(c.logged, c.written, c.dropped, c.lost) for v, c in self._counts.items()}
 
     def stop(self, wait_s: float = 5.0) -> None:
         """Write what is held (a few tries, within ``wait_s``), then end the writer."""
@@ -193,7 +195,7 @@ class PayloadWriter:
             return orjson.dumps(self._line(record), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
         except Exception as exc:  # a tensor no line can hold: that record is dropped, counted, the writer goes on
             logger.warning("model '%s': a payload record cannot be written as JSON: %r", self.model, exc)
-            self._done([record], "dropped")
+            self._done([record], "lost")
             return None
 
     def _write(self, batch: list[tuple[_Record, bytes]]) -> None:
@@ -212,6 +214,7 @@ class PayloadWriter:
                 logger.warning("model '%s': payload log write of %d records failed (trying again in %.1f s): %r",
                                self.model, len(batch), backoff, exc)
                 if self._stopped.is_set() and tries >= 3:
+                    self._done([record for record, _ in batch], "lost")
                     return
                 time.sleep(backoff) if self._stopped.is_set() else self._stopped.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -221,8 +224,6 @@ class PayloadWriter:
         with self._lock:
             for record in records:
                 counts = self._counts.setdefault(record.version, PayloadStatistics())
-                if outcome == "dropped":
-                    counts.logged -= 1
                 setattr(counts, outcome, getattr(counts, outcome) + 1)
             self._held -= len(records)
             self._held_bytes -= sum(record.nbytes for record in records)

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 #: The caller a shadow copy names (no model can have this name), so that its answer is not shadowed again.
 SHADOW_CALLER = "<shadow>"
+#: A copy not answered within this long counts as failed and leaves the candidate's queue (copies queue behind
+#: every client request, so under sustained load they would otherwise hold a request slot for long).
+COPY_TIMEOUT_S = 10.0
 #: Answers of more bytes than this are compared on a worker thread, off the replica's event loop.
 COMPARE_ON_LOOP_BYTES = 1 << 16
 
@@ -61,12 +64,14 @@ class ShadowCopies:
             counts.dropped += 1
             return
         self._held += 1
+        kept = {k: v for k, v in (parameters or {}).items() if k != "priority"}  # (the candidate's levels may differ)
         call = BlsCall(model=shadow.model or self._model, inputs=inputs, outputs=outputs,
-                       version=str(shadow.version) if shadow.version else None, parameters=dict(parameters or {}),
-                       callers=(SHADOW_CALLER,))
-        # A context of its own: not a child of the client's request (Serve would cancel it with that request).
-        task = asyncio.get_running_loop().create_task(self._copy(shadow, call, answer, counts),
-                                                      context=contextvars.Context())
+                       version=str(shadow.version) if shadow.version else None, parameters=kept,
+                       callers=(SHADOW_CALLER,), timeout_s=COPY_TIMEOUT_S)
+        # A context of its own: not a child of the client's request (Serve would cancel it with that request);
+        # a task takes the context it is created in (Python 3.10 has no create_task(context=)).
+        task = contextvars.Context().run(asyncio.get_running_loop().create_task,
+                                         self._copy(shadow, call, answer, counts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -132,3 +132,14 @@ def test_string_outputs_queue_bytes_and_a_stop_that_writes_what_is_held(tmp_path
     assert text["outputs"]["Y"] == {"datatype": "BYTES", "shape": [2], "data": ["cat", "dog"]}
     assert lines[lines["id"] == "redacted"].iloc[0]["inputs"]["HUGE"] == {"datatype": "FP64", "shape": [1000, 1000],
                                                                           "redacted": True}
+
+
+def test_what_a_stopping_replica_cannot_write_is_counted_lost_and_later_records_dropped(tmp_path):
+    writer = PayloadWriter("m", "r1", DownSink(str(tmp_path)))
+    for i in range(3):
+        writer.offer(PayloadLog(sample_rate=1.0), 1, f"r{i}", 0.0, 0, {"X": np.zeros(1)}, {})
+    writer.stop()  # three tries, then it gives up
+    writer.offer(PayloadLog(sample_rate=1.0), 1, "late", 0.0, 0, {"X": np.zeros(1)}, {})
+    counts = writer.counts()[1]
+    assert (counts.logged, counts.written, counts.lost, counts.dropped) == (3, 0, 3, 1)
+    assert not list(tmp_path.rglob("*.jsonl"))
