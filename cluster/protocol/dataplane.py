@@ -33,7 +33,7 @@ PROTOCOL_PARAMETERS = {"binary_data_output", "triton_enable_empty_final_response
 #: Triton's extension names for what this server serves (clients may check them).
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "statistics", "model_repository",
               "model_repository(unload_dependents)", "system_shared_memory", "sequence", "schedule_policy",
-              "parameters", "logging", "trace", "ric_traffic"]
+              "parameters", "logging", "trace"]
 #: How long a load or unload waits for the model's replicas to follow.
 CONTROL_TIMEOUT_S = 120.0
 #: How long a call to a model for readiness, metadata, config, the index or statistics may take (a model
