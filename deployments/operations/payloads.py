@@ -119,7 +119,7 @@ class PayloadWriter:
 
     def __init__(self, model: str, replica: str, sink: Sink):
         self.model, self.replica, self.sink = model, replica, sink
-        self._queue: queue.Queue[_Record] = queue.Queue()
+        self._queue: queue.Queue[_Record | None] = queue.Queue()
         # Records queued or in the file being written, and their tensors' bytes (at most the settings'
         # queue_size and queue_bytes).
         self._held, self._held_bytes = 0, 0
@@ -162,6 +162,7 @@ class PayloadWriter:
     def stop(self, wait_s: float = 5.0) -> None:
         """Write what is held (a few tries, within ``wait_s``), then end the writer."""
         self._stopped.set()
+        self._queue.put(None)  # (wakes the writer from its wait for the next record)
         self._thread.join(wait_s)
 
     def _write_forever(self) -> None:
@@ -178,6 +179,8 @@ class PayloadWriter:
                 except queue.Empty:
                     if self._stopped.is_set():
                         break
+                    continue
+                if record is None:  # stop() woke it
                     continue
                 deadline = deadline or time.monotonic() + MAX_FILE_S
                 most = max(1, record.settings.queue_size // 2) if not self._stopped.is_set() else 1 << 62
