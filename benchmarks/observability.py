@@ -93,13 +93,25 @@ def scraping(metrics_port: int, stop: threading.Event) -> None:
         stop.wait(1.0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def cell_arguments(description: str, rounds: int) -> argparse.Namespace:
+    """The command line of a benchmark of interleaved closed-loop cells: seconds, rounds, concurrency, out."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per cell")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--out", help="also write the table as Markdown to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def print_table(lines: list[str], out: str | None) -> None:
+    """Print a benchmark's Markdown lines, and write them to ``out`` too if given."""
+    print("\n".join(lines))
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    args = cell_arguments(__doc__, rounds=5)
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as folder:
         process, url, metrics_port, _ = start_server(Path(folder))
@@ -129,9 +141,7 @@ def main() -> None:
         median = statistics.median(rates[mode])
         lines.append(f"| {mode} | {median:.0f} | {', '.join(f'{r:.0f}' for r in rates[mode])} | "
                      f"{median / base:.2f}x |")
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    print_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ the rounds, each as a ratio to `off`); `--out FILE` also writes it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -37,7 +36,7 @@ import requests
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.observability import measure, start_server  # noqa: E402
+from benchmarks.observability import cell_arguments, measure, print_table, start_server  # noqa: E402
 from cluster.repository.examples import onnx_add_sub  # noqa: E402
 from deployments.operations.drift import profile_of  # noqa: E402
 
@@ -99,12 +98,7 @@ def settle(metrics_port: int, timeout_s: float = 60.0) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per cell")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--out", help="also write the table as Markdown to this file")
-    args = parser.parse_args()
+    args = cell_arguments(__doc__, rounds=3)
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in CELLS}
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "repository"
@@ -133,9 +127,7 @@ def main() -> None:
         rate, p99 = statistics.median(r for r, _ in measured), statistics.median(p for _, p in measured)
         lines.append(f"| {name} | {rate:.0f} | {', '.join(f'{r:.0f}' for r, _ in measured)} | {rate / base_rate:.2f}x "
                      f"| {p99:.1f} | {p99 / base_p99:.2f}x |")
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    print_table(lines, args.out)
 
 
 if __name__ == "__main__":
