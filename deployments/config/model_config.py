@@ -299,20 +299,6 @@ def _ric_block(parameters: dict[str, Any], yaml_form: Any, source: str, block: s
     return fields if yaml_form is not None or from_parameters else None
 
 
-def with_operations(config: ModelConfig, source: ModelConfig) -> ModelConfig:
-    """``config`` with the operations blocks (traffic, shadow, payload log) of ``source``."""
-    blocks = {block: getattr(source, block) for block in BLOCKS}
-    if all(getattr(config, block) == value for block, value in blocks.items()):
-        return config
-    return config.model_copy(update=blocks)
-
-
-def same_model(one: ModelConfig, other: ModelConfig) -> bool:
-    """Whether two configs serve the same model, whatever their operations blocks (which change without a
-    load)."""
-    return with_operations(one, other) == other
-
-
 def _count(dims: list[int]) -> int:
     total = 1
     for d in dims:

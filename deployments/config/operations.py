@@ -160,3 +160,18 @@ class Drift(_Block):
 
 #: The blocks, by their name in a config.
 BLOCKS: dict[str, type[_Block]] = {"traffic": Traffic, "shadow": Shadow, "payload_log": PayloadLog, "drift": Drift}
+
+
+def with_operations(config, source):
+    """``config`` (a ModelConfig) with the operations blocks of ``source`` (another)."""
+    blocks = {block: getattr(source, block) for block in BLOCKS}
+    if all(getattr(config, block) == value for block, value in blocks.items()):
+        return config
+    return config.model_copy(update=blocks)
+
+
+def same_model(one, other) -> bool:
+    """Whether two ModelConfigs serve the same model, whatever their operations blocks (which change without
+    a load)."""
+    return with_operations(one, other) == other
+

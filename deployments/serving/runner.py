@@ -20,7 +20,8 @@ from deployments.scheduling import batching
 from deployments.backends import (Backend, RequestInfo, Tensors, backend_class, cancellation, keep_parameters,
                                   resolve_backend)
 from deployments.backends.process import ProcessBackend
-from deployments.config.model_config import ModelConfig, same_model, with_operations
+from deployments.config.model_config import ModelConfig
+from deployments.config.operations import same_model, with_operations
 from deployments.errors import (ErrorCode, InferenceError, no_available_versions, unknown_model,
                                 version_not_ready, without_paths)
 from deployments.observability.custom_metrics import REGISTRY, merge
