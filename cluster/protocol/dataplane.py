@@ -23,7 +23,7 @@ from cluster.repository.paths import check_model_name
 from deployments.observability import settings_follower, tracing
 from deployments.backends import Tensors, keep_parameters
 from deployments.errors import invalid, no_available_versions, unavailable, unknown_model
-from deployments.serving.model import UNLOADED
+from deployments.serving.follow import UNLOADED
 from deployments.serving.served import answer, sized_for, stream_of
 
 #: The name /v2 metadata gives by default: Triton's, which Triton's own clients check for.

@@ -15,13 +15,17 @@ or more responses, sent from any thread of the model's) are not run this way.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import ctypes
 import itertools
 import multiprocessing
+import os
 import queue
 import pickle
 import signal
+import socket
+import struct
 import sys
 import threading
 import traceback
@@ -39,6 +43,17 @@ from deployments.observability.custom_metrics import REGISTRY
 STOP_GRACE_S = 5.0
 #: Seconds a stub process may take to start and load its model before it is killed.
 LOAD_TIMEOUT_S = 300.0
+#: Batches and answers up to this size are written and read on the replica's event loop; larger ones on a
+#: worker thread (``ProcessBackend.execute_async``).
+LOOP_BYTES = 256 * 1024
+#: The length before each message on the pipe (multiprocessing's framing; -1: a longer length follows).
+_HEADER = struct.Struct("!i")
+
+
+def _tensor_bytes(requests: list[Tensors]) -> int:
+    """About the bytes of a batch's tensors (a BYTES tensor's elements counted by their lengths)."""
+    return sum(sum(len(item) for item in tensor.flat if isinstance(item, bytes)) if tensor.dtype == object
+               else tensor.nbytes for request in requests for tensor in request.values())
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -184,6 +199,8 @@ class ProcessBackend(Backend):
                                                               thread_name_prefix=f"ric-bls-{config.name}")
         self._process = None
         self._connection = None
+        self._peer: socket.socket | None = None
+        self._turn: asyncio.Lock | None = None  # batches from the event loop take their turns here
         self._stopped_because: str | None = None  # why abort() ended the process, for the request in it
         self._metrics: dict = {}  # the stub's latest snapshot of the model's own metrics
 
@@ -198,6 +215,9 @@ class ProcessBackend(Backend):
                                   args=(child, self.backend_name, self.config, str(self.version_dir), self.device))
         process.start()
         child.close()
+        if self._peer is not None:
+            self._peer.close()
+        self._peer = socket.socket(fileno=os.dup(parent.fileno()))  # the same socket, to peek at a message's size
         self._process, self._connection, self._stopped_because = process, parent, None  # abort() sees it
         try:
             if not parent.poll(LOAD_TIMEOUT_S):
@@ -222,47 +242,106 @@ class ProcessBackend(Backend):
 
     def execute(self, requests: list[Tensors], infos: list[RequestInfo] | None = None) -> list[Tensors | Exception]:
         with self._lock:
-            if self._process is None or not self._process.is_alive():
-                self._start()
+            return self._exchange(requests, infos)
+
+    async def execute_async(self, requests: list[Tensors], infos: list[RequestInfo] | None = None
+                            ) -> list[Tensors | Exception]:
+        """``execute`` from the replica's event loop, with no thread in between: the batch is written and its
+        answer read on the loop (the stub's BLS calls dispatched there meanwhile), so a small batch costs two
+        messages and no thread hand-off. A batch whose tensors are large goes through ``execute`` on a
+        worker thread, and so does an answer that is: their copies do not hold the loop."""
+        loop = asyncio.get_running_loop()
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        async with self._turn:  # one batch at a time (the threading lock: against load, unload, execute)
+            if not self._lock.acquire(blocking=False):
+                await loop.run_in_executor(None, self._lock.acquire)
             try:
-                self._send(self._connection, ("execute", requests, infos))
-                for info in infos or ():  # a cancel sent before the batch was not kept there: again
-                    if cancellation.is_cancelled(info.token):
-                        self._send(self._connection, ("cancel", info.token))
-                kind, value, metrics = self._receive()
-                if metrics is not None:
-                    self._metrics = metrics
-            except (EOFError, OSError):
-                self._process.join(STOP_GRACE_S)
-                code, self._process = self._process.exitcode, None
-                why, self._stopped_because = self._stopped_because, None
-                raise InferenceError(ErrorCode.UNAVAILABLE, f"model '{self.config.name}': its stub process "
-                                     f"{why or f'exited (exit code {code})'} with this request in it; the "
-                                     "next request starts it again") from None
+                if _tensor_bytes(requests) > LOOP_BYTES or self._process is None or not self._process.is_alive():
+                    return await loop.run_in_executor(None, self._exchange, requests, infos)
+                try:
+                    self._send_batch(requests, infos)
+                    while True:
+                        message = await self._next_message(loop)
+                        if message[0] != "call":
+                            break
+                        self._dispatch(self._connection, message, loop)
+                except (EOFError, OSError):
+                    raise self._exited() from None
+            finally:
+                self._lock.release()
+        return self._answered(message)
+
+    def _exchange(self, requests: list[Tensors], infos: list[RequestInfo] | None) -> list[Tensors | Exception]:
+        """One batch down the pipe and its answer back, on this thread (the lock held)."""
+        if self._process is None or not self._process.is_alive():
+            self._start()
+        try:
+            self._send_batch(requests, infos)
+            message = self._receive()
+        except (EOFError, OSError):
+            raise self._exited() from None
+        return self._answered(message)
+
+    def _send_batch(self, requests: list[Tensors], infos: list[RequestInfo] | None) -> None:
+        self._send(self._connection, ("execute", requests, infos))
+        for info in infos or ():  # a cancel sent before the batch was not kept there: again
+            if cancellation.is_cancelled(info.token):
+                self._send(self._connection, ("cancel", info.token))
+
+    def _answered(self, message) -> list[Tensors | Exception]:
+        kind, value, metrics = message
+        if metrics is not None:
+            self._metrics = metrics
         if kind == "error":
             raise value
         return value
+
+    def _exited(self) -> InferenceError:
+        """The stub process ended with a batch in it: the error for the batch's requests."""
+        self._process.join(STOP_GRACE_S)
+        code, self._process = self._process.exitcode, None
+        why, self._stopped_because = self._stopped_because, None
+        return InferenceError(ErrorCode.UNAVAILABLE, f"model '{self.config.name}': its stub process "
+                              f"{why or f'exited (exit code {code})'} with this request in it; the next request "
+                              "starts it again")
+
+    async def _next_message(self, loop: asyncio.AbstractEventLoop):
+        """The stub's next message, waited for on the loop; a large one is read on a worker thread."""
+        connection, ready = self._connection, loop.create_future()
+        loop.add_reader(connection.fileno(), lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(connection.fileno())
+        header = self._peer.recv(_HEADER.size, socket.MSG_PEEK)
+        if len(header) == _HEADER.size and not 0 <= _HEADER.unpack(header)[0] <= LOOP_BYTES:
+            return await loop.run_in_executor(None, connection.recv)
+        return connection.recv()  # a short read (a header split in two) waits for the rest here
 
     def _send(self, connection, message) -> None:
         with self._send_lock:
             connection.send(message)
 
     def _receive(self):
-        """The stub's next message that is not a BLS call; each call is handed to ``calls`` meanwhile, its
-        answer sent back when it comes (calls run at once: ``async_exec`` gathers them)."""
-        connection = self._connection
-        while True:
-            message = connection.recv()
-            if message[0] != "call":
-                return message
-            _, number, call, one_by_one = message
-            each = partial(self._part, connection, number) if one_by_one else None
-            try:
-                if self.calls is None:
-                    raise InferenceError(ErrorCode.UNAVAILABLE, "this replica offers no calls to other models")
-                self.calls.submit(call, each).add_done_callback(partial(self._answer, connection, number))
-            except Exception as exc:
-                self._send(connection, ("called", number, [InferenceError.from_exception(exc)]))
+        """The stub's next message that is not a BLS call, each call dispatched meanwhile."""
+        while (message := self._connection.recv())[0] == "call":
+            self._dispatch(self._connection, message)
+        return message
+
+    def _dispatch(self, connection, message, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Hand the stub's BLS call to ``calls`` (run on ``loop`` when called from it) and send its answer down
+        when it comes: calls run at once (``async_exec`` gathers them)."""
+        _, number, call, one_by_one = message
+        each = partial(self._part, connection, number) if one_by_one else None
+        try:
+            if self.calls is None:
+                raise InferenceError(ErrorCode.UNAVAILABLE, "this replica offers no calls to other models")
+            running = (loop.create_task(self.calls.run(call, each)) if loop is not None
+                       else self.calls.submit(call, each))
+            running.add_done_callback(partial(self._answer, connection, number))
+        except Exception as exc:
+            self._send(connection, ("called", number, [InferenceError.from_exception(exc)]))
 
     def _answer(self, connection, number: int, future: concurrent.futures.Future) -> None:
         """Send a call's answer down (on the thread that finished it); a call that failed or was cancelled
@@ -319,6 +398,9 @@ class ProcessBackend(Backend):
     def unload(self) -> None:
         with self._lock:
             process, connection, self._process = self._process, self._connection, None
+            if self._peer is not None:
+                self._peer.close()
+                self._peer = None
             if process is None:
                 return
             try:

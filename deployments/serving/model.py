@@ -4,7 +4,8 @@ model, named after it) runs one per replica, and an Ingress that colocates the m
 Requests are checked before they join a batch (a bad one fails alone); the dynamic batcher collects them
 while the model is busy, and for up to ``max_queue_delay_microseconds`` when it is not, counting rows (not
 requests) against the batch size; the batch runs on one executor thread so the replica keeps accepting
-requests meanwhile.
+requests meanwhile, or, for a Python model in stub processes, on the event loop itself (the stub does the
+work; the batch costs two messages and no thread hand-off).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import ray
@@ -26,8 +26,10 @@ from deployments.scheduling.batching import DynamicBatcher
 from deployments.config.model_config import ModelConfig
 from deployments.errors import decoupled_over_unary, invalid, unavailable
 from deployments.serving.bls import SEQUENCE_END, SEQUENCE_START, ApplicationModels, ModelCalls, refuse_cycle
+from deployments.serving.follow import follow
 from deployments.serving.queued import QueuedRequests
-from deployments.serving.runner import ModelRunner, Pending, VersionSource
+from deployments.serving.pending import Pending
+from deployments.serving.runner import ModelRunner, VersionSource
 from deployments.scheduling.limits import ServingLimits, batch_limits, max_queued, queue_timeout_ns
 from deployments.scheduling.response_cache import ResponseCache, request_key
 from deployments.scheduling.sequences import Sequences, model_parameters, sequence_step
@@ -37,9 +39,6 @@ from deployments.operations.operated import Operated
 from deployments.operations.shadow import shadowable
 
 logger = logging.getLogger(__name__)
-
-UNLOADED = "unloaded through the repository API"
-
 
 class ModelService(ServedModel):
     """Serves every loaded version of one model: checks, dynamic batching, statistics, version updates; in a
@@ -61,7 +60,7 @@ class ModelService(ServedModel):
         self.runner.load()
         self._queued = QueuedRequests(self.runner)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-{config.name}")
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-load-{config.name}")
         replica = serve.get_replica_context().replica_id.unique_id
         self._reporter = StatisticsReporter(statistics, config.name, replica, self._snapshot,
                                             ray.util.get_node_ip_address(), self.runner.custom_metrics,
@@ -74,14 +73,14 @@ class ModelService(ServedModel):
         # The payload log and the shadow copies (deployments/operations).
         self._operated = Operated(config.name, replica, limits.payload_log, calls.run, self._reporter.schedule,
                                   self.runner.folder)
-        self._configure_batching()
+        self.configure_batching()
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
         self.generation = 0  # the sync's last generation this copy has applied
-        self._follower = asyncio.get_running_loop().create_task(self._follow(sync)) if sync is not None else None
+        self._follower = asyncio.get_running_loop().create_task(follow(self, sync)) if sync is not None else None
         settings_follower.follow(statistics)
         self._tracer = tracing.tracer_for(statistics)
 
-    def _configure_batching(self) -> None:
+    def configure_batching(self) -> None:
         """Batch per the config of the versions now loaded (a version update may change it)."""
         config = self.runner.config
         limits = batch_limits(config) if self.runner.ready else None
@@ -102,28 +101,6 @@ class ModelService(ServedModel):
             self._sequences = None
         elif self._sequences is None or self._sequences.batching != config.sequence_batching:
             self._sequences = Sequences(config)  # a new sequence config: the sequences held start over
-
-    async def _follow(self, sync: Any) -> None:
-        """Apply the versions and config the sync deployment pushes: load beside, warm up, swap, unload the
-        old. ``generation`` tells the repository API how far this copy has followed."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                generation, versions, config = await sync.watch.remote(self.runner.name, self.generation)
-            except Exception as exc:  # the sync restarting: serving goes on, ask again shortly
-                logger.warning("model '%s': version watch failed: %r", self.runner.name, exc)
-                await asyncio.sleep(1.0)
-                continue
-            if versions is None:  # unloaded through the repository API
-                if self.runner.backends:
-                    await loop.run_in_executor(self._loader, self.runner.unload_all, UNLOADED)
-            else:
-                served = sorted(self.runner.backends)
-                failed = [v for v in versions if self.runner.states.get(v) and self.runner.states[v].state != "READY"]
-                if versions != served or failed or not served or config != self.runner.base_config:
-                    await loop.run_in_executor(self._loader, partial(self.runner.update, versions, config=config))
-                    self._configure_batching()
-            self.generation = generation
 
     async def infer_versioned(
         self, inputs: Tensors, outputs: list[str] | None = None, version: int | str | None = None,
@@ -309,8 +286,10 @@ class ModelService(ServedModel):
             raise
 
     async def _snapshot(self):
-        # Copied on the executor thread (which updates them), with the response cache's counts (event loop's).
-        stats = await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.statistics_snapshot)
+        # Copied on the thread that updates them (the executor's; the event loop's for stub processes), with
+        # the response cache's counts (event loop's).
+        stats = (self.runner.statistics_snapshot() if self.runner.apart else
+                 await asyncio.get_running_loop().run_in_executor(self._executor, self.runner.statistics_snapshot))
         for version, counts in self._cached.items():
             stats.setdefault(version, VersionStatistics()).merge(counts)
         self._operated.merge_into(stats)
@@ -318,15 +297,25 @@ class ModelService(ServedModel):
 
     async def _run_batch(self, pending: list[Pending]) -> list[Tensors | Exception]:
         # Shielded: a caller that gives up while its request waits for the executor must not cancel the
-        # queued call, which is what releases the request's version (the result is dropped).
+        # queued call, which is what releases the request's version (the result is dropped). A batch for stub
+        # processes runs on the event loop (the stub does the work), any other on the model's executor.
+        if self.runner.runs_apart(pending):
+            return await asyncio.shield(self._execute_apart(pending))
         loop = asyncio.get_running_loop()
         return await asyncio.shield(loop.run_in_executor(self._executor, self._execute, pending))
 
     def _execute(self, pending: list[Pending]) -> list[Tensors | Exception]:
-        dropped = {i: error for i, p in enumerate(pending) if (error := self._queued.cancelled(p)) is not None}
-        kept = [p for i, p in enumerate(pending) if i not in dropped]
-        results = iter(self._timed(self.runner.execute, kept) if kept else [])
-        return [dropped[i] if i in dropped else next(results) for i in range(len(pending))]
+        dropped, kept = self._queued.split(pending)
+        return self._queued.merge(pending, dropped, self._timed(self.runner.execute, kept) if kept else [])
+
+    async def _execute_apart(self, pending: list[Pending]) -> list[Tensors | Exception]:
+        dropped, kept = self._queued.split(pending)
+        self._running_since = time.monotonic()
+        try:
+            results = await self.runner.execute_async(kept) if kept else []
+        finally:
+            self._running_since = None
+        return self._queued.merge(pending, dropped, results)
 
     def execution_timeout_s(self) -> float:
         runner = getattr(self, "runner", None)  # (asked by BLS calls of a model's initialize too)
@@ -385,7 +374,7 @@ class ModelService(ServedModel):
             self._operated.stop()
         self.runner.unload()
         self._executor.shutdown(wait=False)
-        self._loader.shutdown(wait=False)
+        self.loader.shutdown(wait=False)
 
 
 @serve.deployment

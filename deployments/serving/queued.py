@@ -7,7 +7,8 @@ import time
 
 from deployments.backends import cancellation
 from deployments.errors import ErrorCode, InferenceError, unavailable
-from deployments.serving.runner import ModelRunner, Pending
+from deployments.serving.pending import Pending
+from deployments.serving.runner import ModelRunner
 
 
 class QueuedRequests:
@@ -40,3 +41,14 @@ class QueuedRequests:
             return None
         self.runner.release([pending], "CANCELED")
         return InferenceError(ErrorCode.CANCELLED, f"model '{self.runner.name}': cancelled (its caller has gone)")
+
+    def split(self, pending: list[Pending]) -> tuple[dict[int, Exception], list[Pending]]:
+        """A batch about to run: the errors of the requests whose callers have gone, by position, and the rest."""
+        dropped = {i: error for i, p in enumerate(pending) if (error := self.cancelled(p)) is not None}
+        return dropped, [p for i, p in enumerate(pending) if i not in dropped]
+
+    @staticmethod
+    def merge(pending: list[Pending], dropped: dict[int, Exception], results: list) -> list:
+        """The batch's answers in its order: the dropped requests' errors and the results of the rest."""
+        ran = iter(results)
+        return [dropped[i] if i in dropped else next(ran) for i in range(len(pending))]

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -28,6 +27,7 @@ from deployments.observability.custom_metrics import REGISTRY, merge
 from deployments.observability.statistics import VersionStatistics
 from deployments.config.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
 from deployments.serving.labels import LabelFiles
+from deployments.serving.pending import Pending, VersionState
 from deployments.serving.warmup import run_warmup
 
 logger = logging.getLogger(__name__)
@@ -39,42 +39,6 @@ class VersionSource(Protocol):
     def versions(self, model: str) -> list[int]: ...
 
     def fetch(self, model: str, version: int) -> Path: ...
-
-
-@dataclass
-class VersionState:
-    """A version's state as the repository index shows it: READY or UNAVAILABLE with a reason."""
-
-    state: str
-    reason: str = ""
-
-
-@dataclass
-class Pending:
-    """A checked request waiting to run: its version and backend, inputs, row count and timestamps.
-
-    It holds the backend it was checked against, so a version swapped out meanwhile still answers it.
-    """
-
-    version: int
-    backend: Backend
-    inputs: Tensors
-    outputs: list[str] | None
-    rows: int
-    arrived_ns: int
-    queued_ns: int
-    #: What a backend that takes whole requests learns of it (parameters, id, sequence, BLS callers).
-    info: RequestInfo = RequestInfo()
-    #: perf_counter_ns after which the request may no longer start (Triton's queue policy, REJECT).
-    deadline_ns: int | None = None
-    #: perf_counter_ns after which the request waits behind every priority level (queue policy, DELAY).
-    delay_after_ns: int | None = None
-    #: Its priority level (1 the highest; 0 for a model without levels).
-    priority: int = 0
-    #: perf_counter_ns when its backend call started, returned, and its outputs were split (for tracing).
-    started_ns: int = 0
-    computed_ns: int = 0
-    done_ns: int = 0
 
 
 class ModelRunner:
@@ -252,6 +216,44 @@ class ModelRunner:
 
         A failing backend call fails only the requests in it, each with an error naming the model.
         """
+        calls, outputs = self._calls(pending), None
+        while True:
+            try:
+                backend, inputs, infos = calls.send(outputs)
+            except StopIteration as done:
+                return done.value
+            try:
+                outputs = backend.execute(inputs, infos)
+            except Exception as exc:
+                outputs = exc
+
+    async def execute_async(self, pending: list[Pending]) -> list[Tensors | InferenceError]:
+        """``execute`` on the event loop, for requests whose versions run in stub processes (``runs_apart``):
+        each backend call awaited, no thread in between."""
+        calls, outputs = self._calls(pending), None
+        while True:
+            try:
+                backend, inputs, infos = calls.send(outputs)
+            except StopIteration as done:
+                return done.value
+            try:
+                outputs = await backend.execute_async(inputs, infos)
+            except Exception as exc:
+                outputs = exc
+
+    @property
+    def apart(self) -> bool:
+        """Whether this model's versions run in stub processes (their batches on the event loop)."""
+        return any(isinstance(backend, ProcessBackend) for backend in list(self.backends.values()))
+
+    @staticmethod
+    def runs_apart(pending: list[Pending]) -> bool:
+        """Whether every request's version runs in a stub process (so its batch may run on the event loop)."""
+        return all(isinstance(p.backend, ProcessBackend) for p in pending)
+
+    def _calls(self, pending: list[Pending]):
+        """``execute``'s work as a generator: yields each backend call (backend, inputs, infos) and is sent
+        its outputs, or the exception it raised; returns the results in the requests' order."""
         results: list[Tensors | InferenceError] = [None] * len(pending)  # type: ignore[list-item]
         for p in pending:
             self._running[p.version] = self._running.get(p.version, 0) + 1
@@ -261,16 +263,14 @@ class ModelRunner:
             version, backend = pending[group[0]].version, pending[group[0]].backend
             stats = self.stats[version]
             start = time.perf_counter_ns()
-            try:
-                outputs = backend.execute([pending[i].inputs for i in group],
-                                          [pending[i].info for i in group])
-            except InferenceError as exc:  # the backend's own words for the client (a stub process that exited)
-                outputs = [exc] * len(group)
-            except Exception as exc:
-                logger.exception("model '%s' version %d failed", self.name, version)
+            outputs = yield backend, [pending[i].inputs for i in group], [pending[i].info for i in group]
+            if isinstance(outputs, InferenceError):  # the backend's own words (a stub process that exited)
+                outputs = [outputs] * len(group)
+            elif isinstance(outputs, Exception):
+                logger.error("model '%s' version %d failed", self.name, version, exc_info=outputs)
                 # The exception's text stays in the log: it may hold paths, data or code of the server.
                 outputs = [InferenceError(ErrorCode.INTERNAL, f"model '{self.name}' version {version} failed: "
-                                          f"{type(exc).__name__} (the server log has the details)")] * len(group)
+                                          f"{type(outputs).__name__} (the server log has the details)")] * len(group)
             computed = time.perf_counter_ns()
             for i, output in zip(group, outputs):
                 if isinstance(output, Exception):

@@ -1,10 +1,13 @@
 """A Python model in a stub process of its own (ProcessBackend, through an isolated ModelRunner), real
 processes, no Ray: it answers as in process, Triton's form and the plain one; a crash in its code fails
 the request in it, and the next request starts a fresh process; a wedged batch ends with its process when
-aborted; a model that fails to load says why."""
+aborted; a model that fails to load says why. Batches from an event loop (how the ingress runs them) are
+written and read on it, with no thread unless their tensors are large."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import threading
 import time
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from cluster.repository.local_store import LocalStore
-from deployments.backends.process import ProcessBackend
+from deployments.backends.process import LOOP_BYTES, ProcessBackend
 from deployments.errors import ErrorCode, InferenceError
 from deployments.serving.runner import ModelRunner
 from tests.conftest import FLAKY_PYTHON_MODEL, write_model
@@ -105,3 +108,70 @@ def test_a_model_that_fails_to_load_in_its_stub_says_why(tmp_path):
                 config_name="config.yaml")
     model = isolated(tmp_path, "broken")
     assert not model.ready and "no weights here" in model.reason
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The event loop's default executor, counting the work handed to it."""
+
+    submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+WIDE = """
+import numpy as np
+
+def infer(inputs):
+    x = inputs["X"]
+    return {"Y": np.repeat(x, int(x.max()), axis=1)}
+"""
+
+
+def test_batches_from_the_event_loop_take_no_thread_unless_their_tensors_are_large(plain, tmp_path):
+    write_model(tmp_path, "wide", CONFIG.replace("dims: [1]}]\n", "dims: [-1]}]\n", 1)
+                .replace("output: [{name: Y, data_type: TYPE_FP32, dims: [1]}]", "output: [{name: Y, "
+                         "data_type: TYPE_FP32, dims: [-1]}]"), {"1/model.py": WIDE}, config_name="config.yaml")
+    wide = isolated(tmp_path, "wide")
+    large = LOOP_BYTES // 4 + 1  # float32 elements
+
+    async def batches():
+        executor = CountingExecutor(max_workers=2)
+        asyncio.get_running_loop().set_default_executor(executor)
+        answers = []
+        for model, inputs in ((plain, x(2.0, rows=3)), (wide, x(3.0)), (wide, {"X": np.ones((1, large), np.float32)}),
+                              (wide, x(float(large)))):
+            before = executor.submitted
+            (answer,) = await model.execute_async([model.prepare(inputs)])
+            answers.append((answer, executor.submitted - before))
+        return answers
+
+    try:
+        (small, small_threads), (three, three_threads), (big_in, in_threads), (big_out, out_threads) = \
+            asyncio.run(batches())
+    finally:
+        wide.unload_all("test over")
+    np.testing.assert_array_equal(small["Y"], np.full((3, 1), 3.0, np.float32))
+    np.testing.assert_array_equal(three["Y"], np.full((1, 3), 3.0, np.float32))
+    assert small_threads == three_threads == 0  # written and read on the loop
+    assert big_in["Y"].shape == (1, large) and in_threads == 1  # the whole batch on a thread
+    assert big_out["Y"].shape == (1, large) and out_threads == 1  # the answer read on a thread
+
+
+def test_a_crash_or_an_abort_in_a_batch_from_the_event_loop_fails_it_and_the_next_starts_a_stub(plain):
+    async def batches():
+        (crashed,) = await plain.execute_async([plain.prepare(x(13.0))])
+        wedged = asyncio.ensure_future(plain.execute_async([plain.prepare(x(7.0))]))
+        await asyncio.sleep(1.0)  # the batch is in the stub, sleeping, the loop free meanwhile
+        assert not wedged.done()
+        assert plain.abort_isolated("was stopped after the batch ran past its execution timeout of 1 s")
+        (aborted,) = await asyncio.wait_for(wedged, 30)
+        (answer,) = await plain.execute_async([plain.prepare(x(1.0))])
+        return crashed, aborted, answer
+
+    crashed, aborted, answer = asyncio.run(batches())
+    assert isinstance(crashed, InferenceError) and crashed.code == ErrorCode.UNAVAILABLE
+    assert "stub process exited (exit code 3)" in crashed.message
+    assert isinstance(aborted, InferenceError) and "stub process was stopped after the batch ran past" in aborted.message
+    assert answer["Y"][0, 0] == 2.0
