@@ -75,6 +75,7 @@ class ModelService(ServedModel):
                                   self.runner.folder)
         self.configure_batching()
         self._running_since: float | None = None  # when the batch on the executor started (monotonic)
+        self._apart_turn = asyncio.Lock()  # batches for stub processes, on the event loop
         self.generation = 0  # the sync's last generation this copy has applied
         self._follower = asyncio.get_running_loop().create_task(follow(self, sync)) if sync is not None else None
         settings_follower.follow(statistics)
@@ -309,13 +310,13 @@ class ModelService(ServedModel):
         return self._queued.merge(pending, dropped, self._timed(self.runner.execute, kept) if kept else [])
 
     async def _execute_apart(self, pending: list[Pending]) -> list[Tensors | Exception]:
-        dropped, kept = self._queued.split(pending)
-        self._running_since = time.monotonic()
-        try:
-            results = await self.runner.execute_async(kept) if kept else []
-        finally:
-            self._running_since = None
-        return self._queued.merge(pending, dropped, results)
+        async with self._apart_turn:  # one batch at a time, as on the executor; its callers gone by then drop
+            dropped, kept = self._queued.split(pending)
+            self._running_since = time.monotonic()
+            try:
+                return self._queued.merge(pending, dropped, await self.runner.execute_async(kept) if kept else [])
+            finally:
+                self._running_since = None
 
     def execution_timeout_s(self) -> float:
         runner = getattr(self, "runner", None)  # (asked by BLS calls of a model's initialize too)
