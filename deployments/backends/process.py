@@ -314,6 +314,7 @@ class ProcessBackend(Backend):
             await ready
         finally:
             loop.remove_reader(connection.fileno())
+            os.set_blocking(connection.fileno(), True)  # uvloop made it non-blocking; the reads below wait
         header = self._peer.recv(_HEADER.size, socket.MSG_PEEK)
         if len(header) == _HEADER.size and not 0 <= _HEADER.unpack(header)[0] <= LOOP_BYTES:
             return await loop.run_in_executor(None, connection.recv)

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import uvloop
 
 from cluster.repository.local_store import LocalStore
 from deployments.backends.process import LOOP_BYTES, ProcessBackend
@@ -149,7 +150,7 @@ def test_batches_from_the_event_loop_take_no_thread_unless_their_tensors_are_lar
 
     try:
         (small, small_threads), (three, three_threads), (big_in, in_threads), (big_out, out_threads) = \
-            asyncio.run(batches())
+            uvloop.run(batches())
     finally:
         wide.unload_all("test over")
     np.testing.assert_array_equal(small["Y"], np.full((3, 1), 3.0, np.float32))
@@ -170,7 +171,7 @@ def test_a_crash_or_an_abort_in_a_batch_from_the_event_loop_fails_it_and_the_nex
         (answer,) = await plain.execute_async([plain.prepare(x(1.0))])
         return crashed, aborted, answer
 
-    crashed, aborted, answer = asyncio.run(batches())
+    crashed, aborted, answer = uvloop.run(batches())
     assert isinstance(crashed, InferenceError) and crashed.code == ErrorCode.UNAVAILABLE
     assert "stub process exited (exit code 3)" in crashed.message
     assert isinstance(aborted, InferenceError) and "stub process was stopped after the batch ran past" in aborted.message
