@@ -9,10 +9,10 @@ status from the one error table. The replica's own HTTP server (``http_server``)
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import re
 
-import numpy as np
 
 from cluster.protocol import codec, compression, metrics
 from cluster.protocol.budget import ByteBudget, Reservation, needed_bytes, off_loop_if_large
@@ -55,7 +55,7 @@ def _aligned(chunks: list[bytes], size: int, aligned_at: int) -> memoryview:
     """The body's chunks copied into one buffer with byte ``aligned_at`` on an ALIGNMENT boundary (the one
     copy a join would make too), so that the binary tensors after it become numpy views without a copy."""
     buffer = bytearray(size + ALIGNMENT)
-    start = -(np.frombuffer(buffer, np.uint8).ctypes.data + aligned_at) % ALIGNMENT
+    start = -(ctypes.addressof(ctypes.c_char.from_buffer(buffer)) + aligned_at) % ALIGNMENT
     view, end = memoryview(buffer), start
     for chunk in chunks:
         view[end:end + len(chunk)] = chunk
@@ -279,8 +279,10 @@ class HttpApi:
         if held is None:
             with self.budget.reserve(0) as own:
                 return await self._read_body(request, own, allow_empty, aligned_at, limit)
+        arrived = request.body.arrived() if isinstance(request, HttpRequest) else None
         try:
-            chunks, size = await within(self.body_timeout_s, self._read_chunks(request, held, limit))
+            chunks, size = (self._counted(arrived, held, limit) if arrived is not None else
+                            await within(self.body_timeout_s, self._read_chunks(request, held, limit)))
         except asyncio.TimeoutError:
             raise InferenceError(ErrorCode.TIMEOUT, f"the request body did not arrive within {self.body_timeout_s:g} s"
                                  ) from None
@@ -300,4 +302,13 @@ class HttpApi:
                 raise InferenceError(ErrorCode.TOO_LARGE, f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
             held.resize(size)
+        return chunks, size
+
+    @staticmethod
+    def _counted(chunks: list[bytes], held: Reservation, limit: int) -> tuple[list[bytes], int]:
+        """A body that arrived whole, held against the budget as ``_read_chunks`` holds one that streams."""
+        size = sum(len(chunk) for chunk in chunks)
+        if size > limit:
+            raise InferenceError(ErrorCode.TOO_LARGE, f"request body exceeds the limit of {limit} bytes")
+        held.resize(size)
         return chunks, size

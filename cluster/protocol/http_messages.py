@@ -88,6 +88,17 @@ class Body:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def arrived(self) -> list[bytes] | None:
+        """The whole body, taken, when all of it has arrived (the common case of a small request): read
+        without waiting; None while some is on its way (``stream`` then)."""
+        if not self.complete or self._continue:
+            return None
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        self._connection.release_reading(self)
+        return chunks
+
     async def stream(self) -> AsyncIterator[bytes]:
         if self._continue:  # the client waits for this before it sends the body (curl does past 1 MB)
             self._continue = False

@@ -59,6 +59,8 @@ async def resolved(inputs: Mapping[str, Any]) -> Tensors:
 def sized_for(handle: Any, tensors: Mapping[str, Any]) -> Any:
     """The handle to send these tensors with: by reference when they are large or hold references (Ray
     then tracks them as borrowed while the call runs), else as it is. A LocalHandle ignores it."""
+    if isinstance(handle, LocalHandle):
+        return handle
     by_reference = any(isinstance(value, ResultTensor) for value in tensors.values()) or (
         sum(getattr(value, "nbytes", 0) for value in tensors.values()) >= BY_REFERENCE_BYTES)
     return handle.options(_by_reference=True) if by_reference else handle
