@@ -2,42 +2,33 @@
 sharing the replica's process (Triton runs each Python model instance in a stub process too).
 
 The parent keeps the Backend interface; each ``execute`` sends the batch's requests down a pipe and waits for
-the results (numpy arrays travel pickled, protocol 5). A model whose code kills its process (a crash, an
-``os._exit``, the OOM killer) fails the requests it held, with UNAVAILABLE naming the exit, and nothing
-else: the ingress and every other model serve on, and the model's next request starts a fresh process.
-The model's BLS calls (``InferenceRequest.exec()``) come up the same pipe while its batch runs: the parent
-hands each to ``calls`` (deployments/serving/bls.py) and sends the answer down when it comes, so calls
-gathered with ``async_exec`` run at once; a decoupled callee's responses come down as ``part`` messages
-before the call's answer. A request whose caller has gone is marked down the pipe (``cancel``), and the stub
-sends a snapshot of the model's own metrics with a batch's answer when they changed. Decoupled models (zero
-or more responses, sent from any thread of the model's) are not run this way.
+the results (the stub's side, and how tensors travel: deployments/backends/stub.py). A model whose code
+kills its process (a crash, an ``os._exit``, the OOM killer) fails the requests it held, with UNAVAILABLE
+naming the exit, and nothing else: the ingress and every other model serve on, and the model's next request
+starts a fresh process. The model's BLS calls (``InferenceRequest.exec()``) come up the same pipe while its
+batch runs: the parent hands each to ``calls`` (deployments/serving/bls.py) and sends the answer down when
+it comes, so calls gathered with ``async_exec`` run at once; a decoupled callee's responses come down as
+``part`` messages before the call's answer. A request whose caller has gone is marked down the pipe
+(``cancel``), and the stub sends a snapshot of the model's own metrics with a batch's answer when they
+changed. Decoupled models (zero or more responses, sent from any thread of the model's) are not run this way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
-import itertools
 import multiprocessing
 import os
-import queue
-import pickle
-import signal
 import socket
 import struct
-import sys
 import threading
-import traceback
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
-from deployments.backends import Backend, RequestInfo, Tensors, backend_class, cancellation
-from deployments.backends.bls import BlsCall
+from deployments.backends import Backend, RequestInfo, Tensors, cancellation
+from deployments.backends.stub import packed, packed_infos, send, serve, unpacked
 from deployments.config.model_config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError
-from deployments.observability.custom_metrics import REGISTRY
 
 #: Seconds a stub process gets to finalize its model and exit before it is killed.
 STOP_GRACE_S = 5.0
@@ -54,134 +45,6 @@ def _tensor_bytes(requests: list[Tensors]) -> int:
     """About the bytes of a batch's tensors (a BYTES tensor's elements counted by their lengths)."""
     return sum(sum(len(item) for item in tensor.flat if isinstance(item, bytes)) if tensor.dtype == object
                else tensor.nbytes for request in requests for tensor in request.values())
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """The exception itself for the parent, which handles it as if raised there; one that does not pickle
-    becomes a RuntimeError naming its type. The traceback of one that is not a client's error goes to the
-    stub's standard error, the replica's log."""
-    if not isinstance(exc, InferenceError):
-        traceback.print_exception(exc)
-    try:
-        pickle.loads(pickle.dumps(exc))  # some exceptions pickle but do not unpickle
-        return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__} (not picklable; the server log has the details)")
-
-
-class _Pipe:
-    """The stub's end of the pipe: one reader thread takes every message the replica sends, handing work to
-    the main loop and answers to the BLS calls waiting for them (from any thread of the model's)."""
-
-    def __init__(self, connection):
-        self._connection = connection
-        self._send_lock = threading.Lock()
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
-        self._waiting: dict[int, concurrent.futures.Future] = {}
-        self._streams: dict[int, Callable] = {}  # calls whose responses come one by one -> where each goes
-        self._ids = itertools.count()
-        self._closed = False
-        threading.Thread(target=self._read, name="ric-stub-reader", daemon=True).start()
-
-    def send(self, message) -> None:
-        with self._send_lock:
-            self._connection.send(message)
-
-    def next_work(self):
-        """The replica's next message: ("execute", ...), ("unload",), or None once the pipe closed."""
-        return self._work.get()
-
-    def submit(self, call: BlsCall, each: Callable | None = None) -> concurrent.futures.Future:
-        """A BLS call, answered by the replica (bls.Calls)."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        if self._closed:
-            future.set_result([InferenceError(ErrorCode.UNAVAILABLE, "the replica went away")])
-            return future
-        number = next(self._ids)
-        self._waiting[number] = future
-        if each is not None:
-            self._streams[number] = each
-        try:
-            self.send(("call", number, call, each is not None))
-        except Exception as exc:  # the replica went away, or the call does not pickle
-            self._waiting.pop(number, None)
-            self._streams.pop(number, None)
-            future.set_result([InferenceError(ErrorCode.INTERNAL, f"the call to model '{call.model}' could "
-                                              f"not be sent: {type(exc).__name__}: {exc}")])
-        return future
-
-    def _read(self) -> None:
-        while True:
-            try:
-                message = self._connection.recv()
-            except (EOFError, OSError):
-                break
-            if message[0] == "part":  # one response of a call answered one by one
-                each = self._streams.get(message[1])
-                if each is not None:
-                    each(message[2])
-            elif message[0] == "called":
-                self._streams.pop(message[1], None)
-                future = self._waiting.pop(message[1], None)
-                if future is not None:
-                    future.set_result(message[2])
-            elif message[0] == "cancel":  # a request's caller has gone (marked while its batch is here)
-                cancellation.cancel(message[1])
-            else:
-                if message[0] == "execute":  # tracked before a cancel that follows it can come
-                    for info in message[2] or ():
-                        if info.token:
-                            cancellation.begin(info.token)
-                self._work.put(message)
-        self._closed = True
-        self._streams.clear()
-        for number in list(self._waiting):
-            future = self._waiting.pop(number, None)
-            if future is not None:
-                future.set_result([InferenceError(ErrorCode.UNAVAILABLE, "the replica went away")])
-        self._work.put(None)
-
-
-def _serve(connection, backend_name: str, config: ModelConfig, version_dir: str, device: str) -> None:
-    """The stub process: load the backend, then answer ``("execute", requests, infos)`` until ``("unload",)``
-    or the pipe closes; the model's BLS calls go up the same pipe. It ends with the replica that started it,
-    however that ends."""
-    _end_with_parent()
-    pipe = _Pipe(connection)
-    backend = backend_class(backend_name)(config, Path(version_dir), device)
-    backend.calls = pipe
-    try:
-        backend.load()
-    except Exception as exc:
-        pipe.send(("failed", _portable(exc)))
-        return
-    sent = REGISTRY.changes
-    pipe.send(("loaded", backend.config, REGISTRY.snapshot()))
-    while (message := pipe.next_work()) is not None and message[0] != "unload":
-        _, requests, infos = message
-        try:
-            results = backend.execute(requests, infos)
-            answer = ("done", [_portable(r) if isinstance(r, Exception) else r for r in results])
-        except Exception as exc:
-            answer = ("error", _portable(exc))
-        finally:
-            for info in infos or ():
-                cancellation.end(info.token)
-        changed, sent = REGISTRY.changes != sent, REGISTRY.changes  # the model's own metrics, when they moved
-        pipe.send((*answer, REGISTRY.snapshot() if changed else None))
-    backend.unload()
-    try:
-        pipe.send(("unloaded",))
-    except OSError:  # the parent went away meanwhile
-        pass
-
-
-def _end_with_parent() -> None:
-    """Have the kernel kill this process when its parent dies (Linux), even one wedged in the model's code:
-    a replica killed by Ray or the OOM killer runs no cleanup of its own."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class ProcessBackend(Backend):
@@ -211,7 +74,7 @@ class ProcessBackend(Backend):
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a process with Ray's threads in it
         parent, child = context.Pipe()
-        process = context.Process(target=_serve, name=f"ric-stub-{self.config.name}", daemon=True,
+        process = context.Process(target=serve, name=f"ric-stub-{self.config.name}", daemon=True,
                                   args=(child, self.backend_name, self.config, str(self.version_dir), self.device))
         process.start()
         child.close()
@@ -284,7 +147,7 @@ class ProcessBackend(Backend):
         return self._answered(message)
 
     def _send_batch(self, requests: list[Tensors], infos: list[RequestInfo] | None) -> None:
-        self._send(self._connection, ("execute", requests, infos))
+        self._send(self._connection, ("execute", [packed(r) for r in requests], packed_infos(infos, len(requests))))
         for info in infos or ():  # a cancel sent before the batch was not kept there: again
             if cancellation.is_cancelled(info.token):
                 self._send(self._connection, ("cancel", info.token))
@@ -295,7 +158,7 @@ class ProcessBackend(Backend):
             self._metrics = metrics
         if kind == "error":
             raise value
-        return value
+        return [unpacked(r) if isinstance(r, tuple) else r for r in value]
 
     def _exited(self) -> InferenceError:
         """The stub process ended with a batch in it: the error for the batch's requests."""
@@ -322,7 +185,7 @@ class ProcessBackend(Backend):
 
     def _send(self, connection, message) -> None:
         with self._send_lock:
-            connection.send(message)
+            send(connection, message)
 
     def _receive(self):
         """The stub's next message that is not a BLS call, each call dispatched meanwhile."""

@@ -1,5 +1,6 @@
-"""``serve deploy configs/serve.yaml`` on a running Ray cluster serves the example repository, and models
-loaded later through the repository API stay loaded across a second ``serve deploy``."""
+"""``serve deploy configs/serve.yaml`` on a running Ray cluster serves the example repository on the ingress
+replicas' own listeners (no Serve proxy), and models loaded later through the repository API stay loaded
+across a second ``serve deploy``."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ def dashboard_url():
 
 def test_serve_deploy_serves_the_example_repository(dashboard_url, tmp_path):
     config = yaml.safe_load((REPO_ROOT / "configs" / "serve.yaml").read_text())
-    http_port = free_port()
-    config["http_options"]["port"] = http_port  # the shipped file as it is, but on free ports
-    grpc_port = config["grpc_options"]["port"] = free_port()
+    args = config["applications"][0]["args"]
+    assert config["proxy_location"] == "Disabled"  # the ingress replicas listen themselves
+    http_port = args["http_port"] = free_port()  # the shipped file as it is, but on free ports
+    grpc_port = args["grpc_port"] = free_port()
     # and without 'simple', which the repository API loads below
     config["applications"][0]["args"]["models"] = ["mlp", "linear_torch", "text_stats", "detect_classify"]
     config["applications"][0]["args"]["model_control_mode"] = "explicit"

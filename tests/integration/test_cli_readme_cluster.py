@@ -24,8 +24,9 @@ def test_readme_serve_deploy_block_starts_a_loopback_cluster_that_serves(tmp_pat
     (block,) = readme_blocks("bash", "### 4. `serve deploy`", "## Documentation")
     gcs, dashboard, http, grpc = (free_port() for _ in range(4))
     config = yaml.safe_load((REPO_ROOT / "configs" / "serve.yaml").read_text())
-    config["http_options"]["port"], config["grpc_options"]["port"] = http, grpc  # the shipped file, on free ports
-    config["applications"][0]["args"]["models"] = ["simple"]
+    args = config["applications"][0]["args"]
+    args["http_port"], args["grpc_port"] = http, grpc  # the shipped file, on free ports
+    args["models"] = ["simple"]
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     start = "ray start --head --node-ip-address=127.0.0.1"
     deploy = "serve deploy configs/serve.yaml"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import pickle
 import threading
 import time
 
@@ -17,7 +18,9 @@ import pytest
 import uvloop
 
 from cluster.repository.local_store import LocalStore
+from deployments.backends import Outputs
 from deployments.backends.process import LOOP_BYTES, ProcessBackend
+from deployments.backends.stub import packed, unpacked
 from deployments.errors import ErrorCode, InferenceError
 from deployments.serving.runner import ModelRunner
 from tests.conftest import FLAKY_PYTHON_MODEL, write_model
@@ -176,3 +179,17 @@ def test_a_crash_or_an_abort_in_a_batch_from_the_event_loop_fails_it_and_the_nex
     assert "stub process exited (exit code 3)" in crashed.message
     assert isinstance(aborted, InferenceError) and "stub process was stopped after the batch ran past" in aborted.message
     assert answer["Y"][0, 0] == 2.0
+
+
+def test_tensors_cross_the_pipe_whole_writable_and_with_their_response_parameters():
+    readonly = np.frombuffer(np.arange(6, dtype=np.float16).tobytes(), np.float16).reshape(2, 3)
+    tensors = Outputs({"F16": readonly, "T": np.arange(12, dtype=np.int64).reshape(3, 4).T,  # not contiguous
+                       "B": np.array([[b"a", b"\x00bc"]], dtype=object), "OK": np.array([True, False]),
+                       "EMPTY": np.zeros((0, 4), np.float32), "SCALAR": np.array(7, np.uint8)}, {"seen": 3})
+    back = unpacked(pickle.loads(pickle.dumps(packed(tensors), protocol=5)))
+    assert set(back) == set(tensors) and back.parameters == {"seen": 3}
+    for name, array in tensors.items():
+        assert back[name].dtype == array.dtype and back[name].shape == array.shape
+        np.testing.assert_array_equal(back[name], array)
+        assert back[name].flags.writeable, name  # as a model in process gets its inputs
+    assert not hasattr(unpacked(pickle.loads(pickle.dumps(packed({"X": readonly}), protocol=5))), "parameters")
