@@ -182,7 +182,8 @@ class Listening:
             await http.start(listeners.host, listeners.http_port)
         grpc_server = None
         if listeners.grpc_port:
-            grpc_server = await start_grpc_server(servicer, listeners.host, listeners.grpc_port, max_request_bytes)
+            grpc_server = await start_grpc_server(servicer, listeners.host, listeners.grpc_port, max_request_bytes,
+                                                  listeners.limits)
         return cls(http, grpc_server)
 
     async def close(self, grace_s: float = 5.0) -> None:
