@@ -18,15 +18,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
-import os
-import socket
-import struct
 import threading
 from functools import partial
 from pathlib import Path
 
 from deployments.backends import Backend, RequestInfo, Tensors, cancellation
-from deployments.backends.stub import packed, packed_infos, send, serve, unpacked
+from deployments.backends.channel import LOOP_BYTES, NOTHING, ON_A_THREAD, Channel
+from deployments.backends.stub import packed, packed_infos, serve, unpacked
 from deployments.config.model_config import ModelConfig
 from deployments.errors import ErrorCode, InferenceError
 
@@ -34,17 +32,27 @@ from deployments.errors import ErrorCode, InferenceError
 STOP_GRACE_S = 5.0
 #: Seconds a stub process may take to start and load its model before it is killed.
 LOAD_TIMEOUT_S = 300.0
-#: Batches and answers up to this size are written and read on the replica's event loop; larger ones on a
-#: worker thread (``ProcessBackend.execute_async``).
-LOOP_BYTES = 256 * 1024
-#: The length before each message on the pipe (multiprocessing's framing; -1: a longer length follows).
-_HEADER = struct.Struct("!i")
+#: Where batches from the event loop wait for a stub's lock that a load, an unload or ``execute`` holds.
+_LOCK_WAITS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="ric-stub-lock")
+#: BYTES tensors with more elements than this are not counted one by one: their batch goes to a thread.
+COUNTED_ELEMENTS = 1024
 
 
-def _tensor_bytes(requests: list[Tensors]) -> int:
-    """About the bytes of a batch's tensors (a BYTES tensor's elements counted by their lengths)."""
-    return sum(sum(len(item) for item in tensor.flat if isinstance(item, bytes)) if tensor.dtype == object
-               else tensor.nbytes for request in requests for tensor in request.values())
+def _batch_bytes(requests: list[Tensors], infos: list[RequestInfo] | None) -> int:
+    """About the bytes a batch pickles to (LOOP_BYTES + 1 where counting would itself cost: a BYTES tensor
+    of many elements), its requests' string parameters included."""
+    size = 0
+    for request in requests:
+        for tensor in request.values():
+            if tensor.dtype != object:
+                size += tensor.nbytes
+            elif tensor.size > COUNTED_ELEMENTS:
+                return LOOP_BYTES + 1
+            else:
+                size += 8 * tensor.size + sum(len(item) for item in tensor.flat if isinstance(item, (bytes, str)))
+    for info in infos or ():
+        size += sum(len(value) for value in info.parameters.values() if isinstance(value, (bytes, str)))
+    return size
 
 
 class ProcessBackend(Backend):
@@ -56,14 +64,13 @@ class ProcessBackend(Backend):
         self.backend_name = backend_name
         self.name = backend_name
         self._lock = threading.Lock()  # one batch at a time on the pipe
-        self._send_lock = threading.Lock()  # the batch and the answers to its BLS calls share the pipe
         # Answers are pickled and written here, not on the event loop that finished the call.
         self._answers = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                               thread_name_prefix=f"ric-bls-{config.name}")
         self._process = None
-        self._connection = None
-        self._peer: socket.socket | None = None
+        self._channel: Channel | None = None
         self._turn: asyncio.Lock | None = None  # batches from the event loop take their turns here
+        self._calls_running: set[asyncio.Task] = set()  # BLS calls run on the loop (a task needs a holder)
         self._stopped_because: str | None = None  # why abort() ended the process, for the request in it
         self._metrics: dict = {}  # the stub's latest snapshot of the model's own metrics
 
@@ -78,10 +85,9 @@ class ProcessBackend(Backend):
                                   args=(child, self.backend_name, self.config, str(self.version_dir), self.device))
         process.start()
         child.close()
-        if self._peer is not None:
-            self._peer.close()
-        self._peer = socket.socket(fileno=os.dup(parent.fileno()))  # the same socket, to peek at a message's size
-        self._process, self._connection, self._stopped_because = process, parent, None  # abort() sees it
+        if self._channel is not None:
+            self._channel.close()
+        self._process, self._channel, self._stopped_because = process, Channel(parent), None  # abort() sees it
         try:
             if not parent.poll(LOAD_TIMEOUT_S):
                 process.kill()
@@ -111,46 +117,66 @@ class ProcessBackend(Backend):
                             ) -> list[Tensors | Exception]:
         """``execute`` from the replica's event loop, with no thread in between: the batch is written and its
         answer read on the loop (the stub's BLS calls dispatched there meanwhile), so a small batch costs two
-        messages and no thread hand-off. A batch whose tensors are large goes through ``execute`` on a
-        worker thread, and so does an answer that is: their copies do not hold the loop."""
+        messages and no thread hand-off. A batch that is large goes through ``execute`` on a worker thread,
+        and an answer that is large, or arrives in parts, is read on one (``Channel``)."""
         loop = asyncio.get_running_loop()
         if self._turn is None:
             self._turn = asyncio.Lock()
         async with self._turn:  # one batch at a time (the threading lock: against load, unload, execute)
-            if not self._lock.acquire(blocking=False):
-                await loop.run_in_executor(None, self._lock.acquire)
+            await self._acquire(loop)
             try:
-                if _tensor_bytes(requests) > LOOP_BYTES or self._process is None or not self._process.is_alive():
+                if (_batch_bytes(requests, infos) > LOOP_BYTES or self._process is None
+                        or not self._process.is_alive()):
                     return await loop.run_in_executor(None, self._exchange, requests, infos)
+                channel = self._channel
                 try:
-                    self._send_batch(requests, infos)
-                    while True:
-                        message = await self._next_message(loop)
-                        if message[0] != "call":
-                            break
-                        self._dispatch(self._connection, message, loop)
+                    await self._send_batch_async(channel, requests, infos, loop)
+                    while (message := await self._next_message(channel, loop))[0] == "call":
+                        self._dispatch(channel, message, loop)
                 except (EOFError, OSError):
                     raise self._exited() from None
+                except asyncio.CancelledError:  # its answer would be taken for the next batch's: a fresh stub
+                    self.abort("was stopped: the replica gave up on the batch in it")
+                    raise
             finally:
                 self._lock.release()
         return self._answered(message)
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The threading lock, waited for on a thread when a load, an unload or ``execute`` holds it; taken
+        there after this caller was cancelled, it is given back."""
+        if self._lock.acquire(blocking=False):
+            return
+        taking = _LOCK_WAITS.submit(self._lock.acquire)
+        try:
+            await asyncio.wrap_future(taking)
+        except asyncio.CancelledError:
+            taking.add_done_callback(lambda done: done.cancelled() or self._lock.release())
+            raise
 
     def _exchange(self, requests: list[Tensors], infos: list[RequestInfo] | None) -> list[Tensors | Exception]:
         """One batch down the pipe and its answer back, on this thread (the lock held)."""
         if self._process is None or not self._process.is_alive():
             self._start()
         try:
-            self._send_batch(requests, infos)
+            for message in self._batch_messages(requests, infos):
+                self._channel.send(message)
             message = self._receive()
         except (EOFError, OSError):
             raise self._exited() from None
         return self._answered(message)
 
-    def _send_batch(self, requests: list[Tensors], infos: list[RequestInfo] | None) -> None:
-        self._send(self._connection, ("execute", [packed(r) for r in requests], packed_infos(infos, len(requests))))
-        for info in infos or ():  # a cancel sent before the batch was not kept there: again
-            if cancellation.is_cancelled(info.token):
-                self._send(self._connection, ("cancel", info.token))
+    @staticmethod
+    def _batch_messages(requests: list[Tensors], infos: list[RequestInfo] | None) -> list[tuple]:
+        """The batch, then a cancel for each of its requests whose caller has gone already (a cancel sent
+        before the batch was not kept in the stub)."""
+        return [("execute", [packed(r) for r in requests], packed_infos(infos, len(requests))),
+                *(("cancel", info.token) for info in infos or () if cancellation.is_cancelled(info.token))]
+
+    async def _send_batch_async(self, channel: Channel, requests: list[Tensors], infos: list[RequestInfo] | None,
+                                loop: asyncio.AbstractEventLoop) -> None:
+        for message in self._batch_messages(requests, infos):
+            await channel.send_async(message, loop)
 
     def _answered(self, message) -> list[Tensors | Exception]:
         kind, value, metrics = message
@@ -169,71 +195,73 @@ class ProcessBackend(Backend):
                               f"{why or f'exited (exit code {code})'} with this request in it; the next request "
                               "starts it again")
 
-    async def _next_message(self, loop: asyncio.AbstractEventLoop):
-        """The stub's next message, waited for on the loop; a large one is read on a worker thread."""
-        connection, ready = self._connection, loop.create_future()
-        loop.add_reader(connection.fileno(), lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
-        finally:
-            loop.remove_reader(connection.fileno())
-            os.set_blocking(connection.fileno(), True)  # uvloop made it non-blocking; the reads below wait
-        header = self._peer.recv(_HEADER.size, socket.MSG_PEEK)
-        if len(header) == _HEADER.size and not 0 <= _HEADER.unpack(header)[0] <= LOOP_BYTES:
-            return await loop.run_in_executor(None, connection.recv)
-        return connection.recv()  # a short read (a header split in two) waits for the rest here
-
-    def _send(self, connection, message) -> None:
-        with self._send_lock:
-            send(connection, message)
+    @staticmethod
+    async def _next_message(channel: Channel, loop: asyncio.AbstractEventLoop):
+        """The stub's next message, waited for on the loop; read there when it is small and here whole, else
+        on a worker thread."""
+        while (message := channel.receive_now()) is NOTHING:
+            ready = loop.create_future()
+            loop.add_reader(channel.fileno(), lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(channel.fileno())
+        if message is ON_A_THREAD:
+            return await loop.run_in_executor(None, channel.receive)
+        return message
 
     def _receive(self):
         """The stub's next message that is not a BLS call, each call dispatched meanwhile."""
-        while (message := self._connection.recv())[0] == "call":
-            self._dispatch(self._connection, message)
+        while (message := self._channel.receive())[0] == "call":
+            self._dispatch(self._channel, message)
         return message
 
-    def _dispatch(self, connection, message, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def _dispatch(self, channel: Channel, message, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Hand the stub's BLS call to ``calls`` (run on ``loop`` when called from it) and send its answer down
         when it comes: calls run at once (``async_exec`` gathers them)."""
         _, number, call, one_by_one = message
-        each = partial(self._part, connection, number) if one_by_one else None
+        each = partial(self._part, channel, number) if one_by_one else None
         try:
             if self.calls is None:
                 raise InferenceError(ErrorCode.UNAVAILABLE, "this replica offers no calls to other models")
-            running = (loop.create_task(self.calls.run(call, each)) if loop is not None
-                       else self.calls.submit(call, each))
-            running.add_done_callback(partial(self._answer, connection, number))
+            if loop is not None:
+                running = loop.create_task(self.calls.run(call, each))
+                self._calls_running.add(running)
+                running.add_done_callback(self._calls_running.discard)
+            else:
+                running = self.calls.submit(call, each)
+            running.add_done_callback(partial(self._answer, channel, number))
         except Exception as exc:
-            self._send(connection, ("called", number, [InferenceError.from_exception(exc)]))
+            self._write(channel, ("called", number, [InferenceError.from_exception(exc)]))
 
-    def _answer(self, connection, number: int, future: concurrent.futures.Future) -> None:
-        """Send a call's answer down (on the thread that finished it); a call that failed or was cancelled
-        answers its error, so the model's ``exec()`` never waits for nothing."""
+    def _answer(self, channel: Channel, number: int, future: concurrent.futures.Future) -> None:
+        """Send a call's answer down (on the sender thread); a call that failed or was cancelled answers its
+        error, so the model's ``exec()`` never waits for nothing."""
         try:
             answer = future.result()
         except BaseException as exc:  # noqa: BLE001 (cancelled with the replica's loop, too)
             answer = [InferenceError.from_exception(exc)]
-        try:
-            self._answers.submit(self._send_answer, connection, ("called", number, answer))
-        except RuntimeError:  # unloaded meanwhile
-            pass
+        self._write(channel, ("called", number, answer))
 
-    def _part(self, connection, number: int, response) -> None:
+    def _part(self, channel: Channel, number: int, response) -> None:
         """One response of a call answered one by one, sent down before the call's end (one sender thread)."""
+        self._write(channel, ("part", number, response))
+
+    def _write(self, channel: Channel, message) -> None:
+        """``message`` down the pipe on the sender thread, never on the event loop."""
         try:
-            self._answers.submit(self._send_answer, connection, ("part", number, response))
+            self._answers.submit(self._send_answer, channel, message)
         except RuntimeError:  # unloaded meanwhile
             pass
 
-    def _send_answer(self, connection, message) -> None:
+    def _send_answer(self, channel: Channel, message) -> None:
         try:
-            self._send(connection, message)
+            channel.send(message)
         except (OSError, ValueError):  # the stub went away meanwhile
             pass
         except Exception as exc:  # noqa: BLE001 (an answer that does not pickle: the call still ends)
             if message[0] == "called":
-                self._send_answer(connection, ("called", message[1], [InferenceError(
+                self._send_answer(channel, ("called", message[1], [InferenceError(
                     ErrorCode.INTERNAL, f"the answer could not be sent: {type(exc).__name__}: {exc}")]))
 
     def custom_metrics(self) -> dict:
@@ -242,12 +270,9 @@ class ProcessBackend(Backend):
     def cancel(self, token: int) -> None:
         """Mark the request here and in the stub (where a request not running is not marked)."""
         super().cancel(token)
-        connection = self._connection
-        if connection is not None and self._process is not None:
-            try:  # written off the event loop (a batch being sent holds the pipe)
-                self._answers.submit(self._send_answer, connection, ("cancel", token))
-            except RuntimeError:  # unloaded meanwhile
-                pass
+        channel = self._channel
+        if channel is not None and self._process is not None:
+            self._write(channel, ("cancel", token))
 
     def abort(self, why: str) -> bool:
         """End the stub process now (a batch wedged in it), from any thread: the batch fails, the next
@@ -260,25 +285,34 @@ class ProcessBackend(Backend):
         return True
 
     def unload(self) -> None:
+        """End the stub process, its model's finalize first. Called on an event loop (a retired version's
+        last batch ran there), it ends on a thread of its own: a stub's exit never holds the loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._unload()
+            return
+        threading.Thread(target=self._unload, name=f"ric-unload-{self.config.name}", daemon=True).start()
+
+    def _unload(self) -> None:
         with self._lock:
-            process, connection, self._process = self._process, self._connection, None
-            if self._peer is not None:
-                self._peer.close()
-                self._peer = None
-            if process is None:
+            process, channel, self._process, self._channel = self._process, self._channel, None, None
+            if channel is None:
                 return
             try:
-                self._send(connection, ("unload",))
-                while connection.poll(STOP_GRACE_S):  # until finalize() ran; its calls are refused
-                    message = connection.recv()
-                    if message[0] != "call":
-                        break
-                    self._send(connection, ("called", message[1], [InferenceError(
-                        ErrorCode.UNAVAILABLE, "the model is unloading: its calls are not served")]))
+                if process is not None:
+                    channel.send(("unload",))
+                    while channel.connection.poll(STOP_GRACE_S):  # until finalize() ran; its calls are refused
+                        message = channel.receive()
+                        if message[0] != "call":
+                            break
+                        channel.send(("called", message[1], [InferenceError(
+                            ErrorCode.UNAVAILABLE, "the model is unloading: its calls are not served")]))
             except (EOFError, OSError):
                 pass
-            process.join(STOP_GRACE_S)
-            if process.is_alive():
-                process.kill()
+            if process is not None:
                 process.join(STOP_GRACE_S)
-            connection.close()
+                if process.is_alive():
+                    process.kill()
+                    process.join(STOP_GRACE_S)
+            channel.close()

@@ -1,11 +1,14 @@
-"""A request checked against its version and waiting to run (Pending), and a version's state as the
-repository index shows it; ModelRunner makes both. No Ray here."""
+"""A request checked against its version and waiting to run (Pending), how a batch of them counts in the
+version's statistics, and a version's state as the repository index shows it; ModelRunner makes them. No
+Ray here."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from deployments.backends import Backend, RequestInfo, Tensors
+from deployments.observability.statistics import VersionStatistics
 
 
 @dataclass
@@ -42,3 +45,18 @@ class Pending:
     started_ns: int = 0
     computed_ns: int = 0
     done_ns: int = 0
+
+
+def record_batch(stats: VersionStatistics, group: list[Pending], results: list, start: int, computed: int) -> None:
+    """A backend call's requests in their version's statistics (its results: outputs or errors; ``start`` and
+    ``computed``: when the call began and returned), their stage timestamps kept for tracing."""
+    done = time.perf_counter_ns()
+    rows = sum(p.rows for p in group)
+    input_ns = sum(p.queued_ns - p.arrived_ns for p in group) // len(group)
+    stats.record_execution(rows, len(group), input_ns, computed - start, (done - computed) // len(group))
+    for request, result in zip(group, results):
+        request.started_ns, request.computed_ns, request.done_ns = start, computed, done
+        stats.queue.add(start - request.queued_ns)
+        stats.record_request(done - request.arrived_ns, ok=not isinstance(result, Exception))
+        if not isinstance(result, Exception):
+            stats.inference_count += request.rows

@@ -27,7 +27,7 @@ from deployments.observability.custom_metrics import REGISTRY, merge
 from deployments.observability.statistics import VersionStatistics
 from deployments.config.validation import from_backend_shapes, to_backend_shapes, validate_inputs, validate_outputs
 from deployments.serving.labels import LabelFiles
-from deployments.serving.pending import Pending, VersionState
+from deployments.serving.pending import Pending, VersionState, record_batch
 from deployments.serving.warmup import run_warmup
 
 logger = logging.getLogger(__name__)
@@ -240,6 +240,9 @@ class ModelRunner:
                 outputs = await backend.execute_async(inputs, infos)
             except Exception as exc:
                 outputs = exc
+            except BaseException:  # cancelled: the generator's finally gives the versions back
+                calls.close()
+                raise
 
     @property
     def apart(self) -> bool:
@@ -257,31 +260,38 @@ class ModelRunner:
         results: list[Tensors | InferenceError] = [None] * len(pending)  # type: ignore[list-item]
         for p in pending:
             self._running[p.version] = self._running.get(p.version, 0) + 1
-        max_rows = self.config.max_batch_size or 1
         keys = [(p.version, batching.signature(p.inputs)) for p in pending]
-        for group in batching.plan_batches(keys, [p.rows for p in pending], max_rows):
-            version, backend = pending[group[0]].version, pending[group[0]].backend
-            stats = self.stats[version]
-            start = time.perf_counter_ns()
-            outputs = yield backend, [pending[i].inputs for i in group], [pending[i].info for i in group]
-            if isinstance(outputs, InferenceError):  # the backend's own words (a stub process that exited)
-                outputs = [outputs] * len(group)
-            elif isinstance(outputs, Exception):
-                logger.error("model '%s' version %d failed", self.name, version, exc_info=outputs)
-                # The exception's text stays in the log: it may hold paths, data or code of the server.
-                outputs = [InferenceError(ErrorCode.INTERNAL, f"model '{self.name}' version {version} failed: "
-                                          f"{type(outputs).__name__} (the server log has the details)")] * len(group)
-            computed = time.perf_counter_ns()
-            for i, output in zip(group, outputs):
-                if isinstance(output, Exception):
-                    results[i] = output if isinstance(output, InferenceError) else InferenceError.from_exception(output)
-                    continue
-                shaped, wanted = from_backend_shapes(backend.config, output), pending[i].outputs
-                results[i] = keep_parameters(output, shaped if wanted is None else {n: shaped[n] for n in wanted})
-            self._record(stats, [pending[i] for i in group], [results[i] for i in group], start, computed)
-        self._done(pending)
-        self._running.clear()
+        try:
+            for group in batching.plan_batches(keys, [p.rows for p in pending], self.config.max_batch_size or 1):
+                start = time.perf_counter_ns()
+                outputs = yield pending[group[0]].backend, [pending[i].inputs for i in group], \
+                    [pending[i].info for i in group]
+                self._results(pending, group, outputs, results, start)
+        finally:  # a batch given up midway (the replica stopping) still gives its versions back
+            self._done(pending)
+            self._running.clear()
         return results
+
+    def _results(self, pending: list[Pending], group: list[int], outputs: list | Exception, results: list,
+                 start: int) -> None:
+        """One backend call's outputs (or the exception it raised) into ``results``, shaped as the clients
+        asked; counted in the version's statistics."""
+        version, backend = pending[group[0]].version, pending[group[0]].backend
+        if isinstance(outputs, InferenceError):  # the backend's own words (a stub process that exited)
+            outputs = [outputs] * len(group)
+        elif isinstance(outputs, Exception):
+            logger.error("model '%s' version %d failed", self.name, version, exc_info=outputs)
+            # The exception's text stays in the log: it may hold paths, data or code of the server.
+            outputs = [InferenceError(ErrorCode.INTERNAL, f"model '{self.name}' version {version} failed: "
+                                      f"{type(outputs).__name__} (the server log has the details)")] * len(group)
+        computed = time.perf_counter_ns()
+        for i, output in zip(group, outputs):
+            if isinstance(output, Exception):
+                results[i] = output if isinstance(output, InferenceError) else InferenceError.from_exception(output)
+                continue
+            shaped, wanted = from_backend_shapes(backend.config, output), pending[i].outputs
+            results[i] = keep_parameters(output, shaped if wanted is None else {n: shaped[n] for n in wanted})
+        record_batch(self.stats[version], [pending[i] for i in group], [results[i] for i in group], start, computed)
 
     def execute_stream(self, pending: Pending, emit: Callable[[Tensors | Exception | None, bool], None]) -> None:
         """Run one checked request of a decoupled model: ``emit(outputs, final)`` per response, its outputs
@@ -309,7 +319,7 @@ class ModelRunner:
             each(InferenceError(ErrorCode.INTERNAL, f"model '{self.name}' version {version} failed: "
                                 f"{type(exc).__name__} (the server log has the details)"), True)
         finally:
-            self._record(self.stats[version], [pending], [failed[0] if failed else None], start,
+            record_batch(self.stats[version], [pending], [failed[0] if failed else None], start,
                          time.perf_counter_ns())
             self._done([pending])
             self._running.clear()
@@ -345,19 +355,6 @@ class ModelRunner:
                 self._in_flight[id(backend)] -= 1
         if self._retired:
             self._unload_idle()
-
-    @staticmethod
-    def _record(stats: VersionStatistics, group: list[Pending], results: list, start: int, computed: int) -> None:
-        done = time.perf_counter_ns()
-        rows = sum(p.rows for p in group)
-        input_ns = sum(p.queued_ns - p.arrived_ns for p in group) // len(group)
-        stats.record_execution(rows, len(group), input_ns, computed - start, (done - computed) // len(group))
-        for request, result in zip(group, results):
-            request.started_ns, request.computed_ns, request.done_ns = start, computed, done
-            stats.queue.add(start - request.queued_ns)
-            stats.record_request(done - request.arrived_ns, ok=not isinstance(result, Exception))
-            if not isinstance(result, Exception):
-                stats.inference_count += request.rows
 
     def custom_metrics(self) -> dict:
         """The metric families the model made itself: its stub processes' (one per version), summed, or this

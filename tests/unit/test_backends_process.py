@@ -13,13 +13,15 @@ import pickle
 import threading
 import time
 
+import ml_dtypes
 import numpy as np
 import pytest
 import uvloop
 
 from cluster.repository.local_store import LocalStore
-from deployments.backends import Outputs
-from deployments.backends.process import LOOP_BYTES, ProcessBackend
+from deployments.backends import Outputs, RequestInfo
+from deployments.backends.channel import LOOP_BYTES
+from deployments.backends.process import COUNTED_ELEMENTS, ProcessBackend, _batch_bytes
 from deployments.backends.stub import packed, unpacked
 from deployments.errors import ErrorCode, InferenceError
 from deployments.serving.runner import ModelRunner
@@ -177,7 +179,8 @@ def test_a_crash_or_an_abort_in_a_batch_from_the_event_loop_fails_it_and_the_nex
     crashed, aborted, answer = uvloop.run(batches())
     assert isinstance(crashed, InferenceError) and crashed.code == ErrorCode.UNAVAILABLE
     assert "stub process exited (exit code 3)" in crashed.message
-    assert isinstance(aborted, InferenceError) and "stub process was stopped after the batch ran past" in aborted.message
+    assert isinstance(aborted, InferenceError)
+    assert "stub process was stopped after the batch ran past" in aborted.message
     assert answer["Y"][0, 0] == 2.0
 
 
@@ -185,7 +188,9 @@ def test_tensors_cross_the_pipe_whole_writable_and_with_their_response_parameter
     readonly = np.frombuffer(np.arange(6, dtype=np.float16).tobytes(), np.float16).reshape(2, 3)
     tensors = Outputs({"F16": readonly, "T": np.arange(12, dtype=np.int64).reshape(3, 4).T,  # not contiguous
                        "B": np.array([[b"a", b"\x00bc"]], dtype=object), "OK": np.array([True, False]),
-                       "EMPTY": np.zeros((0, 4), np.float32), "SCALAR": np.array(7, np.uint8)}, {"seen": 3})
+                       "EMPTY": np.zeros((0, 4), np.float32), "SCALAR": np.array(7, np.uint8),
+                       "BF16": np.arange(4, dtype=ml_dtypes.bfloat16), "BIG_END": np.arange(3, dtype=">i4"),
+                       "FORTRAN": np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3))}, {"seen": 3})
     back = unpacked(pickle.loads(pickle.dumps(packed(tensors), protocol=5)))
     assert set(back) == set(tensors) and back.parameters == {"seen": 3}
     for name, array in tensors.items():
@@ -193,3 +198,81 @@ def test_tensors_cross_the_pipe_whole_writable_and_with_their_response_parameter
         np.testing.assert_array_equal(back[name], array)
         assert back[name].flags.writeable, name  # as a model in process gets its inputs
     assert not hasattr(unpacked(pickle.loads(pickle.dumps(packed({"X": readonly}), protocol=5))), "parameters")
+
+
+CALLER = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            answer = pb_utils.InferenceRequest(model_name="big", requested_output_names=["Y"],
+                                               inputs=[pb_utils.Tensor("X", x)]).exec()
+            y = pb_utils.get_output_tensor_by_name(answer, "Y").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", np.full(x.shape, y.size, np.float32))]))
+        return out
+"""
+
+
+class BigAnswers:
+    """The replica's calls for a stub's BLS requests: every callee answers 4 MB."""
+
+    async def run(self, call, each=None):
+        return [{"Y": np.ones(1 << 20, np.float32)}]
+
+    def submit(self, call, each=None):
+        done = concurrent.futures.Future()
+        done.set_result([{"Y": np.ones(1 << 20, np.float32)}])
+        return done
+
+
+def test_a_large_bls_answer_reaches_a_stub_while_its_batch_is_awaited_on_the_event_loop(tmp_path):
+    write_model(tmp_path, "caller", CONFIG, {"1/model.py": CALLER}, config_name="config.yaml")
+    store = LocalStore(tmp_path)
+    caller = ModelRunner(store.config("caller"), store, isolated=True, calls=BigAnswers())
+    caller.load()
+
+    async def batches():
+        return [(await asyncio.wait_for(caller.execute_async([caller.prepare(x(1.0))]), 60))[0] for _ in range(3)]
+
+    try:
+        answers = uvloop.run(batches())
+    finally:
+        caller.unload_all("test over")
+    assert [answer["Y"][0, 0] for answer in answers] == [1 << 20] * 3  # the whole answer, three times over
+
+
+SLOW_FINALIZE = """
+import time
+
+def infer(inputs):
+    return {"Y": inputs["X"]}
+
+def finalize():
+    time.sleep(2)
+"""
+
+
+def test_a_stub_unloaded_from_the_event_loop_ends_on_a_thread_of_its_own(tmp_path):
+    write_model(tmp_path, "slow", CONFIG, {"1/model.py": SLOW_FINALIZE}, config_name="config.yaml")
+    (backend,) = isolated(tmp_path, "slow").backends.values()
+    process = backend._process
+
+    async def unload():
+        backend.unload()  # as a retired version's last batch does, on the loop
+        return process.is_alive()
+
+    assert uvloop.run(unload())  # returned while the model's finalize still runs
+    process.join(30)
+    assert process.exitcode == 0
+
+
+def test_batches_whose_size_counting_would_cost_or_that_carry_large_parameters_count_as_large():
+    many = {"T": np.array([b""] * (COUNTED_ELEMENTS + 1), dtype=object)}
+    assert _batch_bytes([many], None) > LOOP_BYTES
+    few = {"T": np.array([b"ab"] * 10, dtype=object)}
+    assert _batch_bytes([few], None) == 10 * 8 + 20
+    assert _batch_bytes([few], [RequestInfo(parameters={"p": "x" * LOOP_BYTES})]) > LOOP_BYTES
