@@ -5,10 +5,10 @@ stub reads and writes with a plain multiprocessing Connection.
 The replica's side does its own reads and writes because it uses the socket from two places: worker
 threads (loads, unloads, large batches, the answers to the model's BLS calls) and the event loop (small
 batches). uvloop leaves a socket it watched non-blocking, so nothing here depends on the socket's mode:
-a thread waits with ``select`` when the socket would block; the loop takes a message only once it has
-arrived whole and is small (``receive_now``), and writes what the socket takes at once, the rest on a
-thread (``send_async``), so a stub that stops reading or writing midway never holds the loop. One lock keeps
-each message's bytes together, whichever thread writes it.
+a thread waits with ``poll`` when the socket would block; the loop takes a message only once it has
+arrived whole and is small (``receive_now``), and writes what the socket takes at once, the rest on the
+backend's I/O thread (``send_async``), so a stub that stops reading or writing midway never holds the
+loop. One lock keeps each message's bytes together, whichever thread writes it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import select
 import socket
 import struct
 import threading
+from concurrent.futures import Executor
 
 #: Messages up to this size are read and written on the replica's event loop; larger ones on a worker
 #: thread. Below a socket pair's buffer (~208 KiB on Linux), so a message this size can be there whole.
@@ -60,12 +61,13 @@ class Channel:
             self._write(length)
             self._write(data)
 
-    async def send_async(self, message, loop: asyncio.AbstractEventLoop) -> None:
-        """Write one small message from the event loop: what the socket takes now, the rest on a thread."""
+    async def send_async(self, message, loop: asyncio.AbstractEventLoop, thread: Executor) -> None:
+        """Write one small message from the event loop: what the socket takes now, the rest on ``thread``
+        (shielded: a message begun is always finished, and the lock given back)."""
         length, data = framed(message)
         frame = length + data
         if not self.lock.acquire(blocking=False):  # a thread is writing: this one waits its turn there
-            await loop.run_in_executor(None, self._send_frame, frame)
+            await asyncio.shield(loop.run_in_executor(thread, self._send_frame, frame))
             return
         try:
             sent = self.sock.send(frame, _NOW)
@@ -77,7 +79,7 @@ class Channel:
         if sent == len(frame):
             self.lock.release()
             return
-        await loop.run_in_executor(None, self._finish, memoryview(frame)[sent:])
+        await asyncio.shield(loop.run_in_executor(thread, self._finish, memoryview(frame)[sent:]))
 
     def _send_frame(self, frame: bytes) -> None:
         with self.lock:
@@ -95,7 +97,7 @@ class Channel:
             try:
                 view = view[self.sock.send(view):]
             except BlockingIOError:
-                select.select([], [self.sock], [])
+                self._wait(select.POLLOUT)
 
     def receive(self):
         """The next message, waiting for it (from a thread); EOFError once the stub's end closed."""
@@ -111,12 +113,18 @@ class Channel:
             try:
                 count = self.sock.recv_into(view[got:])
             except BlockingIOError:
-                select.select([self.sock], [], [])
+                self._wait(select.POLLIN)
                 continue
             if count == 0:
                 raise EOFError("the stub's end of the pipe closed")
             got += count
         return buffer
+
+    def _wait(self, event: int) -> None:
+        """Until the socket is readable or writable (poll: select cannot watch a descriptor past 1023)."""
+        waiting = select.poll()
+        waiting.register(self.sock, event)
+        waiting.poll()
 
     def receive_now(self):
         """The next message if it is here whole and small (read on the caller's thread, never waiting);

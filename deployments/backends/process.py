@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import multiprocessing
+import socket
 import threading
 from functools import partial
 from pathlib import Path
@@ -67,6 +69,10 @@ class ProcessBackend(Backend):
         # Answers are pickled and written here, not on the event loop that finished the call.
         self._answers = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                               thread_name_prefix=f"ric-bls-{config.name}")
+        # Where a batch's work that would wait goes (a large batch, the rest of a write, a large read): one
+        # batch at a time, so one thread; not the loop's default pool, which others may fill.
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ric-stub-{config.name}")
+        self._unloaded = False  # set at unload: a batch that waited for the lock meanwhile starts no stub
         self._process = None
         self._channel: Channel | None = None
         self._turn: asyncio.Lock | None = None  # batches from the event loop take their turns here
@@ -85,9 +91,10 @@ class ProcessBackend(Backend):
                                   args=(child, self.backend_name, self.config, str(self.version_dir), self.device))
         process.start()
         child.close()
-        if self._channel is not None:
-            self._channel.close()
-        self._process, self._channel, self._stopped_because = process, Channel(parent), None  # abort() sees it
+        old, self._channel = self._channel, Channel(parent)  # (made first: the old one's fd is not reused under it)
+        if old is not None:
+            old.close()
+        self._process, self._stopped_because = process, None  # abort() sees it
         try:
             if not parent.poll(LOAD_TIMEOUT_S):
                 process.kill()
@@ -124,22 +131,26 @@ class ProcessBackend(Backend):
             self._turn = asyncio.Lock()
         async with self._turn:  # one batch at a time (the threading lock: against load, unload, execute)
             await self._acquire(loop)
+            on_the_thread = False
             try:
                 if (_batch_bytes(requests, infos) > LOOP_BYTES or self._process is None
-                        or not self._process.is_alive()):
-                    return await loop.run_in_executor(None, self._exchange, requests, infos)
+                        or not self._process.is_alive() or self._unloaded):
+                    on_the_thread = True  # which gives the lock back when done, even if this caller is not
+                    return await asyncio.shield(loop.run_in_executor(self._io, self._exchange_and_release,
+                                                                     requests, infos))
                 channel = self._channel
                 try:
                     await self._send_batch_async(channel, requests, infos, loop)
                     while (message := await self._next_message(channel, loop))[0] == "call":
                         self._dispatch(channel, message, loop)
                 except (EOFError, OSError):
-                    raise self._exited() from None
+                    raise await loop.run_in_executor(self._io, self._exited) from None
                 except asyncio.CancelledError:  # its answer would be taken for the next batch's: a fresh stub
-                    self.abort("was stopped: the replica gave up on the batch in it")
+                    self._end("was stopped: the replica gave up on the batch in it")
                     raise
             finally:
-                self._lock.release()
+                if not on_the_thread:
+                    self._lock.release()
         return self._answered(message)
 
     async def _acquire(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -154,8 +165,17 @@ class ProcessBackend(Backend):
             taking.add_done_callback(lambda done: done.cancelled() or self._lock.release())
             raise
 
+    def _exchange_and_release(self, requests: list[Tensors], infos: list[RequestInfo] | None
+                              ) -> list[Tensors | Exception]:
+        try:
+            return self._exchange(requests, infos)
+        finally:
+            self._lock.release()
+
     def _exchange(self, requests: list[Tensors], infos: list[RequestInfo] | None) -> list[Tensors | Exception]:
         """One batch down the pipe and its answer back, on this thread (the lock held)."""
+        if self._unloaded:
+            raise InferenceError(ErrorCode.UNAVAILABLE, f"model '{self.config.name}': this version was unloaded")
         if self._process is None or not self._process.is_alive():
             self._start()
         try:
@@ -176,7 +196,7 @@ class ProcessBackend(Backend):
     async def _send_batch_async(self, channel: Channel, requests: list[Tensors], infos: list[RequestInfo] | None,
                                 loop: asyncio.AbstractEventLoop) -> None:
         for message in self._batch_messages(requests, infos):
-            await channel.send_async(message, loop)
+            await channel.send_async(message, loop, self._io)
 
     def _answered(self, message) -> list[Tensors | Exception]:
         kind, value, metrics = message
@@ -195,8 +215,7 @@ class ProcessBackend(Backend):
                               f"{why or f'exited (exit code {code})'} with this request in it; the next request "
                               "starts it again")
 
-    @staticmethod
-    async def _next_message(channel: Channel, loop: asyncio.AbstractEventLoop):
+    async def _next_message(self, channel: Channel, loop: asyncio.AbstractEventLoop):
         """The stub's next message, waited for on the loop; read there when it is small and here whole, else
         on a worker thread."""
         while (message := channel.receive_now()) is NOTHING:
@@ -207,7 +226,7 @@ class ProcessBackend(Backend):
             finally:
                 loop.remove_reader(channel.fileno())
         if message is ON_A_THREAD:
-            return await loop.run_in_executor(None, channel.receive)
+            return await loop.run_in_executor(self._io, channel.receive)
         return message
 
     def _receive(self):
@@ -276,17 +295,30 @@ class ProcessBackend(Backend):
 
     def abort(self, why: str) -> bool:
         """End the stub process now (a batch wedged in it), from any thread: the batch fails, the next
-        request starts a fresh process. Whether there was one to end."""
-        process = self._process
+        request starts a fresh process. Whether there was one to end. The pipe is shut too: a child the
+        model forked may hold the stub's end, and the batch's read must still end."""
+        process, channel = self._process, self._channel
         if process is None or not process.is_alive():
             return False
         self._stopped_because = why
         process.kill()
+        if channel is not None:
+            with contextlib.suppress(OSError):
+                channel.sock.shutdown(socket.SHUT_RDWR)
         return True
+
+    def _end(self, why: str) -> None:
+        """``abort``, and the stub forgotten at once (a killed process reads as alive until it is reaped):
+        the next batch starts a fresh one."""
+        process = self._process
+        if self.abort(why):
+            self._process = None
+            threading.Thread(target=process.join, name=f"ric-reap-{self.config.name}", daemon=True).start()
 
     def unload(self) -> None:
         """End the stub process, its model's finalize first. Called on an event loop (a retired version's
         last batch ran there), it ends on a thread of its own: a stub's exit never holds the loop."""
+        self._unloaded = True
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -297,6 +329,8 @@ class ProcessBackend(Backend):
     def _unload(self) -> None:
         with self._lock:
             process, channel, self._process, self._channel = self._process, self._channel, None, None
+            self._answers.shutdown(wait=False)  # (an answer queued still goes: shutdown runs what it holds)
+            self._io.shutdown(wait=False)
             if channel is None:
                 return
             try:

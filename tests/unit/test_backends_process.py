@@ -117,13 +117,20 @@ def test_a_model_that_fails_to_load_in_its_stub_says_why(tmp_path):
 
 
 class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The event loop's default executor, counting the work handed to it."""
+    """An executor counting the work handed to it (every one of the tests' stubs' I/O threads)."""
 
     submitted = 0
 
     def submit(self, fn, /, *args, **kwargs):
-        self.submitted += 1
+        CountingExecutor.submitted += 1
         return super().submit(fn, *args, **kwargs)
+
+
+def counted(*models: ModelRunner) -> None:
+    """The models' stubs, with I/O threads and the loop's default pool that count what they are given."""
+    for model in models:
+        for backend in model.backends.values():
+            backend._io = CountingExecutor(max_workers=1)
 
 
 WIDE = """
@@ -143,14 +150,14 @@ def test_batches_from_the_event_loop_take_no_thread_unless_their_tensors_are_lar
     large = LOOP_BYTES // 4 + 1  # float32 elements
 
     async def batches():
-        executor = CountingExecutor(max_workers=2)
-        asyncio.get_running_loop().set_default_executor(executor)
+        asyncio.get_running_loop().set_default_executor(CountingExecutor(max_workers=2))
+        counted(plain, wide)
         answers = []
         for model, inputs in ((plain, x(2.0, rows=3)), (wide, x(3.0)), (wide, {"X": np.ones((1, large), np.float32)}),
                               (wide, x(float(large)))):
-            before = executor.submitted
+            before = CountingExecutor.submitted
             (answer,) = await model.execute_async([model.prepare(inputs)])
-            answers.append((answer, executor.submitted - before))
+            answers.append((answer, CountingExecutor.submitted - before))
         return answers
 
     try:
@@ -276,3 +283,21 @@ def test_batches_whose_size_counting_would_cost_or_that_carry_large_parameters_c
     few = {"T": np.array([b"ab"] * 10, dtype=object)}
     assert _batch_bytes([few], None) == 10 * 8 + 20
     assert _batch_bytes([few], [RequestInfo(parameters={"p": "x" * LOOP_BYTES})]) > LOOP_BYTES
+
+
+def test_a_batch_given_up_midway_ends_its_stub_and_the_next_batch_gets_a_fresh_one(plain):
+    async def batches():
+        wedged = asyncio.ensure_future(plain.execute_async([plain.prepare(x(7.0))]))
+        await asyncio.sleep(1.0)  # in the stub, sleeping
+        wedged.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await wedged
+        (answer,) = await asyncio.wait_for(plain.execute_async([plain.prepare(x(1.0))]), 60)
+        return answer
+
+    (backend,) = plain.backends.values()
+    first = backend._process
+    answer = uvloop.run(batches())
+    assert answer["Y"][0, 0] == 2.0 and backend._process is not first  # answered by a fresh stub
+    first.join(30)
+    assert first.exitcode is not None  # the one given up was ended
