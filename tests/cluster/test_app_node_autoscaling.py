@@ -6,8 +6,8 @@ the head nor a GPU node gets a CPU node. No request fails while nodes come and g
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -76,26 +76,35 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 @ray.remote(num_cpus=0)
 class Load:
-    """Calls the model from a process of the cluster: its handle pushes autoscaling metrics every 0.5 s (the
-    nodes' environment), where the test's own process read Serve's default of 10 s when it first imported
-    Serve, and the controller then saw too little load to scale in some runs."""
+    """Calls the model from a process of the cluster, 12 calls in flight at all times until stopped (a
+    steady load: bursts with pauses between them averaged too little over Serve's look-back window to
+    scale to eight replicas in some runs); its handle pushes autoscaling metrics every 0.5 s (the nodes'
+    environment), where the test's own process read Serve's default of 10 s when it first imported Serve."""
 
     def __init__(self):
         self.handle = serve.get_deployment_handle("gpu_model", app_name=APP_NAME)
-        self.pool = ThreadPoolExecutor(max_workers=12)
+        self.stopping = threading.Event()
+        self.failures: list[str] = []
+        self.calls = 0
+        self.callers = [threading.Thread(target=self._call_until_stopped, daemon=True) for _ in range(12)]
+        for caller in self.callers:
+            caller.start()
 
-    def run(self, calls: int) -> list[str]:
-        """``calls`` calls, 12 at a time; the failures."""
+    def _call_until_stopped(self) -> None:
         x = {"INPUT0": np.ones((1, 64), np.float32)}
-
-        def call() -> str | None:
+        while not self.stopping.is_set():
             try:
                 assert self.handle.infer.remote(x).result(timeout_s=120)["OUTPUT0"].shape == (1, 10)
             except Exception as exc:  # noqa: BLE001 - every failure is reported
-                return repr(exc)
-            return None
+                self.failures.append(repr(exc))
+            self.calls += 1
 
-        return [failure for failure in self.pool.map(lambda _: call(), range(calls)) if failure]
+    def stop(self) -> tuple[int, list[str]]:
+        """Stop calling; the calls made and the failures."""
+        self.stopping.set()
+        for caller in self.callers:
+            caller.join(timeout=150)
+        return self.calls, self.failures
 
 
 @pytest.mark.timeout(900)  # nodes and eight replicas starting on 2 cores take minutes when the machine is busy
@@ -103,14 +112,12 @@ def test_gpu_replicas_pack_four_per_node_and_the_autoscaler_adds_and_removes_a_g
     handle = serve.get_deployment_handle("gpu_model", app_name=APP_NAME)
     x = {"INPUT0": np.ones((1, 64), np.float32)}
     load = Load.remote()
-    failures: list[str] = []
-    calls = 0
     started = time.monotonic()
     deadline = time.monotonic() + 480
     while sum(replica_nodes("gpu_model").values()) < 8 and time.monotonic() < deadline:
-        failures += ray.get(load.run.remote(24), timeout=600)
-        calls += 24
+        time.sleep(1.0)
     grown = time.monotonic() - started
+    calls, failures = ray.get(load.stop.remote(), timeout=300)
     ray.kill(load)
     assert sorted(replica_nodes("gpu_model").values()) == [4, 4], (
         f"after {grown:.0f} s and {calls} calls ({len(failures)} failed): running {replica_nodes('gpu_model')}, "
