@@ -127,7 +127,7 @@ async def measure_plan(args, http: str, grpc_target: str) -> list[dict]:
             await cell("floor", "do-nothing", protocol, "tiny", 16, target=FLOOR_APP)
             await cell("ours", "tiny", protocol, "tiny", 16)
         return cells
-    for protocol in perf_clients.PROTOCOLS:
+    for protocol in ("http-json", "http-binary", "grpc", "handle"):
         for concurrency in sweep:
             if concurrency == 16 and protocol in ("http-binary", "grpc"):
                 await interleaved({("floor", protocol): ("do-nothing", protocol, "tiny", FLOOR_APP),

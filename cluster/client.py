@@ -13,7 +13,11 @@ address, authentication, application) to ``~/.ric/serve.json`` (``RIC_STATE_DIR`
 reads it and joins with those settings. Inside a Ray job (``ray job submit``, or after ``ray.init``),
 ``connect`` uses that job's cluster.
 
-Calls run on the client's own event loop thread, so synchronous ``infer`` works in any process (with
+Where an ingress replica of the application listens on the caller's node, ``infer`` and ``infer_async`` post
+to that listener as an HTTP client would (cluster/listener_client.py: 3-10x the calls per second of a
+Serve handle here); elsewhere, for streams, for requests larger than the listener takes, and with
+``connect(..., listener=False)``, they call the model's Serve handle. Handle calls run on the client's
+own event loop thread, so synchronous ``infer`` works in any process (with
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` set, as on a cluster started for speed, Serve's synchronous
 ``result()`` needs a running loop) and ``infer_async`` works in the caller's loop.
 """
@@ -33,8 +37,11 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 import numpy as np
 
-from cluster.names import APP_NAME, MODEL_APP_SEPARATOR, RESERVED_NAMES
+from cluster.listener_client import Listener, ListenerRefused, ListenerRoute, probe
+from cluster.names import APP_NAME, INGRESS_NAME, MODEL_APP_SEPARATOR, RESERVED_NAMES
 from deployments.serving.served import answer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,13 +96,15 @@ def _running(pid: int) -> bool:
     return True
 
 
-def connect(address: str | None = None, app: str | None = None, *, ray_logging_level: int = logging.INFO) -> "Client":
+def connect(address: str | None = None, app: str | None = None, *, ray_logging_level: int = logging.INFO,
+            listener: bool = True) -> "Client":
     """Join the cluster that serves the models, and return a :class:`Client` for application ``app``.
 
     Which cluster: the one this process already joined (``ray.init`` done, or a ``ray job submit``
     driver, where ``RAY_ADDRESS`` is set), else ``address``, else the running ``ric serve``'s. Raises
     ``ConnectionError`` saying what to do when there is none. ``ray_logging_level``: the level of Ray's own
     messages while it joins (``ric status`` passes WARNING, so that its table is all it prints).
+    ``listener``: False sends every call through the models' Serve handles.
     """
     import ray
 
@@ -113,7 +122,7 @@ def connect(address: str | None = None, app: str | None = None, *, ray_logging_l
         else:
             _join(address or record.address, record if address in (None, getattr(record, "address", None)) else None,
                   ray_logging_level)
-    return Client(app or (record.app if record else APP_NAME))
+    return Client(app or (record.app if record else APP_NAME), listener=listener)
 
 
 def _join(address: str, record: ServerRecord | None, ray_logging_level: int) -> None:
@@ -143,11 +152,37 @@ def _join(address: str, record: ServerRecord | None, ray_logging_level: int) -> 
 class Client:
     """Handles to the models of one application, found by name (models loaded later included)."""
 
-    def __init__(self, app: str = APP_NAME):
+    def __init__(self, app: str = APP_NAME, listener: bool = True):
         self.app = app
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="ric-client", daemon=True)
         self._thread.start()
+        self._listener: Listener | None = None
+        self._looked_for_listener = not listener
+
+    def listener(self) -> Listener | None:
+        """The application's ingress listener where one answers on this node (asked of the ingress once)."""
+        if not self._looked_for_listener:
+            self._listener = asyncio.run_coroutine_threadsafe(self._find_listener(), self._loop).result(60)
+            self._looked_for_listener = True
+        return self._listener
+
+    async def _find_listener(self) -> Listener | None:
+        from ray import serve
+
+        try:
+            said = await serve.get_deployment_handle(INGRESS_NAME, app_name=self.app).listener.remote()
+        except Exception as exc:  # no ingress, or one from before listener(): the handles it is
+            logger.info("ric client: no ingress listener to use (%s); calling the models' handles", exc)
+            return None
+        if said is None:
+            return None
+        listener = Listener(said["host"], said["port"], said["max_request_bytes"])
+        if not await probe(listener, said["server_name"]):
+            logger.info("ric client: no ingress listener on this node at %s:%s; calling the models' handles",
+                        listener.address, listener.port)
+            return None
+        return listener
 
     def close(self) -> None:
         """Stop the client's event loop thread (its handles stop with it)."""
@@ -173,7 +208,9 @@ class Client:
         models = self.models()
         if name not in models:
             raise KeyError(f"application '{self.app}' serves no model '{name}'; it serves {sorted(models)}")
-        return ModelClient(name, serve.get_deployment_handle(name, app_name=models[name]), self._loop)
+        listener = self.listener()
+        return ModelClient(name, serve.get_deployment_handle(name, app_name=models[name]), self._loop,
+                           ListenerRoute(listener, name) if listener is not None else None)
 
 
 class ModelClient:
@@ -181,13 +218,15 @@ class ModelClient:
     and ``stream_async`` iterate over every response (a decoupled model's zero or more, another's one).
     ``parameters`` are the request's (e.g. a sequence's ``sequence_id``, ``sequence_start``, ``sequence_end``).
 
-    A bad request raises ``deployments.errors.InferenceError`` with the message HTTP clients get.
-    ``handle`` is the plain Serve ``DeploymentHandle`` for everything else.
+    A bad request raises ``deployments.errors.InferenceError`` with the message HTTP clients get (through
+    the listener, its code is the one of the HTTP status). ``handle`` is the plain Serve
+    ``DeploymentHandle`` for everything else; ``route`` the way to the node's ingress listener, if any.
     """
 
-    def __init__(self, name: str, handle: Any, loop: asyncio.AbstractEventLoop):
+    def __init__(self, name: str, handle: Any, loop: asyncio.AbstractEventLoop, route: ListenerRoute | None = None):
         self.name = name
         self.handle = handle
+        self.route = route
         self._loop = loop
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: int | None = None,
@@ -201,10 +240,23 @@ class ModelClient:
 
     async def infer_async(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
                           version: int | None = None, parameters: dict | None = None) -> dict[str, np.ndarray]:
-        future = asyncio.run_coroutine_threadsafe(self._call(inputs, outputs, version, parameters), self._loop)
-        return await asyncio.wrap_future(future)
+        return await self._call(inputs, outputs, version, parameters)
 
     async def _call(self, inputs, outputs, version, parameters):
+        """Through the listener (on the loop this runs on) where it takes the request, else the handle (on
+        the client's loop)."""
+        request = self.route.request(inputs, outputs, version, parameters) if self.route is not None else None
+        if request is not None:
+            try:
+                return await self.route.send(request)
+            except ListenerRefused:
+                pass
+        call = self._call_handle(inputs, outputs, version, parameters)
+        if asyncio.get_running_loop() is self._loop:
+            return await call
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call, self._loop))
+
+    async def _call_handle(self, inputs, outputs, version, parameters):
         return await answer(self.handle.infer.remote(inputs, outputs, version, parameters))
 
     def stream(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: int | None = None,

@@ -3,8 +3,9 @@ benchmarks use.
 
 Closed loop (N clients, each sending its next request when the last answers) at each concurrency, or open
 loop (requests started at a fixed rate whether or not earlier ones answered; latency counted from the
-planned start, so a slow server cannot hide its queue). Transports: HTTP JSON, HTTP binary, gRPC, and
-Serve handles from a Ray job joined to the cluster. Each cell prints throughput (inferences/s and
+planned start, so a slow server cannot hide its queue). Transports: HTTP JSON, HTTP binary, gRPC, and from
+a Ray job joined to the cluster ``cluster.client``'s model client (``handle``: the node's ingress listener
+where one answers) or the model deployment's own Serve handle (``serve-handle``). Each cell prints throughput (inferences/s and
 requests/s), p50 / p90 / p99 latency and errors, and, where the server keeps Triton statistics, the
 server-side split per request (queue vs compute) and the average batch the server formed. Every run is
 bounded by its own clock.
@@ -225,7 +226,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="HTTP base URL (also read for statistics)")
     parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC host:port")
     parser.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=["http-binary"],
-                        help="transports to measure, one after another (default http-binary)")
+                        help="transports to measure, one after another (default http-binary; handle: "
+                             "cluster.client's, serve-handle: the model deployment's Serve handle)")
     parser.add_argument("--concurrency", type=positive(int), nargs="+", default=[1, 4, 16, 64],
                         help="closed-loop concurrency sweep (default 1 4 16 64)")
     parser.add_argument("--rate", type=positive(float), help="open loop at this many requests/s instead of the sweep")
@@ -240,7 +242,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--application", default="ric", help="Serve application of the model (handles)")
     parser.add_argument("--grpc-application", help="gRPC 'application' metadata (Serve needs it when a cluster "
                                                    "runs several applications)")
-    parser.add_argument("--address", help="Ray cluster to join for --protocol handle (default: the running "
+    parser.add_argument("--address", help="Ray cluster to join for the handle protocols (default: the running "
                                           "ric serve's, as cluster.client.connect finds it)")
     parser.add_argument("--json", dest="json_path", help="also write the cells to this JSON file")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw throughput and p50/p99 latency over time, "
@@ -278,7 +280,7 @@ async def run(args) -> list[Cell]:
 
 def main(args) -> int:
     """Run ``ric perf``; exit status 1 when any request failed."""
-    if "handle" in args.protocol:
+    if {"handle", "serve-handle"} & set(args.protocol):
         from cluster.client import connect
 
         try:

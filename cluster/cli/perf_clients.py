@@ -10,7 +10,9 @@ import numpy as np
 
 from deployments.config.dtypes import numpy_dtype, v2_datatype
 
-PROTOCOLS = ("http-json", "http-binary", "grpc", "handle")
+#: handle: cluster.client's model client, as another Ray job calls a model (the node's ingress listener where
+#: one answers); serve-handle: the model deployment's own Serve handle.
+PROTOCOLS = ("http-json", "http-binary", "grpc", "handle", "serve-handle")
 
 
 # -- request data ------------------------------------------------------------------------------------------
@@ -144,20 +146,24 @@ class GrpcClient:
 
 
 class HandleClient:
-    """``infer`` on a Serve deployment's handle, numpy in and out (needs a Ray job joined to the cluster)."""
+    """``infer_async`` of ``cluster.client``'s model client, numpy in and out (needs a Ray job joined to the
+    cluster); ``listener=False``: the model deployment's Serve handle alone."""
 
-    def __init__(self, deployment: str, application: str, tensors: dict[str, np.ndarray]):
-        from ray import serve
+    def __init__(self, deployment: str, application: str, tensors: dict[str, np.ndarray], listener: bool = True):
+        from cluster.client import Client
 
-        self.handle = serve.get_deployment_handle(deployment, application)
+        self.client = Client(application, listener=listener)
+        self.model = self.client.model(deployment)
         self.tensors = tensors
 
     async def __call__(self) -> bool:
-        await self.handle.infer.remote(self.tensors)
+        await self.model.infer_async(self.tensors)
         return True
 
     async def close(self) -> None:
-        pass
+        if self.model.route is not None:
+            self.model.route.close()
+        self.client.close()
 
 
 def _raw(array: np.ndarray) -> bytes:
@@ -171,7 +177,7 @@ def _raw(array: np.ndarray) -> bytes:
 async def fetch_metadata(protocol: str, model: str, url: str, grpc_target: str, application: str | None,
                          grpc_application: str | None = None) -> dict[str, Any]:
     """The model's v2 metadata over the transport under test (handles: from the deployment)."""
-    if protocol == "handle":
+    if protocol in ("handle", "serve-handle"):
         from ray import serve
 
         return await serve.get_deployment_handle(model, application).metadata.remote()
@@ -201,6 +207,6 @@ def make_client(protocol: str, model: str, tensors, outputs, url: str, grpc_targ
         return HttpClient(url, model, tensors, outputs, binary=protocol == "http-binary", concurrency=concurrency)
     if protocol == "grpc":
         return GrpcClient(grpc_target, model, tensors, grpc_application)
-    if protocol == "handle":
-        return HandleClient(model, application, tensors)
+    if protocol in ("handle", "serve-handle"):
+        return HandleClient(model, application, tensors, listener=protocol == "handle")
     raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")

@@ -118,7 +118,7 @@ class Ingress(GrpcInferenceService):
         http_forward, self.grpc_forward = map(compile_pattern, options.header_forward_patterns)
         self.http = HttpApi(self.plane, self.restrictions, self.budget, options.max_request_bytes,
                             options.body_timeout_s, http_forward)
-        self.listening = None
+        self.listening, self.listeners, self.server_name = None, options.listeners, options.server_name
         if options.listeners is not None:
             self.listening = await Listening.start(options.listeners, self.http.respond, self,
                                                    options.max_request_bytes)
@@ -131,6 +131,16 @@ class Ingress(GrpcInferenceService):
     async def set_loaded(self, model: str, loaded: bool, parameters: dict | None = None) -> None:
         """The repository API's load / unload (a model's ``pb_utils.load_model`` / ``unload_model`` come here)."""
         await self.plane.set_loaded(model, loaded, parameters)
+
+    def listener(self) -> dict | None:
+        """Where ``cluster.client`` in another Ray job sends this application's requests as an HTTP client
+        (cluster/listener_client.py): the replicas' own HTTP listener, the largest request it takes and the
+        name ``GET /v2`` gives. None where the replica has no listener of its own, or where inference needs a
+        restricted API's header (the client keeps to the handles rather than carry a secret to a port)."""
+        if self.listening is None or self.listening.http is None or "inference" in self.restrictions.by_group:
+            return None
+        return {"host": self.listeners.host, "port": self.listening.http.port,
+                "max_request_bytes": self.max_request_bytes, "server_name": self.server_name}
 
     def check_health(self) -> None:
         """Serve's health check: a colocated model wedged past its execution timeout fails this replica."""

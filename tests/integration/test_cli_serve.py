@@ -58,6 +58,8 @@ def test_ric_serve_shows_progress_and_serves_http_and_grpc(ric):
 
 
 def test_client_async_calls_and_errors(ric, home):
+    """A Ray job's client takes the node's ingress listener (pooled connections), answers as the handles do,
+    and falls back to the handle for a request larger than the listener takes."""
     code = """
 import asyncio
 import numpy as np
@@ -69,10 +71,19 @@ print("MODELS", sorted(client.models()))
 simple = client.model("simple")
 x = np.ones((1, 16), np.int32)
 print("ASYNC", asyncio.run(simple.infer_async({"INPUT0": x, "INPUT1": x}))["OUTPUT0"].tolist())
+answer = simple.infer({"INPUT0": x, "INPUT1": x}, outputs=["OUTPUT1"], version=1)
+print("SYNC", sorted(answer), answer["OUTPUT1"].tolist(), answer["OUTPUT1"].flags.writeable)
+print("POOLED", len(simple.route.pools[client._loop].idle))
+text = client.model("text_stats").infer({"TEXT": np.array([["ray"]], dtype=object)})
+print("BYTES", {name: array.tolist() for name, array in text.items()})
 try:
     simple.infer({"INPUT0": x.astype(np.float64), "INPUT1": x})
 except InferenceError as exc:
-    print("ERROR", exc)
+    print("ERROR", exc.code.value, exc)
+big = np.arange(5 << 18, dtype=np.float32).reshape(1, -1)  # 5 MB: over the listener's 4 MB
+print("BIG", bool((client.model("identity").infer({"INPUT0": big})["OUTPUT0"] == big).all()))
+plain = connect(listener=False).model("simple")
+print("HANDLE", plain.route, plain.infer({"INPUT0": x, "INPUT1": x})["OUTPUT0"].tolist())
 try:
     client.model("nope")
 except KeyError as exc:
@@ -84,7 +95,12 @@ except KeyError as exc:
     assert ("MODELS ['detect_classify', 'detector', 'identity', 'linear_torch', 'mlp', 'simple', 'text_generator', "
             "'text_stats']" in done.stdout)
     assert "ASYNC [[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]]" in done.stdout
-    assert "ERROR" in done.stdout and "FP64" in done.stdout
+    assert "SYNC ['OUTPUT1'] [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]] True" in done.stdout
+    assert "POOLED 1" in done.stdout  # the sync call's connection, kept for the next
+    assert "BYTES" in done.stdout and "b'RAY'" in done.stdout
+    assert "ERROR INVALID_ARGUMENT" in done.stdout and "FP64" in done.stdout
+    assert "BIG True" in done.stdout
+    assert "HANDLE None [[2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]]" in done.stdout
     assert "serves no model 'nope'" in done.stdout
 
 
