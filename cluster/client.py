@@ -157,15 +157,27 @@ class Client:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="ric-client", daemon=True)
         self._thread.start()
-        self._listener: Listener | None = None
+        self._route: ListenerRoute | None = None
         self._looked_for_listener = not listener
 
-    def listener(self) -> Listener | None:
-        """The application's ingress listener where one answers on this node (asked of the ingress once)."""
+    def close(self) -> None:
+        """Close the listener connections of the client's loop and stop it (its handles stop with it)."""
+        if self._route is not None:
+            asyncio.run_coroutine_threadsafe(self._close_route(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _close_route(self) -> None:
+        self._route.close()
+
+    def route(self) -> ListenerRoute | None:
+        """The way to the application's ingress listener where one answers on this node (the ingress is
+        asked once per client), shared by every model's client."""
         if not self._looked_for_listener:
-            self._listener = asyncio.run_coroutine_threadsafe(self._find_listener(), self._loop).result(60)
+            listener = asyncio.run_coroutine_threadsafe(self._find_listener(), self._loop).result(60)
+            self._route = ListenerRoute(listener) if listener is not None else None
             self._looked_for_listener = True
-        return self._listener
+        return self._route
 
     async def _find_listener(self) -> Listener | None:
         from ray import serve
@@ -177,17 +189,12 @@ class Client:
             return None
         if said is None:
             return None
-        listener = Listener(said["host"], said["port"], said["max_request_bytes"])
-        if not await probe(listener, said["server_name"]):
+        listener = Listener(**said)
+        if not await probe(listener):
             logger.info("ric client: no ingress listener on this node at %s:%s; calling the models' handles",
                         listener.address, listener.port)
             return None
         return listener
-
-    def close(self) -> None:
-        """Stop the client's event loop thread (its handles stop with it)."""
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
 
     def models(self) -> dict[str, str]:
         """Every model and ensemble deployment the application serves, with the Serve application holding it."""
@@ -208,9 +215,7 @@ class Client:
         models = self.models()
         if name not in models:
             raise KeyError(f"application '{self.app}' serves no model '{name}'; it serves {sorted(models)}")
-        listener = self.listener()
-        return ModelClient(name, serve.get_deployment_handle(name, app_name=models[name]), self._loop,
-                           ListenerRoute(listener, name) if listener is not None else None)
+        return ModelClient(name, serve.get_deployment_handle(name, app_name=models[name]), self._loop, self.route())
 
 
 class ModelClient:
@@ -245,7 +250,8 @@ class ModelClient:
     async def _call(self, inputs, outputs, version, parameters):
         """Through the listener (on the loop this runs on) where it takes the request, else the handle (on
         the client's loop)."""
-        request = self.route.request(inputs, outputs, version, parameters) if self.route is not None else None
+        request = (self.route.request(self.name, inputs, outputs, version, parameters) if self.route is not None
+                   else None)
         if request is not None:
             try:
                 return await self.route.send(request)

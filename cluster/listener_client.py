@@ -7,18 +7,20 @@ ingress replica listens on the caller's node, the client posts KServe v2 request
 extension there instead, on keep-alive connections of its own (httptools parses the answers): the request
 then takes the data plane's path, with its limits, its in-process models and their batching.
 
-Only what the listener can take goes this way: requests no larger than its ``max_request_bytes``; the
-client falls back to the Serve handle for the rest, for streams, and for a while after the listener
-refused a connection (a replica restarting). A connection lost after its request went out is an error
-(the request may have run); one lost while idle is dropped from the pool.
+Only what the listener carries exactly goes this way (``ListenerRoute.request``): tensors of v2 datatypes
+(object arrays of bytes or str only), JSON parameters, requests no larger than its ``max_request_bytes``.
+The client falls back to the Serve handle for the rest, for streams, and while the listener refuses
+connections (a replica restarting; the first connection after a refusal checks the server again). A
+connection lost after its request went out is an error (the request may have run); one the server closed
+while idle is never reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import select
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +28,21 @@ import httptools
 import numpy as np
 
 from cluster.protocol.raw_tensors import decode_raw, encode_raw
+from deployments.backends import Outputs
 from deployments.config.dtypes import v2_datatype
 from deployments.errors import HTTP_STATUS, ErrorCode, InferenceError
 
 #: Connections one pool (one event loop's calls to one listener) keeps at most; calls beyond wait for one.
-POOL_SIZE = 64
+#: Every local client shares the listener's bound of connections per address (ServerLimits, 256).
+POOL_SIZE = 32
 #: Seconds the client leaves a listener alone after it refused a connection.
 RETRY_AFTER_S = 5.0
+#: Seconds a connection attempt may take before the listener counts as refusing.
+CONNECT_TIMEOUT_S = 5.0
 #: The error code of each HTTP status the routes answer (the first code of each, as the codes map).
 _CODE_OF_STATUS = {status: code for code, status in reversed(list(HTTP_STATUS.items()))}
+#: The listener's answer to a connection over its bound per client address, before it read any request.
+_TOO_MANY_CONNECTIONS = 429
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ class Listener:
     host: str
     port: int
     max_request_bytes: int
+    server_name: str
+    #: Seconds the listener keeps an idle keep-alive connection (the client gives one up a second before).
+    idle_timeout_s: float = 60.0
 
     @property
     def address(self) -> str:
@@ -52,10 +63,10 @@ class Listener:
 
 
 class ListenerRefused(ConnectionError):
-    """No connection to the listener: nothing was sent, the handle may take the request."""
+    """No connection to the listener, or one it refused before reading: nothing ran, the handle may take it."""
 
 
-async def probe(listener: Listener, server_name: str, timeout_s: float = 5.0) -> bool:
+async def probe(listener: Listener, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
     """Whether the application's ingress listens at ``listener``'s address from here (``GET /v2`` gives its
     name: another server on that port on this node is no way to the models)."""
     try:
@@ -66,7 +77,7 @@ async def probe(listener: Listener, server_name: str, timeout_s: float = 5.0) ->
     try:
         status, _, body = await asyncio.wait_for(connection.send(
             [f"GET /v2 HTTP/1.1\r\nHost: {listener.address}\r\n\r\n".encode()]), timeout_s)
-        return status == 200 and json.loads(body).get("name") == server_name
+        return status == 200 and json.loads(body).get("name") == listener.server_name
     except (ConnectionError, asyncio.TimeoutError, ValueError, AttributeError):
         return False
     finally:
@@ -75,18 +86,24 @@ async def probe(listener: Listener, server_name: str, timeout_s: float = 5.0) ->
 
 def encode_request(inputs: dict[str, Any], outputs: list[str] | None, parameters: dict | None
                    ) -> tuple[bytes, list]:
-    """The binary extension's JSON header and the raw tensors after it (every output asked for in binary)."""
+    """The binary extension's JSON header and the raw tensors after it (every output asked for in binary).
+    Raises ValueError or TypeError for what the protocol cannot carry as the handle would."""
     described, raws = [], []
     for name, value in inputs.items():
         array = np.asarray(value)
+        datatype = v2_datatype(array.dtype)  # ValueError: no v2 datatype (a big-endian array, say)
+        if not array.dtype.isnative:
+            raise ValueError(f"input '{name}' is not in the machine's byte order")
+        if array.dtype == object and not all(isinstance(item, (bytes, str)) for item in array.flat):
+            raise TypeError(f"input '{name}' holds objects that are not bytes or str")
         raw = encode_raw(array)
-        described.append({"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape),
+        described.append({"name": name, "datatype": datatype, "shape": list(array.shape),
                           "parameters": {"binary_data_size": memoryview(raw).nbytes}})
         raws.append(raw)
     header: dict[str, Any] = {"inputs": described, "parameters": {**(parameters or {}), "binary_data_output": True}}
     if outputs is not None:
         header["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
-    return json.dumps(header, default=_plain).encode(), raws
+    return json.dumps(header, default=_plain, allow_nan=False).encode(), raws
 
 
 def _plain(value: Any) -> Any:
@@ -97,7 +114,8 @@ def _plain(value: Any) -> Any:
 
 
 def decode_response(status: int, headers: dict[bytes, bytes], body: bytearray) -> dict[str, np.ndarray]:
-    """The outputs of a 200 answer (writable arrays, as a handle's are), or the error the route gave."""
+    """The outputs of a 200 answer (writable arrays, as a handle's are; ``Outputs`` with the response's
+    parameters where it has any), or the error the route gave."""
     header_length = headers.get(b"inference-header-content-length")
     size = int(header_length) if header_length is not None else len(body)
     message = json.loads(body[:size])
@@ -115,7 +133,7 @@ def decode_response(status: int, headers: dict[bytes, bytes], body: bytearray) -
         results[output["name"]] = decode_raw(output["name"], output["datatype"], shape,
                                              view[offset:offset + data_size])
         offset += data_size
-    return results
+    return Outputs(results, message["parameters"]) if message.get("parameters") else results
 
 
 class _Connection(asyncio.Protocol):
@@ -126,6 +144,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.answer: asyncio.Future | None = None
         self.closed = False
+        self.idle_since = 0.0
+        self.early: tuple | None = None  # an answer that came before any request (the listener's refusal)
         self._headers: dict[bytes, bytes] = {}
         self._body = bytearray()
 
@@ -153,7 +173,9 @@ class _Connection(asyncio.Protocol):
         self.answer, self._headers, self._body = None, {}, bytearray()
         if not self.parser.should_keep_alive():
             self.close()
-        if answer is not None and not answer.done():
+        if answer is None:
+            self.early = (self.parser.get_status_code(), headers, body)
+        elif not answer.done():
             answer.set_result((self.parser.get_status_code(), headers, body))
 
     def _fail(self, exc: Exception) -> None:
@@ -164,13 +186,31 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()  # nothing of a request given up goes out after it
+
+    def usable(self, idle_timeout_s: float) -> bool:
+        """Whether an idle connection may carry the next request: open, idle for less than the listener keeps
+        one (less a second), and nothing to read (an end of file the loop has not seen yet: a caller's loop
+        may not have run since the server closed it)."""
+        if self.closed or self.transport.is_closing() or time.monotonic() - self.idle_since > idle_timeout_s - 1:
+            return False
+        socket = self.transport.get_extra_info("socket")
+        if socket is None:
+            return True
+        poller = select.poll()
+        poller.register(socket.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
     async def send(self, request: list) -> tuple[int, dict[bytes, bytes], bytearray]:
-        """Write the request's parts; its answer's status, headers (lower-case names) and body."""
+        """Write the request's parts; its answer's status, headers (lower-case names) and body. Raises
+        ListenerRefused where the connection ended before the request went out."""
+        if self.early is not None:
+            return self.early
+        if self.closed:
+            raise ListenerRefused("the ingress listener closed the connection before the request went out")
         self.answer = asyncio.get_running_loop().create_future()
-        self.transport.writelines(request)
         try:
+            self.transport.writelines(request)
             return await self.answer
         except BaseException:
             self.close()  # cancelled mid-answer: the rest of it would be read as the next request's
@@ -197,39 +237,62 @@ class ListenerPool:
             self._give_back(connection)
 
     async def _take(self) -> _Connection:
-        while self.idle:
-            connection = self.idle.pop()
-            if not connection.closed:
+        while True:
+            connection = self._idle_one()
+            if connection is not None:
                 return connection
-            self.opened -= 1
-        if self.opened >= POOL_SIZE:
+            if self.opened < POOL_SIZE:
+                return await self._open()
             waiter = asyncio.get_running_loop().create_future()
             self.waiting.append(waiter)
             try:
                 connection = await waiter  # a connection given back, or None: a place to open one
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self._give_back(waiter.result())
+                if waiter in self.waiting:
+                    self.waiting.remove(waiter)
+                elif not waiter.cancelled():  # handed something just as the caller gave up: pass it on
+                    if waiter.result() is None:
+                        self._wake(None)
+                    else:
+                        self._give_back(waiter.result())
                 raise
-            if connection is not None:
+            if connection is not None and connection.usable(self.listener.idle_timeout_s):
                 return connection
+            if connection is not None:
+                self._drop(connection)
+
+    def _idle_one(self) -> _Connection | None:
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.usable(self.listener.idle_timeout_s):
+                return connection
+            self._drop(connection)
+        return None
+
+    async def _open(self) -> _Connection:
         self.opened += 1
         try:
-            _, connection = await asyncio.get_running_loop().create_connection(
-                _Connection, self.listener.address, self.listener.port)
+            _, connection = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                _Connection, self.listener.address, self.listener.port), CONNECT_TIMEOUT_S)
         except BaseException as exc:
             self.opened -= 1
             self._wake(None)
-            if isinstance(exc, OSError):
-                raise ListenerRefused(f"{self.listener.address}:{self.listener.port}: {exc}") from exc
+            if isinstance(exc, (OSError, asyncio.TimeoutError)):
+                raise ListenerRefused(f"{self.listener.address}:{self.listener.port}: {exc!r}") from exc
             raise
         return connection
+
+    def _drop(self, connection: _Connection) -> None:
+        connection.close()
+        self.opened -= 1
 
     def _give_back(self, connection: _Connection) -> None:
         if connection.closed:
             self.opened -= 1
             self._wake(None)
-        elif not self._wake(connection):
+            return
+        connection.idle_since = time.monotonic()
+        if not self._wake(connection):
             self.idle.append(connection)
 
     def _wake(self, connection: _Connection | None) -> bool:
@@ -244,47 +307,65 @@ class ListenerPool:
     def close(self) -> None:
         for connection in self.idle:
             connection.close()
+        self.opened -= len(self.idle)
         self.idle.clear()
 
 
 class ListenerRoute:
-    """One model's requests to a listener: a pool per event loop, and the handle's turn when refused."""
+    """A client's requests to one listener, for any model: a pool per event loop, and the handle's turn
+    while the listener refuses connections."""
 
-    def __init__(self, listener: Listener, model: str):
+    def __init__(self, listener: Listener):
         self.listener = listener
-        self.model = model
-        self.pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ListenerPool] = weakref.WeakKeyDictionary()
+        self.pools: dict[asyncio.AbstractEventLoop, ListenerPool] = {}
         self.refused_until = 0.0
+        self.check_first = False  # after a refusal: another server may hold the port now
 
-    def request(self, inputs: dict[str, Any], outputs: list[str] | None, version: int | str | None,
+    def request(self, model: str, inputs: dict[str, Any], outputs: list[str] | None, version: int | str | None,
                 parameters: dict | None) -> tuple[str, bytes, list] | None:
-        """The request as the listener takes it, or None where the handle must take it (too large for the
-        listener, or the listener refused a connection moments ago)."""
+        """The request as the listener takes it, or None where the handle must take it: what the protocol
+        cannot carry as the handle does, a request too large for the listener, or one while it refuses."""
         if time.monotonic() < self.refused_until:
             return None
-        header, raws = encode_request(inputs, outputs, parameters)
+        try:
+            header, raws = encode_request(inputs, outputs, parameters)
+        except (TypeError, ValueError):
+            return None
         if len(header) + sum(memoryview(raw).nbytes for raw in raws) > self.listener.max_request_bytes:
             return None
-        path = f"/v2/models/{self.model}" + (f"/versions/{version}" if version is not None else "") + "/infer"
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "") + "/infer"
         return path, header, raws
 
     async def send(self, request: tuple[str, bytes, list]) -> dict[str, np.ndarray]:
-        """The outputs; raises ListenerRefused (nothing sent) when the listener takes no connection."""
-        loop = asyncio.get_running_loop()
-        pool = self.pools.get(loop)
-        if pool is None:
-            pool = self.pools[loop] = ListenerPool(self.listener)
+        """The outputs; raises ListenerRefused (nothing ran) when the listener takes no connection."""
         try:
-            status, headers, body = await pool.post(*request)
+            if self.check_first:
+                if not await probe(self.listener):
+                    raise ListenerRefused(f"no {self.listener.server_name} at {self.listener.address}:"
+                                          f"{self.listener.port}")
+                self.check_first = False
+            status, headers, body = await self._pool().post(*request)
+            if status == _TOO_MANY_CONNECTIONS:
+                raise ListenerRefused(f"{self.listener.address}:{self.listener.port}: too many connections")
         except ListenerRefused:
-            self.refused_until = time.monotonic() + RETRY_AFTER_S
+            self.refused_until, self.check_first = time.monotonic() + RETRY_AFTER_S, True
             raise
         except ConnectionError as exc:
             raise InferenceError(ErrorCode.UNAVAILABLE, f"{exc}; the request may have run, retry if it may run "
                                                         "twice") from None
         return decode_response(status, headers, body)
 
+    def _pool(self) -> ListenerPool:
+        loop = asyncio.get_running_loop()
+        pool = self.pools.get(loop)
+        if pool is None:
+            for ended in [other for other in self.pools if other.is_closed()]:
+                del self.pools[ended]  # its connections go with its loop
+            pool = self.pools[loop] = ListenerPool(self.listener)
+        return pool
+
     def close(self) -> None:
-        """Close the idle connections of every pool (call it on the loop whose connections these are)."""
-        for pool in list(self.pools.values()):
+        """Close the idle connections of this loop's pool (a pool is closed on its own loop)."""
+        pool = self.pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
             pool.close()

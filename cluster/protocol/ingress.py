@@ -140,7 +140,8 @@ class Ingress(GrpcInferenceService):
         if self.listening is None or self.listening.http is None or "inference" in self.restrictions.by_group:
             return None
         return {"host": self.listeners.host, "port": self.listening.http.port,
-                "max_request_bytes": self.max_request_bytes, "server_name": self.server_name}
+                "max_request_bytes": self.max_request_bytes, "server_name": self.server_name,
+                "idle_timeout_s": self.listeners.limits.idle_timeout_s}
 
     def check_health(self) -> None:
         """Serve's health check: a colocated model wedged past its execution timeout fails this replica."""

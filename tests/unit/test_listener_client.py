@@ -1,13 +1,18 @@
 """cluster.client's way to a model through the ingress listener, against the real listener (HttpServer) and
-the real binary codec: tensors of every kind round trip on one pooled connection, an error answer keeps its
-code and message, calls beyond the pool wait for a connection, a cancelled call closes its connection (the
-server drops the request), a connection the server closed while idle is not reused, one lost mid-answer
-is UNAVAILABLE, a refused listener leaves the requests to the handle for a while, and the probe tells the
-application's listener from another server."""
+the real binary codec: tensors of every kind round trip on one pooled connection (response parameters
+too), what the protocol cannot carry as a handle does is left to the handle, an error answer keeps its
+code and message, calls beyond the pool wait for a connection (also when a waiter gives up as it is
+handed a place), a cancelled call closes its connection (the server drops the request), a connection the
+server closed while idle is not reused (also when the caller's loop did not run meanwhile), one lost
+mid-answer is UNAVAILABLE, a listener that refuses (no socket, too many connections) leaves the requests
+to the handle for a while and is checked again, and the probe tells the application's listener from
+another server."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +22,7 @@ from cluster.listener_client import Listener, ListenerRefused, ListenerRoute, pr
 from cluster.protocol.codec import HEADER_LENGTH, decode_infer_request, encode_infer_response
 from cluster.protocol.http_messages import HttpRequest, Reply, error_reply
 from cluster.protocol.http_server import HttpServer, ServerLimits
+from deployments.backends import Outputs
 from deployments.errors import ErrorCode, InferenceError
 from tests.integration.conftest import free_port
 
@@ -50,19 +56,25 @@ class Model:
         outputs = {f"OUT_{name}": array for name, array in decoded.inputs.items()}
         if decoded.outputs is not None:
             outputs = {name: outputs[name] for name in decoded.outputs}
+        if "echo_parameters" in decoded.parameters:
+            outputs = Outputs(outputs, {"echoed": decoded.parameters["echo_parameters"]})
         body, header_length = encode_infer_response("echo", 1, outputs, decoded)
         return Reply(200, body, "application/octet-stream",
                      {HEADER_LENGTH: str(header_length)} if header_length is not None else None)
 
 
+def listener(port: int, idle_timeout_s: float = 60.0) -> Listener:
+    return Listener("0.0.0.0", port, max_request_bytes=1 << 20, server_name=SERVER_NAME, idle_timeout_s=idle_timeout_s)
+
+
 async def listening(model: Model, limits: ServerLimits = ServerLimits()) -> tuple[HttpServer, ListenerRoute]:
     server = HttpServer(model, limits)
     await server.start("127.0.0.1", 0)
-    return server, ListenerRoute(Listener("0.0.0.0", server.port, max_request_bytes=1 << 20), "echo")
+    return server, ListenerRoute(listener(server.port, limits.idle_timeout_s))
 
 
-async def infer(route: ListenerRoute, inputs, outputs=None, version=None, parameters=None):
-    return await route.send(route.request(inputs, outputs, version, parameters))
+async def infer(route: ListenerRoute, inputs, outputs=None, version=None, parameters=None, model="echo"):
+    return await route.send(route.request(model, inputs, outputs, version, parameters))
 
 
 def run(test):
@@ -90,6 +102,8 @@ def test_tensors_of_every_kind_round_trip_on_one_pooled_connection():
         answer = await infer(route, {"A": np.ones(2, np.int8), "B": np.zeros(2, np.int8)}, outputs=["OUT_B"],
                              version=3)
         assert list(answer) == ["OUT_B"] and model.served[-1][0] == "/v2/models/echo/versions/3/infer"
+        answer = await infer(route, {"A": np.ones(1, np.int8)}, parameters={"echo_parameters": "yes"})
+        assert isinstance(answer, Outputs) and answer.parameters == {"echoed": "yes"}
         assert len(server.connections) == 1
         route.close()
         await server.close(1)
@@ -99,9 +113,8 @@ def test_tensors_of_every_kind_round_trip_on_one_pooled_connection():
 def test_an_error_answer_raises_the_code_of_its_status_and_its_message():
     async def test():
         server, route = await listening(Model())
-        missing = ListenerRoute(route.listener, "missing")
         with pytest.raises(InferenceError) as raised:
-            await infer(missing, {"X": np.ones(1, np.float32)})
+            await infer(route, {"X": np.ones(1, np.float32)}, model="missing")
         assert raised.value.code == ErrorCode.NOT_FOUND and "'missing' is not found" in raised.value.message
         assert (await infer(route, {"X": np.ones(1, np.float32)}))["OUT_X"].tolist() == [1.0]  # still serving
         route.close()
@@ -163,7 +176,7 @@ def test_a_connection_lost_mid_answer_is_unavailable():
 
     async def test():
         server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-        route = ListenerRoute(Listener("127.0.0.1", server.sockets[0].getsockname()[1], 1 << 20), "echo")
+        route = ListenerRoute(listener(server.sockets[0].getsockname()[1]))
         with pytest.raises(InferenceError) as raised:
             await infer(route, {"X": np.ones(1, np.int32)})
         assert raised.value.code == ErrorCode.UNAVAILABLE and "closed before it answered" in raised.value.message
@@ -171,25 +184,110 @@ def test_a_connection_lost_mid_answer_is_unavailable():
     run(test)
 
 
-def test_a_refused_listener_leaves_requests_to_the_handle_for_a_while(monkeypatch):
+def test_what_the_protocol_cannot_carry_as_the_handle_does_is_left_to_the_handle():
+    route = ListenerRoute(listener(free_port()))
+    x = {"X": np.ones(1, np.int32)}
+    assert route.request("echo", x, None, None, None) is not None
+    for inputs, parameters in [({"X": np.array([3, 5], dtype=object)}, None),  # objects that are not bytes
+                               ({"X": np.ones(2, ">f4")}, None),  # not the machine's byte order
+                               ({"X": np.ones(2, np.complex64)}, None),  # no v2 datatype
+                               (x, {"threshold": float("nan")}), (x, {"mask": np.ones(2)}), (x, {"raw": b"\x00"}),
+                               ({"X": np.ones(1 << 18, np.float32)}, None)]:  # 1 MB of data, over 1 MB with its header
+        assert route.request("echo", inputs, None, None, parameters) is None
+
+
+def test_a_refused_listener_leaves_requests_to_the_handle_for_a_while_and_is_checked_again():
     async def test():
-        route = ListenerRoute(Listener("127.0.0.1", free_port(), 1 << 20), "echo")
+        port = free_port()
+        route = ListenerRoute(listener(port))
         inputs = {"X": np.ones(1, np.int32)}
         with pytest.raises(ListenerRefused):
             await infer(route, inputs)
-        assert route.request(inputs, None, None, None) is None  # the handle's, until RETRY_AFTER_S pass
+        assert route.request("echo", inputs, None, None, None) is None  # the handle's, until RETRY_AFTER_S pass
         route.refused_until = 0.0
-        assert route.request(inputs, None, None, None) is not None
-        big = {"X": np.ones(1 << 18, np.float32)}  # 1 MB of data over a 1 MB limit, with its header
-        assert route.request(big, None, None, None) is None
+        other = HttpServer(Model(), ServerLimits())  # another server on the port, by another name
+        await other.start("127.0.0.1", port)
+        with pytest.raises(ListenerRefused, match="no triton-other"):
+            route.listener = Listener("127.0.0.1", port, 1 << 20, "triton-other")
+            await infer(route, inputs)
+        route.refused_until, route.listener = 0.0, listener(port)
+        assert (await infer(route, inputs))["OUT_X"].tolist() == [1]  # checked, then served
+        assert not route.check_first
+        route.close()
+        await other.close(1)
     run(test)
+
+
+def test_too_many_connections_from_this_address_leave_the_request_to_the_handle(monkeypatch):
+    async def test():
+        server, route = await listening(Model(delay_s=0.2), ServerLimits(max_client_connections=1))
+        results = await asyncio.gather(infer(route, {"X": np.ones(1, np.int32)}),
+                                       infer(route, {"X": np.ones(1, np.int32)}), return_exceptions=True)
+        assert sorted(type(result).__name__ for result in results) == ["ListenerRefused", "dict"]
+        assert time.monotonic() < route.refused_until
+        route.close()
+        await server.close(1)
+    run(test)
+
+
+def test_a_waiter_that_gives_up_as_it_is_handed_a_place_passes_it_on(monkeypatch):
+    monkeypatch.setattr(listener_client, "POOL_SIZE", 1)
+
+    async def test():
+        model = Model(delay_s=30)
+        server, route = await listening(model)
+        first = asyncio.ensure_future(infer(route, {"X": np.ones(1, np.int32)}))
+        await asyncio.sleep(0.2)
+        model.delay_s = 0
+        second = asyncio.ensure_future(infer(route, {"X": np.full(1, 2, np.int32)}))
+        third = asyncio.ensure_future(infer(route, {"X": np.full(1, 3, np.int32)}))
+        await asyncio.sleep(0.1)
+        first.cancel()  # its connection closes: the second waiter is handed a place to open one ...
+        await asyncio.sleep(0)
+        second.cancel()  # ... and gives up before it runs: the place goes to the third
+        assert (await asyncio.wait_for(third, 5))["OUT_X"].tolist() == [3]
+        assert route.pools[asyncio.get_running_loop()].opened == 1
+        route.close()
+        await server.close(1)
+    run(test)
+
+
+def test_a_connection_closed_while_the_callers_loop_did_not_run_is_not_reused():
+    ready, stop = threading.Event(), threading.Event()
+    ports = []
+
+    def serve():
+        async def main():
+            server = HttpServer(Model(), ServerLimits(idle_timeout_s=0.3))
+            await server.start("127.0.0.1", 0)
+            ports.append(server.port)
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await server.close(1)
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        route = ListenerRoute(listener(ports[0], idle_timeout_s=60))  # told a long idle time: the peek decides
+        loop = asyncio.new_event_loop()
+        for n in range(3):
+            answer = loop.run_until_complete(asyncio.wait_for(infer(route, {"X": np.full(1, n, np.int32)}), 10))
+            assert answer["OUT_X"].tolist() == [n]
+            time.sleep(0.6)  # the server closes the idle connection; this loop does not run to see it
+        loop.close()
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 def test_the_probe_tells_the_applications_listener_from_another_server():
     async def test():
         server, route = await listening(Model())
-        assert await probe(route.listener, SERVER_NAME)
-        assert not await probe(route.listener, "another-server")
-        assert not await probe(Listener("127.0.0.1", free_port(), 1 << 20), SERVER_NAME)
+        assert await probe(route.listener)
+        assert not await probe(Listener("127.0.0.1", server.port, 1 << 20, "another-server"))
+        assert not await probe(listener(free_port()))
         await server.close(1)
     run(test)
