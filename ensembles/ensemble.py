@@ -105,6 +105,7 @@ class Ensemble(ServedModel):
         if trace is not None and self._tracer is not None:
             span = self._tracer.span(f"ensemble {self.config.name}", trace, tracing.epoch_ns(start),
                                      model=self.config.name, version=ENSEMBLE_VERSION)
+        scheduled = time.perf_counter_ns()
         try:
             tensors = await self._run_graph(dict(inputs), parameters, span, tuple(callers))
         except InferenceError:
@@ -115,12 +116,14 @@ class Ensemble(ServedModel):
             self._reporter.schedule()
             if span is not None:
                 span.end()
-        elapsed = time.perf_counter_ns() - start
-        self.stats.record_request(elapsed)
-        self.stats.compute_infer.add(elapsed)
+        done = time.perf_counter_ns()
+        # As Triton's ensembles count: every request queued once and run once, as a batch of its rows, in
+        # each compute stage (perf_analyzer finds the version that served by the queue count, and refuses
+        # stages whose counts differ); the steps' own time is all compute_infer here.
+        self.stats.record_request(done - start)
+        self.stats.queue.add(scheduled - start)
+        self.stats.record_execution(rows, 1, 0, done - scheduled, 0)
         self.stats.inference_count += rows
-        self.stats.execution_count += 1
-        self.stats.last_inference = time.time_ns() // 1_000_000
         return ENSEMBLE_VERSION, {name: tensors[name] for name in wanted}
 
     async def _run_graph(self, tensors: Tensors, parameters: dict | None, span=None,
@@ -197,9 +200,11 @@ class Ensemble(ServedModel):
             return answers[0]
         return {name: np.concatenate([outputs[name] for outputs, _ in answers]) for name in requested}, None
 
-    def metadata(self) -> dict[str, Any]:
+    async def metadata(self) -> dict[str, Any]:
+        """Triton's model metadata; its version once the steps are checked (checked here if not yet, as
+        Triton's ensemble is ready once its steps are: a client may ask before any request)."""
         lead = [-1] if self.config.batching else []
-        ready = bool(self.step_configs)
+        ready = await self._checked()
         return {
             "name": self.config.name,
             "versions": [str(ENSEMBLE_VERSION)] if ready else [],

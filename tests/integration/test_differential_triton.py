@@ -71,6 +71,29 @@ def answer(endpoints: Endpoints, model: str, body: dict) -> tuple[int, dict]:
     return response.status_code, reply
 
 
+def test_an_ensembles_statistics_count_each_request_in_every_stage_alike(servers):
+    """What perf_analyzer reads of an ensemble: it finds the version that served by the queue count, and
+    stops when the compute stages' counts differ. Read first before any request to the ensemble (its
+    version is there once its steps are ready, as Triton's): first in the module, so that no other test has
+    sent the ensemble a request yet."""
+    def counts(endpoints):
+        (stats,) = requests.get(f"{endpoints.http}/v2/models/ensemble/stats", timeout=30).json()["model_stats"]
+        stages = {stage: value["count"] for stage, value in stats["inference_stats"].items()}
+        batches = {batch["batch_size"]: batch["compute_infer"]["count"] for batch in stats["batch_stats"]}
+        return stages, stats["inference_count"], stats["execution_count"], batches
+
+    def delta(endpoints):
+        before = counts(endpoints)  # before any request to it here: a client may read them first
+        for rows in (2, 2, 1):
+            answer(endpoints, "ensemble", add_sub(rows=rows))
+        after = counts(endpoints)
+        return ({stage: after[0][stage] - before[0][stage] for stage in after[0]}, after[1] - before[1],
+                after[2] - before[2], {size: n - before[3].get(size, 0) for size, n in after[3].items()})
+
+    triton, ours = servers
+    assert delta(ours) == delta(triton)
+
+
 CASES = {
     "BLS exec": ("bls", add_sub()),
     "BLS async_exec gathered": ("bls", add_sub({"fan_out": 5})),
