@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.private_files import private_folder
+from deployments.private_files import private_folder
 
 #: The loggers of Ray and Serve in the ric serve process (Serve configures its own at import).
 RAY_LOGGERS = ("ray", "ray.serve")

@@ -23,7 +23,7 @@ from cluster.cli.metrics_server import MetricsServer
 from cluster.cli.ports import DASHBOARD_PORT
 from cluster.client import ServerRecord, remove_record, write_record
 from cluster.names import APP_NAME
-from cluster.private_files import UnsafeFolder
+from deployments.private_files import UnsafeFolder
 
 #: How often startup progress is read from Serve.
 PROGRESS_INTERVAL_S = 1.0

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from ray.experimental import internal_kv
 
-from cluster.private_files import not_own_file
+from deployments.private_files import not_own_file
 from cluster.protocol.codec import SharedInput, SharedSlice
 from cluster.protocol.raw_tensors import decode_raw, encode_raw
 from deployments.errors import invalid, not_found

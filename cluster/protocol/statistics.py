@@ -28,7 +28,7 @@ from typing import Any
 
 from ray import serve
 
-from cluster.private_files import UnsafeFolder, private_folder
+from deployments.private_files import UnsafeFolder, private_folder
 from cluster.protocol import metrics
 from cluster.protocol.app_settings import AppSettings
 from cluster.protocol.ray_metrics import PUBLISH_S, RayMetrics

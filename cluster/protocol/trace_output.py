@@ -4,7 +4,7 @@ statistics collector's node. No Ray here.
 Trace files live in the application's trace folder (``AppArgs.trace_dir``): a client names a file in it
 (``trace.jsonl``, or its path in the folder), never a file elsewhere on the node or in a folder below it
 (the trace API would otherwise write any file the server may). The folder is private to the server's user
-(``cluster.private_files``: created 0700, refused if anyone else could put a link in it), and trace files
+(``deployments.private_files``: created 0700, refused if anyone else could put a link in it), and trace files
 are opened without following links. With ``log_frequency`` N > 0, every N traces go to the next file of
 ``<trace_file>.0``, ``.1``, ... (the index starts again when ``trace_file`` changes), as Triton; with 0, all
 go to ``trace_file`` as they arrive (Triton writes at shutdown). ``trace_count`` counts the traces written
@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cluster.private_files import UnsafeFolder, append_private, private_folder
+from deployments.private_files import UnsafeFolder, append_private, private_folder
 from deployments.errors import invalid
 from deployments.observability.trace_settings import TraceSettings
 

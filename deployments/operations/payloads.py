@@ -40,6 +40,7 @@ from deployments.backends import Tensors
 from deployments.config.dtypes import v2_datatype
 from deployments.config.operations import PayloadLog
 from deployments.observability.statistics import PayloadStatistics
+from deployments.private_files import private_folder
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +56,21 @@ class Sink(Protocol):
 
 
 class FolderSink:
-    """Files under a local folder, each written under a temporary name and renamed into place."""
+    """Files under a local folder, each written under a temporary name and renamed into place. The folder is
+    the server's own (``private_folder``: created 0700, refused as a link, another user's or open to others,
+    checked at the first write): the records are the clients' requests and answers, and a folder another
+    local user could write in would let them read the files or move them elsewhere."""
 
     def __init__(self, root: str):
         self.root = Path(root)
+        self._checked = False
 
     def write(self, name: str, data: bytes) -> None:
+        if not self._checked:
+            private_folder(self.root)  # UnsafeFolder (a ValueError) names the folder and why
+            self._checked = True
         path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".writing-")
         try:
             with os.fdopen(fd, "wb") as out:

@@ -1,10 +1,12 @@
 """Payload logging and shadow comparison in one process (no Ray): what a line holds (values, digests,
-redactions), that pandas reads the files, sampling, and that a sink that is down loses nothing it accepted
-while the records past the queue are counted as dropped."""
+redactions), that pandas reads the files, sampling, that a sink that is down loses nothing it accepted
+while the records past the queue are counted as dropped, and that a folder sink writes only in a folder of
+the server's own."""
 
 from __future__ import annotations
 
 import hashlib
+import stat
 import time
 
 import numpy as np
@@ -16,6 +18,7 @@ from deployments.errors import invalid
 from deployments.operations import payloads
 from deployments.operations.payloads import FolderSink, PayloadWriter
 from deployments.operations.shadow import agree
+from deployments.private_files import UnsafeFolder
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +146,23 @@ def test_what_a_stopping_replica_cannot_write_is_counted_lost_and_later_records_
     counts = writer.counts()[1]
     assert (counts.logged, counts.written, counts.lost, counts.dropped) == (3, 0, 3, 1)
     assert not list(tmp_path.rglob("*.jsonl"))
+
+
+def test_a_folder_sink_writes_only_in_a_folder_of_the_servers_own(tmp_path):
+    """The records are clients' requests: a folder made 0700 if missing; a link, or one others may write in
+    or read, refused by name before anything is written."""
+    fresh = tmp_path / "new" / "payloads"
+    FolderSink(str(fresh)).write("m/day/one.jsonl", b"{}\n")
+    assert (fresh / "m" / "day" / "one.jsonl").read_bytes() == b"{}\n"
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(elsewhere)
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o777)
+    for root, why in ((tmp_path / "link", "is a symbolic link"), (open_folder, "is open to other users")):
+        with pytest.raises(UnsafeFolder, match=why):
+            FolderSink(str(root)).write("m/day/one.jsonl", b"{}\n")
+    assert not list(elsewhere.iterdir()) and not list(open_folder.iterdir())
