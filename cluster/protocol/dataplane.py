@@ -89,20 +89,22 @@ class DataPlane:
         """Keep the models loaded later and the repository listing as the sync deployment has them."""
         while True:
             try:
-                generation, added, repository, unloaded, on_demand = await self.sync.watch_models.remote(
-                    self.generation)
+                self._follow(await self.sync.watch_models.remote(self.generation))
             except Exception as exc:  # the sync restarting: serving goes on, ask again shortly
                 logger.warning("model watch failed: %r", exc)
                 await asyncio.sleep(1.0)
-                continue
-            models = dict(self.built)
-            for model, app in added.items():
-                same = self.added.get(model) == app and model in self.models
-                models[model] = self.models[model] if same else serve.get_deployment_handle(model, app_name=app)
-            self.models, self.added, self.repository, self.unloaded = models, added, repository, set(unloaded)
-            self.on_demand = self.built_on_demand | set(on_demand)
-            self.failed = {m: r for m, r in self.built_failed.items() if m not in added}
-            self.generation = generation
+
+    def _follow(self, watched: tuple) -> None:
+        """Apply one answer of the sync's ``watch_models``."""
+        generation, added, repository, unloaded, on_demand = watched
+        models = dict(self.built)
+        for model, app in added.items():
+            same = self.added.get(model) == app and model in self.models
+            models[model] = self.models[model] if same else serve.get_deployment_handle(model, app_name=app)
+        self.models, self.added, self.repository, self.unloaded = models, added, repository, set(unloaded)
+        self.on_demand = self.built_on_demand | set(on_demand)
+        self.failed = {m: r for m, r in self.built_failed.items() if m not in added}
+        self.generation = generation
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "extensions": EXTENSIONS}
@@ -234,6 +236,8 @@ class DataPlane:
         return await bounded(self.handle(model).model_config.remote(), f"model '{model}'")
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        if self.generation == 0 and self.sync is not None:  # asked before the follower had the store's listing
+            self._follow(await bounded(self.sync.watch_models.remote(0), "the model store sync"))
         awake = self._awake()
         calls = (bounded(h.index.remote(), f"model '{name}'") for name, h in awake.items())
         answers = await asyncio.gather(*calls, return_exceptions=True)

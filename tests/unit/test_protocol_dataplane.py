@@ -1,7 +1,7 @@
 """The data plane's calls to models are bounded: a model that never answers (no replica able to) makes
 readiness false, shows in the index as UNAVAILABLE and answers 503 for its metadata, within the call
-timeout, while the other models answer. Models are held through LocalHandle, the Ingress's own in-process
-handle."""
+timeout, while the other models answer; an index asked before the follower had the store's listing lists
+the whole store. Models are held through LocalHandle, the Ingress's own in-process handle."""
 
 from __future__ import annotations
 
@@ -49,5 +49,26 @@ def test_a_model_that_never_answers_is_reported_within_the_call_timeout(monkeypa
             await plane.model_metadata("stuck")
         assert info.value.code == ErrorCode.UNAVAILABLE
         assert (await plane.model_metadata("fine"))["versions"] == ["1"]
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+
+
+class Listing:
+    """The sync's watch: generation 1, one model built, one more in the store and not loaded."""
+
+    async def watch_models(self, generation: int):
+        return 1, {}, ["fine", "later"], [], []
+
+
+def test_an_index_asked_before_the_follower_had_the_listing_lists_the_whole_store():
+    """An index right after start (readiness first, as a deploy script does) reads the store's listing
+    itself when the follower has not had it yet: a model not loaded still appears."""
+    plane = DataPlane({"fine": LocalHandle(Answers())}, {}, IngressOptions(version="test", max_request_bytes=1024),
+                      statistics=None, sync=LocalHandle(Listing()))
+
+    async def run():
+        index = await plane.repository_index()
+        assert {"name": "later", "version": "", "state": "UNAVAILABLE", "reason": dataplane.NOT_LOADED} in index
+        assert plane.generation == 1
 
     asyncio.run(asyncio.wait_for(run(), 10))
