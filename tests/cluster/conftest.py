@@ -59,8 +59,7 @@ def serve_on_nodes(repository, head_cpus: int, worker_cpus: list[int], **app_arg
 
 
 @contextmanager
-def autoscaling_nodes(tmp_path, head_cpus: int, node_types: dict[str, dict], idle_timeout_s: float,
-                      env: dict[str, str] | None = None) -> Iterator[str]:
+def autoscaling_nodes(tmp_path, head_cpus: int, node_types: dict[str, dict], idle_timeout_s: float) -> Iterator[str]:
     """A Ray head with Ray's own autoscaler over its fake multi-node provider (worker nodes are real raylets
     on this machine), on 127.0.0.1; yields the GCS address. Like ``ray.cluster_utils.AutoscalingCluster``,
     whose base config the Ray wheel does not ship and whose start and stop run ``ray stop --force`` (every
@@ -93,7 +92,7 @@ def autoscaling_nodes(tmp_path, head_cpus: int, node_types: dict[str, dict], idl
     path, log = tmp_path / "autoscaling.json", tmp_path / "ray-start.log"
     path.write_text(json.dumps(config))
     head_env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", **(env or {})}
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     head = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--autoscaling-config={path}",
          f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={head_cpus}", "--num-gpus=0",

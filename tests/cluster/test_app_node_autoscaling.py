@@ -32,8 +32,6 @@ CPU_MODEL = 'platform: "onnxruntime_onnx"\nparameters { key: "num_cpus" value { 
 # The head runs the ingress; a GPU node's one CPU holds exactly four quarter-GPU replicas (0.25 CPU each).
 NODE_TYPES = {"gpu": {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 1, "max_workers": 2},
               "cpu": {"resources": {"CPU": 2}, "min_workers": 0, "max_workers": 1}}
-PUSH_INTERVALS = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-                  "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
 pytestmark = pytest.mark.filterwarnings("ignore:`look_back_period_s`:FutureWarning")
 
 
@@ -42,7 +40,7 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("node-autoscaling")
     write_model(root, "gpu_model", GPU_MODEL, {"1/model.onnx": onnx_mlp(seed=1)})
     write_model(root, "cpu_model", CPU_MODEL, {"1/model.onnx": onnx_mlp(seed=2)})
-    with autoscaling_nodes(root, head_cpus=1, node_types=NODE_TYPES, idle_timeout_s=5, env=PUSH_INTERVALS) as address:
+    with autoscaling_nodes(root, head_cpus=1, node_types=NODE_TYPES, idle_timeout_s=5) as address:
         ray.init(address=address, log_to_driver=False)
         try:
             wait_for(lambda: len(gpu_nodes()) == 1, timeout_s=120, what="the first GPU node (min_workers 1)")
@@ -78,11 +76,15 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 class Load:
     """Calls the model from a process of the cluster, 12 calls in flight at all times until stopped (a
     steady load: bursts with pauses between them averaged too little over Serve's look-back window to
-    scale to eight replicas in some runs); its handle pushes autoscaling metrics every 0.5 s (the nodes'
-    environment), where the test's own process read Serve's default of 10 s when it first imported Serve."""
+    scale to eight replicas in some runs). Its handle pushes the autoscaling metrics Serve scales on (every
+    10 s: Serve 2.60 reads no push-interval setting). The handle is made ready here, on one thread, by a
+    first call: a handle builds its router on first use without a lock, and twelve threads making that first
+    call at once built two (two "Started SharedRouterLongPollClient" in the actor's log), after which Serve
+    kept the model at one replica for the whole load in some runs (CI)."""
 
     def __init__(self):
-        self.handle = serve.get_deployment_handle("gpu_model", app_name=APP_NAME)
+        self.infer = serve.get_deployment_handle("gpu_model", app_name=APP_NAME).options(method_name="infer")
+        self.infer.remote({"INPUT0": np.ones((1, 64), np.float32)}).result(timeout_s=120)
         self.stopping = threading.Event()
         self.failures: list[str] = []
         self.calls = 0
@@ -94,7 +96,7 @@ class Load:
         x = {"INPUT0": np.ones((1, 64), np.float32)}
         while not self.stopping.is_set():
             try:
-                assert self.handle.infer.remote(x).result(timeout_s=120)["OUTPUT0"].shape == (1, 10)
+                assert self.infer.remote(x).result(timeout_s=120)["OUTPUT0"].shape == (1, 10)
             except Exception as exc:  # noqa: BLE001 - every failure is reported
                 self.failures.append(repr(exc))
             self.calls += 1

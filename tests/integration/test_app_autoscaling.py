@@ -6,7 +6,6 @@ keeps to its own deployment."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -28,8 +27,8 @@ def infer(inputs):
 
 TENSORS = 'input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ] output [ { name: "Y", data_type: TYPE_FP32, dims: [ 1 ] } ]'
 FAST = "upscale_delay_s: 1, downscale_delay_s: 3, look_back_period_s: 2, target_ongoing_requests: 1"
-# Serve 2.60 compares look_back_period_s with its deprecated metrics_interval_s (10 s), not with the push
-# intervals set below; the short window is what makes this test quick.
+# Serve 2.60 compares look_back_period_s with its deprecated metrics_interval_s (10 s, also the interval its
+# handles push autoscaling metrics at: it reads no push-interval setting); the short window keeps this test quick.
 pytestmark = pytest.mark.filterwarnings("ignore:`look_back_period_s`:FutureWarning")
 
 BODY = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
@@ -50,20 +49,13 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(root):
-    # Serve's handles and replicas push autoscaling metrics every 10 s unless told otherwise.
-    for name in ("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
-        os.environ[name] = "0.5"
     write_model(root, "grow", "backend: python\nmax_batch_size: 4\n"
                 "input: [{name: X, data_type: TYPE_FP32, dims: [1]}]\noutput: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n"
                 f"autoscaling: {{min_replicas: 1, max_replicas: 3, {FAST}}}\n", {"1/model.py": SLOW},
                 config_name="config.yaml")
     write_model(root, "sleepy", sleepy_config("sleepy"), {"1/model.py": SLOW})
-    try:
-        with serve_repository(root, num_cpus=4, colocate=True, model_control_mode="explicit") as endpoints:
-            yield endpoints
-    finally:
-        for name in ("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
-            os.environ.pop(name, None)
+    with serve_repository(root, num_cpus=4, colocate=True, model_control_mode="explicit") as endpoints:
+        yield endpoints
 
 
 def running(model: str, app: str = APP_NAME) -> int:

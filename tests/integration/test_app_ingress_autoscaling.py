@@ -6,7 +6,6 @@ at its minimum."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -19,14 +18,10 @@ from tests.integration.conftest import serve_repository, wait_for
 from tests.integration.test_app_autoscaling import FAST, SLOW, Load, running
 
 pytestmark = pytest.mark.filterwarnings("ignore:`look_back_period_s`:FutureWarning")
-PUSH_INTERVALS = ("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S",
-                  "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    for name in PUSH_INTERVALS:  # Serve pushes autoscaling metrics every 10 s unless told otherwise
-        os.environ[name] = "0.5"
     root = tmp_path_factory.mktemp("repository")
     write_model(root, "grow", "backend: python\nmax_batch_size: 4\n"
                 "input: [{name: X, data_type: TYPE_FP32, dims: [1]}]\noutput: [{name: Y, data_type: TYPE_FP32, dims: [1]}]\n"
@@ -34,13 +29,9 @@ def server(tmp_path_factory):
                 config_name="config.yaml")
     ingress_autoscaling = {"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": 1, "downscale_delay_s": 3,
                            "look_back_period_s": 2, "target_ongoing_requests": 2}
-    try:
-        with serve_repository(root, num_cpus=4, colocate=True, colocate_python=True,
-                              ingress_autoscaling=ingress_autoscaling) as endpoints:
-            yield endpoints
-    finally:
-        for name in PUSH_INTERVALS:
-            os.environ.pop(name, None)
+    with serve_repository(root, num_cpus=4, colocate=True, colocate_python=True,
+                          ingress_autoscaling=ingress_autoscaling) as endpoints:
+        yield endpoints
 
 
 def test_a_load_ramp_grows_the_ingress_with_its_model_copies_and_idle_time_shrinks_it(server):
