@@ -115,7 +115,21 @@ def _plain(value: Any) -> Any:
 
 def decode_response(status: int, headers: dict[bytes, bytes], body: bytearray) -> dict[str, np.ndarray]:
     """The outputs of a 200 answer (writable arrays, as a handle's are; ``Outputs`` with the response's
-    parameters where it has any), or the error the route gave."""
+    parameters where it has any), or the error the route gave; an answer that is not the protocol's is
+    UNAVAILABLE (the request may have run)."""
+    try:
+        return _decoded(status, headers, body)
+    except InferenceError as exc:
+        if status != 200 or exc.code != ErrorCode.INVALID_ARGUMENT:
+            raise
+        fault: Exception = exc  # outputs whose bytes disagree with their shape: the answer's fault, not the caller's
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        fault = exc
+    raise InferenceError(ErrorCode.UNAVAILABLE, f"the ingress listener's answer did not parse ({fault}); the request "
+                                                "may have run, retry if it may run twice") from None
+
+
+def _decoded(status: int, headers: dict[bytes, bytes], body: bytearray) -> dict[str, np.ndarray]:
     header_length = headers.get(b"inference-header-content-length")
     size = int(header_length) if header_length is not None else len(body)
     message = json.loads(body[:size])

@@ -4,9 +4,9 @@ too), what the protocol cannot carry as a handle does is left to the handle, an 
 code and message, calls beyond the pool wait for a connection (also when a waiter gives up as it is
 handed a place), a cancelled call closes its connection (the server drops the request), a connection the
 server closed while idle is not reused (also when the caller's loop did not run meanwhile), one lost
-mid-answer is UNAVAILABLE, a listener that refuses (no socket, too many connections) leaves the requests
-to the handle for a while and is checked again, and the probe tells the application's listener from
-another server."""
+mid-answer or an answer that is not the protocol's is UNAVAILABLE, a listener that refuses (no socket, too
+many connections) leaves the requests to the handle for a while and is checked again, and the probe tells
+the application's listener from another server."""
 
 from __future__ import annotations
 
@@ -180,6 +180,26 @@ def test_a_connection_lost_mid_answer_is_unavailable():
         with pytest.raises(InferenceError) as raised:
             await infer(route, {"X": np.ones(1, np.int32)})
         assert raised.value.code == ErrorCode.UNAVAILABLE and "closed before it answered" in raised.value.message
+        server.close()
+    run(test)
+
+
+@pytest.mark.parametrize("body", [
+    b"<html>not the protocol</html>", b"[1, 2]", b'{"outputs": [{"name": "Y"}]}',
+    b'{"outputs": [{"name": "Y", "datatype": "INT32", "shape": [4], "parameters": {"binary_data_size": 16}}]}'])
+def test_an_answer_that_is_not_the_protocols_is_unavailable(body):
+    async def rogue(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        await reader.read(1000)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def test():
+        server = await asyncio.start_server(rogue, "127.0.0.1", 0)
+        route = ListenerRoute(listener(server.sockets[0].getsockname()[1]))
+        with pytest.raises(InferenceError) as raised:
+            await infer(route, {"X": np.ones(1, np.int32)})
+        assert raised.value.code == ErrorCode.UNAVAILABLE and "answer did not parse" in raised.value.message
         server.close()
     run(test)
 
