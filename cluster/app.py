@@ -222,9 +222,9 @@ class AppArgs(BaseModel):
     def colocates(self, config: ModelConfig) -> bool:
         """Whether a model also runs inside each ingress replica: CPU models, with colocate on, but not
         Python models unless colocate_python (then in stub processes: their code could otherwise crash or
-        wedge the process, taking HTTP and gRPC down for every model; decoupled ones never), and not models that autoscale while the ingress does not
-        (copies at a fixed count would take the HTTP/gRPC load away from the replicas the model's autoscaler
-        counts) or that scale to zero (copies would keep them loaded), nor models with Triton's sequence
+        wedge the process, taking HTTP and gRPC down for every model; decoupled ones never), and not models
+        that autoscale while the ingress does not (copies at a fixed count would take the HTTP/gRPC load away
+        from the replicas the model's autoscaler counts) or that scale to zero (copies would keep them loaded), nor models with Triton's sequence
         batcher (every request of a sequence must reach the one replica that holds it, which only the
         model's own deployment, through its sequence router, guarantees). An ensemble colocated runs in
         each ingress replica too, calling the colocated copies of its steps in process."""
