@@ -224,10 +224,11 @@ class AppArgs(BaseModel):
         Python models unless colocate_python (then in stub processes: their code could otherwise crash or
         wedge the process, taking HTTP and gRPC down for every model; decoupled ones never), and not models
         that autoscale while the ingress does not (copies at a fixed count would take the HTTP/gRPC load away
-        from the replicas the model's autoscaler counts) or that scale to zero (copies would keep them loaded), nor models with Triton's sequence
-        batcher (every request of a sequence must reach the one replica that holds it, which only the
-        model's own deployment, through its sequence router, guarantees). An ensemble colocated runs in
-        each ingress replica too, calling the colocated copies of its steps in process."""
+        from the replicas the model's autoscaler counts) or that scale to zero (copies would keep them
+        loaded), nor models with Triton's sequence batcher (every request of a sequence must reach the one
+        replica that holds it, which only the model's own deployment, through its sequence router,
+        guarantees). An ensemble colocated runs in each ingress replica too, calling the colocated copies of
+        its steps in process."""
         if not self.colocate or config.gpus_per_replica():
             return False
         if config.backend_name == "python" and (not self.colocate_python or config.decoupled):

@@ -167,41 +167,37 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused():
     run(test)
 
 
-def test_a_connection_lost_mid_answer_is_unavailable():
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        await reader.read(100)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
-        await writer.drain()
-        writer.close()
-
-    async def test():
-        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-        route = ListenerRoute(listener(server.sockets[0].getsockname()[1]))
-        with pytest.raises(InferenceError) as raised:
-            await infer(route, {"X": np.ones(1, np.int32)})
-        assert raised.value.code == ErrorCode.UNAVAILABLE and "closed before it answered" in raised.value.message
-        server.close()
-    run(test)
-
-
-@pytest.mark.parametrize("body", [
-    b"<html>not the protocol</html>", b"[1, 2]", b'{"outputs": [{"name": "Y"}]}',
-    b'{"outputs": [{"name": "Y", "datatype": "INT32", "shape": [4], "parameters": {"binary_data_size": 16}}]}'])
-def test_an_answer_that_is_not_the_protocols_is_unavailable(body):
+def unavailable_from(answer: bytes) -> str:
+    """The UNAVAILABLE message a call gets from a server that writes ``answer`` and hangs up."""
     async def rogue(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         await reader.read(1000)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
     async def test():
         server = await asyncio.start_server(rogue, "127.0.0.1", 0)
         route = ListenerRoute(listener(server.sockets[0].getsockname()[1]))
-        with pytest.raises(InferenceError) as raised:
-            await infer(route, {"X": np.ones(1, np.int32)})
-        assert raised.value.code == ErrorCode.UNAVAILABLE and "answer did not parse" in raised.value.message
-        server.close()
-    run(test)
+        try:
+            with pytest.raises(InferenceError) as raised:
+                await infer(route, {"X": np.ones(1, np.int32)})
+        finally:
+            server.close()
+        assert raised.value.code == ErrorCode.UNAVAILABLE, raised.value
+        return raised.value.message
+    return run(test)
+
+
+def test_a_connection_lost_mid_answer_is_unavailable():
+    assert "closed before it answered" in unavailable_from(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+
+
+@pytest.mark.parametrize("body", [
+    b"<html>not the protocol</html>", b"[1, 2]", b'{"outputs": [{"name": "Y"}]}',
+    b'{"outputs": [{"name": "Y", "datatype": "INT32", "shape": [4], "parameters": {"binary_data_size": 16}}]}'])
+def test_an_answer_that_is_not_the_protocols_is_unavailable(body):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    assert "answer did not parse" in unavailable_from(answer)
 
 
 def test_what_the_protocol_cannot_carry_as_the_handle_does_is_left_to_the_handle():
